@@ -1,0 +1,3 @@
+from cpu_tracker_daemon.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,366 @@
+"""The ``cpu-tracker`` command: argparse subcommands, and the one place errors become exit codes.
+
+Heavy imports (diffprivlib, numpy, APScheduler, psutil) happen inside the commands that need
+them, so ``--help``, ``status`` and ``budget`` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, NoReturn
+
+from cpu_tracker_daemon import __version__
+from cpu_tracker_daemon.config import Config, as_dict, config_path_from, load_config, to_toml
+from cpu_tracker_daemon.errors import (
+    AnotherInstanceError,
+    BudgetExhaustedError,
+    ConfigError,
+    CooldownError,
+    CpuTrackerError,
+    Interrupted,
+    LedgerCorruptError,
+    LedgerUnavailableError,
+    OutputError,
+    UsageError,
+)
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+EXIT_LEDGER = 4
+EXIT_INSTANCE = 5
+EXIT_COOLDOWN = 6
+EXIT_BUDGET = 7
+EXIT_TEMPORARY = 8
+EXIT_INTERRUPTED = 9
+
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "success",
+    EXIT_INTERNAL: "internal error (a bug: please report it)",
+    EXIT_USAGE: "bad command-line arguments",
+    EXIT_CONFIG: "bad configuration, or a directory that cannot be written",
+    EXIT_LEDGER: "privacy ledger corrupt or unreadable (releases stop; it is never reset)",
+    EXIT_INSTANCE: "another cpu-tracker already runs on this state directory",
+    EXIT_COOLDOWN: "cooldown: schedule.every_seconds has not elapsed since the last release",
+    EXIT_BUDGET: "privacy budget exhausted (grant more with 'budget grant')",
+    EXIT_TEMPORARY: "temporary failure: an output or the ledger could not be written",
+    EXIT_INTERRUPTED: "interrupted by a signal before anything was released",
+}
+
+_ERROR_CODES: dict[type[CpuTrackerError], int] = {
+    UsageError: EXIT_USAGE,
+    ConfigError: EXIT_CONFIG,
+    LedgerCorruptError: EXIT_LEDGER,
+    AnotherInstanceError: EXIT_INSTANCE,
+    CooldownError: EXIT_COOLDOWN,
+    BudgetExhaustedError: EXIT_BUDGET,
+    OutputError: EXIT_TEMPORARY,
+    LedgerUnavailableError: EXIT_TEMPORARY,
+    Interrupted: EXIT_INTERRUPTED,
+}
+
+
+def exit_code_for(error: CpuTrackerError) -> int:
+    return _ERROR_CODES.get(type(error), EXIT_INTERNAL)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message}; see '{self.prog} --help'")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    codes = "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES.items())
+    parser = _Parser(
+        prog="cpu-tracker",
+        description="Measure this machine's CPU use and publish only a differentially private mean.",
+        epilog=(
+            "config: --config PATH, else $CPU_TRACKER_CONFIG, else embedded defaults.\n\n"
+            f"exit codes:\n{codes}"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"cpu-tracker {__version__}")
+    parser.add_argument("--config", metavar="PATH", help="TOML configuration file")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    sub.add_parser("run", help="run the daemon in the foreground (for systemd and launchd)")
+    once = sub.add_parser("once", help="run one release cycle now")
+    once.add_argument("--force", action="store_true", help="skip the cooldown (never the budget)")
+    status = sub.add_parser("status", help="last release, next due time, budget, paths")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    budget = sub.add_parser("budget", help="inspect or raise the privacy budget")
+    bsub = budget.add_subparsers(dest="budget_command", required=True, metavar="ACTION", parser_class=_Parser)
+    show = bsub.add_parser("show", help="spends, caps and grants")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    grant = bsub.add_parser("grant", help="raise a cap; recorded in the ledger with the reason")
+    grant.add_argument("epsilon", type=_positive_float, metavar="EPSILON")
+    grant.add_argument("--reason", required=True, help="why (kept in the ledger's history)")
+    grant.add_argument("--cap", choices=("lifetime", "window"), default="lifetime")
+
+    config = sub.add_parser("config", help="check or show the effective configuration")
+    csub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION", parser_class=_Parser)
+    csub.add_parser("check", help="validate the configuration and the directories it names")
+    cshow = csub.add_parser("show", help="the effective configuration, defaults filled in")
+    cshow.add_argument("--json", action="store_true", help="JSON instead of TOML")
+    return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive finite number")
+    return value
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    env = os.environ if environ is None else environ
+    try:
+        args = build_parser().parse_args(argv)
+        path = config_path_from(args.config, env)
+        config = load_config(path, env)
+        return _dispatch(args, config, path, env)
+    except CpuTrackerError as exc:
+        print(f"cpu-tracker: {exc}", file=sys.stderr)
+        return exit_code_for(exc)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _dispatch(args: argparse.Namespace, config: Config, path: Path | None, env: Mapping[str, str]) -> int:
+    if args.command == "run":
+        from cpu_tracker_daemon.daemon import run_daemon
+
+        run_daemon(config, path, env)
+        return EXIT_OK
+    if args.command == "once":
+        return _once(config, force=args.force)
+    if args.command == "status":
+        return _status(config, path, as_json=args.json)
+    if args.command == "budget":
+        if args.budget_command == "grant":
+            return _grant(config, args.epsilon, args.reason, args.cap)
+        return _status(config, path, as_json=args.json, grants=True)
+    if args.config_command == "check":
+        return _config_check(config, path)
+    if args.json:
+        print(json.dumps(as_dict(config), indent=2))
+    else:
+        print(to_toml(config), end="")
+    return EXIT_OK
+
+
+def _once(config: Config, force: bool) -> int:
+    import signal
+    import threading
+
+    from cpu_tracker_daemon import storage
+    from cpu_tracker_daemon.daemon import InstanceLock, configure_logging
+    from cpu_tracker_daemon.logs import get_logger
+    from cpu_tracker_daemon.sampling import PsutilCpuSource
+    from cpu_tracker_daemon.tracker import CycleLog, Tracker
+
+    configure_logging(config)
+    log = get_logger("cpu_tracker.once")
+    layout = storage.layout_for(config)
+    stop = threading.Event()
+
+    def on_stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_stop)
+    with InstanceLock(layout.lock):
+        storage.prepare(layout)
+        tracker = Tracker(config=config, layout=layout, cpu=PsutilCpuSource(), log=log, stop=stop)
+        result = tracker.cycle(force=force)
+    CycleLog(log)(result)
+    if result.error is not None:
+        print(f"cpu-tracker: {result.error}", file=sys.stderr)
+        return exit_code_for(result.error)
+    return EXIT_OK
+
+
+def _budget_view(config: Config, now: datetime) -> dict[str, Any]:
+    """Everything ``status`` and ``budget show`` print; reads the ledger read-only."""
+    from cpu_tracker_daemon import storage
+    from cpu_tracker_daemon.ledger import open_ledger
+    from cpu_tracker_daemon.tracker import caps_for
+
+    layout = storage.layout_for(config)
+    caps = caps_for(config)
+    ledger = open_ledger(layout.ledger, caps, now, create=False)
+    every = timedelta(seconds=config.schedule.every_seconds)
+    view: dict[str, Any] = {
+        "paths": {
+            "state": str(layout.state_dir),
+            "public": str(layout.public_file),
+            "private": str(layout.private_file),
+            "ledger": str(layout.ledger),
+        },
+        "ledger_exists": ledger is not None,
+        "per_release_epsilon": config.privacy.epsilon,
+        "privacy_unit": config.privacy.unit,
+    }
+    if ledger is None:
+        view.update(
+            last_release_at=None,
+            next_due_at=now.isoformat(),
+            releases=0,
+            budget={
+                "spent_epsilon": 0.0,
+                "remaining_epsilon": min(caps.lifetime_epsilon, caps.window_epsilon),
+                "caps": {
+                    "lifetime": {
+                        "limit": caps.lifetime_epsilon,
+                        "spent": 0.0,
+                        "remaining": caps.lifetime_epsilon,
+                        "granted": 0.0,
+                    },
+                    "window": {
+                        "limit": caps.window_epsilon,
+                        "spent": 0.0,
+                        "remaining": caps.window_epsilon,
+                        "granted": 0.0,
+                        "hours": caps.window_hours,
+                    },
+                },
+            },
+            grants=[],
+        )
+        return view
+    with ledger:
+        status = ledger.status(caps, now)
+        grants = ledger.grants()
+    anchor = status.cooldown_anchor_ts
+    due = now if anchor is None else max(datetime.fromtimestamp(anchor, UTC) + every, now)
+    caps_view: dict[str, Any] = {}
+    for cap in status.caps:
+        caps_view[cap.name] = {
+            "limit": cap.limit,
+            "spent": cap.spent,
+            "remaining": cap.remaining,
+            "granted": cap.granted,
+        }
+    caps_view["window"]["hours"] = caps.window_hours
+    view.update(
+        last_release_at=status.last_release_at,
+        next_due_at=due.isoformat(),
+        releases=status.releases,
+        budget={
+            "spent_epsilon": status.lifetime.spent,
+            "remaining_epsilon": status.remaining,
+            "caps": caps_view,
+            "releases_possible_now": status.first_blocking(config.privacy.epsilon) is None,
+        },
+        grants=[g.__dict__ for g in grants],
+    )
+    return view
+
+
+def _status(config: Config, path: Path | None, as_json: bool, grants: bool = False) -> int:
+    view = _budget_view(config, datetime.now(UTC))
+    view["config"] = str(path) if path else "embedded defaults"
+    if as_json:
+        print(json.dumps(view, indent=2))
+        return EXIT_OK
+    b = view["budget"]
+    life, win = b["caps"]["lifetime"], b["caps"]["window"]
+    lines = [
+        f"cpu-tracker {__version__} (config: {view['config']})",
+        f"last release:  {view['last_release_at'] or 'never'}",
+        f"next due:      {view['next_due_at']}",
+        f"releases:      {view['releases']} at epsilon {config.privacy.epsilon:g} each "
+        f"(privacy unit: {config.privacy.unit})",
+        f"budget:        lifetime {life['spent']:g} of {life['limit']:g} spent, {life['remaining']:g} left",
+        f"               last {win['hours']:g} h {win['spent']:g} of {win['limit']:g} spent, "
+        f"{win['remaining']:g} left",
+    ]
+    if not view["ledger_exists"]:
+        lines.append("ledger:        not created yet (the first cycle creates it)")
+    elif b["remaining_epsilon"] < config.privacy.epsilon:
+        lines.append(
+            "               PAUSED: the next release does not fit; "
+            "'cpu-tracker budget grant EPSILON --reason TEXT' resumes releases"
+        )
+    lines += [
+        f"public:        {view['paths']['public']}",
+        f"private:       {view['paths']['private']}",
+        f"ledger:        {view['paths']['ledger']}",
+    ]
+    if grants:
+        lines.append("grants:        " + ("none" if not view["grants"] else ""))
+        lines += [
+            f"  {g['granted_at']}  +{g['epsilon']:g} {g['cap']}  by {g['granted_by']}: {g['reason']}"
+            for g in view["grants"]
+        ]
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def _grant(config: Config, epsilon: float, reason: str, cap: str) -> int:
+    from cpu_tracker_daemon import storage
+    from cpu_tracker_daemon.ledger import open_ledger
+    from cpu_tracker_daemon.tracker import caps_for
+
+    if not reason.strip():
+        raise UsageError("--reason must say why the budget is raised; it is kept in the ledger")
+    layout = storage.layout_for(config)
+    now = datetime.now(UTC)
+    ledger = open_ledger(layout.ledger, caps_for(config), now, create=True)
+    assert ledger is not None
+    with ledger:
+        ledger.grant(cap, epsilon, reason.strip(), _who(), now)
+        status = ledger.status(caps_for(config), now)
+    chosen = status.lifetime if cap == "lifetime" else status.window
+    print(f"granted epsilon {epsilon:g} to the {cap} cap: now {chosen.limit:g}, {chosen.remaining:g} left")
+    return EXIT_OK
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+def _config_check(config: Config, path: Path | None) -> int:
+    from cpu_tracker_daemon import storage
+
+    layout = storage.layout_for(config)
+    problems = [
+        f"{name} {directory} cannot be created or written by this user; choose another directory"
+        for name, directory in (
+            ("paths.data_dir", layout.state_dir),
+            ("the public output directory", layout.public_dir),
+            ("the private output directory", layout.private_dir),
+        )
+        if not _creatable(directory)
+    ]
+    if problems:
+        raise ConfigError(problems)
+    print(f"configuration OK ({path or 'embedded defaults'}); data in {layout.state_dir}")
+    return EXIT_OK
+
+
+def _creatable(directory: Path) -> bool:
+    """Whether ``directory`` exists writable, or its nearest existing ancestor is."""
+    probe = directory
+    while not probe.exists():
+        if probe.parent == probe:
+            return False
+        probe = probe.parent
+    return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)

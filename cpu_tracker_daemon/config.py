@@ -1,0 +1,361 @@
+"""The configuration: frozen values, embedded defaults, and a loader that reports every problem.
+
+``load_config`` reads one TOML file (or none: the defaults are complete) and returns a
+:class:`Config`, or raises :class:`ConfigError` listing every problem, each naming the key and
+the fix. It reads; it never writes or logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cpu_tracker_daemon.errors import ConfigError
+
+CONFIG_ENV = "CPU_TRACKER_CONFIG"
+APP_NAME = "cpu-tracker"
+UNITS = ("window", "sample")
+MECHANISMS = ("laplace",)
+LOG_FORMATS = ("json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_READERS = ("aggregator@openmined.org",)
+_EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    data_dir: Path
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    samples: int = 50
+    interval_seconds: float = 1.0
+
+    @property
+    def window_seconds(self) -> float:
+        return self.samples * self.interval_seconds
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    every_seconds: float = 3600.0
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    unit: str = "window"
+    mechanism: str = "laplace"
+    epsilon: float = 0.5
+    lower: float = 0.0
+    upper: float = 100.0
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    lifetime_epsilon: float = 100.0
+    window_epsilon: float = 12.0
+    window_hours: float = 24.0
+
+
+@dataclass(frozen=True)
+class SyftboxConfig:
+    dir: Path | None = None
+    email: str = ""
+    readers: tuple[str, ...] = DEFAULT_READERS
+
+    @property
+    def enabled(self) -> bool:
+        return self.dir is not None
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    format: str = "json"
+    level: str = "info"
+    file: Path | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    paths: PathsConfig
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    syftbox: SyftboxConfig = field(default_factory=SyftboxConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    source: Path | None = None
+
+
+# The schema: section -> key -> (kind, default). Kinds: int, float, str, path, emails.
+_SCHEMA: dict[str, dict[str, str]] = {
+    "paths": {"data_dir": "path"},
+    "sampling": {"samples": "int", "interval_seconds": "float"},
+    "schedule": {"every_seconds": "float"},
+    "privacy": {
+        "unit": "str",
+        "mechanism": "str",
+        "epsilon": "float",
+        "lower": "float",
+        "upper": "float",
+    },
+    "budget": {"lifetime_epsilon": "float", "window_epsilon": "float", "window_hours": "float"},
+    "syftbox": {"dir": "path", "email": "str", "readers": "emails"},
+    "logging": {"format": "str", "level": "str", "file": "path"},
+}
+_KIND_HINT = {
+    "int": "a whole number",
+    "float": "a number",
+    "str": "a quoted string",
+    "path": "a quoted path",
+    "emails": "a list of quoted email addresses",
+}
+
+
+def default_data_dir(environ: Mapping[str, str] = os.environ, platform: str = sys.platform) -> Path:
+    """Where state and outputs go when ``paths.data_dir`` is not set.
+
+    systemd's ``$STATE_DIRECTORY`` first (its first entry), then the platform's per-user data
+    directory: ``~/Library/Application Support`` on macOS, ``$XDG_DATA_HOME`` or
+    ``~/.local/share`` elsewhere.
+    """
+    state = environ.get("STATE_DIRECTORY", "")
+    if state:
+        return Path(state.split(":")[0])
+    home = Path(environ.get("HOME") or Path.home())
+    if platform == "darwin":
+        return home / "Library" / "Application Support" / APP_NAME
+    xdg = environ.get("XDG_DATA_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else home / ".local" / "share"
+    return base / APP_NAME
+
+
+def config_path_from(cli_path: str | None, environ: Mapping[str, str] = os.environ) -> Path | None:
+    """The config file to read: ``--config``, else ``$CPU_TRACKER_CONFIG``, else none."""
+    if cli_path:
+        return Path(cli_path)
+    env = environ.get(CONFIG_ENV, "")
+    return Path(env) if env else None
+
+
+def load_config(path: Path | None, environ: Mapping[str, str] = os.environ) -> Config:
+    """Read ``path`` (or nothing) over the embedded defaults; raise ConfigError listing all problems."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_toml(path)
+    return parse_config(raw, source=path, environ=environ)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError([f"config file {path} does not exist; create it or drop --config"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"config file {path} is a directory; name a TOML file"]) from None
+    except OSError as exc:
+        raise ConfigError(
+            [f"config file {path} cannot be read ({exc.strerror}); fix its permissions"]
+        ) from None
+    try:
+        text = data.decode("utf-8")
+        return tomllib.loads(text)
+    except UnicodeDecodeError:
+        raise ConfigError([f"config file {path} is not UTF-8 text; save it as UTF-8 TOML"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"config file {path} is not valid TOML ({exc}); fix the syntax there"]) from None
+
+
+def parse_config(
+    raw: Mapping[str, Any], source: Path | None = None, environ: Mapping[str, str] = os.environ
+) -> Config:
+    """Validate a parsed TOML document and build the Config; raise ConfigError listing all problems."""
+    problems: list[str] = []
+    values: dict[str, dict[str, Any]] = {section: {} for section in _SCHEMA}
+    base = source.parent if source is not None else Path.cwd()
+
+    for section, table in raw.items():
+        if section not in _SCHEMA:
+            problems.append(_unknown(section, list(_SCHEMA)))
+            continue
+        if not isinstance(table, dict):
+            problems.append(f"[{section}] must be a table; write it as a [{section}] header")
+            continue
+        for key, value in table.items():
+            kinds = _SCHEMA[section]
+            name = f"{section}.{key}"
+            if key not in kinds:
+                problems.append(_unknown(name, [f"{section}.{k}" for k in kinds]))
+                continue
+            converted, problem = _convert(name, kinds[key], value, base)
+            if problem:
+                problems.append(problem)
+            else:
+                values[section][key] = converted
+
+    if problems:
+        raise ConfigError(problems)
+
+    try:
+        config = Config(
+            paths=PathsConfig(data_dir=values["paths"].pop("data_dir", None) or default_data_dir(environ)),
+            sampling=SamplingConfig(**values["sampling"]),
+            schedule=ScheduleConfig(**values["schedule"]),
+            privacy=PrivacyConfig(**values["privacy"]),
+            budget=BudgetConfig(**values["budget"]),
+            syftbox=SyftboxConfig(**values["syftbox"]),
+            logging=LoggingConfig(**values["logging"]),
+            source=source,
+        )
+    except TypeError as exc:  # pragma: no cover - the schema and the dataclasses agree
+        raise ConfigError([str(exc)]) from None
+    problems.extend(_check(config))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _unknown(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {close[0]}?" if close else "known: " + ", ".join(known)
+    return f"unknown key {name}; remove it ({hint})"
+
+
+def _convert(name: str, kind: str, value: Any, base: Path) -> tuple[Any, str]:
+    wrong = f"{name} must be {_KIND_HINT[kind]}, not {type(value).__name__} {value!r}; fix its type"
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None, wrong
+        return value, ""
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None, wrong
+        if not math.isfinite(value):
+            return None, f"{name} must be a finite number, not {value!r}; give a finite value"
+        return float(value), ""
+    if kind == "str":
+        return (value, "") if isinstance(value, str) else (None, wrong)
+    if kind == "path":
+        if not isinstance(value, str):
+            return None, wrong
+        if not value:
+            return None, ""
+        path = Path(value).expanduser()
+        return (path if path.is_absolute() else base / path), ""
+    # emails
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return None, wrong
+    bad = [v for v in value if not _EMAIL.match(v)]
+    if bad:
+        return None, f"{name} has invalid email addresses {bad}; give addresses like name@example.org"
+    return tuple(value), ""
+
+
+def _check(config: Config) -> list[str]:
+    """Cross-field and range checks; each problem names the key and the fix."""
+    problems: list[str] = []
+    s, p, b, sched = config.sampling, config.privacy, config.budget, config.schedule
+
+    def positive(name: str, value: float) -> None:
+        if value <= 0:
+            problems.append(f"{name} must be greater than 0 (got {value:g}); set a positive value")
+
+    if s.samples < 1:
+        problems.append(f"sampling.samples must be at least 1 (got {s.samples}); set e.g. 50")
+    elif s.samples > 100_000:
+        problems.append(f"sampling.samples must be at most 100000 (got {s.samples}); lower it")
+    positive("sampling.interval_seconds", s.interval_seconds)
+    positive("schedule.every_seconds", sched.every_seconds)
+    if s.samples >= 1 and s.interval_seconds > 0 and sched.every_seconds < s.window_seconds:
+        problems.append(
+            f"schedule.every_seconds ({sched.every_seconds:g}) is shorter than the sampling window "
+            f"({s.window_seconds:g} s = samples x interval_seconds); raise every_seconds or "
+            "shorten the window"
+        )
+    if p.unit not in UNITS:
+        problems.append(f"privacy.unit must be one of {', '.join(UNITS)} (got {p.unit!r})")
+    if p.mechanism not in MECHANISMS:
+        problems.append(f"privacy.mechanism must be one of {', '.join(MECHANISMS)} (got {p.mechanism!r})")
+    positive("privacy.epsilon", p.epsilon)
+    if not 0 <= p.lower <= 100 or not 0 <= p.upper <= 100:
+        problems.append(
+            f"privacy.lower and privacy.upper must lie in [0, 100] (got {p.lower:g}, {p.upper:g}); "
+            "CPU busy is a percentage"
+        )
+    if p.upper <= p.lower:
+        problems.append(
+            f"privacy.upper ({p.upper:g}) must be greater than privacy.lower ({p.lower:g}); "
+            "swap or widen them"
+        )
+    positive("budget.lifetime_epsilon", b.lifetime_epsilon)
+    positive("budget.window_epsilon", b.window_epsilon)
+    positive("budget.window_hours", b.window_hours)
+    for cap_name, cap in (("window_epsilon", b.window_epsilon), ("lifetime_epsilon", b.lifetime_epsilon)):
+        if 0 < cap < p.epsilon:
+            problems.append(
+                f"privacy.epsilon ({p.epsilon:g}) exceeds budget.{cap_name} ({cap:g}), so no "
+                "release could ever fit; lower the epsilon or raise the cap"
+            )
+    sb = config.syftbox
+    if (sb.dir is None) != (not sb.email):
+        problems.append("syftbox.dir and syftbox.email go together; set both or neither")
+    if sb.email and not _EMAIL.match(sb.email):
+        problems.append(f"syftbox.email {sb.email!r} is not an email address; give your datasite's")
+    if config.logging.format not in LOG_FORMATS:
+        problems.append(
+            f"logging.format must be one of {', '.join(LOG_FORMATS)} (got {config.logging.format!r})"
+        )
+    if config.logging.level not in LOG_LEVELS:
+        problems.append(
+            f"logging.level must be one of {', '.join(LOG_LEVELS)} (got {config.logging.level!r})"
+        )
+    return problems
+
+
+def as_dict(config: Config) -> dict[str, dict[str, Any]]:
+    """The effective configuration as plain TOML-able values (paths as strings, unset as "")."""
+    out: dict[str, dict[str, Any]] = {}
+    for section in _SCHEMA:
+        obj = getattr(config, section)
+        table: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if isinstance(value, Path):
+                value = str(value)
+            elif value is None:
+                value = ""
+            elif isinstance(value, tuple):
+                value = list(value)
+            table[f.name] = value
+        out[section] = table
+    return out
+
+
+def to_toml(config: Config) -> str:
+    """Render the effective configuration as TOML that ``load_config`` reads back unchanged."""
+    lines: list[str] = []
+    for section, table in as_dict(config).items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in table.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,264 @@
+"""The long-running process: lock, signals, scheduler, reload, notify. No business logic.
+
+Signal handlers only record what arrived and wake the main loop; the main thread acts on it.
+APScheduler 3.11 runs the cycle on one worker thread (``max_instances=1``, ``coalesce``,
+``misfire_grace_time=None`` so a run missed during suspend still happens once, UTC, no jitter).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import threading
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from cpu_tracker_daemon import logs, storage
+from cpu_tracker_daemon.config import Config, load_config
+from cpu_tracker_daemon.errors import AnotherInstanceError, ConfigError, CpuTrackerError
+from cpu_tracker_daemon.notify import Notifier
+from cpu_tracker_daemon.sampling import CpuSource, PsutilCpuSource
+from cpu_tracker_daemon.tracker import Clock, CycleLog, CycleResult, Tracker, utc_now
+
+JOB_ID = "release"
+
+
+class InstanceLock:
+    """An exclusive ``flock`` on the state directory's lock file, held for the process's life."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown pid"
+            os.close(fd)
+            raise AnotherInstanceError(str(self.path), f"pid {holder}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> InstanceLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def configure_logging(config: Config) -> None:
+    logs.configure(config.logging.format, config.logging.level, config.logging.file)
+
+
+class Daemon:
+    """Runs cycles on a schedule until SIGTERM or SIGINT; reloads on SIGHUP."""
+
+    def __init__(
+        self,
+        config: Config,
+        config_path: Path | None,
+        environ: Mapping[str, str] = os.environ,
+        cpu: CpuSource | None = None,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._config_path = config_path
+        self._environ = environ
+        self._clock = clock
+        self._cpu = cpu
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._reload_requested = False
+        self._fatal: CpuTrackerError | None = None
+        self._log = logs.get_logger("cpu_tracker.daemon")
+        self._notifier = Notifier(environ)
+        self._cycle_log = CycleLog(self._log)
+        self._last: CycleResult | None = None
+        self._config = config
+        self._layout = storage.layout_for(config)
+        self._tracker: Tracker | None = None
+        self._scheduler: Any = None
+
+    def _make_tracker(self, config: Config) -> Tracker:
+        assert self._cpu is not None
+        return Tracker(
+            config=config,
+            layout=self._layout,
+            cpu=self._cpu,
+            log=self._log,
+            clock=self._clock,
+            stop=self._stop,
+        )
+
+    # -- signals: record and wake, nothing else -------------------------------------------
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self._reload_requested = True
+        self._wake.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    # -- main loop ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run until stopped; raise the error that stopped it, if one did."""
+        with InstanceLock(self._layout.lock):
+            storage.prepare(self._layout)
+            if self._cpu is None:
+                self._cpu = PsutilCpuSource()
+            self._tracker = self._make_tracker(self._config)
+            with self._tracker.open_ledger() as ledger:  # verify it before promising anything
+                first_run = self._tracker.next_due(ledger)
+            self._start_scheduler(first_run)
+            self._log.info(
+                "daemon.started",
+                pid=os.getpid(),
+                config=str(self._config_path) if self._config_path else "embedded defaults",
+                public=str(self._layout.public_file),
+                every_seconds=self._config.schedule.every_seconds,
+                first_run_at=first_run.isoformat(),
+            )
+            self._notifier.send(READY="1", STATUS=f"started; first release at {_hm(first_run)}")
+            try:
+                self._loop()
+            finally:
+                self._notifier.send(STOPPING="1", STATUS="stopping")
+                self._stop.set()
+                self._scheduler.shutdown(wait=True)
+            if self._fatal is not None:
+                self._log.error("daemon.failed", detail=str(self._fatal))
+                raise self._fatal
+            self._log.info("daemon.stopped")
+
+    def _loop(self) -> None:
+        interval = self._notifier.watchdog_interval
+        while not self._stop.is_set():
+            self._wake.wait(interval if interval else 60.0)
+            self._wake.clear()
+            if self._reload_requested:
+                self._reload_requested = False
+                self._reload()
+            if interval and self._scheduler.running:
+                self._notifier.send(WATCHDOG="1")
+
+    def _start_scheduler(self, first_run: datetime) -> None:
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self._scheduler = BackgroundScheduler(
+            timezone="UTC",
+            executors={"default": ThreadPoolExecutor(max_workers=1)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+        self._scheduler.add_job(
+            self._job,
+            trigger=self._trigger(self._config),
+            id=JOB_ID,
+            name="cpu-tracker release",
+            next_run_time=first_run,
+        )
+        self._scheduler.start()
+
+    @staticmethod
+    def _trigger(config: Config) -> Any:
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        return IntervalTrigger(seconds=config.schedule.every_seconds, timezone="UTC")
+
+    def _job(self) -> None:
+        tracker = self._tracker
+        assert tracker is not None
+        # The grid and the cooldown can disagree by scheduling latency; wait that out, no more.
+        max_wait = min(tracker.config.schedule.every_seconds / 10, 60.0)
+        try:
+            result = tracker.cycle(max_wait=max_wait)
+        except CpuTrackerError as exc:  # the ledger cannot be trusted: stop, fail closed
+            self._fatal = exc
+            self._stop.set()
+            self._wake.set()
+            return
+        except Exception:  # noqa: BLE001 - a bug in one cycle must not kill the schedule
+            self._log.exception("cycle.crashed")
+            return
+        self._last = result
+        self._cycle_log(result)
+        if result.next_due_at is not None:
+            self._align(result.next_due_at)
+        self._notify_status()
+
+    def _align(self, due: datetime) -> None:
+        """Move the next run to ``due`` when the grid would fire before the cooldown allows."""
+        job = self._scheduler.get_job(JOB_ID)
+        if (
+            job is not None
+            and job.next_run_time is not None
+            and job.next_run_time < due - timedelta(seconds=1)
+        ):
+            self._scheduler.modify_job(JOB_ID, next_run_time=due)
+
+    def _notify_status(self) -> None:
+        if not self._notifier.enabled or self._last is None:
+            return
+        job = self._scheduler.get_job(JOB_ID)
+        next_run = job.next_run_time if job is not None else None
+        remaining = self._last.epsilon_remaining
+        self._notifier.send(
+            STATUS=(
+                f"last cycle {self._last.outcome} at {_hm(self._clock())}; "
+                f"budget left {'?' if remaining is None else f'{remaining:g}'} epsilon; "
+                f"next run {_hm(next_run) if next_run else 'none'}"
+            )
+        )
+
+    def _reload(self) -> None:
+        self._notifier.reloading()
+        try:
+            config = load_config(self._config_path, self._environ)
+            if storage.layout_for(config) != self._layout:
+                raise ConfigError(
+                    ["paths.data_dir and [syftbox] cannot change while running; restart instead"]
+                )
+        except ConfigError as exc:
+            self._log.error("config.reload_failed", detail=str(exc), kept="the running configuration")
+            self._notifier.send(READY="1")
+            return
+        configure_logging(config)
+        self._config = config
+        self._tracker = self._make_tracker(config)
+        job = self._scheduler.get_job(JOB_ID)
+        next_run = job.next_run_time if job is not None else self._clock()
+        self._scheduler.modify_job(JOB_ID, trigger=self._trigger(config), next_run_time=next_run)
+        self._log.info("config.reloaded", every_seconds=config.schedule.every_seconds)
+        self._notifier.send(READY="1", STATUS="configuration reloaded")
+
+
+def _hm(when: datetime) -> str:
+    return when.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def run_daemon(config: Config, config_path: Path | None, environ: Mapping[str, str] = os.environ) -> None:
+    """Entry point for ``cpu-tracker run``: configure logs, handle signals, run until stopped."""
+    configure_logging(config)
+    daemon = Daemon(config, config_path, environ)
+    daemon.install_signal_handlers()
+    daemon.run()

@@ -1,0 +1,111 @@
+"""Exception types. Each str() is one sentence a user can act on.
+
+Only :mod:`cpu_tracker_daemon.cli` turns these into exit codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class CpuTrackerError(Exception):
+    """Base class; str() is one sentence a user can act on."""
+
+
+class UsageError(CpuTrackerError):
+    """The command line is wrong."""
+
+
+class ConfigError(CpuTrackerError):
+    """The configuration is invalid; every problem is reported at once."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid configuration: " + "; ".join(self.problems))
+
+
+class LedgerCorruptError(CpuTrackerError):
+    """The privacy ledger cannot be trusted; releases stop until a person looks at it."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"privacy ledger {path} is unusable ({reason}); releases are stopped: "
+            "restore it from a backup or move it aside knowingly (the ledger is never reset "
+            "automatically)"
+        )
+
+
+class LedgerUnavailableError(CpuTrackerError):
+    """The ledger is sound but cannot be used right now (locked, disk full, read-only)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"privacy ledger {path} cannot be used right now ({reason}); nothing was released: "
+            "fix the cause and the next cycle retries"
+        )
+
+
+class AnotherInstanceError(CpuTrackerError):
+    """Another process holds the state directory's lock."""
+
+    def __init__(self, lock_path: str, holder: str) -> None:
+        self.lock_path = lock_path
+        self.holder = holder
+        super().__init__(
+            f"another cpu-tracker ({holder}) already holds {lock_path}; stop it first, "
+            "or give this one a different paths.data_dir"
+        )
+
+
+class CooldownError(CpuTrackerError):
+    """The execution interval since the last release has not elapsed."""
+
+    def __init__(self, due_at: str) -> None:
+        self.due_at = due_at
+        super().__init__(
+            f"the last release was less than schedule.every_seconds ago; the next one is due at "
+            f"{due_at} (use --force to skip the cooldown; the budget still applies)"
+        )
+
+
+class BudgetExhaustedError(CpuTrackerError):
+    """A release would exceed a privacy-budget cap."""
+
+    def __init__(self, cap: str, spent: float, limit: float, needed: float) -> None:
+        self.cap = cap
+        self.spent = spent
+        self.limit = limit
+        self.needed = needed
+        remedy = (
+            "wait for older spends to leave the rolling window, or grant more with "
+            "'cpu-tracker budget grant EPSILON --cap window --reason TEXT'"
+            if cap == "window"
+            else "grant more with 'cpu-tracker budget grant EPSILON --reason TEXT'"
+        )
+        super().__init__(
+            f"privacy budget exhausted: the {cap} cap allows epsilon {limit:g} and {spent:g} is "
+            f"spent, so a release costing {needed:g} does not fit; {remedy}"
+        )
+
+
+class OutputError(CpuTrackerError):
+    """An output file could not be written."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"cannot write {path} ({reason}); free space or fix permissions, and the same "
+            "noisy value will be published on the next cycle"
+        )
+
+
+class Interrupted(CpuTrackerError):
+    """A stop was requested while a cycle was waiting."""
+
+    def __init__(self) -> None:
+        super().__init__("interrupted by a stop request before anything was released")

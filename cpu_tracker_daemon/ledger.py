@@ -1,0 +1,459 @@
+"""The durable privacy-budget ledger: one SQLite file, append-only, fail-closed.
+
+* Every spend is recorded (``reserve``) in its own committed transaction *before* noise is drawn.
+  The noisy value is then recorded (``record_drawn``) before it is written anywhere, so a release
+  interrupted after that point is republished with the same noise, never redrawn.
+* Caps are checked inside the same ``BEGIN IMMEDIATE`` transaction that records the spend, so
+  reservations from several processes never overshoot a cap.
+* Spends, outcomes and grants are append-only; triggers refuse UPDATE and DELETE.
+* A missing ledger is created atomically (built aside, then renamed). An existing file that is
+  not exactly a cpu-tracker ledger raises :class:`LedgerCorruptError` and is never touched.
+* Caps only rise by a grant: a config cap above the one recorded at creation is not honoured.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cpu_tracker_daemon.errors import (
+    BudgetExhaustedError,
+    CooldownError,
+    LedgerCorruptError,
+    LedgerUnavailableError,
+)
+from cpu_tracker_daemon.storage import fsync_dir
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x43505554  # "CPUT"
+CAPS = ("lifetime", "window")
+_TOLERANCE = 1e-9
+_TABLES = {"meta", "spends", "outcomes", "grants", "cooldown"}
+
+_SCHEMA = f"""
+PRAGMA application_id = {APPLICATION_ID};
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE spends (
+    release_id   TEXT PRIMARY KEY,
+    reserved_ts  REAL NOT NULL,
+    reserved_at  TEXT NOT NULL,
+    window_start TEXT NOT NULL,
+    window_end   TEXT NOT NULL,
+    epsilon      REAL NOT NULL CHECK (epsilon > 0),
+    delta        REAL NOT NULL CHECK (delta >= 0),
+    mechanism    TEXT NOT NULL,
+    unit         TEXT NOT NULL,
+    sensitivity  REAL NOT NULL
+);
+CREATE TABLE outcomes (
+    id         INTEGER PRIMARY KEY,
+    release_id TEXT NOT NULL REFERENCES spends (release_id),
+    status     TEXT NOT NULL CHECK (status IN ('drawn', 'published', 'abandoned', 'superseded')),
+    at         TEXT NOT NULL,
+    payload    TEXT
+);
+CREATE TABLE grants (
+    id         INTEGER PRIMARY KEY,
+    cap        TEXT NOT NULL CHECK (cap IN ('lifetime', 'window')),
+    epsilon    REAL NOT NULL CHECK (epsilon > 0),
+    reason     TEXT NOT NULL CHECK (length(reason) > 0),
+    granted_by TEXT NOT NULL,
+    granted_at TEXT NOT NULL
+);
+CREATE TABLE cooldown (id INTEGER PRIMARY KEY CHECK (id = 1), anchor_ts REAL NOT NULL);
+"""
+_APPEND_ONLY = "".join(
+    f"""
+CREATE TRIGGER {table}_no_{op} BEFORE {op.upper()} ON {table}
+BEGIN SELECT RAISE(ABORT, 'the privacy ledger is append-only'); END;"""
+    for table in ("spends", "outcomes", "grants", "meta")
+    for op in ("update", "delete")
+)
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+@dataclass(frozen=True)
+class Caps:
+    """The caps from the configuration (epsilon), and the rolling window's length."""
+
+    lifetime_epsilon: float
+    window_epsilon: float
+    window_hours: float
+
+
+@dataclass(frozen=True)
+class CapStatus:
+    name: str
+    limit: float
+    spent: float
+    granted: float
+    base: float
+
+    @property
+    def remaining(self) -> float:
+        return max(self.limit - self.spent, 0.0)
+
+    def fits(self, epsilon: float) -> bool:
+        return self.spent + epsilon <= self.limit + _TOLERANCE * max(1.0, self.limit)
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    lifetime: CapStatus
+    window: CapStatus
+    releases: int
+    last_release_at: str | None
+    cooldown_anchor_ts: float | None
+
+    @property
+    def caps(self) -> tuple[CapStatus, CapStatus]:
+        return (self.lifetime, self.window)
+
+    @property
+    def remaining(self) -> float:
+        return min(c.remaining for c in self.caps)
+
+    def first_blocking(self, epsilon: float) -> CapStatus | None:
+        return next((c for c in self.caps if not c.fits(epsilon)), None)
+
+
+@dataclass(frozen=True)
+class Spend:
+    """What one release will cost; recorded before any noise is drawn."""
+
+    release_id: str
+    window_start: datetime
+    window_end: datetime
+    epsilon: float
+    delta: float
+    mechanism: str
+    unit: str
+    sensitivity: float
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """A reserved release that was never confirmed published."""
+
+    release_id: str
+    status: str | None  # None: reserved only; "drawn": the noisy record is in ``payload``
+    payload: dict[str, Any] | None
+    reserved_ts: float
+
+
+@dataclass(frozen=True)
+class Grant:
+    cap: str
+    epsilon: float
+    reason: str
+    granted_by: str
+    granted_at: str
+
+
+class Ledger:
+    """A verified connection to the ledger file. Use :func:`open_ledger` to get one."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn = conn
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _guard(self) -> Iterator[sqlite3.Connection]:
+        """Translate SQLite failures: damage is corruption, the rest is temporary."""
+        try:
+            yield self._conn
+        except sqlite3.IntegrityError as exc:
+            raise LedgerCorruptError(str(self.path), f"integrity violation: {exc}") from None
+        except sqlite3.OperationalError as exc:
+            raise LedgerUnavailableError(str(self.path), str(exc)) from None
+        except sqlite3.DatabaseError as exc:
+            raise LedgerCorruptError(str(self.path), str(exc)) from None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._guard() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def status(self, caps: Caps, now: datetime) -> BudgetStatus:
+        with self._guard() as conn:
+            return self._status(conn, caps, now.timestamp())
+
+    def _status(self, conn: sqlite3.Connection, caps: Caps, now_ts: float) -> BudgetStatus:
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        granted = dict.fromkeys(CAPS, 0.0)
+        for cap, total in conn.execute("SELECT cap, SUM(epsilon) FROM grants GROUP BY cap"):
+            granted[cap] = float(total)
+        count, lifetime_spent, last_ts = conn.execute(
+            "SELECT COUNT(*), TOTAL(epsilon), MAX(reserved_ts) FROM spends"
+        ).fetchone()
+        (window_spent,) = conn.execute(
+            "SELECT TOTAL(epsilon) FROM spends WHERE reserved_ts > ?",
+            (now_ts - caps.window_hours * 3600.0,),
+        ).fetchone()
+        anchor = conn.execute("SELECT anchor_ts FROM cooldown WHERE id = 1").fetchone()
+
+        def cap_status(name: str, configured: float, spent: float) -> CapStatus:
+            base = min(configured, float(meta[f"base_{name}_epsilon"]))
+            return CapStatus(name, base + granted[name], float(spent), granted[name], base)
+
+        return BudgetStatus(
+            lifetime=cap_status("lifetime", caps.lifetime_epsilon, lifetime_spent),
+            window=cap_status("window", caps.window_epsilon, window_spent),
+            releases=int(count),
+            last_release_at=iso(last_ts) if last_ts is not None else None,
+            cooldown_anchor_ts=float(anchor[0]) if anchor else None,
+        )
+
+    def unfinished(self) -> list[Unfinished]:
+        """Reserved releases with no terminal outcome, oldest first."""
+        with self._guard() as conn:
+            rows = conn.execute(
+                """
+                SELECT s.release_id, s.reserved_ts,
+                       (SELECT status FROM outcomes o WHERE o.release_id = s.release_id
+                        ORDER BY o.id DESC LIMIT 1) AS status,
+                       (SELECT payload FROM outcomes o WHERE o.release_id = s.release_id
+                        AND o.status = 'drawn' ORDER BY o.id DESC LIMIT 1) AS payload
+                FROM spends s ORDER BY s.reserved_ts
+                """
+            ).fetchall()
+        result = []
+        for release_id, reserved_ts, status, payload in rows:
+            if status in (None, "drawn"):
+                result.append(
+                    Unfinished(release_id, status, json.loads(payload) if payload else None, reserved_ts)
+                )
+        return result
+
+    def published_after(self, reserved_ts: float) -> bool:
+        """Whether a release reserved after ``reserved_ts`` has been published."""
+        with self._guard() as conn:
+            row = conn.execute(
+                """SELECT 1 FROM spends s JOIN outcomes o ON o.release_id = s.release_id
+                   WHERE s.reserved_ts > ? AND o.status = 'published' LIMIT 1""",
+                (reserved_ts,),
+            ).fetchone()
+        return row is not None
+
+    def grants(self) -> list[Grant]:
+        with self._guard() as conn:
+            rows = conn.execute(
+                "SELECT cap, epsilon, reason, granted_by, granted_at FROM grants ORDER BY id"
+            ).fetchall()
+        return [Grant(*row) for row in rows]
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def cooldown_anchor(self, now: datetime) -> tuple[float | None, bool]:
+        """The start of the last reserved window; one in the future is moved to now, durably.
+
+        Returns ``(anchor_ts, skewed)``. Moving a future anchor to now means a clock that jumped
+        backwards delays the next release by at most one interval.
+        """
+        now_ts = now.timestamp()
+        with self._transaction() as conn:
+            row = conn.execute("SELECT anchor_ts FROM cooldown WHERE id = 1").fetchone()
+            if row is None:
+                return None, False
+            if row[0] > now_ts:
+                conn.execute("UPDATE cooldown SET anchor_ts = ? WHERE id = 1", (now_ts,))
+                return now_ts, True
+            return float(row[0]), False
+
+    def reserve(self, spend: Spend, caps: Caps, now: datetime, every_seconds: float | None) -> BudgetStatus:
+        """Check every cap (and the cooldown, unless ``every_seconds`` is None); record the spend.
+
+        Raises CooldownError or BudgetExhaustedError and records nothing when it does not fit.
+        Returns the budget as it stands after the spend.
+        """
+        now_ts = now.timestamp()
+        start_ts = spend.window_start.timestamp()
+        with self._transaction() as conn:
+            anchor_row = conn.execute("SELECT anchor_ts FROM cooldown WHERE id = 1").fetchone()
+            anchor = float(anchor_row[0]) if anchor_row else None
+            if every_seconds is not None and anchor is not None and start_ts < anchor + every_seconds:
+                raise CooldownError(iso(anchor + every_seconds))
+            before = self._status(conn, caps, now_ts)
+            blocking = before.first_blocking(spend.epsilon)
+            if blocking is not None:
+                raise BudgetExhaustedError(blocking.name, blocking.spent, blocking.limit, spend.epsilon)
+            conn.execute(
+                "INSERT INTO spends VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    spend.release_id,
+                    now_ts,
+                    iso(now_ts),
+                    spend.window_start.isoformat(),
+                    spend.window_end.isoformat(),
+                    spend.epsilon,
+                    spend.delta,
+                    spend.mechanism,
+                    spend.unit,
+                    spend.sensitivity,
+                ),
+            )
+            conn.execute(
+                "INSERT INTO cooldown (id, anchor_ts) VALUES (1, ?) "
+                "ON CONFLICT (id) DO UPDATE SET anchor_ts = max(anchor_ts, excluded.anchor_ts)",
+                (start_ts,),
+            )
+            return self._status(conn, caps, now_ts)
+
+    def record(
+        self, release_id: str, status: str, now: datetime, payload: dict[str, Any] | None = None
+    ) -> None:
+        """Append an outcome: ``drawn`` (with the noisy public record), ``published``, ..."""
+        text = json.dumps(payload, sort_keys=True) if payload is not None else None
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO outcomes (release_id, status, at, payload) VALUES (?, ?, ?, ?)",
+                (release_id, status, now.isoformat(), text),
+            )
+
+    def grant(self, cap: str, epsilon: float, reason: str, granted_by: str, now: datetime) -> None:
+        if cap not in CAPS:
+            raise ValueError(f"unknown cap {cap!r}")
+        if not (math.isfinite(epsilon) and epsilon > 0):
+            raise ValueError("a grant must be a positive finite epsilon")
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO grants (cap, epsilon, reason, granted_by, granted_at) VALUES (?, ?, ?, ?, ?)",
+                (cap, epsilon, reason, granted_by, now.isoformat()),
+            )
+
+
+def open_ledger(path: Path, caps: Caps, now: datetime, *, create: bool = True) -> Ledger | None:
+    """Open and verify the ledger at ``path``; create it when missing and ``create`` is set.
+
+    Returns None when it is missing and ``create`` is false. Never modifies an existing file
+    that fails verification: it raises :class:`LedgerCorruptError` instead.
+    """
+    if not path.exists():
+        if not create:
+            return None
+        _create(path, caps, now)
+    return Ledger(path, _connect_verified(path, readonly=not create))
+
+
+def _connect_verified(path: Path, readonly: bool) -> sqlite3.Connection:
+    if not path.is_file():
+        raise LedgerCorruptError(str(path), "not a regular file")
+    if path.stat().st_size == 0:
+        raise LedgerCorruptError(str(path), "the file is empty")
+    uri = path.resolve().as_uri() + ("?mode=ro" if readonly else "?mode=rw")
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0)
+    except sqlite3.Error as exc:
+        raise LedgerUnavailableError(str(path), str(exc)) from None
+    try:
+        _verify(conn, path)
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        raise LedgerUnavailableError(str(path), str(exc)) from None
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise LedgerCorruptError(str(path), str(exc)) from None
+    except LedgerCorruptError:
+        conn.close()
+        raise
+    return conn
+
+
+def _verify(conn: sqlite3.Connection, path: Path) -> None:
+    (app_id,) = conn.execute("PRAGMA application_id").fetchone()
+    if app_id != APPLICATION_ID:
+        raise LedgerCorruptError(str(path), "not a cpu-tracker ledger (foreign application id)")
+    (check,) = conn.execute("PRAGMA quick_check").fetchone()
+    if check != "ok":
+        raise LedgerCorruptError(str(path), f"integrity check failed: {check}")
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables >= _TABLES:
+        raise LedgerCorruptError(str(path), f"missing tables {sorted(_TABLES - tables)}")
+    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    version = meta.get("schema_version")
+    if version != str(SCHEMA_VERSION):
+        raise LedgerCorruptError(
+            str(path), f"schema version {version!r}, this cpu-tracker reads {SCHEMA_VERSION}"
+        )
+    for key in ("base_lifetime_epsilon", "base_window_epsilon"):
+        try:
+            value = float(meta[key])
+        except (KeyError, ValueError):
+            raise LedgerCorruptError(str(path), f"meta.{key} is missing or not a number") from None
+        if not (math.isfinite(value) and value > 0):
+            raise LedgerCorruptError(str(path), f"meta.{key} is not a positive number")
+
+
+def _create(path: Path, caps: Caps, now: datetime) -> None:
+    """Build a fresh ledger beside ``path`` and rename it into place: never half-created."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            conn.executescript("BEGIN;" + _SCHEMA + _APPEND_ONLY + "COMMIT;")
+            conn.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                [
+                    ("schema_version", str(SCHEMA_VERSION)),
+                    ("created_at", now.isoformat()),
+                    ("base_lifetime_epsilon", repr(caps.lifetime_epsilon)),
+                    ("base_window_epsilon", repr(caps.window_epsilon)),
+                ],
+            )
+        finally:
+            conn.close()
+        tmp.chmod(0o600)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if path.exists():  # another process created it meanwhile: theirs stands
+            return
+        try:
+            os.link(tmp, path)  # fails rather than replaces if one appeared since
+        except FileExistsError:
+            return
+        except OSError:  # a filesystem without hard links
+            if path.exists():
+                return
+            tmp.replace(path)
+        fsync_dir(path.parent)
+    except sqlite3.Error as exc:
+        raise LedgerUnavailableError(str(path), str(exc)) from None
+    finally:
+        with suppress(FileNotFoundError):
+            tmp.unlink()

@@ -1,0 +1,197 @@
+"""Files on disk: the directory layout, atomic writes, modes, and SyftBox permission files.
+
+Every output is written to an adjacent temporary file whose name starts with a dot and ends in
+``.tmp`` (SyftBox sync ignores both), fsynced, renamed over the target with ``os.replace`` and
+made durable by fsyncing the directory. Readers see the old file or the new one, never a part.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterable
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cpu_tracker_daemon.config import Config
+from cpu_tracker_daemon.errors import ConfigError, OutputError
+
+PUBLIC_NAME = "cpu_tracker.json"
+PRIVATE_NAME = "cpu_tracker.json"
+LEDGER_NAME = "ledger.sqlite3"
+LOCK_NAME = "cpu-tracker.lock"
+SYFT_PERM_NAME = "syft.pub.yaml"
+APP_DIR = "cpu_tracker"
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+PUBLIC_DIR_MODE = 0o755
+PUBLIC_FILE_MODE = 0o644
+_TMP_SUFFIX = ".tmp"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where everything lives, derived from the configuration alone."""
+
+    state_dir: Path
+    public_dir: Path
+    private_dir: Path
+    syft_owner: str | None = None
+    syft_readers: tuple[str, ...] = ()
+
+    @property
+    def ledger(self) -> Path:
+        return self.state_dir / LEDGER_NAME
+
+    @property
+    def lock(self) -> Path:
+        return self.state_dir / LOCK_NAME
+
+    @property
+    def public_file(self) -> Path:
+        return self.public_dir / PUBLIC_NAME
+
+    @property
+    def private_file(self) -> Path:
+        return self.private_dir / PRIVATE_NAME
+
+    @property
+    def syft_permissions(self) -> Path | None:
+        return self.public_dir / SYFT_PERM_NAME if self.syft_owner else None
+
+
+def layout_for(config: Config) -> Layout:
+    """The layout: under ``paths.data_dir``, or the SyftBox tree when ``[syftbox]`` is set."""
+    data = config.paths.data_dir
+    sb = config.syftbox
+    if sb.dir is not None:
+        return Layout(
+            state_dir=data,
+            public_dir=sb.dir / "datasites" / sb.email / "app_data" / APP_DIR,
+            private_dir=sb.dir / "private" / APP_DIR,
+            syft_owner=sb.email,
+            syft_readers=sb.readers,
+        )
+    return Layout(state_dir=data, public_dir=data / "public", private_dir=data / "private")
+
+
+def prepare(layout: Layout) -> None:
+    """Create the directories with their modes and prove each is writable.
+
+    Raises ConfigError naming the directory, so a bad path is reported before anything else
+    is written.
+    """
+    dirs = (
+        (layout.state_dir, PRIVATE_DIR_MODE, "paths.data_dir"),
+        (layout.private_dir, PRIVATE_DIR_MODE, "the private output directory"),
+        (layout.public_dir, PUBLIC_DIR_MODE, "the public output directory"),
+    )
+    problems = []
+    for directory, mode, name in dirs:
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=mode)
+            if mode == PRIVATE_DIR_MODE:
+                directory.chmod(mode)  # ours: never leave private data group-readable
+            probe = directory / f".write-probe.{secrets.token_hex(4)}{_TMP_SUFFIX}"
+            probe.touch(mode=0o600)
+            probe.unlink()
+        except OSError as exc:
+            problems.append(
+                f"{name} {directory} is not writable ({exc.strerror or exc}); "
+                "choose a directory this user can write"
+            )
+    if problems:
+        raise ConfigError(problems)
+    remove_stale_temps(d for d, _, _ in dirs)
+
+
+def remove_stale_temps(directories: Iterable[Path]) -> list[Path]:
+    """Delete temp files an interrupted write left behind; they are never outputs."""
+    removed = []
+    for directory in directories:
+        with suppress(FileNotFoundError):
+            for entry in directory.iterdir():
+                if entry.name.startswith(".") and entry.name.endswith(_TMP_SUFFIX):
+                    with suppress(FileNotFoundError):
+                        entry.unlink()
+                        removed.append(entry)
+    return removed
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, mode: int) -> None:
+    """Replace ``path`` with ``data`` atomically and durably, with ``mode``; raise OutputError.
+
+    The temp file is removed on any failure, and the previous ``path`` stays intact.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{_TMP_SUFFIX}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        try:
+            os.fchmod(fd, mode)  # the umask must not change what readers may do
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        tmp.replace(path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        with suppress(OSError):
+            tmp.unlink()
+        raise OutputError(str(path), exc.strerror or str(exc)) from None
+
+
+def write_json(path: Path, record: dict[str, Any], mode: int) -> None:
+    atomic_write(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(), mode)
+
+
+def syft_permissions_text(owner: str, readers: Iterable[str]) -> str:
+    """A SyftBox ``syft.pub.yaml``: the readers may read, the owner administers, nobody writes."""
+
+    def flow(items: Iterable[str]) -> str:
+        return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+    return (
+        "# Written by cpu-tracker: only the listed readers may read this app's output.\n"
+        "terminal: false\n"
+        "rules:\n"
+        '  - pattern: "**"\n'
+        "    access:\n"
+        f"      admin: {flow([owner])}\n"
+        "      write: []\n"
+        f"      read: {flow(readers)}\n"
+    )
+
+
+def ensure_syft_permissions(layout: Layout) -> bool:
+    """Write the permission file when it is missing or differs; return whether it was written."""
+    target = layout.syft_permissions
+    if target is None or layout.syft_owner is None:
+        return False
+    text = syft_permissions_text(layout.syft_owner, layout.syft_readers)
+    with suppress(OSError):
+        if target.read_text(encoding="utf-8") == text:
+            return False
+    atomic_write(target, text.encode(), PUBLIC_FILE_MODE)
+    return True
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``, or None when it is missing or unreadable as one."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None

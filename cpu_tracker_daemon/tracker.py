@@ -1,0 +1,255 @@
+"""One release cycle: recover, cooldown, sample, reserve budget, add noise, write.
+
+The order is the privacy argument:
+
+1. Unfinished releases from an earlier crash are settled first: a reserved-only one is marked
+   abandoned (its spend stays counted), a drawn one is republished with its recorded noise.
+2. The spend is reserved in the ledger (checked against every cap, committed) before any noise
+   is drawn; the noisy record is committed before it is written anywhere.
+3. Only then are the files written; the raw mean goes to the private file alone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cpu_tracker_daemon import storage
+from cpu_tracker_daemon.config import Config
+from cpu_tracker_daemon.errors import (
+    BudgetExhaustedError,
+    CooldownError,
+    CpuTrackerError,
+    Interrupted,
+    LedgerUnavailableError,
+    OutputError,
+)
+from cpu_tracker_daemon.ledger import BudgetStatus, Caps, Ledger, Spend, open_ledger
+from cpu_tracker_daemon.privacy import RandomLike, add_noise, calibrate, clamped_mean, load_mechanisms
+from cpu_tracker_daemon.records import private_record, public_record
+from cpu_tracker_daemon.sampling import CpuSource, sample_window
+from cpu_tracker_daemon.storage import Layout
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def caps_for(config: Config) -> Caps:
+    b = config.budget
+    return Caps(b.lifetime_epsilon, b.window_epsilon, b.window_hours)
+
+
+# Refusals end a cycle without a release and leave the daemon running; anything else propagates.
+_REFUSALS_OUTCOME: dict[type[CpuTrackerError], str] = {
+    BudgetExhaustedError: "budget_exhausted",
+    CooldownError: "cooldown",
+    Interrupted: "interrupted",
+    OutputError: "write_failed",
+    LedgerUnavailableError: "ledger_unavailable",
+}
+_REFUSALS = tuple(_REFUSALS_OUTCOME)
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    """What one cycle did; ``error`` says why nothing was released, when nothing was."""
+
+    outcome: str  # released or one of _REFUSALS_OUTCOME's values
+    duration_seconds: float
+    release_id: str | None = None
+    epsilon_spent: float = 0.0
+    epsilon_remaining: float | None = None
+    next_due_at: datetime | None = None
+    recovered: int = 0
+    error: CpuTrackerError | None = None
+
+    def log_fields(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome,
+            "release_id": self.release_id,
+            "epsilon_spent": self.epsilon_spent,
+            "epsilon_remaining": self.epsilon_remaining,
+            "duration_seconds": round(self.duration_seconds, 3),
+            "next_due_at": self.next_due_at.isoformat() if self.next_due_at else None,
+            "recovered": self.recovered,
+        }
+
+
+@dataclass(frozen=True)
+class Tracker:
+    config: Config
+    layout: Layout
+    cpu: CpuSource
+    log: Any
+    clock: Clock = utc_now
+    random_state: RandomLike = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    monotonic: Callable[[], float] = time.monotonic
+
+    @property
+    def every(self) -> timedelta:
+        return timedelta(seconds=self.config.schedule.every_seconds)
+
+    def open_ledger(self) -> Ledger:
+        ledger = open_ledger(self.layout.ledger, caps_for(self.config), self.clock())
+        assert ledger is not None  # created when missing
+        return ledger
+
+    def next_due(self, ledger: Ledger) -> datetime:
+        """When the next release may start (now, if one is already due)."""
+        now = self.clock()
+        anchor, skewed = ledger.cooldown_anchor(now)
+        if skewed:
+            self.log.warning(
+                "clock.skew",
+                detail="the last release is dated in the future; treating it as now",
+                anchor=now.isoformat(),
+            )
+        if anchor is None:
+            return now
+        return max(datetime.fromtimestamp(anchor, UTC) + self.every, now)
+
+    def cycle(self, *, force: bool = False, max_wait: float = 0.0) -> CycleResult:
+        """Run one cycle. Ledger corruption propagates; every other refusal is in the result."""
+        started = self.monotonic()
+        with self.open_ledger() as ledger:
+            try:
+                recovered = self._recover(ledger)
+                return self._release(ledger, started, force, max_wait, recovered)
+            except _REFUSALS as exc:
+                return self._refused(ledger, started, exc)
+
+    def _refused(self, ledger: Ledger, started: float, exc: CpuTrackerError) -> CycleResult:
+        outcome = _REFUSALS_OUTCOME[type(exc)]
+        remaining = None
+        due = None
+        if outcome in ("budget_exhausted", "cooldown"):
+            remaining = ledger.status(caps_for(self.config), self.clock()).remaining
+            due = self.next_due(ledger)
+        return CycleResult(
+            outcome=outcome,
+            duration_seconds=self.monotonic() - started,
+            epsilon_remaining=remaining,
+            next_due_at=due,
+            error=exc,
+        )
+
+    def _recover(self, ledger: Ledger) -> int:
+        """Settle releases a crash left unfinished; return how many were republished."""
+        republished = 0
+        for item in ledger.unfinished():
+            if item.status is None:
+                ledger.record(item.release_id, "abandoned", self.clock())
+                self.log.warning(
+                    "release.abandoned",
+                    release_id=item.release_id,
+                    detail="reserved but interrupted before noise was recorded; the spend stays counted",
+                )
+            elif ledger.published_after(item.reserved_ts) or item.payload is None:
+                ledger.record(item.release_id, "superseded", self.clock())
+            else:
+                self._write_public(item.payload)
+                ledger.record(item.release_id, "published", self.clock())
+                republished += 1
+                self.log.info("release.recovered", release_id=item.release_id)
+        return republished
+
+    def _wait_until(self, due: datetime) -> None:
+        while (left := (due - self.clock()).total_seconds()) > 0:
+            if self.stop.wait(min(left, 1.0)):
+                raise Interrupted()
+
+    def _release(
+        self, ledger: Ledger, started: float, force: bool, max_wait: float, recovered: int
+    ) -> CycleResult:
+        config, caps = self.config, caps_for(self.config)
+        calibration = calibrate(config.privacy, config.sampling.samples)
+        if not force:
+            due = self.next_due(ledger)
+            wait = (due - self.clock()).total_seconds()
+            if wait > max_wait:
+                raise CooldownError(due.isoformat())
+            self._wait_until(due)
+        blocking = ledger.status(caps, self.clock()).first_blocking(calibration.epsilon)
+        if blocking is not None:
+            raise BudgetExhaustedError(blocking.name, blocking.spent, blocking.limit, calibration.epsilon)
+        load_mechanisms()
+
+        window = sample_window(
+            self.cpu,
+            config.sampling.samples,
+            config.sampling.interval_seconds,
+            self.stop,
+            self.clock,
+            self.monotonic,
+        )
+        release_id = uuid.uuid4().hex
+        spend = Spend(
+            release_id=release_id,
+            window_start=window.start,
+            window_end=window.end,
+            epsilon=calibration.epsilon,
+            delta=calibration.delta,
+            mechanism=calibration.mechanism,
+            unit=calibration.unit,
+            sensitivity=calibration.sensitivity,
+        )
+        after: BudgetStatus = ledger.reserve(
+            spend, caps, self.clock(), None if force else config.schedule.every_seconds
+        )
+        # The spend is committed. Only now is noise drawn, and its result committed before use.
+        raw_mean = clamped_mean(window.samples, config.privacy.lower, config.privacy.upper)
+        noisy = add_noise(raw_mean, calibration, self.random_state)
+        timestamp = self.clock().isoformat()
+        public = public_record(release_id, noisy, window, calibration, config.privacy, timestamp)
+        ledger.record(release_id, "drawn", self.clock(), payload=public)
+        storage.write_json(
+            self.layout.private_file,
+            private_record(release_id, raw_mean, window, timestamp),
+            storage.PRIVATE_FILE_MODE,
+        )
+        self._write_public(public)
+        ledger.record(release_id, "published", self.clock())
+        return CycleResult(
+            outcome="released",
+            duration_seconds=self.monotonic() - started,
+            release_id=release_id,
+            epsilon_spent=calibration.epsilon,
+            epsilon_remaining=after.remaining,
+            next_due_at=window.start + self.every,
+            recovered=recovered,
+        )
+
+    def _write_public(self, record: dict[str, Any]) -> None:
+        storage.ensure_syft_permissions(self.layout)
+        storage.write_json(self.layout.public_file, record, storage.PUBLIC_FILE_MODE)
+
+
+class CycleLog:
+    """Logs one canonical line per cycle, and ``budget.exhausted`` once per exhaustion."""
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+        self._exhausted = False
+
+    def __call__(self, result: CycleResult) -> None:
+        if result.outcome == "budget_exhausted":
+            if not self._exhausted:
+                self._log.warning("budget.exhausted", detail=str(result.error))
+            self._exhausted = True
+        elif result.outcome == "released":
+            self._exhausted = False
+        if result.outcome == "write_failed":
+            self._log.error("release.write_failed", detail=str(result.error))
+        elif result.outcome == "ledger_unavailable":
+            self._log.error("ledger.unavailable", detail=str(result.error))
+        level = "info" if result.outcome in ("released", "cooldown", "interrupted") else "warning"
+        getattr(self._log, level)("cycle.finished", **result.log_fields())
