@@ -97,7 +97,7 @@ class Config:
     source: Path | None = None
 
 
-# The schema: section -> key -> (kind, default). Kinds: int, float, str, path, emails.
+# The schema: section -> key -> kind (int, float, str, path, emails); defaults live in the dataclasses.
 _SCHEMA: dict[str, dict[str, str]] = {
     "paths": {"data_dir": "path"},
     "sampling": {"samples": "int", "interval_seconds": "float"},
@@ -186,7 +186,7 @@ def parse_config(
 
     for section, table in raw.items():
         if section not in _SCHEMA:
-            problems.append(_unknown(section, list(_SCHEMA)))
+            problems.append(_unknown(section, list(_SCHEMA), "section"))
             continue
         if not isinstance(table, dict):
             problems.append(f"[{section}] must be a table; write it as a [{section}] header")
@@ -225,10 +225,10 @@ def parse_config(
     return config
 
 
-def _unknown(name: str, known: list[str]) -> str:
+def _unknown(name: str, known: list[str], what: str = "key") -> str:
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"did you mean {close[0]}?" if close else "known: " + ", ".join(known)
-    return f"unknown key {name}; remove it ({hint})"
+    return f"unknown {what} {name}; remove it ({hint})"
 
 
 def _convert(name: str, kind: str, value: Any, base: Path) -> tuple[Any, str]:

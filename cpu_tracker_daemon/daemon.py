@@ -21,6 +21,7 @@ from cpu_tracker_daemon import logs, storage
 from cpu_tracker_daemon.config import Config, load_config
 from cpu_tracker_daemon.errors import AnotherInstanceError, ConfigError, CpuTrackerError
 from cpu_tracker_daemon.notify import Notifier
+from cpu_tracker_daemon.privacy import load_mechanisms
 from cpu_tracker_daemon.sampling import CpuSource, PsutilCpuSource
 from cpu_tracker_daemon.tracker import Clock, CycleLog, CycleResult, Tracker, utc_now
 
@@ -127,6 +128,7 @@ class Daemon:
             if self._cpu is None:
                 self._cpu = PsutilCpuSource()
             self._tracker = self._make_tracker(self._config)
+            load_mechanisms()  # pay diffprivlib's import before READY, not inside the first cycle
             with self._tracker.open_ledger() as ledger:  # verify it before promising anything
                 first_run = self._tracker.next_due(ledger)
             self._start_scheduler(first_run)

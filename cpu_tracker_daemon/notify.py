@@ -33,7 +33,10 @@ class Notifier:
             return
         message = "\n".join(f"{key}={value}" for key, value in fields.items()).encode()
         # suppress: systemd went away, and there is nothing useful to do about it.
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock, suppress(OSError):
+        with (
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock,
+            suppress(OSError),
+        ):
             sock.sendto(message, self._address)
 
     def reloading(self) -> None:
