@@ -121,13 +121,16 @@ class Tracker:
         """Run one cycle. Ledger corruption propagates; every other refusal is in the result."""
         started = self.monotonic()
         with self.open_ledger() as ledger:
+            recovered = 0
             try:
                 recovered = self._recover(ledger)
                 return self._release(ledger, started, force, max_wait, recovered)
             except _REFUSALS as exc:
-                return self._refused(ledger, started, exc)
+                return self._refused(ledger, started, exc, recovered)
 
-    def _refused(self, ledger: Ledger, started: float, exc: CpuTrackerError) -> CycleResult:
+    def _refused(
+        self, ledger: Ledger, started: float, exc: CpuTrackerError, recovered: int
+    ) -> CycleResult:
         outcome = _REFUSALS_OUTCOME[type(exc)]
         remaining = None
         due = None
@@ -139,6 +142,7 @@ class Tracker:
             duration_seconds=self.monotonic() - started,
             epsilon_remaining=remaining,
             next_due_at=due,
+            recovered=recovered,
             error=exc,
         )
 

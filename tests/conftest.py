@@ -1,0 +1,130 @@
+"""Shared helpers: config files in tmp_path, the real CLI in a subprocess, fake clocks and CPUs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+FAST = {
+    "sampling": {"samples": 5, "interval_seconds": 0.02},
+    "schedule": {"every_seconds": 1},
+    "budget": {"lifetime_epsilon": 100, "window_epsilon": 100},
+}
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def render_toml(tables: dict[str, dict[str, Any]]) -> str:
+    out = []
+    for section, table in tables.items():
+        out.append(f"[{section}]")
+        out.extend(f"{k} = {toml_value(v)}" for k, v in table.items())
+    return "\n".join(out) + "\n"
+
+
+def merge(*layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    merged: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        for section, table in layer.items():
+            merged.setdefault(section, {}).update(table)
+    return merged
+
+
+def write_config(tmp_path: Path, overrides: dict[str, dict[str, Any]] | None = None, name: str = "c.toml") -> Path:
+    """A fast config (5 samples x 20 ms, every 1 s, roomy budget) under tmp_path, with overrides."""
+    tables = merge({"paths": {"data_dir": str(tmp_path / "data")}}, FAST, overrides or {})
+    path = tmp_path / name
+    path.write_text(render_toml(tables))
+    return path
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("CPU_TRACKER_CONFIG", "NOTIFY_SOCKET")}
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real command in a fresh interpreter."""
+    return subprocess.run(
+        [sys.executable, "-m", "cpu_tracker_daemon", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or cli_env(),
+        check=False,
+    )
+
+
+def start_cli(*args: str, env: dict[str, str] | None = None, stdout: Any = subprocess.PIPE) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cpu_tracker_daemon", *args],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or cli_env(),
+    )
+
+
+def log_events(text: str) -> list[dict[str, Any]]:
+    """The JSON log lines in ``text`` (other lines ignored)."""
+    events = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            events.append(json.loads(line))
+    return events
+
+
+@dataclass
+class FakeClock:
+    """A clock a test moves by hand."""
+
+    now: datetime = field(default_factory=lambda: datetime(2026, 1, 1, 12, 0, tzinfo=UTC))
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@dataclass
+class FakeCpu:
+    """A CPU source returning fixed busy fractions; counts its calls."""
+
+    fraction: float = 0.25
+    calls: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def busy_fraction_since_last(self) -> float:
+        with self.lock:
+            self.calls += 1
+        return self.fraction
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def config_path(tmp_path: Path) -> Iterator[Path]:
+    yield write_config(tmp_path)

@@ -1,0 +1,178 @@
+"""The config loader: defaults, every bad-input case, and a fuzzed property."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cpu_tracker_daemon.config import (
+    default_data_dir,
+    load_config,
+    parse_config,
+    to_toml,
+)
+from cpu_tracker_daemon.errors import ConfigError
+
+
+class TestDefaults:
+    def test_no_file_gives_the_documented_defaults(self, tmp_path: Path) -> None:
+        """With no config file every key has its embedded default."""
+        config = load_config(None, {"HOME": str(tmp_path)})
+        assert config.sampling.samples == 50
+        assert config.privacy.unit == "window"
+        assert config.privacy.mechanism == "laplace"
+        assert (config.privacy.lower, config.privacy.upper) == (0.0, 100.0)
+        assert config.syftbox.readers == ("aggregator@openmined.org",)
+        assert config.paths.data_dir == tmp_path / ".local" / "share" / "cpu-tracker"
+
+    def test_state_directory_wins_over_home(self, tmp_path: Path) -> None:
+        """systemd's $STATE_DIRECTORY (first entry) is the data directory when set."""
+        env = {"HOME": "/nonexistent", "STATE_DIRECTORY": f"{tmp_path}/a:{tmp_path}/b"}
+        assert default_data_dir(env) == tmp_path / "a"
+
+    def test_macos_uses_application_support(self) -> None:
+        """On macOS the per-user data directory is under ~/Library/Application Support."""
+        assert default_data_dir({"HOME": "/Users/x"}, platform="darwin") == Path(
+            "/Users/x/Library/Application Support/cpu-tracker"
+        )
+
+    def test_xdg_data_home_is_honoured(self) -> None:
+        """$XDG_DATA_HOME replaces ~/.local/share when it is absolute."""
+        assert default_data_dir({"HOME": "/h", "XDG_DATA_HOME": "/x"}, platform="linux") == Path(
+            "/x/cpu-tracker"
+        )
+
+    def test_relative_paths_resolve_against_the_config_file(self, tmp_path: Path) -> None:
+        """A relative data_dir means relative to the config file, not to the working directory."""
+        path = tmp_path / "c.toml"
+        path.write_text('[paths]\ndata_dir = "state"\n')
+        assert load_config(path).paths.data_dir == tmp_path / "state"
+
+    def test_show_output_reads_back_identically(self, tmp_path: Path) -> None:
+        """The TOML that 'config show' prints loads back to the same configuration."""
+        path = tmp_path / "c.toml"
+        path.write_text(
+            '[syftbox]\ndir = "/sb"\nemail = "me@example.org"\nreaders = ["a@b.org"]\n'
+            '[privacy]\nepsilon = 0.1\nunit = "sample"\n'
+        )
+        config = load_config(path)
+        again = tmp_path / "again.toml"
+        again.write_text(to_toml(config))
+        assert load_config(again).__dict__ | {"source": None} == config.__dict__ | {"source": None}
+
+
+BAD = [
+    ("[sampling]\nsample = 5\n", "unknown key sampling.sample", "did you mean sampling.samples"),
+    ("[samplin]\nsamples = 5\n", "unknown section samplin", "did you mean sampling"),
+    ('[sampling]\nsamples = "5"\n', "sampling.samples must be a whole number", "fix its type"),
+    ("[sampling]\nsamples = 5.5\n", "sampling.samples must be a whole number", "fix its type"),
+    ("[privacy]\nepsilon = true\n", "privacy.epsilon must be a number", "fix its type"),
+    ("[privacy]\nepsilon = 0\n", "privacy.epsilon must be greater than 0", "set a positive value"),
+    ("[privacy]\nepsilon = -1.0\n", "privacy.epsilon must be greater than 0", "set a positive value"),
+    ("[privacy]\nepsilon = nan\n", "privacy.epsilon must be a finite number", "finite"),
+    ("[privacy]\nlower = 50\nupper = 50\n", "privacy.upper (50) must be greater than privacy.lower", "swap"),
+    ("[privacy]\nupper = 150\n", "must lie in [0, 100]", "percentage"),
+    ("[privacy]\nunit = \"person\"\n", "privacy.unit must be one of window, sample", "person"),
+    ("[privacy]\nmechanism = \"gauss\"\n", "privacy.mechanism must be one of laplace", "gauss"),
+    ("[sampling]\nsamples = 0\n", "sampling.samples must be at least 1", "set e.g. 50"),
+    ("[sampling]\ninterval_seconds = 0\n", "sampling.interval_seconds must be greater than 0", "positive"),
+    ("[schedule]\nevery_seconds = 10\n", "shorter than the sampling window", "raise every_seconds"),
+    ("[budget]\nwindow_epsilon = 0.1\n", "exceeds budget.window_epsilon", "raise the cap"),
+    ("[budget]\nwindow_hours = -1\n", "budget.window_hours must be greater than 0", "positive"),
+    ("[syftbox]\ndir = \"/x\"\n", "syftbox.dir and syftbox.email go together", "set both"),
+    ("[syftbox]\nreaders = [\"nobody\"]\n", "syftbox.readers has invalid email", "name@example.org"),
+    ("[logging]\nlevel = \"loud\"\n", "logging.level must be one of", "loud"),
+    ("sampling = 3\n", "[sampling] must be a table", "header"),
+    ("[sampling\nsamples = 5\n", "is not valid TOML", "fix the syntax"),
+]
+
+
+class TestBadInput:
+    @pytest.mark.parametrize(("text", "problem", "fix"), BAD)
+    def test_each_bad_case_names_the_key_and_the_fix(
+        self, tmp_path: Path, text: str, problem: str, fix: str
+    ) -> None:
+        """Every bad config raises ConfigError whose message names the problem and the remedy."""
+        path = tmp_path / "c.toml"
+        path.write_text(text)
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        message = str(info.value)
+        assert problem in message
+        assert fix in message
+        assert "\n" not in message
+
+    def test_all_problems_are_reported_at_once(self, tmp_path: Path) -> None:
+        """Two independent mistakes are both reported in one error."""
+        path = tmp_path / "c.toml"
+        path.write_text("[privacy]\nepsilon = 0\n[sampling]\nsamples = 0\n")
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        assert len(info.value.problems) == 2
+
+    def test_missing_file(self, tmp_path: Path) -> None:
+        """A config path that does not exist is an error, not silently the defaults."""
+        with pytest.raises(ConfigError, match="does not exist"):
+            load_config(tmp_path / "nope.toml")
+
+    def test_binary_file(self, tmp_path: Path) -> None:
+        """A file that is not UTF-8 is reported as such."""
+        path = tmp_path / "c.toml"
+        path.write_bytes(b"\xff\xfe\x00garbage")
+        with pytest.raises(ConfigError, match="not UTF-8"):
+            load_config(path)
+
+
+_values = st.one_of(
+    st.integers(-10, 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
+    st.booleans(),
+    st.lists(st.text(max_size=10), max_size=3),
+)
+_sections = st.dictionaries(
+    st.sampled_from(["sampling", "schedule", "privacy", "budget", "syftbox", "logging", "bogus"]),
+    st.dictionaries(
+        st.sampled_from(
+            ["samples", "interval_seconds", "every_seconds", "epsilon", "lower", "upper", "unit",
+             "lifetime_epsilon", "window_epsilon", "window_hours", "email", "readers", "format",
+             "level", "extra"]
+        ),
+        _values,
+        max_size=5,
+    ),
+    max_size=4,
+)
+
+
+class TestProperties:
+    @settings(max_examples=300, deadline=None)
+    @given(raw=_sections)
+    def test_any_document_loads_or_raises_config_error(self, raw: dict[str, dict[str, object]]) -> None:
+        """Whatever the document holds, the loader returns a Config or raises ConfigError, nothing else."""
+        try:
+            config = parse_config(raw, environ={"HOME": "/h"})
+        except ConfigError as exc:
+            assert exc.problems
+            assert all(isinstance(p, str) and p for p in exc.problems)
+        else:
+            assert config.privacy.epsilon > 0
+            assert config.privacy.upper > config.privacy.lower
+            assert config.sampling.samples >= 1
+
+    @settings(max_examples=200, deadline=None)
+    @given(text=st.text(max_size=200))
+    def test_any_text_loads_or_raises_config_error(self, text: str) -> None:
+        """Arbitrary file contents never escape as anything but ConfigError."""
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError:
+            return
+        try:
+            parse_config(raw, environ={"HOME": "/h"})
+        except ConfigError:
+            pass

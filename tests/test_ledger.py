@@ -1,0 +1,245 @@
+"""The SQLite ledger: reservation before release, caps, grants, append-only, fail-closed."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cpu_tracker_daemon.errors import BudgetExhaustedError, CooldownError, LedgerCorruptError
+from cpu_tracker_daemon.ledger import Caps, Ledger, Spend, open_ledger
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+CAPS = Caps(lifetime_epsilon=3.0, window_epsilon=2.0, window_hours=24.0)
+
+
+def spend(n: int, at: datetime = T0, epsilon: float = 1.0) -> Spend:
+    return Spend(f"r{n}", at, at + timedelta(seconds=50), epsilon, 0.0, "laplace", "window", 100.0)
+
+
+def fresh(tmp_path: Path, caps: Caps = CAPS) -> Ledger:
+    ledger = open_ledger(tmp_path / "ledger.sqlite3", caps, T0)
+    assert ledger is not None
+    return ledger
+
+
+class TestReserve:
+    def test_spend_is_durable_before_release(self, tmp_path: Path) -> None:
+        """A reservation is committed: another connection sees it with no outcome recorded."""
+        with fresh(tmp_path) as ledger:
+            ledger.reserve(spend(1), CAPS, T0, None)
+        other = sqlite3.connect(tmp_path / "ledger.sqlite3")
+        assert other.execute("SELECT release_id, epsilon FROM spends").fetchall() == [("r1", 1.0)]
+        assert other.execute("SELECT COUNT(*) FROM outcomes").fetchone() == (0,)
+
+    def test_window_cap_refuses_and_records_nothing(self, tmp_path: Path) -> None:
+        """The rolling-window cap refuses a spend that would exceed it, and leaves no trace."""
+        with fresh(tmp_path) as ledger:
+            ledger.reserve(spend(1), CAPS, T0, None)
+            ledger.reserve(spend(2, T0 + timedelta(hours=1)), CAPS, T0 + timedelta(hours=1), None)
+            with pytest.raises(BudgetExhaustedError) as info:
+                ledger.reserve(spend(3, T0 + timedelta(hours=2)), CAPS, T0 + timedelta(hours=2), None)
+            assert info.value.cap == "window"
+            assert ledger.status(CAPS, T0 + timedelta(hours=2)).releases == 2
+
+    def test_window_cap_rolls(self, tmp_path: Path) -> None:
+        """Spends older than window_hours stop counting against the window cap."""
+        with fresh(tmp_path) as ledger:
+            ledger.reserve(spend(1), CAPS, T0, None)
+            ledger.reserve(spend(2, T0 + timedelta(hours=1)), CAPS, T0 + timedelta(hours=1), None)
+            later = T0 + timedelta(hours=24, minutes=1)
+            ledger.reserve(spend(3, later), CAPS, later, None)
+            assert ledger.status(CAPS, later).window.spent == 2.0
+
+    def test_lifetime_cap_never_resets(self, tmp_path: Path) -> None:
+        """The lifetime cap counts every spend ever, however old."""
+        with fresh(tmp_path) as ledger:
+            for n in range(3):
+                at = T0 + timedelta(days=2 * n)
+                ledger.reserve(spend(n, at), CAPS, at, None)
+            at = T0 + timedelta(days=30)
+            with pytest.raises(BudgetExhaustedError) as info:
+                ledger.reserve(spend(9, at), CAPS, at, None)
+            assert info.value.cap == "lifetime"
+
+    def test_grant_raises_the_cap_with_history(self, tmp_path: Path) -> None:
+        """Only a grant raises a cap, and the grant is kept with its reason and author."""
+        with fresh(tmp_path) as ledger:
+            for n in range(3):
+                at = T0 + timedelta(days=2 * n)
+                ledger.reserve(spend(n, at), CAPS, at, None)
+            ledger.grant("lifetime", 1.0, "quarterly review", "owner", T0)
+            at = T0 + timedelta(days=30)
+            ledger.reserve(spend(9, at), CAPS, at, None)
+            assert [(g.cap, g.epsilon, g.reason, g.granted_by) for g in ledger.grants()] == [
+                ("lifetime", 1.0, "quarterly review", "owner")
+            ]
+
+    def test_config_cannot_raise_a_cap_above_the_ledgers(self, tmp_path: Path) -> None:
+        """A config cap above the one recorded at creation is not honoured; a lower one is."""
+        with fresh(tmp_path) as ledger:
+            generous = Caps(lifetime_epsilon=1000.0, window_epsilon=1000.0, window_hours=24.0)
+            assert ledger.status(generous, T0).lifetime.limit == 3.0
+            strict = Caps(lifetime_epsilon=1.0, window_epsilon=1.0, window_hours=24.0)
+            assert ledger.status(strict, T0).lifetime.limit == 1.0
+
+    def test_cooldown_is_checked_in_the_same_transaction(self, tmp_path: Path) -> None:
+        """A window starting less than every_seconds after the last one is refused."""
+        with fresh(tmp_path) as ledger:
+            ledger.reserve(spend(1), CAPS, T0, 3600)
+            with pytest.raises(CooldownError):
+                ledger.reserve(spend(2, T0 + timedelta(seconds=3599)), CAPS, T0, 3600)
+            ledger.reserve(spend(3, T0 + timedelta(seconds=3600)), CAPS, T0, 3600)
+
+    def test_future_anchor_is_moved_to_now(self, tmp_path: Path) -> None:
+        """After the clock jumps back, the anchor becomes now, durably: one interval's delay at most."""
+        with fresh(tmp_path) as ledger:
+            ledger.reserve(spend(1, T0 + timedelta(hours=5)), CAPS, T0, None)
+            anchor, skewed = ledger.cooldown_anchor(T0)
+            assert (anchor, skewed) == (T0.timestamp(), True)
+            assert ledger.cooldown_anchor(T0 + timedelta(seconds=1)) == (T0.timestamp(), False)
+
+
+class TestAppendOnly:
+    @pytest.mark.parametrize(
+        "statement",
+        [
+            "UPDATE spends SET epsilon = 0.0001",
+            "DELETE FROM spends",
+            "DELETE FROM grants",
+            "UPDATE meta SET value = '1000' WHERE key = 'base_lifetime_epsilon'",
+        ],
+    )
+    def test_history_cannot_be_rewritten(self, tmp_path: Path, statement: str) -> None:
+        """Triggers refuse UPDATE and DELETE on the ledger's history tables."""
+        with fresh(tmp_path) as ledger:
+            ledger.reserve(spend(1), CAPS, T0, None)
+            ledger.grant("window", 1.0, "x", "y", T0)
+        conn = sqlite3.connect(tmp_path / "ledger.sqlite3")
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute(statement)
+
+
+class TestFailClosed:
+    def test_missing_ledger_is_created_complete(self, tmp_path: Path) -> None:
+        """A missing ledger is created, with no temp file left behind."""
+        with fresh(tmp_path) as ledger:
+            assert ledger.status(CAPS, T0).releases == 0
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.sqlite3"]
+
+    @pytest.mark.parametrize(
+        ("content", "reason"),
+        [
+            (b"", "empty"),
+            (b"this is not sqlite at all" * 100, "not a database"),
+            (b"SQLite format 3\x00" + b"\x00" * 200, "unusable"),
+        ],
+    )
+    def test_garbage_is_refused_and_untouched(self, tmp_path: Path, content: bytes, reason: str) -> None:
+        """A file that is not a ledger raises LedgerCorruptError and is left byte-for-byte as it was."""
+        path = tmp_path / "ledger.sqlite3"
+        path.write_bytes(content)
+        with pytest.raises(LedgerCorruptError, match=reason):
+            open_ledger(path, CAPS, T0)
+        assert path.read_bytes() == content
+
+    def test_foreign_sqlite_database_is_refused(self, tmp_path: Path) -> None:
+        """Another application's SQLite file is not mistaken for a ledger."""
+        path = tmp_path / "ledger.sqlite3"
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE TABLE t (x)")
+        conn.commit()
+        conn.close()
+        with pytest.raises(LedgerCorruptError, match="foreign application id"):
+            open_ledger(path, CAPS, T0)
+
+    def test_truncated_ledger_is_refused(self, tmp_path: Path) -> None:
+        """A ledger cut short (as by a bad copy) is refused, never reset."""
+        with fresh(tmp_path) as ledger:
+            for n in range(2):
+                ledger.reserve(spend(n, T0 + timedelta(hours=n)), CAPS, T0, None)
+        path = tmp_path / "ledger.sqlite3"
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        with pytest.raises(LedgerCorruptError):
+            ledger = open_ledger(path, CAPS, T0)
+            assert ledger is not None
+            ledger.status(CAPS, T0)
+
+    def test_dropped_table_is_refused(self, tmp_path: Path) -> None:
+        """A ledger missing one of its tables is refused."""
+        fresh(tmp_path).close()
+        conn = sqlite3.connect(tmp_path / "ledger.sqlite3")
+        conn.execute("DROP TABLE grants")
+        conn.commit()
+        conn.close()
+        with pytest.raises(LedgerCorruptError, match="missing tables"):
+            open_ledger(tmp_path / "ledger.sqlite3", CAPS, T0)
+
+    def test_read_only_open_does_not_create(self, tmp_path: Path) -> None:
+        """status-style opens never create a ledger."""
+        assert open_ledger(tmp_path / "ledger.sqlite3", CAPS, T0, create=False) is None
+        assert not (tmp_path / "ledger.sqlite3").exists()
+
+
+def _reserve_many(path: str, worker: int, count: int) -> int:
+    ledger = open_ledger(Path(path), Caps(10.0, 10.0, 24.0), T0)
+    assert ledger is not None
+    ok = 0
+    with ledger:
+        for n in range(count):
+            try:
+                ledger.reserve(spend(worker * 1000 + n, epsilon=0.5), Caps(10.0, 10.0, 24.0), T0, None)
+                ok += 1
+            except BudgetExhaustedError:
+                pass
+    return ok
+
+
+class TestConcurrency:
+    def test_processes_racing_never_overshoot_a_cap(self, tmp_path: Path) -> None:
+        """Four processes reserving at once fill the cap exactly, never beyond it."""
+        path = tmp_path / "ledger.sqlite3"
+        fresh(tmp_path, Caps(10.0, 10.0, 24.0)).close()
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(4) as pool:
+            results = pool.starmap(_reserve_many, [(str(path), w, 15) for w in range(4)])
+        assert sum(results) == 20
+        with open_ledger(path, CAPS, T0) as ledger:  # type: ignore[union-attr]
+            assert ledger.status(Caps(10.0, 10.0, 24.0), T0).lifetime.spent == pytest.approx(10.0)
+
+
+class TestProperties:
+    @settings(max_examples=60, deadline=None)
+    @given(
+        steps=st.lists(
+            st.tuples(
+                st.floats(0.01, 3.0),  # epsilon
+                st.floats(0, 48),  # hours since start
+                st.one_of(st.none(), st.floats(0.01, 2.0)),  # a grant to the window cap
+            ),
+            max_size=25,
+        )
+    )
+    def test_reservations_never_exceed_a_cap(self, tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[float, float, float | None]]) -> None:
+        """Any sequence of reservations and grants keeps every cap's spend within its limit."""
+        caps = Caps(lifetime_epsilon=6.0, window_epsilon=4.0, window_hours=24.0)
+        ledger = open_ledger(tmp_path_factory.mktemp("l") / "ledger.sqlite3", caps, T0)
+        assert ledger is not None
+        with ledger:
+            for n, (epsilon, hours, grant) in enumerate(sorted(steps, key=lambda s: s[1])):
+                at = T0 + timedelta(hours=hours)
+                if grant is not None:
+                    ledger.grant("window", grant, "test", "t", at)
+                try:
+                    ledger.reserve(spend(n, at, epsilon), caps, at, None)
+                except BudgetExhaustedError:
+                    pass
+                status = ledger.status(caps, at)
+                for cap in status.caps:
+                    assert cap.spent <= cap.limit + 1e-9

@@ -1,0 +1,110 @@
+"""Atomic writes, modes, the layout, stale temp files and the SyftBox permission file."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from cpu_tracker_daemon.config import load_config
+from cpu_tracker_daemon.errors import ConfigError, OutputError
+from cpu_tracker_daemon.storage import (
+    atomic_write,
+    ensure_syft_permissions,
+    layout_for,
+    prepare,
+    read_json,
+    remove_stale_temps,
+    write_json,
+)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+class TestAtomicWrite:
+    def test_writes_with_the_mode_despite_the_umask(self, tmp_path: Path) -> None:
+        """The file gets exactly the requested mode whatever the process umask is."""
+        old = os.umask(0o077)
+        try:
+            atomic_write(tmp_path / "f.json", b"{}", 0o644)
+        finally:
+            os.umask(old)
+        assert mode(tmp_path / "f.json") == 0o644
+
+    def test_failure_keeps_the_old_file_and_leaves_no_temp(self, tmp_path: Path) -> None:
+        """When the rename fails, the previous content stays and the temp file is removed."""
+        target = tmp_path / "out"
+        target.mkdir()  # os.replace of a file over a non-empty directory fails
+        (target / "keep").write_text("x")
+        with pytest.raises(OutputError, match="cannot write"):
+            atomic_write(target, b"new", 0o644)
+        assert (target / "keep").read_text() == "x"
+        assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+    def test_round_trip_json(self, tmp_path: Path) -> None:
+        """write_json and read_json agree; read_json returns None for a non-object."""
+        write_json(tmp_path / "a.json", {"cpu": 1.5}, 0o600)
+        assert read_json(tmp_path / "a.json") == {"cpu": 1.5}
+        (tmp_path / "b.json").write_text("[1]")
+        assert read_json(tmp_path / "b.json") is None
+
+
+class TestLayout:
+    def test_plain_layout_modes(self, tmp_path: Path) -> None:
+        """Without SyftBox: private 0700 and public 0755 under the data directory."""
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f'[paths]\ndata_dir = "{tmp_path / "d"}"\n')
+        layout = layout_for(load_config(cfg))
+        prepare(layout)
+        assert mode(layout.private_dir) == 0o700
+        assert mode(layout.public_dir) == 0o755
+        assert mode(layout.state_dir) == 0o700
+
+    def test_syftbox_layout_keeps_private_outside_datasites(self, tmp_path: Path) -> None:
+        """With SyftBox the public file is in the datasite's app_data, the private one never is."""
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(
+            f'[paths]\ndata_dir = "{tmp_path / "d"}"\n'
+            f'[syftbox]\ndir = "{tmp_path / "sb"}"\nemail = "me@example.org"\n'
+        )
+        layout = layout_for(load_config(cfg))
+        assert layout.public_file == tmp_path / "sb/datasites/me@example.org/app_data/cpu_tracker/cpu_tracker.json"
+        assert layout.private_file == tmp_path / "sb/private/cpu_tracker/cpu_tracker.json"
+        assert "datasites" not in layout.private_file.parts
+
+    def test_permission_file_grants_read_to_readers_admin_to_owner(self, tmp_path: Path) -> None:
+        """syft.pub.yaml lists the readers under read, the owner under admin, nobody under write."""
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(
+            f'[paths]\ndata_dir = "{tmp_path / "d"}"\n'
+            f'[syftbox]\ndir = "{tmp_path / "sb"}"\nemail = "me@example.org"\n'
+            'readers = ["agg@example.org", "b@example.org"]\n'
+        )
+        layout = layout_for(load_config(cfg))
+        prepare(layout)
+        assert ensure_syft_permissions(layout) is True
+        text = (layout.public_dir / "syft.pub.yaml").read_text()
+        assert 'read: ["agg@example.org", "b@example.org"]' in text
+        assert 'admin: ["me@example.org"]' in text
+        assert "write: []" in text
+        assert ensure_syft_permissions(layout) is False  # unchanged: not rewritten
+
+    def test_not_a_directory_is_a_config_error(self, tmp_path: Path) -> None:
+        """A data_dir under a regular file is reported as a config problem naming the key."""
+        (tmp_path / "file").write_text("")
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f'[paths]\ndata_dir = "{tmp_path / "file" / "sub"}"\n')
+        with pytest.raises(ConfigError, match=r"paths.data_dir .* is not writable"):
+            prepare(layout_for(load_config(cfg)))
+
+    def test_stale_temps_are_removed_outputs_kept(self, tmp_path: Path) -> None:
+        """Temp files a killed write left are removed; real outputs are not."""
+        (tmp_path / ".cpu_tracker.json.abc.tmp").write_text("{")
+        (tmp_path / "cpu_tracker.json").write_text("{}")
+        removed = remove_stale_temps([tmp_path])
+        assert [p.name for p in removed] == [".cpu_tracker.json.abc.tmp"]
+        assert [p.name for p in tmp_path.iterdir()] == ["cpu_tracker.json"]

@@ -1,0 +1,172 @@
+"""One cycle end to end against a real SQLite ledger and real files, with a fake clock and CPU."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import stat
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cpu_tracker_daemon import logs
+from cpu_tracker_daemon.config import Config, load_config
+from cpu_tracker_daemon.sampling import PsutilCpuSource
+from cpu_tracker_daemon.storage import layout_for, prepare
+from cpu_tracker_daemon.tracker import CycleLog, Tracker
+from tests.conftest import FakeClock, FakeCpu, log_events, write_config
+
+
+def make_tracker(
+    tmp_path: Path, clock: FakeClock, cpu: Any = None, overrides: dict[str, dict[str, Any]] | None = None
+) -> tuple[Tracker, io.StringIO]:
+    config: Config = load_config(write_config(tmp_path, overrides))
+    layout = layout_for(config)
+    prepare(layout)
+    stream = io.StringIO()
+    logs.configure("json", "debug", stream=stream)
+    tracker = Tracker(
+        config=config,
+        layout=layout,
+        cpu=cpu or FakeCpu(),
+        log=logs.get_logger("test"),
+        clock=clock,
+        random_state=np.random.RandomState(5),
+    )
+    return tracker, stream
+
+
+def outcomes(tracker: Tracker) -> list[tuple[str, str]]:
+    conn = sqlite3.connect(tracker.layout.ledger)
+    return conn.execute("SELECT release_id, status FROM outcomes ORDER BY id").fetchall()
+
+
+class TestRelease:
+    def test_release_writes_both_files_and_the_ledger(self, tmp_path: Path, clock: FakeClock) -> None:
+        """A cycle spends epsilon, writes the private raw mean (0600) and the public noisy mean (0644)."""
+        tracker, _ = make_tracker(tmp_path, clock, FakeCpu(0.25))
+        result = tracker.cycle()
+        assert result.outcome == "released"
+        public = json.loads(tracker.layout.public_file.read_text())
+        private = json.loads(tracker.layout.private_file.read_text())
+        assert private["cpu_raw_mean"] == 25.0
+        assert public["cpu"] != 25.0
+        assert public["release_id"] == private["release_id"] == result.release_id
+        assert public["privacy"] == {
+            "unit": "window",
+            "mechanism": "laplace",
+            "epsilon": 0.5,
+            "delta": 0.0,
+            "sensitivity": 100.0,
+            "noise_scale": 200.0,
+            "noise_stddev": pytest.approx(282.8427, rel=1e-6),
+            "lower": 0.0,
+            "upper": 100.0,
+        }
+        assert public["timestamp"].endswith("+00:00")
+        assert public["window"]["samples"] == 5
+        assert 0.0 <= public["cpu_clamped"] <= 100.0
+        assert stat.S_IMODE(tracker.layout.public_file.stat().st_mode) == 0o644
+        assert stat.S_IMODE(tracker.layout.private_file.stat().st_mode) == 0o600
+        assert outcomes(tracker) == [(result.release_id, "drawn"), (result.release_id, "published")]
+
+    def test_real_psutil_cycle(self, tmp_path: Path, clock: FakeClock) -> None:
+        """With the real psutil source the raw mean is a percentage and the release is made."""
+        tracker, _ = make_tracker(tmp_path, clock, PsutilCpuSource())
+        assert tracker.cycle().outcome == "released"
+        private = json.loads(tracker.layout.private_file.read_text())
+        assert 0.0 <= private["cpu_raw_mean"] <= 100.0
+
+    def test_cooldown_blocks_a_second_release(self, tmp_path: Path, clock: FakeClock) -> None:
+        """A cycle before every_seconds has passed releases nothing and spends nothing."""
+        tracker, _ = make_tracker(tmp_path, clock)
+        tracker.cycle()
+        clock.advance(0.5)
+        result = tracker.cycle()
+        assert result.outcome == "cooldown"
+        assert len(outcomes(tracker)) == 2
+        clock.advance(0.6)
+        assert tracker.cycle().outcome == "released"
+
+    def test_force_skips_cooldown_not_budget(self, tmp_path: Path, clock: FakeClock) -> None:
+        """--force releases inside the cooldown but still stops at the budget cap."""
+        tracker, _ = make_tracker(tmp_path, clock, overrides={"budget": {"window_epsilon": 1.0}})
+        assert tracker.cycle(force=True).outcome == "released"
+        assert tracker.cycle(force=True).outcome == "released"
+        result = tracker.cycle(force=True)
+        assert result.outcome == "budget_exhausted"
+        assert "budget grant" in str(result.error)
+
+    def test_clock_jumping_back_delays_at_most_one_interval(self, tmp_path: Path, clock: FakeClock) -> None:
+        """After a backwards jump of hours, the next release comes one interval later, not hours later."""
+        tracker, stream = make_tracker(tmp_path, clock)
+        tracker.cycle()
+        clock.advance(-3 * 3600)
+        assert tracker.cycle().outcome == "cooldown"
+        assert any(e["event"] == "clock.skew" for e in log_events(stream.getvalue()))
+        clock.advance(1.0)
+        assert tracker.cycle().outcome == "released"
+
+
+class TestRecovery:
+    def test_drawn_release_is_republished_with_the_same_noise(self, tmp_path: Path, clock: FakeClock) -> None:
+        """A release whose public write failed is republished later with its recorded value, not redrawn."""
+        tracker, _ = make_tracker(tmp_path, clock)
+        tracker.layout.public_file.mkdir()  # the write fails: a directory stands in the way
+        (tracker.layout.public_file / "x").write_text("")
+        failed = tracker.cycle()
+        assert failed.outcome == "write_failed"
+        conn = sqlite3.connect(tracker.layout.ledger)
+        (payload,) = conn.execute("SELECT payload FROM outcomes WHERE status = 'drawn'").fetchone()
+        (tracker.layout.public_file / "x").unlink()
+        tracker.layout.public_file.rmdir()
+        clock.advance(0.1)  # inside the cooldown: only the recovery happens
+        result = tracker.cycle()
+        assert (result.outcome, result.recovered) == ("cooldown", 1)
+        assert json.loads(tracker.layout.public_file.read_text()) == json.loads(payload)
+        assert outcomes(tracker)[-1] == (failed_id(conn), "published")
+
+    def test_reserved_only_release_is_abandoned_and_still_counted(self, tmp_path: Path, clock: FakeClock) -> None:
+        """A reservation interrupted before noise was recorded stays spent and is never released."""
+        tracker, stream = make_tracker(tmp_path, clock)
+        tracker.cycle()
+        conn = sqlite3.connect(tracker.layout.ledger)
+        conn.execute("DROP TRIGGER outcomes_no_delete")  # simulate: the crash came before 'drawn'
+        conn.execute("DELETE FROM outcomes")
+        conn.commit()
+        clock.advance(2)
+        tracker.cycle()
+        statuses = [s for _, s in outcomes(tracker)]
+        assert statuses[0] == "abandoned"
+        assert any(e["event"] == "release.abandoned" for e in log_events(stream.getvalue()))
+        assert conn.execute("SELECT COUNT(*) FROM spends").fetchone() == (2,)
+
+
+def failed_id(conn: sqlite3.Connection) -> str:
+    (release_id,) = conn.execute("SELECT release_id FROM outcomes WHERE status = 'drawn'").fetchone()
+    return str(release_id)
+
+
+class TestCycleLog:
+    def test_budget_exhausted_is_logged_once(self, tmp_path: Path, clock: FakeClock) -> None:
+        """Repeated exhausted cycles log budget.exhausted once, but a canonical line each time."""
+        tracker, stream = make_tracker(tmp_path, clock, overrides={"budget": {"window_epsilon": 0.5}})
+        cycle_log = CycleLog(logs.get_logger("test"))
+        for _ in range(3):
+            cycle_log(tracker.cycle(force=True))
+        events = [e["event"] for e in log_events(stream.getvalue())]
+        assert events.count("budget.exhausted") == 1
+        assert events.count("cycle.finished") == 3
+
+    def test_canonical_line_has_the_figures(self, tmp_path: Path, clock: FakeClock) -> None:
+        """The cycle line carries outcome, epsilon spent and remaining, and duration."""
+        tracker, stream = make_tracker(tmp_path, clock)
+        CycleLog(logs.get_logger("test"))(tracker.cycle())
+        (line,) = [e for e in log_events(stream.getvalue()) if e["event"] == "cycle.finished"]
+        assert line["outcome"] == "released"
+        assert line["epsilon_spent"] == 0.5
+        assert line["epsilon_remaining"] == 99.5
+        assert line["duration_seconds"] >= 0
