@@ -138,6 +138,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return exit_code_for(exc)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - a bug still gets one line, never a traceback with data
+        print(
+            f"cpu-tracker: internal error ({type(exc).__name__}: {exc}); please report it",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
 
 
 def _dispatch(args: argparse.Namespace, config: Config, path: Path | None, env: Mapping[str, str]) -> int:
@@ -183,8 +189,9 @@ def _once(config: Config, force: bool) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_stop)
+    storage.prepare(layout)
     with InstanceLock(layout.lock):
-        storage.prepare(layout)
+        storage.remove_stale_temps(storage.output_dirs(layout))
         tracker = Tracker(config=config, layout=layout, cpu=PsutilCpuSource(), log=log, stop=stop)
         result = tracker.cycle(force=force)
     CycleLog(log)(result)

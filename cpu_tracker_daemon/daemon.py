@@ -36,7 +36,6 @@ class InstanceLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -123,8 +122,9 @@ class Daemon:
 
     def run(self) -> None:
         """Run until stopped; raise the error that stopped it, if one did."""
+        storage.prepare(self._layout)
         with InstanceLock(self._layout.lock):
-            storage.prepare(self._layout)
+            storage.remove_stale_temps(storage.output_dirs(self._layout))
             if self._cpu is None:
                 self._cpu = PsutilCpuSource()
             self._tracker = self._make_tracker(self._config)

@@ -416,11 +416,11 @@ def _verify(conn: sqlite3.Connection, path: Path) -> None:
 
 def _create(path: Path, caps: Caps, now: datetime) -> None:
     """Build a fresh ledger beside ``path`` and rename it into place: never half-created."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with suppress(FileNotFoundError):
-        tmp.unlink()
     try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with suppress(FileNotFoundError):
+            tmp.unlink()
         conn = sqlite3.connect(tmp, isolation_level=None)
         try:
             conn.executescript("BEGIN;" + _SCHEMA + _APPEND_ONLY + "COMMIT;")
@@ -452,7 +452,7 @@ def _create(path: Path, caps: Caps, now: datetime) -> None:
                 return
             tmp.replace(path)
         fsync_dir(path.parent)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OSError) as exc:
         raise LedgerUnavailableError(str(path), str(exc)) from None
     finally:
         with suppress(FileNotFoundError):

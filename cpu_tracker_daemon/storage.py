@@ -105,11 +105,17 @@ def prepare(layout: Layout) -> None:
             )
     if problems:
         raise ConfigError(problems)
-    remove_stale_temps(d for d, _, _ in dirs)
+
+
+def output_dirs(layout: Layout) -> tuple[Path, Path, Path]:
+    return (layout.state_dir, layout.private_dir, layout.public_dir)
 
 
 def remove_stale_temps(directories: Iterable[Path]) -> list[Path]:
-    """Delete temp files an interrupted write left behind; they are never outputs."""
+    """Delete temp files an interrupted write left behind; they are never outputs.
+
+    Call only while holding the instance lock, or a live writer's temp file could vanish.
+    """
     removed = []
     for directory in directories:
         with suppress(FileNotFoundError):

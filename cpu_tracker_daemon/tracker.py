@@ -128,9 +128,7 @@ class Tracker:
             except _REFUSALS as exc:
                 return self._refused(ledger, started, exc, recovered)
 
-    def _refused(
-        self, ledger: Ledger, started: float, exc: CpuTrackerError, recovered: int
-    ) -> CycleResult:
+    def _refused(self, ledger: Ledger, started: float, exc: CpuTrackerError, recovered: int) -> CycleResult:
         outcome = _REFUSALS_OUTCOME[type(exc)]
         remaining = None
         due = None

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,7 +47,9 @@ def merge(*layers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return merged
 
 
-def write_config(tmp_path: Path, overrides: dict[str, dict[str, Any]] | None = None, name: str = "c.toml") -> Path:
+def write_config(
+    tmp_path: Path, overrides: dict[str, dict[str, Any]] | None = None, name: str = "c.toml"
+) -> Path:
     """A fast config (5 samples x 20 ms, every 1 s, roomy budget) under tmp_path, with overrides."""
     tables = merge({"paths": {"data_dir": str(tmp_path / "data")}}, FAST, overrides or {})
     path = tmp_path / name
@@ -62,7 +63,9 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """The real command in a fresh interpreter."""
     return subprocess.run(
         [sys.executable, "-m", "cpu_tracker_daemon", *args],
@@ -74,7 +77,9 @@ def run_cli(*args: str, timeout: float = 60, env: dict[str, str] | None = None) 
     )
 
 
-def start_cli(*args: str, env: dict[str, str] | None = None, stdout: Any = subprocess.PIPE) -> subprocess.Popen[str]:
+def start_cli(
+    *args: str, env: dict[str, str] | None = None, stdout: Any = subprocess.PIPE
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "cpu_tracker_daemon", *args],
         stdout=stdout,
@@ -123,8 +128,3 @@ class FakeCpu:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-
-
-@pytest.fixture
-def config_path(tmp_path: Path) -> Iterator[Path]:
-    yield write_config(tmp_path)

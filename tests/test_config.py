@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import tomllib
 from pathlib import Path
 
@@ -76,16 +77,16 @@ BAD = [
     ("[privacy]\nepsilon = nan\n", "privacy.epsilon must be a finite number", "finite"),
     ("[privacy]\nlower = 50\nupper = 50\n", "privacy.upper (50) must be greater than privacy.lower", "swap"),
     ("[privacy]\nupper = 150\n", "must lie in [0, 100]", "percentage"),
-    ("[privacy]\nunit = \"person\"\n", "privacy.unit must be one of window, sample", "person"),
-    ("[privacy]\nmechanism = \"gauss\"\n", "privacy.mechanism must be one of laplace", "gauss"),
+    ('[privacy]\nunit = "person"\n', "privacy.unit must be one of window, sample", "person"),
+    ('[privacy]\nmechanism = "gauss"\n', "privacy.mechanism must be one of laplace", "gauss"),
     ("[sampling]\nsamples = 0\n", "sampling.samples must be at least 1", "set e.g. 50"),
     ("[sampling]\ninterval_seconds = 0\n", "sampling.interval_seconds must be greater than 0", "positive"),
     ("[schedule]\nevery_seconds = 10\n", "shorter than the sampling window", "raise every_seconds"),
     ("[budget]\nwindow_epsilon = 0.1\n", "exceeds budget.window_epsilon", "raise the cap"),
     ("[budget]\nwindow_hours = -1\n", "budget.window_hours must be greater than 0", "positive"),
-    ("[syftbox]\ndir = \"/x\"\n", "syftbox.dir and syftbox.email go together", "set both"),
-    ("[syftbox]\nreaders = [\"nobody\"]\n", "syftbox.readers has invalid email", "name@example.org"),
-    ("[logging]\nlevel = \"loud\"\n", "logging.level must be one of", "loud"),
+    ('[syftbox]\ndir = "/x"\n', "syftbox.dir and syftbox.email go together", "set both"),
+    ('[syftbox]\nreaders = ["nobody"]\n', "syftbox.readers has invalid email", "name@example.org"),
+    ('[logging]\nlevel = "loud"\n', "logging.level must be one of", "loud"),
     ("sampling = 3\n", "[sampling] must be a table", "header"),
     ("[sampling\nsamples = 5\n", "is not valid TOML", "fix the syntax"),
 ]
@@ -138,9 +139,23 @@ _sections = st.dictionaries(
     st.sampled_from(["sampling", "schedule", "privacy", "budget", "syftbox", "logging", "bogus"]),
     st.dictionaries(
         st.sampled_from(
-            ["samples", "interval_seconds", "every_seconds", "epsilon", "lower", "upper", "unit",
-             "lifetime_epsilon", "window_epsilon", "window_hours", "email", "readers", "format",
-             "level", "extra"]
+            [
+                "samples",
+                "interval_seconds",
+                "every_seconds",
+                "epsilon",
+                "lower",
+                "upper",
+                "unit",
+                "lifetime_epsilon",
+                "window_epsilon",
+                "window_hours",
+                "email",
+                "readers",
+                "format",
+                "level",
+                "extra",
+            ]
         ),
         _values,
         max_size=5,
@@ -172,7 +187,5 @@ class TestProperties:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError:
             return
-        try:
+        with contextlib.suppress(ConfigError):
             parse_config(raw, environ={"HOME": "/h"})
-        except ConfigError:
-            pass

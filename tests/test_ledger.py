@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import sqlite3
 from datetime import UTC, datetime, timedelta
@@ -166,10 +167,14 @@ class TestFailClosed:
         path = tmp_path / "ledger.sqlite3"
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2])
-        with pytest.raises(LedgerCorruptError):
+
+        def open_and_read() -> None:
             ledger = open_ledger(path, CAPS, T0)
             assert ledger is not None
             ledger.status(CAPS, T0)
+
+        with pytest.raises(LedgerCorruptError):
+            open_and_read()
 
     def test_dropped_table_is_refused(self, tmp_path: Path) -> None:
         """A ledger missing one of its tables is refused."""
@@ -226,7 +231,9 @@ class TestProperties:
             max_size=25,
         )
     )
-    def test_reservations_never_exceed_a_cap(self, tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[float, float, float | None]]) -> None:
+    def test_reservations_never_exceed_a_cap(
+        self, tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[float, float, float | None]]
+    ) -> None:
         """Any sequence of reservations and grants keeps every cap's spend within its limit."""
         caps = Caps(lifetime_epsilon=6.0, window_epsilon=4.0, window_hours=24.0)
         ledger = open_ledger(tmp_path_factory.mktemp("l") / "ledger.sqlite3", caps, T0)
@@ -236,10 +243,8 @@ class TestProperties:
                 at = T0 + timedelta(hours=hours)
                 if grant is not None:
                     ledger.grant("window", grant, "test", "t", at)
-                try:
+                with contextlib.suppress(BudgetExhaustedError):
                     ledger.reserve(spend(n, at, epsilon), caps, at, None)
-                except BudgetExhaustedError:
-                    pass
                 status = ledger.status(caps, at)
                 for cap in status.caps:
                     assert cap.spent <= cap.limit + 1e-9

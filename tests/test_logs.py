@@ -84,6 +84,10 @@ class TestFormat:
 def test_privacy_module_is_the_only_diffprivlib_importer() -> None:
     """Only privacy.py names diffprivlib, so fast paths can avoid it."""
     package = Path(privacy.__file__).parent
-    importers = sorted(p.name for p in package.glob("*.py") if "import diffprivlib" in p.read_text() or "from diffprivlib" in p.read_text())
+    importers = sorted(
+        p.name
+        for p in package.glob("*.py")
+        if "import diffprivlib" in p.read_text() or "from diffprivlib" in p.read_text()
+    )
     assert importers == ["privacy.py"]
     assert np is not None

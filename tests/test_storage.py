@@ -72,7 +72,10 @@ class TestLayout:
             f'[syftbox]\ndir = "{tmp_path / "sb"}"\nemail = "me@example.org"\n'
         )
         layout = layout_for(load_config(cfg))
-        assert layout.public_file == tmp_path / "sb/datasites/me@example.org/app_data/cpu_tracker/cpu_tracker.json"
+        assert (
+            layout.public_file
+            == tmp_path / "sb/datasites/me@example.org/app_data/cpu_tracker/cpu_tracker.json"
+        )
         assert layout.private_file == tmp_path / "sb/private/cpu_tracker/cpu_tracker.json"
         assert "datasites" not in layout.private_file.parts
 

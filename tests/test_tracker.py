@@ -129,7 +129,9 @@ class TestRecovery:
         assert json.loads(tracker.layout.public_file.read_text()) == json.loads(payload)
         assert outcomes(tracker)[-1] == (failed_id(conn), "published")
 
-    def test_reserved_only_release_is_abandoned_and_still_counted(self, tmp_path: Path, clock: FakeClock) -> None:
+    def test_reserved_only_release_is_abandoned_and_still_counted(
+        self, tmp_path: Path, clock: FakeClock
+    ) -> None:
         """A reservation interrupted before noise was recorded stays spent and is never released."""
         tracker, stream = make_tracker(tmp_path, clock)
         tracker.cycle()

@@ -1,0 +1,175 @@
+"""The command line: exit codes, one-line errors, fast paths, status and budget output."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from cpu_tracker_daemon.cli import EXIT_CODES, main
+from tests.conftest import cli_env, run_cli, write_config
+
+BAD_CONFIGS = {
+    "unknown key": "[sampling]\nsampels = 5\n",
+    "wrong type": '[sampling]\nsamples = "many"\n',
+    "epsilon zero": "[privacy]\nepsilon = 0\n",
+    "epsilon negative": "[privacy]\nepsilon = -0.5\n",
+    "upper below lower": "[privacy]\nlower = 60\nupper = 40\n",
+    "samples zero": "[sampling]\nsamples = 0\n",
+    "not toml": "this is = = not toml\n[[[\n",
+}
+
+
+class TestBadConfigProcess:
+    @pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+    def test_bad_config_is_one_line_exit_3_nothing_written(self, tmp_path: Path, case: str) -> None:
+        """Each bad config: exit 3, one stderr line naming the key, no traceback, no data dir."""
+        path = tmp_path / "c.toml"
+        path.write_text(f'[paths]\ndata_dir = "{tmp_path / "data"}"\n' + BAD_CONFIGS[case])
+        result = run_cli("--config", str(path), "once")
+        assert result.returncode == 3
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith("cpu-tracker: invalid configuration:")
+        assert "Traceback" not in result.stderr
+        assert not (tmp_path / "data").exists()
+
+    def test_unwritable_directory_is_exit_3(self, tmp_path: Path) -> None:
+        """A data_dir that cannot be created: exit 3 with the key named, no output written."""
+        (tmp_path / "file").write_text("")
+        path = tmp_path / "c.toml"
+        path.write_text(f'[paths]\ndata_dir = "{tmp_path / "file" / "data"}"\n')
+        result = run_cli("--config", str(path), "once")
+        assert result.returncode == 3
+        assert "paths.data_dir" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        check = run_cli("--config", str(path), "config", "check")
+        assert check.returncode == 3
+        assert "paths.data_dir" in check.stderr
+
+    def test_config_from_environment(self, tmp_path: Path) -> None:
+        """$CPU_TRACKER_CONFIG names the config file when --config is absent."""
+        path = tmp_path / "c.toml"
+        path.write_text("[privacy]\nepsilon = -1\n")
+        result = run_cli("config", "check", env=cli_env(CPU_TRACKER_CONFIG=str(path)))
+        assert result.returncode == 3
+        assert "privacy.epsilon" in result.stderr
+
+
+class TestArguments:
+    def test_bad_arguments_exit_2_in_one_line(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """An unknown subcommand is exit 2 with one line pointing at --help."""
+        assert main(["frobnicate"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1
+        assert "--help" in err[0]
+
+    def test_grant_needs_a_positive_epsilon(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """budget grant refuses zero, negative and non-numbers as argument errors."""
+        config = write_config(tmp_path)
+        for bad in ("0", "-1", "lots", "inf"):
+            assert main(["--config", str(config), "budget", "grant", bad, "--reason", "x"]) == 2
+        assert main(["--config", str(config), "budget", "grant", "1", "--reason", "  "]) == 2
+        assert not (tmp_path / "data" / "ledger.sqlite3").exists()
+
+    def test_help_lists_every_exit_code(self) -> None:
+        """--help documents each exit code with its meaning."""
+        result = run_cli("--help")
+        assert result.returncode == 0
+        for code, meaning in EXIT_CODES.items():
+            assert f"  {code}  {meaning}" in result.stdout
+
+
+class TestFastPaths:
+    @pytest.mark.parametrize("args", [["status", "--json"], ["budget", "show"], ["--help"]])
+    def test_no_heavy_imports(self, tmp_path: Path, args: list[str]) -> None:
+        """status, budget show and --help never import diffprivlib, numpy, apscheduler or psutil."""
+        config = write_config(tmp_path)
+        code = (
+            "import sys\n"
+            "from cpu_tracker_daemon.cli import main\n"
+            f"try:\n    rc = main(['--config', {str(config)!r}, *{args!r}])\n"
+            "except SystemExit as e:\n    rc = e.code\n"
+            "names = ('diffprivlib', 'numpy', 'apscheduler', 'psutil', 'sklearn')\n"
+            "heavy = sorted(m for m in names if m in sys.modules)\n"
+            "print('HEAVY', heavy, rc, file=sys.stderr)\n"
+        )
+        import subprocess
+        import sys
+
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+        assert "HEAVY [] 0" in result.stderr, result.stderr
+
+
+class TestStatusAndBudget:
+    def test_status_json_before_any_release(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """Before the first release status works, creates nothing, and shows the full budget."""
+        config = write_config(tmp_path, {"budget": {"window_epsilon": 12, "lifetime_epsilon": 100}})
+        assert main(["--config", str(config), "status", "--json"]) == 0
+        view = json.loads(capsys.readouterr().out)
+        assert view["last_release_at"] is None
+        assert view["budget"]["spent_epsilon"] == 0.0
+        assert view["budget"]["remaining_epsilon"] == 12
+        assert view["paths"]["ledger"] == str(tmp_path / "data" / "ledger.sqlite3")
+        assert not (tmp_path / "data").exists()
+
+    def test_once_then_status_then_grant(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """After releases up to the cap, once exits 7; a grant with a reason lets the next one through."""
+        config = str(write_config(tmp_path, {"budget": {"lifetime_epsilon": 1.0, "window_epsilon": 1.0}}))
+        assert main(["--config", config, "once"]) == 0
+        assert main(["--config", config, "once"]) == 6  # cooldown
+        assert main(["--config", config, "once", "--force"]) == 0
+        assert main(["--config", config, "once", "--force"]) == 7
+        err = capsys.readouterr().err
+        assert "budget grant" in err
+        assert main(["--config", config, "status", "--json"]) == 0
+        view = json.loads(capsys.readouterr().out)
+        assert view["budget"]["spent_epsilon"] == 1.0
+        assert view["budget"]["remaining_epsilon"] == 0.0
+        assert view["paths"]["public"].endswith("public/cpu_tracker.json")
+        assert view["last_release_at"] is not None
+        assert main(["--config", config, "budget", "grant", "1", "--reason", "audit", "--cap", "window"]) == 0
+        assert main(["--config", config, "budget", "grant", "1", "--reason", "audit"]) == 0
+        assert main(["--config", config, "once", "--force"]) == 0
+        capsys.readouterr()
+        assert main(["--config", config, "budget", "show"]) == 0
+        out = capsys.readouterr().out
+        assert "+1 window" in out
+        assert "audit" in out
+
+    def test_corrupt_ledger_exit_4_and_untouched(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A corrupt ledger stops once and status with exit 4 and is left exactly as found."""
+        config = str(write_config(tmp_path))
+        ledger = tmp_path / "data" / "ledger.sqlite3"
+        ledger.parent.mkdir(parents=True)
+        ledger.write_bytes(b"garbage" * 1000)
+        assert main(["--config", config, "once"]) == 4
+        assert main(["--config", config, "status"]) == 4
+        assert ledger.read_bytes() == b"garbage" * 1000
+        assert "never reset" in capsys.readouterr().err
+        assert not (tmp_path / "data" / "public" / "cpu_tracker.json").exists()
+
+    def test_config_show_prints_effective_toml(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """config show fills in defaults the file did not set."""
+        config = str(write_config(tmp_path))
+        assert main(["--config", config, "config", "show"]) == 0
+        out = capsys.readouterr().out
+        assert 'unit = "window"' in out
+        assert 'readers = ["aggregator@openmined.org"]' in out
+        assert main(["--config", config, "config", "show", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["sampling"]["samples"] == 5
+
+    def test_grant_is_in_the_ledger_with_who_and_why(self, tmp_path: Path) -> None:
+        """A grant is recorded with its reason and the user who made it."""
+        config = str(write_config(tmp_path))
+        assert main(["--config", config, "budget", "grant", "2.5", "--reason", "approved by DPO"]) == 0
+        conn = sqlite3.connect(tmp_path / "data" / "ledger.sqlite3")
+        rows = conn.execute("SELECT cap, epsilon, reason, granted_by FROM grants").fetchall()
+        assert rows[0][:3] == ("lifetime", 2.5, "approved by DPO")
+        assert rows[0][3]
