@@ -1,6 +1,9 @@
 """The long-running process: lock, signals, scheduler, reload, notify. No business logic.
 
 Signal handlers only record what arrived and wake the main loop; the main thread acts on it.
+Likewise the job thread never calls the scheduler (``shutdown(wait=True)`` holds the scheduler's
+locks while it waits for the job, so a job that called back in would deadlock): it hands its
+result to the main thread, which does all rescheduling.
 APScheduler 3.11 runs the cycle on one worker thread (``max_instances=1``, ``coalesce``,
 ``misfire_grace_time=None`` so a run missed during suspend still happens once, UTC, no jitter).
 """
@@ -87,6 +90,7 @@ class Daemon:
         self._notifier = Notifier(environ)
         self._cycle_log = CycleLog(self._log)
         self._last: CycleResult | None = None
+        self._finished: CycleResult | None = None  # handed from the job thread to the main loop
         self._config = config
         self._layout = storage.layout_for(config)
         self._tracker: Tracker | None = None
@@ -160,6 +164,9 @@ class Daemon:
             if self._reload_requested:
                 self._reload_requested = False
                 self._reload()
+            finished, self._finished = self._finished, None
+            if finished is not None and not self._stop.is_set():
+                self._after_cycle(finished)
             if interval and self._scheduler.running:
                 self._notifier.send(WATCHDOG="1")
 
@@ -202,8 +209,13 @@ class Daemon:
         except Exception:  # noqa: BLE001 - a bug in one cycle must not kill the schedule
             self._log.exception("cycle.crashed")
             return
-        self._last = result
         self._cycle_log(result)
+        self._finished = result
+        self._wake.set()
+
+    def _after_cycle(self, result: CycleResult) -> None:
+        """In the main thread: keep the schedule in step with the cooldown, report status."""
+        self._last = result
         if result.next_due_at is not None:
             self._align(result.next_due_at)
         self._notify_status()

@@ -85,6 +85,23 @@ class TestSignals:
         proc.communicate(timeout=10)
         assert proc.returncode == 0
 
+    def test_sigterm_at_any_phase_of_busy_cycles_exits_cleanly(self, tmp_path: Path) -> None:
+        """Stopping a daemon that cycles every 50 ms never hangs (the job never calls back into
+        the scheduler while shutdown holds its locks) and always exits 0."""
+        config = write_config(
+            tmp_path,
+            {"sampling": {"samples": 2, "interval_seconds": 0.01}, "schedule": {"every_seconds": 0.05}},
+        )
+        rng = random.Random(99)
+        for _ in range(6):
+            proc = start_cli("--config", str(config), "run")
+            wait_for_event(proc, "cycle.finished")
+            time.sleep(rng.random() * 0.3)
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=20)
+            assert proc.returncode == 0, err
+            assert log_events(out)[-1]["event"] == "daemon.stopped"
+
 
 class TestInstances:
     def test_second_instance_exits_5_at_once(self, tmp_path: Path) -> None:
