@@ -134,10 +134,11 @@ class TestCrashSafety:
         rng = random.Random(1234)
         visible: set[str] = set()
         for _ in range(8):
-            proc = start_cli("--config", str(config), "run", stdout=subprocess.DEVNULL)
-            time.sleep(1.5 + rng.random() * 1.5)
+            proc = start_cli("--config", str(config), "run")
+            wait_for_event(proc, "daemon.started")
+            time.sleep(rng.random() * 1.5)
             os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+            proc.communicate(timeout=10)
             for path in (public, private):
                 if path.exists():
                     record = json.loads(path.read_text())  # always a whole file
