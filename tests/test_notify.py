@@ -52,7 +52,7 @@ class TestNotifier:
     def test_daemon_reports_ready_status_reloading_stopping(
         self, tmp_path: Path, listener: socket.socket
     ) -> None:
-        """The real daemon sends READY=1, a STATUS after a cycle, RELOADING=1 on SIGHUP, STOPPING=1 on SIGTERM."""
+        """The daemon sends READY=1, STATUS after a cycle, RELOADING=1 on SIGHUP, STOPPING=1 on SIGTERM."""
         config = write_config(tmp_path)
         env = cli_env(NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="2000000")
         proc = start_cli("--config", str(config), "run", env=env)
