@@ -174,7 +174,7 @@ def _once(config: Config, force: bool) -> int:
     import threading
 
     from cpu_tracker_daemon import storage
-    from cpu_tracker_daemon.daemon import InstanceLock, configure_logging
+    from cpu_tracker_daemon.daemon import claim_state, configure_logging
     from cpu_tracker_daemon.logs import get_logger
     from cpu_tracker_daemon.sampling import PsutilCpuSource
     from cpu_tracker_daemon.tracker import CycleLog, Tracker
@@ -189,9 +189,7 @@ def _once(config: Config, force: bool) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_stop)
-    storage.prepare(layout)
-    with InstanceLock(layout.lock):
-        storage.remove_stale_temps(storage.output_dirs(layout))
+    with claim_state(layout):
         tracker = Tracker(config=config, layout=layout, cpu=PsutilCpuSource(), log=log, stop=stop)
         result = tracker.cycle(force=force)
     CycleLog(log)(result)

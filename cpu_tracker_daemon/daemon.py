@@ -14,7 +14,8 @@ import fcntl
 import os
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -61,6 +62,19 @@ class InstanceLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+@contextmanager
+def claim_state(layout: storage.Layout) -> Iterator[None]:
+    """Create and check the directories, take the instance lock, then clear stale temp files.
+
+    In this order: a bad directory is a config error before any lock file is made, and temp
+    files are removed only once no other instance can be writing them.
+    """
+    storage.prepare(layout)
+    with InstanceLock(layout.lock):
+        storage.remove_stale_temps(storage.output_dirs(layout))
+        yield
 
 
 def configure_logging(config: Config) -> None:
@@ -126,9 +140,7 @@ class Daemon:
 
     def run(self) -> None:
         """Run until stopped; raise the error that stopped it, if one did."""
-        storage.prepare(self._layout)
-        with InstanceLock(self._layout.lock):
-            storage.remove_stale_temps(storage.output_dirs(self._layout))
+        with claim_state(self._layout):
             if self._cpu is None:
                 self._cpu = PsutilCpuSource()
             self._tracker = self._make_tracker(self._config)
