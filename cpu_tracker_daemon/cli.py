@@ -202,13 +202,12 @@ def _once(config: Config, force: bool) -> int:
 def _budget_view(config: Config, now: datetime) -> dict[str, Any]:
     """Everything ``status`` and ``budget show`` print; reads the ledger read-only."""
     from cpu_tracker_daemon import storage
-    from cpu_tracker_daemon.ledger import open_ledger
-    from cpu_tracker_daemon.tracker import caps_for
+    from cpu_tracker_daemon.ledger import BudgetStatus, open_ledger
+    from cpu_tracker_daemon.tracker import caps_for, due_at
 
     layout = storage.layout_for(config)
     caps = caps_for(config)
     ledger = open_ledger(layout.ledger, caps, now, create=False)
-    every = timedelta(seconds=config.schedule.every_seconds)
     view: dict[str, Any] = {
         "paths": {
             "state": str(layout.state_dir),
@@ -221,37 +220,12 @@ def _budget_view(config: Config, now: datetime) -> dict[str, Any]:
         "privacy_unit": config.privacy.unit,
     }
     if ledger is None:
-        view.update(
-            last_release_at=None,
-            next_due_at=now.isoformat(),
-            releases=0,
-            budget={
-                "spent_epsilon": 0.0,
-                "remaining_epsilon": min(caps.lifetime_epsilon, caps.window_epsilon),
-                "caps": {
-                    "lifetime": {
-                        "limit": caps.lifetime_epsilon,
-                        "spent": 0.0,
-                        "remaining": caps.lifetime_epsilon,
-                        "granted": 0.0,
-                    },
-                    "window": {
-                        "limit": caps.window_epsilon,
-                        "spent": 0.0,
-                        "remaining": caps.window_epsilon,
-                        "granted": 0.0,
-                        "hours": caps.window_hours,
-                    },
-                },
-            },
-            grants=[],
-        )
-        return view
-    with ledger:
-        status = ledger.status(caps, now)
-        grants = ledger.grants()
-    anchor = status.cooldown_anchor_ts
-    due = now if anchor is None else max(datetime.fromtimestamp(anchor, UTC) + every, now)
+        status, grants = BudgetStatus.fresh(caps), []
+    else:
+        with ledger:
+            status = ledger.status(caps, now)
+            grants = ledger.grants()
+    due = due_at(status.cooldown_anchor_ts, timedelta(seconds=config.schedule.every_seconds), now)
     caps_view: dict[str, Any] = {}
     for cap in status.caps:
         caps_view[cap.name] = {

@@ -116,6 +116,17 @@ class BudgetStatus:
     last_release_at: str | None
     cooldown_anchor_ts: float | None
 
+    @classmethod
+    def fresh(cls, caps: Caps) -> BudgetStatus:
+        """The budget before a ledger exists: the configured caps, nothing spent or granted."""
+        return cls(
+            lifetime=CapStatus("lifetime", caps.lifetime_epsilon, 0.0, 0.0, caps.lifetime_epsilon),
+            window=CapStatus("window", caps.window_epsilon, 0.0, 0.0, caps.window_epsilon),
+            releases=0,
+            last_release_at=None,
+            cooldown_anchor_ts=None,
+        )
+
     @property
     def caps(self) -> tuple[CapStatus, CapStatus]:
         return (self.lifetime, self.window)

@@ -42,6 +42,13 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def due_at(anchor_ts: float | None, every: timedelta, now: datetime) -> datetime:
+    """When the next window may start: ``every`` after the anchor, and never before now."""
+    if anchor_ts is None:
+        return now
+    return max(datetime.fromtimestamp(anchor_ts, UTC) + every, now)
+
+
 def caps_for(config: Config) -> Caps:
     b = config.budget
     return Caps(b.lifetime_epsilon, b.window_epsilon, b.window_hours)
@@ -113,9 +120,7 @@ class Tracker:
                 detail="the last release is dated in the future; treating it as now",
                 anchor=now.isoformat(),
             )
-        if anchor is None:
-            return now
-        return max(datetime.fromtimestamp(anchor, UTC) + self.every, now)
+        return due_at(anchor, self.every, now)
 
     def cycle(self, *, force: bool = False, max_wait: float = 0.0) -> CycleResult:
         """Run one cycle. Ledger corruption propagates; every other refusal is in the result."""
