@@ -320,26 +320,6 @@ def _config_check(config: Config, path: Path | None) -> int:
     from cpu_tracker_daemon import storage
 
     layout = storage.layout_for(config)
-    problems = [
-        f"{name} {directory} cannot be created or written by this user; choose another directory"
-        for name, directory in (
-            ("paths.data_dir", layout.state_dir),
-            ("the public output directory", layout.public_dir),
-            ("the private output directory", layout.private_dir),
-        )
-        if not _creatable(directory)
-    ]
-    if problems:
-        raise ConfigError(problems)
+    storage.check_creatable(layout)
     print(f"configuration OK ({path or 'embedded defaults'}); data in {layout.state_dir}")
     return EXIT_OK
-
-
-def _creatable(directory: Path) -> bool:
-    """Whether ``directory`` exists writable, or its nearest existing ancestor is."""
-    probe = directory
-    while not probe.exists():
-        if probe.parent == probe:
-            return False
-        probe = probe.parent
-    return probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)

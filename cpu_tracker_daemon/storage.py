@@ -78,19 +78,45 @@ def layout_for(config: Config) -> Layout:
     return Layout(state_dir=data, public_dir=data / "public", private_dir=data / "private")
 
 
+def _directories(layout: Layout) -> tuple[tuple[Path, int, str], ...]:
+    """Each directory the daemon writes, with its mode and the name a user knows it by."""
+    return (
+        (layout.state_dir, PRIVATE_DIR_MODE, "paths.data_dir"),
+        (layout.private_dir, PRIVATE_DIR_MODE, "the private output directory"),
+        (layout.public_dir, PUBLIC_DIR_MODE, "the public output directory"),
+    )
+
+
+def output_dirs(layout: Layout) -> tuple[Path, ...]:
+    return tuple(directory for directory, _, _ in _directories(layout))
+
+
+def check_creatable(layout: Layout) -> None:
+    """Without writing anything, raise ConfigError for each directory that could not be made.
+
+    A directory passes if it exists writable, or its nearest existing ancestor is.
+    """
+    problems = []
+    for directory, _, name in _directories(layout):
+        probe = directory
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        if not (probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)):
+            problems.append(
+                f"{name} {directory} cannot be created or written by this user; choose another directory"
+            )
+    if problems:
+        raise ConfigError(problems)
+
+
 def prepare(layout: Layout) -> None:
     """Create the directories with their modes and prove each is writable.
 
     Raises ConfigError naming the directory, so a bad path is reported before anything else
     is written.
     """
-    dirs = (
-        (layout.state_dir, PRIVATE_DIR_MODE, "paths.data_dir"),
-        (layout.private_dir, PRIVATE_DIR_MODE, "the private output directory"),
-        (layout.public_dir, PUBLIC_DIR_MODE, "the public output directory"),
-    )
     problems = []
-    for directory, mode, name in dirs:
+    for directory, mode, name in _directories(layout):
         try:
             directory.mkdir(parents=True, exist_ok=True, mode=mode)
             if mode == PRIVATE_DIR_MODE:
@@ -105,10 +131,6 @@ def prepare(layout: Layout) -> None:
             )
     if problems:
         raise ConfigError(problems)
-
-
-def output_dirs(layout: Layout) -> tuple[Path, Path, Path]:
-    return (layout.state_dir, layout.private_dir, layout.public_dir)
 
 
 def remove_stale_temps(directories: Iterable[Path]) -> list[Path]:
