@@ -23,6 +23,7 @@ from cpu_tracker_daemon.errors import ConfigError
 
 CONFIG_ENV = "CPU_TRACKER_CONFIG"
 APP_NAME = "cpu-tracker"
+CONFIG_FILE = "config.toml"
 UNITS = ("window", "sample")
 MECHANISMS = ("laplace",)
 LOG_FORMATS = ("json", "console")
@@ -140,12 +141,30 @@ def default_data_dir(environ: Mapping[str, str] = os.environ, platform: str = sy
     return base / APP_NAME
 
 
+def user_config_dir(environ: Mapping[str, str] = os.environ, home: Path | None = None) -> Path:
+    """The per-user configuration directory: ``$XDG_CONFIG_HOME/cpu-tracker`` or ``~/.config/...``."""
+    xdg = environ.get("XDG_CONFIG_HOME", "")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / APP_NAME
+    return (home or Path(environ.get("HOME") or Path.home())) / ".config" / APP_NAME
+
+
 def config_path_from(cli_path: str | None, environ: Mapping[str, str] = os.environ) -> Path | None:
-    """The config file to read: ``--config``, else ``$CPU_TRACKER_CONFIG``, else none."""
+    """The config file to read, or None for the embedded defaults.
+
+    ``--config``, else ``$CPU_TRACKER_CONFIG``, else ``config.toml`` in systemd's
+    ``$CONFIGURATION_DIRECTORY`` (the service's) or, outside a service, in
+    ``$XDG_CONFIG_HOME/cpu-tracker`` (``~/.config/cpu-tracker``) if that file exists.
+    """
     if cli_path:
         return Path(cli_path)
     env = environ.get(CONFIG_ENV, "")
-    return Path(env) if env else None
+    if env:
+        return Path(env)
+    service_dir = environ.get("CONFIGURATION_DIRECTORY", "")
+    directory = Path(service_dir.split(":")[0]) if service_dir else user_config_dir(environ)
+    candidate = directory / CONFIG_FILE
+    return candidate if os.path.lexists(candidate) else None
 
 
 def load_config(path: Path | None, environ: Mapping[str, str] = os.environ) -> Config:

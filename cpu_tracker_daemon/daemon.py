@@ -22,7 +22,7 @@ from types import FrameType
 from typing import Any
 
 from cpu_tracker_daemon import logs, storage
-from cpu_tracker_daemon.config import Config, load_config
+from cpu_tracker_daemon.config import Config, config_path_from, load_config
 from cpu_tracker_daemon.errors import AnotherInstanceError, ConfigError, CpuTrackerError
 from cpu_tracker_daemon.notify import Notifier
 from cpu_tracker_daemon.privacy import load_mechanisms
@@ -259,6 +259,8 @@ class Daemon:
     def _reload(self) -> None:
         self._notifier.reloading()
         try:
+            # A config file created since start (say in $CONFIGURATION_DIRECTORY) is found now.
+            self._config_path = self._config_path or config_path_from(None, self._environ)
             config = load_config(self._config_path, self._environ)
             if storage.layout_for(config) != self._layout:
                 raise ConfigError(

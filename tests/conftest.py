@@ -58,7 +58,10 @@ def write_config(
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("CPU_TRACKER_CONFIG", "NOTIFY_SOCKET")}
+    service_env = ("STATE_DIRECTORY", "CONFIGURATION_DIRECTORY", "LOGS_DIRECTORY", "XDG_CONFIG_HOME")
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("CPU_TRACKER_CONFIG", "NOTIFY_SOCKET", *service_env)
+    }
     env.update(extra)
     return env
 

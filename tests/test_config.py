@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cpu_tracker_daemon.config import (
+    config_path_from,
     default_data_dir,
     load_config,
     parse_config,
@@ -90,6 +91,35 @@ BAD = [
     ("sampling = 3\n", "[sampling] must be a table", "header"),
     ("[sampling\nsamples = 5\n", "is not valid TOML", "fix the syntax"),
 ]
+
+
+class TestDiscovery:
+    def test_explicit_path_then_environment(self, tmp_path: Path) -> None:
+        """--config wins over $CPU_TRACKER_CONFIG, which wins over any discovered file."""
+        env = {"CPU_TRACKER_CONFIG": "/env.toml", "HOME": str(tmp_path)}
+        assert config_path_from("/cli.toml", env) == Path("/cli.toml")
+        assert config_path_from(None, env) == Path("/env.toml")
+
+    def test_service_configuration_directory(self, tmp_path: Path) -> None:
+        """Under systemd, config.toml in $CONFIGURATION_DIRECTORY is read if it exists, never ~/.config."""
+        (tmp_path / "home" / ".config" / "cpu-tracker").mkdir(parents=True)
+        (tmp_path / "home" / ".config" / "cpu-tracker" / "config.toml").write_text("")
+        env = {"CONFIGURATION_DIRECTORY": str(tmp_path / "etc"), "HOME": str(tmp_path / "home")}
+        assert config_path_from(None, env) is None
+        (tmp_path / "etc").mkdir()
+        (tmp_path / "etc" / "config.toml").write_text("")
+        assert config_path_from(None, env) == tmp_path / "etc" / "config.toml"
+
+    def test_user_configuration_directory(self, tmp_path: Path) -> None:
+        """Outside a service, ~/.config/cpu-tracker/config.toml (or under $XDG_CONFIG_HOME) is read."""
+        env = {"HOME": str(tmp_path)}
+        assert config_path_from(None, env) is None
+        user = tmp_path / ".config" / "cpu-tracker"
+        user.mkdir(parents=True)
+        (user / "config.toml").write_text("")
+        assert config_path_from(None, env) == user / "config.toml"
+        xdg = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+        assert config_path_from(None, xdg) is None
 
 
 class TestBadInput:
