@@ -29,6 +29,7 @@ from cpu_tracker_daemon.errors import (
     LedgerCorruptError,
     LedgerUnavailableError,
     OutputError,
+    ServiceError,
     UsageError,
 )
 
@@ -42,6 +43,7 @@ EXIT_COOLDOWN = 6
 EXIT_BUDGET = 7
 EXIT_TEMPORARY = 8
 EXIT_INTERRUPTED = 9
+EXIT_SERVICE = 10
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
@@ -54,6 +56,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_BUDGET: "privacy budget exhausted (grant more with 'budget grant')",
     EXIT_TEMPORARY: "temporary failure: an output or the ledger could not be written",
     EXIT_INTERRUPTED: "interrupted by a signal before anything was released",
+    EXIT_SERVICE: "service file not written or removed (it exists, or no rights to write there)",
 }
 
 _ERROR_CODES: dict[type[CpuTrackerError], int] = {
@@ -66,6 +69,7 @@ _ERROR_CODES: dict[type[CpuTrackerError], int] = {
     OutputError: EXIT_TEMPORARY,
     LedgerUnavailableError: EXIT_TEMPORARY,
     Interrupted: EXIT_INTERRUPTED,
+    ServiceError: EXIT_SERVICE,
 }
 
 
@@ -84,13 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cpu-tracker",
         description="Measure this machine's CPU use and publish only a differentially private mean.",
         epilog=(
-            "config: --config PATH, else $CPU_TRACKER_CONFIG, else embedded defaults.\n\n"
+            "config: --config PATH, else $CPU_TRACKER_CONFIG, else config.toml in\n"
+            "$CONFIGURATION_DIRECTORY (set by systemd) or ~/.config/cpu-tracker/, else embedded\n"
+            "defaults. --system reads the system service's config and state instead.\n\n"
             f"exit codes:\n{codes}"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"cpu-tracker {__version__}")
     parser.add_argument("--config", metavar="PATH", help="TOML configuration file")
+    parser.add_argument(
+        "--system",
+        dest="system_service",
+        action="store_true",
+        help="use the system service's configuration and state (as root: acts as the service's user)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     sub.add_parser("run", help="run the daemon in the foreground (for systemd and launchd)")
@@ -113,7 +125,50 @@ def build_parser() -> argparse.ArgumentParser:
     csub.add_parser("check", help="validate the configuration and the directories it names")
     cshow = csub.add_parser("show", help="the effective configuration, defaults filled in")
     cshow.add_argument("--json", action="store_true", help="JSON instead of TOML")
+    _add_service_parser(sub)
     return parser
+
+
+def _add_service_parser(sub: Any) -> None:
+    from cpu_tracker_daemon.service import MANAGERS
+
+    service = sub.add_parser("service", help="print, install or remove the systemd unit or launchd plist")
+    ssub = service.add_subparsers(
+        dest="service_command", required=True, metavar="ACTION", parser_class=_Parser
+    )
+    actions = {
+        "print": "print the unit or plist for this installation",
+        "install": "write it where the service manager looks, then print the command that starts it",
+        "uninstall": "remove it (state, config and logs stay)",
+    }
+    for name, text in actions.items():
+        action = ssub.add_parser(name, help=text)
+        action.add_argument(
+            "manager",
+            nargs="?",
+            choices=MANAGERS,
+            default="launchd" if sys.platform == "darwin" else "systemd",
+            help="default: this platform's",
+        )
+        scope = action.add_mutually_exclusive_group()
+        scope.add_argument(
+            "--user", dest="scope", action="store_const", const="user", help="per-user service"
+        )
+        scope.add_argument(
+            "--system", dest="scope", action="store_const", const="system", help="system-wide service"
+        )
+        action.add_argument(
+            "--executable", metavar="PATH", help="the cpu-tracker to run (default: this installation's)"
+        )
+        if name != "print":
+            action.add_argument(
+                "--root", metavar="DIR", default="/", help="install into an image rooted at DIR"
+            )
+            action.add_argument("--force", action="store_true", help="replace or remove a file that differs")
+        if name == "install":
+            action.add_argument(
+                "--dry-run", action="store_true", help="show what would be written, write nothing"
+            )
 
 
 def _positive_float(text: str) -> float:
@@ -130,6 +185,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     env = os.environ if environ is None else environ
     try:
         args = build_parser().parse_args(argv)
+        if args.system_service:
+            from cpu_tracker_daemon.service import system_dirs
+
+            env = {**env, **{name: str(path) for name, path in system_dirs().items()}}
+        if args.command == "service":
+            return _service(args, env)
         path = config_path_from(args.config, env)
         config = load_config(path, env)
         return _dispatch(args, config, path, env)
@@ -147,6 +208,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 def _dispatch(args: argparse.Namespace, config: Config, path: Path | None, env: Mapping[str, str]) -> int:
+    if args.command in ("run", "once") or getattr(args, "budget_command", None) == "grant":
+        _become_state_owner(config.paths.data_dir)
     if args.command == "run":
         from cpu_tracker_daemon.daemon import run_daemon
 
@@ -167,6 +230,25 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path | None, env: 
     else:
         print(to_toml(config), end="")
     return EXIT_OK
+
+
+def _become_state_owner(state_dir: Path) -> None:
+    """Run as root against a service's state directory: switch to its owner before writing.
+
+    Files root made there (the ledger's journal, outputs) would lock the service out of its
+    own state. A process not running as root, or a root-owned directory, is left alone.
+    """
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = state_dir.stat()
+    except OSError:
+        return
+    if owner.st_uid == 0:
+        return
+    os.setgroups([])
+    os.setgid(owner.st_gid)
+    os.setuid(owner.st_uid)
 
 
 def _once(config: Config, force: bool) -> int:
@@ -310,6 +392,8 @@ def _grant(config: Config, epsilon: float, reason: str, cap: str) -> int:
 
 
 def _who() -> str:
+    if os.environ.get("SUDO_USER"):
+        return os.environ["SUDO_USER"]
     try:
         return getpass.getuser()
     except (KeyError, OSError):
@@ -322,4 +406,37 @@ def _config_check(config: Config, path: Path | None) -> int:
     layout = storage.layout_for(config)
     storage.check_creatable(layout)
     print(f"configuration OK ({path or 'embedded defaults'}); data in {layout.state_dir}")
+    return EXIT_OK
+
+
+def _service(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from cpu_tracker_daemon import service
+
+    scope = args.scope or ("system" if os.geteuid() == 0 else "user")
+    executable = Path(args.executable) if args.executable else service.installed_executable()
+    home = Path(env.get("HOME") or Path.home())
+    target = service.Target(args.manager, scope, executable, home, env)
+    if args.service_command == "print":
+        print(service.render(target), end="")
+        return EXIT_OK
+    root = Path(args.root)
+    if not root.is_absolute():
+        raise UsageError(f"--root {root} is not absolute; give the full path")
+    uid = os.getuid()
+    if args.service_command == "uninstall":
+        removed = service.uninstall(target, root, args.force, service.render(target))
+        print(f"removed {removed}; stop the service first if it still runs: {target.undo_command(uid)}")
+        return EXIT_OK
+    plan = service.plan_install(target, root, uid)
+    if args.dry_run:
+        print(f"would write {plan.definition}:\n{plan.text}", end="")
+        for directory, mode, owner in plan.directories:
+            print(f"would create {directory} (mode {mode:o}{', owner ' + owner if owner else ''})")
+        if plan.sysusers is not None:
+            print(f"would write {plan.sysusers} and run systemd-sysusers")
+        print(f"then: {plan.next_command}")
+        return EXIT_OK
+    service.install(plan, root, args.force)
+    print(f"wrote {plan.definition}")
+    print(f"next: {plan.next_command}")
     return EXIT_OK

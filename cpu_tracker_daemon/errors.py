@@ -109,3 +109,7 @@ class Interrupted(CpuTrackerError):
 
     def __init__(self) -> None:
         super().__init__("interrupted by a stop request before anything was released")
+
+
+class ServiceError(CpuTrackerError):
+    """A service definition could not be rendered, installed or removed."""

@@ -1,0 +1,380 @@
+"""Service definitions: the systemd unit and the launchd plists, rendered for this installation.
+
+Rendering is pure (:func:`render`); :func:`install` and :func:`uninstall` write or remove the
+files under a root directory and never overwrite anything unless told to. Nothing here starts,
+stops or enables a service: the command it prints does that.
+"""
+
+from __future__ import annotations
+
+import os
+import plistlib
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cpu_tracker_daemon import storage
+from cpu_tracker_daemon.config import APP_NAME, CONFIG_FILE, user_config_dir
+from cpu_tracker_daemon.errors import OutputError, ServiceError
+
+MANAGERS = ("systemd", "launchd")
+SCOPES = ("system", "user")
+UNIT_NAME = f"{APP_NAME}.service"
+LABEL = "org.openmined.cpu-tracker"
+SYSTEM_USER = APP_NAME  # the systemd service's own account, made by systemd-sysusers
+LAUNCHD_SYSTEM_USER = "nobody"
+DEFAULT_EXECUTABLE = Path("/opt/cpu-tracker/bin/cpu-tracker")  # the install the README describes
+DEFAULT_HOME = Path("/Users/you")  # for the checked-in launchd agent only
+LOG_FILE = f"{APP_NAME}.log"
+
+# Exit codes a restart cannot fix (cli.EXIT_USAGE, EXIT_CONFIG, EXIT_LEDGER, EXIT_INSTANCE).
+# Kept here as numbers so that rendering does not import the CLI; a test keeps them in step.
+NO_RESTART_EXIT_CODES = (2, 3, 4, 5)
+
+
+def system_dirs(platform: str = sys.platform) -> dict[str, Path]:
+    """Where the system-wide service keeps its state, configuration and logs."""
+    if platform == "darwin":
+        return {
+            "STATE_DIRECTORY": Path("/Library/Application Support") / APP_NAME,
+            "CONFIGURATION_DIRECTORY": Path("/etc") / APP_NAME,
+            "LOGS_DIRECTORY": Path("/Library/Logs") / APP_NAME,
+        }
+    return {
+        "STATE_DIRECTORY": Path("/var/lib") / APP_NAME,
+        "CONFIGURATION_DIRECTORY": Path("/etc") / APP_NAME,
+        "LOGS_DIRECTORY": Path("/var/log") / APP_NAME,
+    }
+
+
+@dataclass(frozen=True)
+class Target:
+    """One service definition: which manager, which scope, and the paths it names."""
+
+    manager: str
+    scope: str
+    executable: Path
+    home: Path
+    environ: Mapping[str, str]
+
+    @property
+    def label(self) -> str:
+        return LABEL if self.scope == "user" else f"{LABEL}.daemon"
+
+    @property
+    def definition(self) -> Path:
+        """Where the service manager looks for the file (absolute, before any --root)."""
+        if self.manager == "systemd":
+            if self.scope == "system":
+                return Path("/etc/systemd/system") / UNIT_NAME
+            return user_config_dir(self.environ, self.home).parent / "systemd" / "user" / UNIT_NAME
+        if self.scope == "system":
+            return Path("/Library/LaunchDaemons") / f"{self.label}.plist"
+        return self.home / "Library" / "LaunchAgents" / f"{self.label}.plist"
+
+    @property
+    def directories(self) -> dict[str, Path]:
+        """The directories the definition names, by the environment variable that carries them.
+
+        systemd's system scope gets its own from ``StateDirectory=`` and friends; the user scope
+        names only the configuration directory (state stays where the CLI looks by default,
+        logs go to the journal). launchd has no such settings, so the plist passes all three.
+        """
+        if self.scope == "system":
+            return system_dirs("darwin" if self.manager == "launchd" else "linux")
+        config = {"CONFIGURATION_DIRECTORY": user_config_dir(self.environ, self.home)}
+        if self.manager == "systemd":
+            return config
+        return {
+            "STATE_DIRECTORY": self.home / "Library" / "Application Support" / APP_NAME,
+            **config,
+            "LOGS_DIRECTORY": self.home / "Library" / "Logs" / APP_NAME,
+        }
+
+    @property
+    def log_file(self) -> Path | None:
+        """The file launchd sends stdout and stderr to; systemd uses the journal."""
+        if self.manager == "systemd":
+            return None
+        return self.directories["LOGS_DIRECTORY"] / LOG_FILE
+
+    def next_command(self, uid: int) -> str:
+        """The one command that starts the service once the file is in place."""
+        if self.manager == "systemd":
+            return f"systemctl{' --user' if self.scope == 'user' else ''} enable --now {APP_NAME}"
+        domain = "system" if self.scope == "system" else f"gui/{uid}"
+        return f"launchctl bootstrap {domain} {self.definition}"
+
+    def undo_command(self, uid: int) -> str:
+        """The command that stops the service before its file is removed."""
+        if self.manager == "systemd":
+            return f"systemctl{' --user' if self.scope == 'user' else ''} disable --now {APP_NAME}"
+        domain = "system" if self.scope == "system" else f"gui/{uid}"
+        return f"launchctl bootout {domain}/{self.label}"
+
+
+def installed_executable(python: str = sys.executable) -> Path:
+    """The ``cpu-tracker`` of this installation: beside the interpreter (venv, pipx), else on PATH."""
+    beside = Path(python).parent / APP_NAME
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return beside.absolute()
+    found = shutil.which(APP_NAME)
+    if found:
+        return Path(found).absolute()
+    raise ServiceError(
+        "cannot find the installed cpu-tracker command; pass --executable with its absolute path"
+    )
+
+
+def render(target: Target) -> str:
+    """The unit file or plist text for ``target``."""
+    if not target.executable.is_absolute():
+        raise ServiceError(f"--executable {target.executable} is not absolute; give the full path")
+    if target.manager == "systemd":
+        return _systemd_unit(target)
+    return _launchd_plist(target)
+
+
+_SYSTEMD_HARDENING = """\
+# Hardening: the daemon reads /proc/stat and writes its own directories, nothing more.
+# `systemd-analyze security cpu-tracker` scores this 0.2. ProcSubset=pid is deliberately
+# absent: it hides /proc/stat, which is the whole measurement.
+CapabilityBoundingSet=
+AmbientCapabilities=
+NoNewPrivileges=yes
+PrivateTmp=yes
+PrivateDevices=yes
+PrivateNetwork=yes
+PrivateUsers=yes
+PrivateIPC=yes
+PrivateMounts=yes
+ProtectSystem=strict
+ProtectHome=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+DevicePolicy=closed
+KeyringMode=private
+RemoveIPC=yes
+RestrictAddressFamilies=AF_UNIX
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+IPAddressDeny=any
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+# Without this a filtered call kills the process: numpy's OpenBLAS calls mbind() at import.
+SystemCallErrorNumber=EPERM
+"""
+
+# A user manager cannot set up mount or user namespaces for an unprivileged service, so the
+# user unit keeps only what seccomp and no_new_privs give an ordinary user.
+_SYSTEMD_USER_HARDENING = """\
+NoNewPrivileges=yes
+RestrictAddressFamilies=AF_UNIX
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+SystemCallErrorNumber=EPERM
+"""
+
+
+def _systemd_unit(target: Target) -> str:
+    system = target.scope == "system"
+    no_restart = " ".join(str(code) for code in NO_RESTART_EXIT_CODES)
+    config = f"/etc/{APP_NAME}" if system else f"~/.config/{APP_NAME}"
+    lines = [
+        f"# Rendered by `cpu-tracker service print systemd --{target.scope}`.",
+        f"# Optional configuration: {config}/{CONFIG_FILE} (embedded defaults otherwise).",
+        "[Unit]",
+        "Description=cpu-tracker: differentially private CPU usage telemetry",
+        "Documentation=https://github.com/OpenMined/cpu-tracker#running-as-a-service",
+        *(["After=time-sync.target"] if system else []),
+        "",
+        "[Service]",
+        "Type=notify",
+        f"ExecStart={target.executable} run",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=on-failure",
+        "RestartSec=30s",
+        f"RestartPreventExitStatus={no_restart}",
+        "WatchdogSec=5min",
+        "TimeoutStopSec=30s",
+    ]
+    if system:
+        lines += [
+            f"User={SYSTEM_USER}",
+            f"Group={SYSTEM_USER}",
+            f"StateDirectory={APP_NAME}",
+            "StateDirectoryMode=0700",
+            f"LogsDirectory={APP_NAME}",
+            "LogsDirectoryMode=0700",
+            f"ConfigurationDirectory={APP_NAME}",
+            "ConfigurationDirectoryMode=0755",
+        ]
+    else:
+        lines += [f"ConfigurationDirectory={APP_NAME}"]
+    lines += ["UMask=0077", ""]
+    text = "\n".join(lines) + "\n" + (_SYSTEMD_HARDENING if system else _SYSTEMD_USER_HARDENING)
+    wanted = "multi-user.target" if system else "default.target"
+    return text + f"\n[Install]\nWantedBy={wanted}\n"
+
+
+def _launchd_plist(target: Target) -> str:
+    log = target.log_file
+    assert log is not None
+    env = {name: str(path) for name, path in target.directories.items()}
+    plist: dict[str, object] = {
+        "Label": target.label,
+        "ProgramArguments": [str(target.executable), "run"],
+        "EnvironmentVariables": env,
+        "WorkingDirectory": env["STATE_DIRECTORY"],
+        "RunAtLoad": True,
+        "KeepAlive": {"SuccessfulExit": False},  # restart after a failure, not after a clean stop
+        "ThrottleInterval": 30,
+        "ExitTimeOut": 30,
+        "ProcessType": "Background",
+        "Umask": 0o077,
+        "StandardOutPath": str(log),
+        "StandardErrorPath": str(log),
+    }
+    if target.scope == "system":
+        plist["UserName"] = LAUNCHD_SYSTEM_USER
+        plist["GroupName"] = LAUNCHD_SYSTEM_USER
+    return plistlib.dumps(plist, sort_keys=False).decode()
+
+
+# -- install and uninstall ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``install`` writes and creates, so ``--dry-run`` can show it without doing it."""
+
+    definition: Path
+    text: str
+    directories: tuple[tuple[Path, int, str | None], ...]  # path, mode, owner to give it
+    sysusers: Path | None
+    next_command: str
+
+
+def _under(root: Path, path: Path) -> Path:
+    return root / path.relative_to("/")
+
+
+def plan_install(target: Target, root: Path, uid: int) -> Plan:
+    directories: list[tuple[Path, int, str | None]] = [
+        (_under(root, target.directories["CONFIGURATION_DIRECTORY"]), 0o755, None)
+    ]
+    if target.manager == "launchd":
+        owner = LAUNCHD_SYSTEM_USER if target.scope == "system" else None
+        directories += [
+            (_under(root, target.directories["STATE_DIRECTORY"]), 0o700, owner),
+            (_under(root, target.directories["LOGS_DIRECTORY"]), 0o700, owner),
+        ]
+    sysusers = None
+    if target.manager == "systemd" and target.scope == "system":
+        sysusers = _under(root, Path("/etc/sysusers.d") / f"{APP_NAME}.conf")
+    return Plan(
+        definition=_under(root, target.definition),
+        text=render(target),
+        directories=tuple(directories),
+        sysusers=sysusers,
+        next_command=target.next_command(uid),
+    )
+
+
+SYSUSERS_LINE = f'u {SYSTEM_USER} - "cpu-tracker daemon" /var/lib/{APP_NAME}\n'
+
+
+def install(plan: Plan, root: Path, force: bool, run_sysusers: bool = True) -> None:
+    """Write the definition and create the directories it names; refuse to overwrite without force."""
+    existing = [p for p in (plan.definition, plan.sysusers) if p is not None and p.exists()]
+    changed = [p for p in existing if _read(p) != _content(plan, p)]
+    if changed and not force:
+        raise ServiceError(
+            f"{changed[0]} already exists and differs; compare it with 'service print' "
+            "and pass --force to replace it"
+        )
+    try:
+        for directory, mode, owner in plan.directories:
+            directory.mkdir(mode=mode, parents=True, exist_ok=True)
+            if owner is not None:
+                _give(directory, owner)
+        for path in (plan.definition, plan.sysusers):
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                storage.atomic_write(path, _content(plan, path).encode(), 0o644)
+    except OutputError as exc:
+        raise ServiceError(
+            f"cannot write {exc.path} ({exc.reason}); run with the rights to write there"
+        ) from None
+    except OSError as exc:
+        raise ServiceError(
+            f"cannot write {exc.filename}: {exc.strerror}; run with the rights to write there"
+        ) from None
+    if plan.sysusers is not None and run_sysusers:
+        _make_system_user(root, plan.sysusers)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError as exc:
+        raise ServiceError(f"cannot read {path}: {exc.strerror}; run with the rights to read it") from None
+
+
+def _give(directory: Path, owner: str) -> None:
+    try:
+        shutil.chown(directory, user=owner)
+    except LookupError:
+        raise ServiceError(f"there is no user {owner} to own {directory}; create it first") from None
+
+
+def _content(plan: Plan, path: Path) -> str:
+    return plan.text if path == plan.definition else SYSUSERS_LINE
+
+
+def _make_system_user(root: Path, conf: Path) -> None:
+    tool = shutil.which("systemd-sysusers")
+    if tool is None:
+        raise ServiceError(
+            f"systemd-sysusers is missing, so the {SYSTEM_USER} account was not made; "
+            f"create a system user {SYSTEM_USER} by hand"
+        )
+    args = [tool, *(["--root", str(root)] if root != Path("/") else []), str(conf)]
+    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        detail = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise ServiceError(f"systemd-sysusers could not create the {SYSTEM_USER} account ({detail})")
+
+
+def uninstall(target: Target, root: Path, force: bool, text: str) -> Path:
+    """Remove the definition if it is ours; the state, config and logs stay (they hold the ledger)."""
+    path = _under(root, target.definition)
+    if not path.exists():
+        raise ServiceError(f"{path} does not exist; nothing to uninstall")
+    if _read(path) != text and not force:
+        raise ServiceError(f"{path} was changed since it was installed; pass --force to remove it anyway")
+    try:
+        path.unlink()
+    except OSError as exc:
+        raise ServiceError(
+            f"cannot remove {path}: {exc.strerror}; run with the rights to remove it"
+        ) from None
+    return path
