@@ -202,6 +202,7 @@ def parse_config(
     problems: list[str] = []
     values: dict[str, dict[str, Any]] = {section: {} for section in _SCHEMA}
     base = source.parent if source is not None else Path.cwd()
+    logs_dir = environ.get("LOGS_DIRECTORY", "")
 
     for section, table in raw.items():
         if section not in _SCHEMA:
@@ -216,7 +217,9 @@ def parse_config(
             if key not in kinds:
                 problems.append(_unknown(name, [f"{section}.{k}" for k in kinds]))
                 continue
-            converted, problem = _convert(name, kinds[key], value, base)
+            # Under a service manager a relative log file goes to its logs directory.
+            where = Path(logs_dir.split(":")[0]) if name == "logging.file" and logs_dir else base
+            converted, problem = _convert(name, kinds[key], value, where)
             if problem:
                 problems.append(problem)
             else:

@@ -122,6 +122,15 @@ class TestDiscovery:
         assert config_path_from(None, xdg) is None
 
 
+    def test_relative_log_file_goes_to_the_logs_directory(self, tmp_path: Path) -> None:
+        """With $LOGS_DIRECTORY set (systemd, launchd plist), a relative logging.file lands there."""
+        raw = {"logging": {"file": "cpu-tracker.log"}}
+        config = parse_config(raw, source=tmp_path / "c.toml", environ={"LOGS_DIRECTORY": "/var/log/ct"})
+        assert config.logging.file == Path("/var/log/ct/cpu-tracker.log")
+        config = parse_config(raw, source=tmp_path / "c.toml", environ={"HOME": str(tmp_path)})
+        assert config.logging.file == tmp_path / "cpu-tracker.log"
+
+
 class TestBadInput:
     @pytest.mark.parametrize(("text", "problem", "fix"), BAD)
     def test_each_bad_case_names_the_key_and_the_fix(

@@ -27,6 +27,9 @@ interval_seconds = 0.2
 
 [schedule]
 every_seconds = 3
+
+[logging]
+file = "cpu-tracker.log"
 """
 
 pytestmark = pytest.mark.container
@@ -119,6 +122,14 @@ class TestUnderSystemd:
         names = {event["event"] for event in events}
         assert {"daemon.started", "cycle.finished"} <= names
         assert all("cpu_raw_mean" not in event for event in events)
+
+    def test_log_file_in_the_logs_directory_survives_rotation(self, machine: container.Machine) -> None:
+        """A relative logging.file lands in LogsDirectory=, and is reopened after logrotate moves it."""
+        log = "/var/log/cpu-tracker/cpu-tracker.log"
+        machine.wait_until(f"grep -q cycle.finished {log}", timeout=30, what="the log file")
+        machine.run("mv", log, f"{log}.1")
+        machine.wait_until(f"grep -q cycle.finished {log}", timeout=30, what="a reopened log file")
+        assert all(line.startswith("{") for line in machine.run("cat", log).stdout.splitlines())
 
     def test_status_shows_the_status_text(self, machine: container.Machine) -> None:
         """`systemctl status` shows the daemon's STATUS= line once a cycle has run."""
