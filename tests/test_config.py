@@ -121,7 +121,6 @@ class TestDiscovery:
         xdg = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
         assert config_path_from(None, xdg) is None
 
-
     def test_relative_log_file_goes_to_the_logs_directory(self, tmp_path: Path) -> None:
         """With $LOGS_DIRECTORY set (systemd, launchd plist), a relative logging.file lands there."""
         raw = {"logging": {"file": "cpu-tracker.log"}}

@@ -1,0 +1,168 @@
+"""Privacy accounting: the (epsilon, delta) guarantee that a sequence of releases adds up to.
+
+Pure ``math``, no numpy or diffprivlib, so ``status`` and ``budget`` stay fast. Every release is
+an :class:`Event` carrying its mechanism's parameters; :func:`compose` returns the smallest
+epsilon that any of these valid bounds proves at the given delta, so it is never looser than
+simple summation:
+
+- summation (basic composition): the epsilons add and the deltas add;
+- zero-concentrated DP (Bun & Steinke 2016): a Gaussian with noise multiplier ``s`` is
+  ``1/(2 s^2)``-zCDP, a pure ``eps``-DP release is ``eps^2/2``-zCDP, the rhos add, and the total
+  converts to (epsilon, delta) by Canonne, Kamath & Steinke 2020 (Proposition 12);
+- Gaussian DP (Dong, Roth & Su 2019): Gaussian releases compose exactly into one Gaussian with
+  ``mu = sqrt(sum (sensitivity/sigma)^2)``, whose exact (epsilon, delta) curve is Balle & Wang
+  2018's; this is tight when every event is Gaussian.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+LAPLACE = "laplace"
+GAUSSIAN = "gaussian"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One release's privacy cost: its own (epsilon, delta) and its zCDP rho.
+
+    ``mu`` is the Gaussian's sensitivity/sigma (0 for other mechanisms).
+    """
+
+    mechanism: str
+    epsilon: float
+    delta: float
+    rho: float
+    mu: float = 0.0
+
+    @classmethod
+    def laplace(cls, epsilon: float) -> Event:
+        """A pure epsilon-DP release (Laplace, or any pure mechanism)."""
+        return cls(LAPLACE, epsilon, 0.0, epsilon * epsilon / 2)
+
+    @classmethod
+    def gaussian(cls, sensitivity: float, sigma: float, delta: float) -> Event:
+        """A Gaussian release with noise ``sigma``; its own epsilon is the exact one at ``delta``."""
+        mu = sensitivity / sigma
+        return cls(GAUSSIAN, gaussian_epsilon(mu, delta), delta, mu * mu / 2, mu)
+
+
+@dataclass(frozen=True)
+class Guarantee:
+    """What a set of releases proves together, and which bound proved it."""
+
+    epsilon: float
+    delta: float
+    method: str
+
+
+def compose(events: Sequence[Event], delta: float) -> Guarantee:
+    """The smallest epsilon provable at total delta ``delta`` for all ``events`` together.
+
+    Summation is always a candidate when its deltas fit, so the result is never looser than it.
+    """
+    if not events:
+        return Guarantee(0.0, 0.0, "none")
+    candidates: list[Guarantee] = []
+    summed_delta = math.fsum(e.delta for e in events)
+    if summed_delta <= delta:
+        candidates.append(Guarantee(math.fsum(e.epsilon for e in events), summed_delta, "sum"))
+    if delta > 0:
+        rho = math.fsum(e.rho for e in events)
+        candidates.append(Guarantee(zcdp_epsilon(rho, delta), delta, "zcdp"))
+        pure = [e for e in events if e.delta == 0]
+        gaussians = [e for e in events if e.mechanism == GAUSSIAN]
+        if gaussians and len(pure) + len(gaussians) == len(events):
+            mu = math.sqrt(math.fsum(e.mu * e.mu for e in gaussians))
+            exact = gaussian_epsilon(mu, delta)
+            method = "gaussian-exact" if not pure else "sum+gaussian-exact"
+            candidates.append(Guarantee(math.fsum(e.epsilon for e in pure) + exact, delta, method))
+    if not candidates:
+        return Guarantee(math.inf, summed_delta, "none")
+    return min(candidates, key=lambda g: (g.epsilon, g.delta))
+
+
+def zcdp_epsilon(rho: float, delta: float) -> float:
+    """The epsilon at which rho-zCDP gives (epsilon, delta)-DP (CKS 2020, Prop. 12), minimised over alpha."""
+    if rho <= 0:
+        return 0.0
+    if not 0 < delta < 1:
+        raise ValueError("delta must be in (0, 1)")
+    log_inv_delta = -math.log(delta)
+    best = rho + 2 * math.sqrt(rho * log_inv_delta)  # Bun & Steinke's bound, always valid
+
+    # epsilon(alpha) is smooth and has one minimum; scan log-spaced alphas, then refine around it.
+    def eps_at(alpha: float) -> float:
+        return alpha * rho + (log_inv_delta + alpha * math.log1p(-1 / alpha) - math.log(alpha - 1)) / (
+            alpha - 1
+        )
+
+    grid = [1 + 10 ** (k / 50) for k in range(-300, 401)]
+    values = [eps_at(a) for a in grid]
+    i = min(range(len(grid)), key=values.__getitem__)
+    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    for _ in range(100):  # golden-section search in the bracketing cell
+        m1, m2 = lo + (hi - lo) * 0.382, lo + (hi - lo) * 0.618
+        if eps_at(m1) < eps_at(m2):
+            hi = m2
+        else:
+            lo = m1
+    return max(0.0, min(best, values[i], eps_at((lo + hi) / 2)))
+
+
+def _phi(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2))
+
+
+def gaussian_delta(mu: float, epsilon: float) -> float:
+    """The exact delta of a Gaussian with sensitivity/sigma ``mu`` at ``epsilon`` (Balle & Wang 2018)."""
+    if mu <= 0:
+        return 0.0
+    second = _phi(-epsilon / mu - mu / 2)
+    tail = math.exp(epsilon + math.log(second)) if second > 0 else 0.0
+    return max(0.0, _phi(-epsilon / mu + mu / 2) - tail)
+
+
+def gaussian_epsilon(mu: float, delta: float) -> float:
+    """The smallest epsilon at which a Gaussian with sensitivity/sigma ``mu`` is (epsilon, delta)-DP."""
+    if mu <= 0:
+        return 0.0
+    if not 0 < delta < 1:
+        raise ValueError("delta must be in (0, 1)")
+    if gaussian_delta(mu, 0.0) <= delta:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while gaussian_delta(mu, hi) > delta:
+        hi *= 2
+    for _ in range(200):  # delta(epsilon) decreases in epsilon: bisect
+        mid = (lo + hi) / 2
+        if gaussian_delta(mu, mid) > delta:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def releases_within(event: Event, epsilon_cap: float, delta_cap: float, limit: int = 100_000) -> int:
+    """How many copies of ``event`` fit under (epsilon_cap, delta_cap) together."""
+
+    def fits(k: int) -> bool:
+        return k == 0 or compose(_copies(event, k), delta_cap).epsilon <= epsilon_cap
+
+    lo, hi = 0, 1
+    while hi <= limit and fits(hi):
+        lo, hi = hi, hi * 2
+    hi = min(hi, limit + 1)
+    while hi - lo > 1:  # fits(lo) and not fits(hi)
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _copies(event: Event, k: int) -> Sequence[Event]:
+    return [event] * k
