@@ -16,12 +16,15 @@ simple summation:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 LAPLACE = "laplace"
 GAUSSIAN = "gaussian"
+SNAPPING = "snapping"
+PURE = (LAPLACE, SNAPPING)  # pure epsilon-DP mechanisms
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,17 @@ class Event:
         """A Gaussian release with noise ``sigma``; its own epsilon is the exact one at ``delta``."""
         mu = sensitivity / sigma
         return cls(GAUSSIAN, gaussian_epsilon(mu, delta), delta, mu * mu / 2, mu)
+
+
+@functools.lru_cache(maxsize=256)
+def event_of(mechanism: str, epsilon: float, delta: float) -> Event:
+    """The event of a release recorded as (mechanism, epsilon, delta), as the ledger stores it.
+
+    A Gaussian's noise multiplier is recovered exactly from its (epsilon, delta) calibration.
+    """
+    if mechanism == GAUSSIAN:
+        return Event.gaussian(1.0, 1.0 / gaussian_mu(epsilon, delta), delta)
+    return Event(mechanism, epsilon, 0.0, epsilon * epsilon / 2)
 
 
 @dataclass(frozen=True)
@@ -145,13 +159,40 @@ def gaussian_epsilon(mu: float, delta: float) -> float:
     return hi
 
 
-def releases_within(event: Event, epsilon_cap: float, delta_cap: float, limit: int = 100_000) -> int:
-    """How many copies of ``event`` fit under (epsilon_cap, delta_cap) together."""
+def gaussian_mu(epsilon: float, delta: float) -> float:
+    """The sensitivity/sigma at which a Gaussian is exactly (epsilon, delta)-DP (analytic Gaussian)."""
+    if not (epsilon > 0 and 0 < delta < 1):
+        raise ValueError("a Gaussian needs epsilon > 0 and delta in (0, 1)")
+    lo, hi = 0.0, 1.0
+    while gaussian_epsilon(hi, delta) < epsilon:
+        hi *= 2
+    for _ in range(100):  # epsilon grows with mu: bisect
+        mid = (lo + hi) / 2
+        if gaussian_epsilon(mid, delta) < epsilon:
+            lo = mid
+        else:
+            hi = mid
+    return lo  # the side that never costs more than epsilon
+
+
+def releases_within(
+    event: Event,
+    epsilon_cap: float,
+    delta_cap: float,
+    prior: Sequence[Event] = (),
+    limit: int = 100_000,
+    tolerance: float = 0.0,
+) -> int:
+    """How many more copies of ``event`` fit under (epsilon_cap, delta_cap) after ``prior``."""
+    history = list(prior)
 
     def fits(k: int) -> bool:
-        return k == 0 or compose(_copies(event, k), delta_cap).epsilon <= epsilon_cap
+        return compose(history + [event] * k, delta_cap).epsilon <= epsilon_cap + tolerance
 
-    lo, hi = 0, 1
+    if not fits(0) or not fits(1):
+        return 0
+
+    lo, hi = 1, 2
     while hi <= limit and fits(hi):
         lo, hi = hi, hi * 2
     hi = min(hi, limit + 1)
@@ -162,7 +203,3 @@ def releases_within(event: Event, epsilon_cap: float, delta_cap: float, limit: i
         else:
             hi = mid
     return lo
-
-
-def _copies(event: Event, k: int) -> Sequence[Event]:
-    return [event] * k

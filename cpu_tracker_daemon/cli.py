@@ -13,7 +13,7 @@ import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -113,12 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     budget = sub.add_parser("budget", help="inspect or raise the privacy budget")
     bsub = budget.add_subparsers(dest="budget_command", required=True, metavar="ACTION", parser_class=_Parser)
-    show = bsub.add_parser("show", help="spends, caps and grants")
+    show = bsub.add_parser("show", help="the privacy report: what is hidden, what is spent, when it pauses")
     show.add_argument("--json", action="store_true", help="machine-readable output")
+    plan = bsub.add_parser("plan", help="cost of one release, releases left under each cap, and when")
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
     grant = bsub.add_parser("grant", help="raise a cap; recorded in the ledger with the reason")
     grant.add_argument("epsilon", type=_positive_float, metavar="EPSILON")
     grant.add_argument("--reason", required=True, help="why (kept in the ledger's history)")
     grant.add_argument("--cap", choices=("lifetime", "window"), default="lifetime")
+    grant.add_argument("--delta", type=_probability, default=0.0, help="also raise the cap's delta by this")
 
     config = sub.add_parser("config", help="check or show the effective configuration")
     csub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION", parser_class=_Parser)
@@ -181,6 +184,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be in [0, 1)")
+    return value
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     env = os.environ if environ is None else environ
     try:
@@ -221,8 +234,10 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path | None, env: 
         return _status(config, path, as_json=args.json)
     if args.command == "budget":
         if args.budget_command == "grant":
-            return _grant(config, args.epsilon, args.reason, args.cap)
-        return _status(config, path, as_json=args.json, grants=True)
+            return _grant(config, args.epsilon, args.reason, args.cap, args.delta)
+        if args.budget_command == "plan":
+            return _budget_plan(config, as_json=args.json)
+        return _budget_show(config, path, as_json=args.json)
     if args.config_command == "check":
         return _config_check(config, path)
     if args.json:
@@ -281,78 +296,33 @@ def _once(config: Config, force: bool) -> int:
     return EXIT_OK
 
 
-def _budget_view(config: Config, now: datetime) -> dict[str, Any]:
-    """Everything ``status`` and ``budget show`` print; reads the ledger read-only."""
-    from cpu_tracker_daemon import storage
-    from cpu_tracker_daemon.ledger import BudgetStatus, open_ledger
-    from cpu_tracker_daemon.tracker import caps_for, due_at
+def _status(config: Config, path: Path | None, as_json: bool) -> int:
+    from cpu_tracker_daemon import report
 
-    layout = storage.layout_for(config)
-    caps = caps_for(config)
-    ledger = open_ledger(layout.ledger, caps, now, create=False)
-    view: dict[str, Any] = {
-        "paths": {
-            "state": str(layout.state_dir),
-            "public": str(layout.public_file),
-            "private": str(layout.private_file),
-            "ledger": str(layout.ledger),
-        },
-        "ledger_exists": ledger is not None,
-        "per_release_epsilon": config.privacy.epsilon,
-        "privacy_unit": config.privacy.unit,
-    }
-    if ledger is None:
-        status, grants = BudgetStatus.fresh(caps), []
-    else:
-        with ledger:
-            status = ledger.status(caps, now)
-            grants = ledger.grants()
-    due = due_at(status.cooldown_anchor_ts, timedelta(seconds=config.schedule.every_seconds), now)
-    caps_view: dict[str, Any] = {}
-    for cap in status.caps:
-        caps_view[cap.name] = {
-            "limit": cap.limit,
-            "spent": cap.spent,
-            "remaining": cap.remaining,
-            "granted": cap.granted,
-        }
-    caps_view["window"]["hours"] = caps.window_hours
-    view.update(
-        last_release_at=status.last_release_at,
-        next_due_at=due.isoformat(),
-        releases=status.releases,
-        budget={
-            "spent_epsilon": status.lifetime.spent,
-            "remaining_epsilon": status.remaining,
-            "caps": caps_view,
-            "releases_possible_now": status.first_blocking(config.privacy.epsilon) is None,
-        },
-        grants=[g.__dict__ for g in grants],
-    )
-    return view
-
-
-def _status(config: Config, path: Path | None, as_json: bool, grants: bool = False) -> int:
-    view = _budget_view(config, datetime.now(UTC))
+    snap = report.snapshot(config, datetime.now(UTC))
+    view = report.budget_view(snap)
     view["config"] = str(path) if path else "embedded defaults"
     if as_json:
         print(json.dumps(view, indent=2))
         return EXIT_OK
     b = view["budget"]
     life, win = b["caps"]["lifetime"], b["caps"]["window"]
+    c = snap.calibration
     lines = [
         f"cpu-tracker {__version__} (config: {view['config']})",
         f"last release:  {view['last_release_at'] or 'never'}",
         f"next due:      {view['next_due_at']}",
-        f"releases:      {view['releases']} at epsilon {config.privacy.epsilon:g} each "
-        f"(privacy unit: {config.privacy.unit})",
-        f"budget:        lifetime {life['spent']:g} of {life['limit']:g} spent, {life['remaining']:g} left",
-        f"               last {win['hours']:g} h {win['spent']:g} of {win['limit']:g} spent, "
-        f"{win['remaining']:g} left",
+        f"releases:      {view['releases']}, each {c.mechanism} epsilon {c.epsilon:.3g}"
+        + (f" delta {c.delta:g}" if c.delta else "")
+        + f" (privacy unit: {c.unit})",
+        f"budget:        lifetime {_num(life['spent'])} of {life['limit']:g} spent, "
+        f"{life['remaining']:.3g} left",
+        f"               last {win['hours']:g} h {_num(win['spent'])} of {win['limit']:g} spent, "
+        f"{win['remaining']:.3g} left",
     ]
     if not view["ledger_exists"]:
         lines.append("ledger:        not created yet (the first cycle creates it)")
-    elif b["remaining_epsilon"] < config.privacy.epsilon:
+    elif not b["releases_possible_now"]:
         lines.append(
             "               PAUSED: the next release does not fit; "
             "'cpu-tracker budget grant EPSILON --reason TEXT' resumes releases"
@@ -362,17 +332,57 @@ def _status(config: Config, path: Path | None, as_json: bool, grants: bool = Fal
         f"private:       {view['paths']['private']}",
         f"ledger:        {view['paths']['ledger']}",
     ]
-    if grants:
-        lines.append("grants:        " + ("none" if not view["grants"] else ""))
-        lines += [
-            f"  {g['granted_at']}  +{g['epsilon']:g} {g['cap']}  by {g['granted_by']}: {g['reason']}"
-            for g in view["grants"]
-        ]
     print("\n".join(lines))
     return EXIT_OK
 
 
-def _grant(config: Config, epsilon: float, reason: str, cap: str) -> int:
+def _num(value: float | None) -> str:
+    return "unprovable" if value is None else f"{value:.3g}"
+
+
+def _budget_show(config: Config, path: Path | None, as_json: bool) -> int:
+    from cpu_tracker_daemon import report
+
+    snap = report.snapshot(config, datetime.now(UTC))
+    planned = report.plan(snap)
+    if as_json:
+        view = report.budget_view(snap)
+        view["config"] = str(path) if path else "embedded defaults"
+        view["plan"] = planned
+        print(json.dumps(view, indent=2))
+    else:
+        print(report.privacy_report(snap, planned))
+    return EXIT_OK
+
+
+def _budget_plan(config: Config, as_json: bool) -> int:
+    from cpu_tracker_daemon import report
+
+    planned = report.plan(report.snapshot(config, datetime.now(UTC)))
+    if as_json:
+        print(json.dumps(planned, indent=2))
+        return EXIT_OK
+    p = planned["per_release"]
+    lines = [
+        f"one release:   {p['mechanism']}, epsilon {p['epsilon']:.4g}, delta {p['delta']:g}, "
+        f"noise stddev {p['noise_stddev']:.4g} percentage points ({p['unit']} unit)",
+        f"schedule:      every {planned['every_seconds']:g} s from {planned['next_due_at']}",
+    ]
+    for name, cap in planned["caps"].items():
+        left = (
+            "no limit at this schedule"
+            if cap["releases_remaining"] is None
+            else (f"{cap['releases_remaining']} more, then paused from {cap['exhausted_at']}")
+        )
+        lines.append(f"{name + ' cap:':<15}{left}")
+    lines.append(
+        f"overall:       {planned['releases_remaining']} more releases, until {planned['exhausted_at']}"
+    )
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def _grant(config: Config, epsilon: float, reason: str, cap: str, delta: float) -> int:
     from cpu_tracker_daemon import storage
     from cpu_tracker_daemon.ledger import open_ledger
     from cpu_tracker_daemon.tracker import caps_for
@@ -384,10 +394,13 @@ def _grant(config: Config, epsilon: float, reason: str, cap: str) -> int:
     ledger = open_ledger(layout.ledger, caps_for(config), now, create=True)
     assert ledger is not None
     with ledger:
-        ledger.grant(cap, epsilon, reason.strip(), _who(), now)
+        ledger.grant(cap, epsilon, reason.strip(), _who(), now, delta)
         status = ledger.status(caps_for(config), now)
     chosen = status.lifetime if cap == "lifetime" else status.window
-    print(f"granted epsilon {epsilon:g} to the {cap} cap: now {chosen.limit:g}, {chosen.remaining:g} left")
+    print(
+        f"granted epsilon {epsilon:g}{f' and delta {delta:g}' if delta else ''} to the {cap} cap: "
+        f"now epsilon {chosen.limit:g} at delta {chosen.delta:g}, {chosen.remaining:.3g} left"
+    )
     return EXIT_OK
 
 

@@ -25,7 +25,8 @@ CONFIG_ENV = "CPU_TRACKER_CONFIG"
 APP_NAME = "cpu-tracker"
 CONFIG_FILE = "config.toml"
 UNITS = ("window", "sample")
-MECHANISMS = ("laplace",)
+MECHANISMS = ("laplace", "gaussian", "snapping")
+DEFAULT_EPSILON = 0.5
 LOG_FORMATS = ("json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_READERS = ("aggregator@openmined.org",)
@@ -54,9 +55,13 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class PrivacyConfig:
+    """Exactly one of ``epsilon`` and ``sigma`` is set once loaded (epsilon 0.5 if neither is)."""
+
     unit: str = "window"
     mechanism: str = "laplace"
-    epsilon: float = 0.5
+    epsilon: float | None = None
+    sigma: float | None = None
+    delta: float = 1e-6  # per release, Gaussian only
     lower: float = 0.0
     upper: float = 100.0
 
@@ -64,7 +69,9 @@ class PrivacyConfig:
 @dataclass(frozen=True)
 class BudgetConfig:
     lifetime_epsilon: float = 100.0
+    lifetime_delta: float = 1e-6
     window_epsilon: float = 12.0
+    window_delta: float = 1e-6
     window_hours: float = 24.0
 
 
@@ -107,10 +114,18 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "unit": "str",
         "mechanism": "str",
         "epsilon": "float",
+        "sigma": "float",
+        "delta": "float",
         "lower": "float",
         "upper": "float",
     },
-    "budget": {"lifetime_epsilon": "float", "window_epsilon": "float", "window_hours": "float"},
+    "budget": {
+        "lifetime_epsilon": "float",
+        "lifetime_delta": "float",
+        "window_epsilon": "float",
+        "window_delta": "float",
+        "window_hours": "float",
+    },
     "syftbox": {"dir": "path", "email": "str", "readers": "emails"},
     "logging": {"format": "str", "level": "str", "file": "path"},
 }
@@ -241,6 +256,11 @@ def parse_config(
         )
     except TypeError as exc:  # pragma: no cover - the schema and the dataclasses agree
         raise ConfigError([str(exc)]) from None
+    privacy = config.privacy
+    if privacy.epsilon is not None and privacy.sigma is not None:
+        raise ConfigError(["set privacy.epsilon or privacy.sigma, not both; remove one of them"])
+    if privacy.epsilon is None and privacy.sigma is None:
+        config = dataclasses.replace(config, privacy=dataclasses.replace(privacy, epsilon=DEFAULT_EPSILON))
     problems.extend(_check(config))
     if problems:
         raise ConfigError(problems)
@@ -308,7 +328,12 @@ def _check(config: Config) -> list[str]:
         problems.append(f"privacy.unit must be one of {', '.join(UNITS)} (got {p.unit!r})")
     if p.mechanism not in MECHANISMS:
         problems.append(f"privacy.mechanism must be one of {', '.join(MECHANISMS)} (got {p.mechanism!r})")
-    positive("privacy.epsilon", p.epsilon)
+    if p.epsilon is not None:
+        positive("privacy.epsilon", p.epsilon)
+    if p.sigma is not None:
+        positive("privacy.sigma", p.sigma)
+    if p.mechanism == "gaussian" and not 0 < p.delta < 1:
+        problems.append(f"privacy.delta must be in (0, 1) for the Gaussian (got {p.delta:g}); use e.g. 1e-6")
     if not 0 <= p.lower <= 100 or not 0 <= p.upper <= 100:
         problems.append(
             f"privacy.lower and privacy.upper must lie in [0, 100] (got {p.lower:g}, {p.upper:g}); "
@@ -322,12 +347,11 @@ def _check(config: Config) -> list[str]:
     positive("budget.lifetime_epsilon", b.lifetime_epsilon)
     positive("budget.window_epsilon", b.window_epsilon)
     positive("budget.window_hours", b.window_hours)
-    for cap_name, cap in (("window_epsilon", b.window_epsilon), ("lifetime_epsilon", b.lifetime_epsilon)):
-        if 0 < cap < p.epsilon:
-            problems.append(
-                f"privacy.epsilon ({p.epsilon:g}) exceeds budget.{cap_name} ({cap:g}), so no "
-                "release could ever fit; lower the epsilon or raise the cap"
-            )
+    for name in ("lifetime_delta", "window_delta"):
+        if not 0 <= getattr(b, name) < 1:
+            problems.append(f"budget.{name} must be in [0, 1) (got {getattr(b, name):g}); use e.g. 1e-6")
+    if not problems:
+        problems.extend(_one_release_fits(config))
     sb = config.syftbox
     if (sb.dir is None) != (not sb.email):
         problems.append("syftbox.dir and syftbox.email go together; set both or neither")
@@ -341,6 +365,29 @@ def _check(config: Config) -> list[str]:
         problems.append(
             f"logging.level must be one of {', '.join(LOG_LEVELS)} (got {config.logging.level!r})"
         )
+    return problems
+
+
+def _one_release_fits(config: Config) -> list[str]:
+    """A cap that not even one release fits under is a config error, not a silent pause."""
+    from cpu_tracker_daemon.accounting import compose
+    from cpu_tracker_daemon.privacy import calibrate
+
+    b = config.budget
+    calibration = calibrate(config.privacy, config.sampling.samples)
+    problems = []
+    for cap, epsilon, delta in (
+        ("window", b.window_epsilon, b.window_delta),
+        ("lifetime", b.lifetime_epsilon, b.lifetime_delta),
+    ):
+        cost = compose([calibration.event], delta).epsilon
+        if cost > epsilon * (1 + 1e-9):
+            problems.append(
+                f"one release costs epsilon {cost:g} at delta {delta:g}, more than budget.{cap}_epsilon "
+                f"({epsilon:g}), so none could ever fit; lower the cost (privacy.epsilon or a larger "
+                f"privacy.sigma) or raise the cap"
+                + (f" and budget.{cap}_delta" if calibration.event.delta > 0 else "")
+            )
     return problems
 
 
@@ -368,7 +415,7 @@ def to_toml(config: Config) -> str:
     lines: list[str] = []
     for section, table in as_dict(config).items():
         lines.append(f"[{section}]")
-        lines.extend(f"{key} = {_toml_value(value)}" for key, value in table.items())
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in table.items() if value != "")
         lines.append("")
     return "\n".join(lines)
 

@@ -9,6 +9,12 @@
 * A missing ledger is created atomically (built aside, then renamed). An existing file that is
   not exactly a cpu-tracker ledger raises :class:`LedgerCorruptError` and is never touched.
 * Caps only rise by a grant: a config cap above the one recorded at creation is not honoured.
+* Caps are (epsilon, delta) pairs. What the spends add up to is computed from the spends
+  themselves by :func:`accounting.compose` (pure math, no heavy imports), and the lifetime
+  figure after each spend is also recorded beside it (``guarantees``), for the audit trail.
+* A schema-1 ledger (pure epsilon caps) is read as it is, and migrated to schema 2 in one
+  transaction the first time it is opened for writing; its delta caps start at 0 (it was created
+  under pure epsilon-DP), so only the owner's grant can allow delta.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cpu_tracker_daemon.accounting import Event, compose, event_of
 from cpu_tracker_daemon.errors import (
     BudgetExhaustedError,
     CooldownError,
@@ -32,7 +39,8 @@ from cpu_tracker_daemon.errors import (
 )
 from cpu_tracker_daemon.storage import fsync_dir
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = ("1", "2")
 APPLICATION_ID = 0x43505554  # "CPUT"
 CAPS = ("lifetime", "window")
 _TOLERANCE = 1e-9
@@ -70,13 +78,30 @@ CREATE TABLE grants (
 );
 CREATE TABLE cooldown (id INTEGER PRIMARY KEY CHECK (id = 1), anchor_ts REAL NOT NULL);
 """
-_APPEND_ONLY = "".join(
-    f"""
+# Schema 2 = schema 1 plus these, so creating and migrating share one definition.
+_SCHEMA_2 = """
+ALTER TABLE grants ADD COLUMN delta REAL NOT NULL DEFAULT 0 CHECK (delta >= 0);
+CREATE TABLE guarantees (
+    release_id       TEXT PRIMARY KEY REFERENCES spends (release_id),
+    lifetime_epsilon REAL NOT NULL,
+    lifetime_delta   REAL NOT NULL,
+    method           TEXT NOT NULL
+);
+"""
+
+
+def _append_only(tables: tuple[str, ...]) -> str:
+    return "".join(
+        f"""
 CREATE TRIGGER {table}_no_{op} BEFORE {op.upper()} ON {table}
 BEGIN SELECT RAISE(ABORT, 'the privacy ledger is append-only'); END;"""
-    for table in ("spends", "outcomes", "grants", "meta")
-    for op in ("update", "delete")
-)
+        for table in tables
+        for op in ("update", "delete")
+    )
+
+
+_APPEND_ONLY = _append_only(("spends", "outcomes", "grants", "meta", "guarantees"))
+_META_NO_UPDATE = _append_only(("meta",)).split("CREATE TRIGGER meta_no_delete")[0].strip()
 
 
 def iso(ts: float) -> str:
@@ -85,27 +110,39 @@ def iso(ts: float) -> str:
 
 @dataclass(frozen=True)
 class Caps:
-    """The caps from the configuration (epsilon), and the rolling window's length."""
+    """The caps from the configuration, (epsilon, delta) each, and the rolling window's length."""
 
     lifetime_epsilon: float
     window_epsilon: float
     window_hours: float
+    lifetime_delta: float = 0.0
+    window_delta: float = 0.0
 
 
 @dataclass(frozen=True)
 class CapStatus:
+    """One cap: its (epsilon, delta) limit, what its events add up to, and what was granted."""
+
     name: str
     limit: float
     spent: float
     granted: float
     base: float
+    delta: float = 0.0
+    granted_delta: float = 0.0
+    method: str = "none"
+    events: tuple[Event, ...] = ()
 
     @property
     def remaining(self) -> float:
         return max(self.limit - self.spent, 0.0)
 
-    def fits(self, epsilon: float) -> bool:
-        return self.spent + epsilon <= self.limit + _TOLERANCE * max(1.0, self.limit)
+    def cost_with(self, event: Event) -> float:
+        """The epsilon this cap's events would add up to with ``event`` added."""
+        return compose([*self.events, event], self.delta).epsilon
+
+    def fits(self, event: Event) -> bool:
+        return self.cost_with(event) <= self.limit + _TOLERANCE * max(1.0, self.limit)
 
 
 @dataclass(frozen=True)
@@ -120,8 +157,10 @@ class BudgetStatus:
     def fresh(cls, caps: Caps) -> BudgetStatus:
         """The budget before a ledger exists: the configured caps, nothing spent or granted."""
         return cls(
-            lifetime=CapStatus("lifetime", caps.lifetime_epsilon, 0.0, 0.0, caps.lifetime_epsilon),
-            window=CapStatus("window", caps.window_epsilon, 0.0, 0.0, caps.window_epsilon),
+            lifetime=CapStatus(
+                "lifetime", caps.lifetime_epsilon, 0.0, 0.0, caps.lifetime_epsilon, caps.lifetime_delta
+            ),
+            window=CapStatus("window", caps.window_epsilon, 0.0, 0.0, caps.window_epsilon, caps.window_delta),
             releases=0,
             last_release_at=None,
             cooldown_anchor_ts=None,
@@ -135,8 +174,8 @@ class BudgetStatus:
     def remaining(self) -> float:
         return min(c.remaining for c in self.caps)
 
-    def first_blocking(self, epsilon: float) -> CapStatus | None:
-        return next((c for c in self.caps if not c.fits(epsilon)), None)
+    def first_blocking(self, event: Event) -> CapStatus | None:
+        return next((c for c in self.caps if not c.fits(event)), None)
 
 
 @dataclass(frozen=True)
@@ -170,14 +209,16 @@ class Grant:
     reason: str
     granted_by: str
     granted_at: str
+    delta: float = 0.0
 
 
 class Ledger:
     """A verified connection to the ledger file. Use :func:`open_ledger` to get one."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, conn: sqlite3.Connection, version: int = SCHEMA_VERSION) -> None:
         self.path = path
         self._conn = conn
+        self.version = version
 
     def close(self) -> None:
         self._conn.close()
@@ -219,29 +260,53 @@ class Ledger:
 
     def _status(self, conn: sqlite3.Connection, caps: Caps, now_ts: float) -> BudgetStatus:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        granted = dict.fromkeys(CAPS, 0.0)
-        for cap, total in conn.execute("SELECT cap, SUM(epsilon) FROM grants GROUP BY cap"):
-            granted[cap] = float(total)
-        count, lifetime_spent, last_ts = conn.execute(
-            "SELECT COUNT(*), TOTAL(epsilon), MAX(reserved_ts) FROM spends"
-        ).fetchone()
-        (window_spent,) = conn.execute(
-            "SELECT TOTAL(epsilon) FROM spends WHERE reserved_ts > ?",
-            (now_ts - caps.window_hours * 3600.0,),
-        ).fetchone()
+        granted = {cap: [0.0, 0.0] for cap in CAPS}
+        for cap, epsilon, delta in conn.execute(
+            "SELECT cap, TOTAL(epsilon), TOTAL(delta) FROM grants GROUP BY cap"
+            if self.version >= 2
+            else "SELECT cap, TOTAL(epsilon), 0.0 FROM grants GROUP BY cap"
+        ):
+            granted[cap] = [float(epsilon), float(delta)]
+        rows = conn.execute("SELECT reserved_ts, mechanism, epsilon, delta FROM spends ORDER BY reserved_ts")
+        spends = [(ts, event_of(mechanism, eps, delta)) for ts, mechanism, eps, delta in rows]
+        cutoff = now_ts - caps.window_hours * 3600.0
         anchor = conn.execute("SELECT anchor_ts FROM cooldown WHERE id = 1").fetchone()
 
-        def cap_status(name: str, configured: float, spent: float) -> CapStatus:
-            base = min(configured, float(meta[f"base_{name}_epsilon"]))
-            return CapStatus(name, base + granted[name], float(spent), granted[name], base)
+        def cap_status(name: str, epsilon: float, delta: float, events: tuple[Event, ...]) -> CapStatus:
+            base = min(epsilon, float(meta[f"base_{name}_epsilon"]))
+            base_delta = min(delta, float(meta.get(f"base_{name}_delta", 0.0)))
+            limit_delta = base_delta + granted[name][1]
+            composed = compose(events, limit_delta)
+            return CapStatus(
+                name,
+                base + granted[name][0],
+                composed.epsilon,
+                granted[name][0],
+                base,
+                limit_delta,
+                granted[name][1],
+                composed.method,
+                events,
+            )
 
         return BudgetStatus(
-            lifetime=cap_status("lifetime", caps.lifetime_epsilon, lifetime_spent),
-            window=cap_status("window", caps.window_epsilon, window_spent),
-            releases=int(count),
-            last_release_at=iso(last_ts) if last_ts is not None else None,
+            lifetime=cap_status(
+                "lifetime", caps.lifetime_epsilon, caps.lifetime_delta, tuple(e for _, e in spends)
+            ),
+            window=cap_status(
+                "window", caps.window_epsilon, caps.window_delta, tuple(e for ts, e in spends if ts > cutoff)
+            ),
+            releases=len(spends),
+            last_release_at=iso(spends[-1][0]) if spends else None,
             cooldown_anchor_ts=float(anchor[0]) if anchor else None,
         )
+
+    def spend_times(self) -> list[float]:
+        """When each spend was reserved, oldest first."""
+        with self._guard() as conn:
+            return [
+                float(ts) for (ts,) in conn.execute("SELECT reserved_ts FROM spends ORDER BY reserved_ts")
+            ]
 
     def unfinished(self) -> list[Unfinished]:
         """Reserved releases with no terminal outcome, oldest first."""
@@ -276,8 +341,11 @@ class Ledger:
 
     def grants(self) -> list[Grant]:
         with self._guard() as conn:
+            columns = "cap, epsilon, reason, granted_by, granted_at"
             rows = conn.execute(
-                "SELECT cap, epsilon, reason, granted_by, granted_at FROM grants ORDER BY id"
+                f"SELECT {columns}, delta FROM grants ORDER BY id"  # noqa: S608 - constant text
+                if self.version >= 2
+                else f"SELECT {columns}, 0.0 FROM grants ORDER BY id"  # noqa: S608 - constant text
             ).fetchall()
         return [Grant(*row) for row in rows]
 
@@ -313,7 +381,8 @@ class Ledger:
             if every_seconds is not None and anchor is not None and start_ts < anchor + every_seconds:
                 raise CooldownError(iso(anchor + every_seconds))
             before = self._status(conn, caps, now_ts)
-            blocking = before.first_blocking(spend.epsilon)
+            event = event_of(spend.mechanism, spend.epsilon, spend.delta)
+            blocking = before.first_blocking(event)
             if blocking is not None:
                 raise BudgetExhaustedError(blocking.name, blocking.spent, blocking.limit, spend.epsilon)
             conn.execute(
@@ -336,7 +405,12 @@ class Ledger:
                 "ON CONFLICT (id) DO UPDATE SET anchor_ts = max(anchor_ts, excluded.anchor_ts)",
                 (start_ts,),
             )
-            return self._status(conn, caps, now_ts)
+            after = self._status(conn, caps, now_ts)
+            conn.execute(
+                "INSERT INTO guarantees VALUES (?, ?, ?, ?)",
+                (spend.release_id, after.lifetime.spent, after.lifetime.delta, after.lifetime.method),
+            )
+            return after
 
     def record(
         self, release_id: str, status: str, now: datetime, payload: dict[str, Any] | None = None
@@ -349,15 +423,20 @@ class Ledger:
                 (release_id, status, now.isoformat(), text),
             )
 
-    def grant(self, cap: str, epsilon: float, reason: str, granted_by: str, now: datetime) -> None:
+    def grant(
+        self, cap: str, epsilon: float, reason: str, granted_by: str, now: datetime, delta: float = 0.0
+    ) -> None:
         if cap not in CAPS:
             raise ValueError(f"unknown cap {cap!r}")
         if not (math.isfinite(epsilon) and epsilon > 0):
             raise ValueError("a grant must be a positive finite epsilon")
+        if not 0 <= delta < 1:
+            raise ValueError("a grant's delta must be in [0, 1)")
         with self._transaction() as conn:
             conn.execute(
-                "INSERT INTO grants (cap, epsilon, reason, granted_by, granted_at) VALUES (?, ?, ?, ?, ?)",
-                (cap, epsilon, reason, granted_by, now.isoformat()),
+                "INSERT INTO grants (cap, epsilon, reason, granted_by, granted_at, delta) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (cap, epsilon, reason, granted_by, now.isoformat(), delta),
             )
 
 
@@ -371,10 +450,59 @@ def open_ledger(path: Path, caps: Caps, now: datetime, *, create: bool = True) -
         if not create:
             return None
         _create(path, caps, now)
-    return Ledger(path, _connect_verified(path, readonly=not create))
+    conn, version = _connect_verified(path, readonly=not create)
+    if version < SCHEMA_VERSION and create:
+        _migrate_to_2(conn, path, now)
+        version = SCHEMA_VERSION
+    return Ledger(path, conn, version)
 
 
-def _connect_verified(path: Path, readonly: bool) -> sqlite3.Connection:
+def _migrate_to_2(conn: sqlite3.Connection, path: Path, now: datetime) -> None:
+    """Schema 1 to 2 in one transaction: delta grants, the guarantees table, delta caps of 0."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            (version,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if version == "1":  # another process may have migrated it while this one waited
+                # One statement at a time: executescript() would commit half-way.
+                for statement in _statements(_SCHEMA_2 + _append_only(("guarantees",))):
+                    conn.execute(statement)
+                conn.execute("DROP TRIGGER meta_no_update")  # the one deliberate change to meta
+                conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+                conn.execute(_META_NO_UPDATE)
+                conn.executemany(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)",
+                    [
+                        ("base_lifetime_delta", "0.0"),
+                        ("base_window_delta", "0.0"),
+                        ("migrated_to_2_at", now.isoformat()),
+                    ],
+                )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        raise LedgerUnavailableError(str(path), f"cannot migrate to schema 2: {exc}") from None
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise LedgerCorruptError(str(path), f"cannot migrate to schema 2: {exc}") from None
+
+
+def _statements(script: str) -> list[str]:
+    """Split a script of CREATE/ALTER statements (triggers included) into single statements."""
+    out, current = [], []
+    for line in script.strip().splitlines():
+        current.append(line)
+        text = "\n".join(current).strip()
+        if text.endswith(";") and (not text.upper().startswith("CREATE TRIGGER") or text.endswith("END;")):
+            out.append(text)
+            current = []
+    return [statement for statement in out if statement.strip(";").strip()]
+
+
+def _connect_verified(path: Path, readonly: bool) -> tuple[sqlite3.Connection, int]:
     if not path.is_file():
         raise LedgerCorruptError(str(path), "not a regular file")
     if path.stat().st_size == 0:
@@ -385,7 +513,7 @@ def _connect_verified(path: Path, readonly: bool) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         raise LedgerUnavailableError(str(path), str(exc)) from None
     try:
-        _verify(conn, path)
+        version = _verify(conn, path)
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
     except sqlite3.OperationalError as exc:
@@ -397,10 +525,11 @@ def _connect_verified(path: Path, readonly: bool) -> sqlite3.Connection:
     except LedgerCorruptError:
         conn.close()
         raise
-    return conn
+    return conn, version
 
 
-def _verify(conn: sqlite3.Connection, path: Path) -> None:
+def _verify(conn: sqlite3.Connection, path: Path) -> int:
+    """Check that this is a sound cpu-tracker ledger; return its schema version."""
     (app_id,) = conn.execute("PRAGMA application_id").fetchone()
     if app_id != APPLICATION_ID:
         raise LedgerCorruptError(str(path), "not a cpu-tracker ledger (foreign application id)")
@@ -412,10 +541,12 @@ def _verify(conn: sqlite3.Connection, path: Path) -> None:
         raise LedgerCorruptError(str(path), f"missing tables {sorted(_TABLES - tables)}")
     meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
     version = meta.get("schema_version")
-    if version != str(SCHEMA_VERSION):
+    if version not in READABLE_VERSIONS:
         raise LedgerCorruptError(
-            str(path), f"schema version {version!r}, this cpu-tracker reads {SCHEMA_VERSION}"
+            str(path), f"schema version {version!r}, this cpu-tracker reads {', '.join(READABLE_VERSIONS)}"
         )
+    if version == "2" and "guarantees" not in tables:
+        raise LedgerCorruptError(str(path), "missing tables ['guarantees']")
     for key in ("base_lifetime_epsilon", "base_window_epsilon"):
         try:
             value = float(meta[key])
@@ -423,6 +554,15 @@ def _verify(conn: sqlite3.Connection, path: Path) -> None:
             raise LedgerCorruptError(str(path), f"meta.{key} is missing or not a number") from None
         if not (math.isfinite(value) and value > 0):
             raise LedgerCorruptError(str(path), f"meta.{key} is not a positive number")
+    if version == "2":
+        for key in ("base_lifetime_delta", "base_window_delta"):
+            try:
+                value = float(meta[key])
+            except (KeyError, ValueError):
+                raise LedgerCorruptError(str(path), f"meta.{key} is missing or not a number") from None
+            if not 0 <= value < 1:
+                raise LedgerCorruptError(str(path), f"meta.{key} is not in [0, 1)")
+    return int(version)
 
 
 def _create(path: Path, caps: Caps, now: datetime) -> None:
@@ -434,7 +574,7 @@ def _create(path: Path, caps: Caps, now: datetime) -> None:
             tmp.unlink()
         conn = sqlite3.connect(tmp, isolation_level=None)
         try:
-            conn.executescript("BEGIN;" + _SCHEMA + _APPEND_ONLY + "COMMIT;")
+            conn.executescript("BEGIN;" + _SCHEMA + _SCHEMA_2 + _APPEND_ONLY + "COMMIT;")
             conn.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)",
                 [
@@ -442,6 +582,8 @@ def _create(path: Path, caps: Caps, now: datetime) -> None:
                     ("created_at", now.isoformat()),
                     ("base_lifetime_epsilon", repr(caps.lifetime_epsilon)),
                     ("base_window_epsilon", repr(caps.window_epsilon)),
+                    ("base_lifetime_delta", repr(caps.lifetime_delta)),
+                    ("base_window_delta", repr(caps.window_delta)),
                 ],
             )
         finally:

@@ -7,8 +7,18 @@ The privacy unit says what two neighbouring datasets differ in:
 * ``sample``: one sample differs, so the sensitivity is ``(upper - lower) / samples``. This is what
   the original SyftBox app protected; it hides one short reading, not what the machine did.
 
-The released value is the clamped-sample mean plus plain Laplace noise (unbiased), not
-``diffprivlib.tools.mean``, whose LaplaceTruncated clamps its output and so biases it.
+Mechanisms (the noise is added to the clamped-sample mean, not through ``diffprivlib.tools.mean``,
+whose LaplaceTruncated clamps its output and so biases it):
+
+* ``laplace``: pure epsilon-DP, unbiased, noise scale ``sensitivity / epsilon``.
+* ``gaussian``: diffprivlib's analytic Gaussian (Balle & Wang 2018), (epsilon, delta)-DP,
+  unbiased; many releases compose far better than Laplace's (see :mod:`accounting`).
+* ``snapping``: diffprivlib's Snapping mechanism (Mironov 2012), pure epsilon-DP even against
+  an attacker who reads the low-order bits of a floating-point Laplace sample. It rounds to a
+  grid and clamps to [lower, upper], so it is biased near the bounds.
+
+Either ``epsilon`` or ``sigma`` (the noise standard deviation in percentage points) is set; the
+other follows from the mechanism.
 """
 
 from __future__ import annotations
@@ -16,9 +26,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cpu_tracker_daemon.config import PrivacyConfig
+from cpu_tracker_daemon.accounting import GAUSSIAN, SNAPPING, Event, gaussian_epsilon, gaussian_mu
+from cpu_tracker_daemon.config import DEFAULT_EPSILON
+
+if TYPE_CHECKING:
+    from cpu_tracker_daemon.config import PrivacyConfig
 
 # None means the OS CSPRNG (diffprivlib uses secrets.SystemRandom); an int seeds tests only.
 RandomLike = Any
@@ -33,17 +47,27 @@ class Calibration:
     epsilon: float
     delta: float
     sensitivity: float
+    noise_stddev: float
+    lower: float
+    upper: float
 
     @property
     def noise_scale(self) -> float:
-        """The Laplace scale b; the noise's standard deviation is b * sqrt(2)."""
-        return self.sensitivity / self.epsilon
+        """The Laplace scale b (stddev / sqrt 2), or the Gaussian's sigma."""
+        return self.noise_stddev if self.mechanism == GAUSSIAN else self.noise_stddev / math.sqrt(2.0)
 
     @property
-    def noise_stddev(self) -> float:
-        return self.noise_scale * math.sqrt(2.0)
+    def unbiased(self) -> bool:
+        return self.mechanism != SNAPPING
 
-    def as_record(self, privacy: PrivacyConfig) -> dict[str, Any]:
+    @property
+    def event(self) -> Event:
+        """This release as the accountant sees it."""
+        if self.mechanism == GAUSSIAN:
+            return Event.gaussian(self.sensitivity, self.noise_stddev, self.delta)
+        return Event(self.mechanism, self.epsilon, 0.0, self.epsilon * self.epsilon / 2)
+
+    def as_record(self) -> dict[str, Any]:
         return {
             "unit": self.unit,
             "mechanism": self.mechanism,
@@ -52,21 +76,39 @@ class Calibration:
             "sensitivity": self.sensitivity,
             "noise_scale": self.noise_scale,
             "noise_stddev": self.noise_stddev,
-            "lower": privacy.lower,
-            "upper": privacy.upper,
+            "unbiased": self.unbiased,
+            "lower": self.lower,
+            "upper": self.upper,
         }
 
 
 def calibrate(privacy: PrivacyConfig, samples: int) -> Calibration:
-    """The sensitivity and cost of one release under ``privacy`` with ``samples`` readings."""
+    """The sensitivity, cost and noise of one release under ``privacy`` with ``samples`` readings."""
     width = privacy.upper - privacy.lower
     sensitivity = width if privacy.unit == "window" else width / samples
+    delta = privacy.delta if privacy.mechanism == GAUSSIAN else 0.0
+    if privacy.mechanism == GAUSSIAN:
+        if privacy.sigma is not None:
+            stddev = privacy.sigma
+            epsilon = gaussian_epsilon(sensitivity / stddev, delta)
+        else:
+            epsilon = DEFAULT_EPSILON if privacy.epsilon is None else privacy.epsilon
+            stddev = sensitivity / gaussian_mu(epsilon, delta)
+    elif privacy.sigma is not None:
+        stddev = privacy.sigma
+        epsilon = sensitivity / (stddev / math.sqrt(2.0))
+    else:
+        epsilon = DEFAULT_EPSILON if privacy.epsilon is None else privacy.epsilon
+        stddev = sensitivity / epsilon * math.sqrt(2.0)
     return Calibration(
         unit=privacy.unit,
         mechanism=privacy.mechanism,
-        epsilon=privacy.epsilon,
-        delta=0.0,
+        epsilon=epsilon,
+        delta=delta,
         sensitivity=sensitivity,
+        noise_stddev=stddev,
+        lower=privacy.lower,
+        upper=privacy.upper,
     )
 
 
@@ -75,22 +117,32 @@ def clamped_mean(samples: Sequence[float], lower: float, upper: float) -> float:
     return math.fsum(min(max(s, lower), upper) for s in samples) / len(samples)
 
 
-def load_mechanisms() -> Any:
-    """Import diffprivlib's Laplace (about 1.5 s the first time).
+def load_mechanisms() -> dict[str, Any]:
+    """Import diffprivlib's mechanisms (about 1.5 s the first time).
 
     Called before any budget is reserved, so a broken scientific stack costs no budget.
     """
-    from diffprivlib.mechanisms import Laplace
+    from diffprivlib.mechanisms import GaussianAnalytic, Laplace, Snapping
 
-    return Laplace
+    return {"laplace": Laplace, "gaussian": GaussianAnalytic, "snapping": Snapping}
 
 
 def add_noise(value: float, calibration: Calibration, random_state: RandomLike = None) -> float:
-    """``value`` plus Laplace noise of scale sensitivity/epsilon: unbiased, not clamped."""
-    mechanism = load_mechanisms()(
-        epsilon=calibration.epsilon,
-        delta=calibration.delta,
-        sensitivity=calibration.sensitivity,
-        random_state=random_state,
-    )
+    """``value`` plus the calibrated noise; unbiased and unclamped except for Snapping."""
+    c = calibration
+    kind = load_mechanisms()[c.mechanism]
+    if c.mechanism == GAUSSIAN:
+        mechanism = kind(
+            epsilon=c.epsilon, delta=c.delta, sensitivity=c.sensitivity, random_state=random_state
+        )
+    elif c.mechanism == SNAPPING:
+        mechanism = kind(
+            epsilon=c.epsilon,
+            sensitivity=c.sensitivity,
+            lower=c.lower,
+            upper=c.upper,
+            random_state=random_state,
+        )
+    else:
+        mechanism = kind(epsilon=c.epsilon, delta=0.0, sensitivity=c.sensitivity, random_state=random_state)
     return float(mechanism.randomise(value))

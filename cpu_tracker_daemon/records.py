@@ -44,7 +44,7 @@ def public_record(
         "cpu_clamped": min(max(noisy, 0.0), 100.0),
         "timestamp": timestamp,
         "window": _window(window),
-        "privacy": calibration.as_record(privacy),
+        "privacy": calibration.as_record(),
         "generator": f"cpu-tracker {__version__}",
     }
 

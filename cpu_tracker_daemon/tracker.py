@@ -51,7 +51,7 @@ def due_at(anchor_ts: float | None, every: timedelta, now: datetime) -> datetime
 
 def caps_for(config: Config) -> Caps:
     b = config.budget
-    return Caps(b.lifetime_epsilon, b.window_epsilon, b.window_hours)
+    return Caps(b.lifetime_epsilon, b.window_epsilon, b.window_hours, b.lifetime_delta, b.window_delta)
 
 
 # Refusals end a cycle without a release and leave the daemon running; anything else propagates.
@@ -185,7 +185,7 @@ class Tracker:
             if wait > max_wait:
                 raise CooldownError(due.isoformat())
             self._wait_until(due)
-        blocking = ledger.status(caps, self.clock()).first_blocking(calibration.epsilon)
+        blocking = ledger.status(caps, self.clock()).first_blocking(calibration.event)
         if blocking is not None:
             raise BudgetExhaustedError(blocking.name, blocking.spent, blocking.limit, calibration.epsilon)
         load_mechanisms()

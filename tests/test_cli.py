@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from cpu_tracker_daemon.accounting import gaussian_epsilon
 from cpu_tracker_daemon.cli import EXIT_CODES, main
 from tests.conftest import cli_env, run_cli, write_config
 
@@ -19,6 +21,8 @@ BAD_CONFIGS = {
     "upper below lower": "[privacy]\nlower = 60\nupper = 40\n",
     "samples zero": "[sampling]\nsamples = 0\n",
     "not toml": "this is = = not toml\n[[[\n",
+    "epsilon and sigma": "[privacy]\nepsilon = 1\nsigma = 5\n",
+    "gaussian without delta": '[privacy]\nmechanism = "gaussian"\ndelta = 0\n',
 }
 
 
@@ -83,7 +87,9 @@ class TestArguments:
 
 
 class TestFastPaths:
-    @pytest.mark.parametrize("args", [["status", "--json"], ["budget", "show"], ["--help"]])
+    @pytest.mark.parametrize(
+        "args", [["status", "--json"], ["budget", "show"], ["budget", "plan", "--json"], ["--help"]]
+    )
     def test_no_heavy_imports(self, tmp_path: Path, args: list[str]) -> None:
         """status, budget show and --help never import diffprivlib, numpy, apscheduler or psutil."""
         config = write_config(tmp_path)
@@ -136,7 +142,7 @@ class TestStatusAndBudget:
         capsys.readouterr()
         assert main(["--config", config, "budget", "show"]) == 0
         out = capsys.readouterr().out
-        assert "+1 window" in out
+        assert "+epsilon 1 to window" in out
         assert "audit" in out
 
     def test_corrupt_ledger_exit_4_and_untouched(
@@ -173,3 +179,52 @@ class TestStatusAndBudget:
         rows = conn.execute("SELECT cap, epsilon, reason, granted_by FROM grants").fetchall()
         assert rows[0][:3] == ("lifetime", 2.5, "approved by DPO")
         assert rows[0][3]
+
+
+class TestPlanAndReport:
+    def test_plan_json_has_the_promised_keys_and_adds_up(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """budget plan --json: per-release cost, releases left, and the date the budget runs out."""
+        config = str(
+            write_config(
+                tmp_path,
+                {
+                    "schedule": {"every_seconds": 3600},
+                    "budget": {"lifetime_epsilon": 10, "window_epsilon": 12, "lifetime_delta": 0},
+                },
+            )
+        )
+        assert main(["--config", config, "budget", "plan", "--json"]) == 0
+        plan = json.loads(capsys.readouterr().out)
+        assert (plan["per_release"]["epsilon"], plan["per_release"]["delta"]) == (0.5, 0.0)
+        assert plan["caps"]["lifetime"]["releases_remaining"] == 20  # pure summation: 10 / 0.5
+        assert plan["releases_remaining"] == 20
+        due = datetime.fromisoformat(plan["next_due_at"])
+        assert datetime.fromisoformat(plan["exhausted_at"]) == due + timedelta(hours=20)
+        assert plan["caps"]["window"]["releases_remaining"] is None  # 24 a day at 0.5 fit under 12
+
+    def test_sigma_shows_its_epsilon_before_the_first_release(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """With privacy.sigma, budget plan shows the epsilon each release will cost."""
+        config = str(
+            write_config(tmp_path, {"privacy": {"mechanism": "gaussian", "sigma": 400.0, "delta": 1e-6}})
+        )
+        assert main(["--config", config, "budget", "plan", "--json"]) == 0
+        per = json.loads(capsys.readouterr().out)["per_release"]
+        assert per["noise_stddev"] == 400.0
+        assert per["epsilon"] == pytest.approx(gaussian_epsilon(100.0 / 400.0, 1e-6), rel=1e-9)
+
+    def test_budget_show_explains_in_words(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """budget show says what one value hides, what was spent, when it pauses and how to resume."""
+        config = str(write_config(tmp_path))
+        assert main(["--config", config, "once"]) == 0
+        capsys.readouterr()
+        assert main(["--config", config, "budget", "show"]) == 0
+        out = capsys.readouterr().out
+        for heading in ("What one published value hides", "What the releases add up to",
+                        "When releases pause", "How to resume"):  # fmt: skip
+            assert heading in out
+        assert "all history: 1 release, epsilon 0.5" in out
+        assert "budget grant EPSILON" in out

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cpu_tracker_daemon.accounting import Event, releases_within
 from cpu_tracker_daemon.errors import BudgetExhaustedError, CooldownError, LedgerCorruptError
 from cpu_tracker_daemon.ledger import Caps, Ledger, Spend, open_ledger
 
@@ -248,3 +249,121 @@ class TestProperties:
                 status = ledger.status(caps, at)
                 for cap in status.caps:
                     assert cap.spent <= cap.limit + 1e-9
+
+
+GAUSS_CAPS = Caps(
+    lifetime_epsilon=10.0, window_epsilon=10.0, window_hours=24.0, lifetime_delta=1e-6, window_delta=1e-6
+)
+
+
+def gaussian_spend(n: int, at: datetime) -> Spend:
+    event = Event.gaussian(1.0, 5.0, 1e-6)  # noise multiplier 5
+    return Spend(f"g{n}", at, at + timedelta(seconds=50), event.epsilon, 1e-6, "gaussian", "window", 1.0)
+
+
+class TestAccounting:
+    def test_gaussian_releases_compose_tightly_under_an_epsilon_delta_cap(self, tmp_path: Path) -> None:
+        """At noise multiplier 5 under (10, 1e-6) the ledger admits what the accountant allows, then stops."""
+        allowed = releases_within(Event.gaussian(1.0, 5.0, 1e-6), 10.0, 1e-6)
+        with fresh(tmp_path, GAUSS_CAPS) as ledger:
+            for n in range(allowed):
+                ledger.reserve(
+                    gaussian_spend(n, T0 + timedelta(days=n)), GAUSS_CAPS, T0 + timedelta(days=n), None
+                )
+            later = T0 + timedelta(days=allowed)
+            with pytest.raises(BudgetExhaustedError) as info:
+                ledger.reserve(gaussian_spend(allowed, later), GAUSS_CAPS, later, None)
+            status = ledger.status(GAUSS_CAPS, later)
+        assert (info.value.cap, allowed >= 70) == ("lifetime", True)
+        assert status.lifetime.method == "gaussian-exact"
+        assert status.lifetime.spent <= 10.0
+
+    def test_each_spend_records_the_cumulative_guarantee(self, tmp_path: Path) -> None:
+        """Beside every spend the ledger keeps the lifetime (epsilon, delta) it added up to."""
+        with fresh(tmp_path, GAUSS_CAPS) as ledger:
+            for n in range(3):
+                ledger.reserve(
+                    spend(n, T0 + timedelta(hours=n), epsilon=1.0), GAUSS_CAPS, T0 + timedelta(hours=n), None
+                )
+        rows = sqlite3.connect(tmp_path / "ledger.sqlite3").execute(
+            "SELECT lifetime_epsilon, lifetime_delta, method FROM guarantees ORDER BY lifetime_epsilon"
+        )
+        assert [(round(e, 9), d, m) for e, d, m in rows] == [
+            (1.0, 1e-6, "sum"),
+            (2.0, 1e-6, "sum"),
+            (3.0, 1e-6, "sum"),
+        ]
+
+    def test_delta_grant_lets_a_pure_ledger_take_gaussian_releases(self, tmp_path: Path) -> None:
+        """A ledger with delta caps of 0 refuses a Gaussian release until the owner grants delta."""
+        pure = Caps(lifetime_epsilon=10.0, window_epsilon=10.0, window_hours=24.0)
+        with fresh(tmp_path, pure) as ledger:
+            with pytest.raises(BudgetExhaustedError):
+                ledger.reserve(gaussian_spend(1, T0), GAUSS_CAPS, T0, None)
+            ledger.grant("lifetime", 1.0, "enable gaussian", "owner", T0, delta=1e-6)
+            ledger.grant("window", 1.0, "enable gaussian", "owner", T0, delta=1e-6)
+            ledger.reserve(gaussian_spend(1, T0), GAUSS_CAPS, T0, None)
+            assert ledger.grants()[0].delta == 1e-6
+
+
+def make_schema_1_ledger(path: Path) -> None:
+    """A ledger exactly as cpu-tracker 0.1 (schema 1) wrote it, with one spend and one grant."""
+    from cpu_tracker_daemon import ledger as module
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(
+        "BEGIN;" + module._SCHEMA + module._append_only(("spends", "outcomes", "grants", "meta")) + "COMMIT;"
+    )
+    conn.executemany(
+        "INSERT INTO meta VALUES (?, ?)",
+        [("schema_version", "1"), ("created_at", T0.isoformat()), ("base_lifetime_epsilon", "3.0"),
+         ("base_window_epsilon", "2.0")],
+    )  # fmt: skip
+    conn.execute(
+        "INSERT INTO spends VALUES ('old', ?, ?, ?, ?, 1.0, 0.0, 'laplace', 'window', 100.0)",
+        (T0.timestamp(), T0.isoformat(), T0.isoformat(), T0.isoformat()),
+    )
+    conn.execute(
+        "INSERT INTO grants (cap, epsilon, reason, granted_by, granted_at) "
+        "VALUES ('lifetime', 1.0, 'r', 'o', 't')"
+    )
+    conn.close()
+
+
+class TestMigration:
+    def test_schema_1_is_read_as_it_is(self, tmp_path: Path) -> None:
+        """A read-only open of a schema-1 ledger reports it without changing a byte."""
+        path = tmp_path / "ledger.sqlite3"
+        make_schema_1_ledger(path)
+        before = path.read_bytes()
+        ledger = open_ledger(path, CAPS, T0, create=False)
+        assert ledger is not None
+        with ledger:
+            status = ledger.status(CAPS, T0)
+        assert (status.releases, status.lifetime.spent, status.lifetime.limit, status.lifetime.delta) == (
+            1,
+            1.0,
+            4.0,
+            0.0,
+        )
+        assert path.read_bytes() == before
+
+    def test_schema_1_is_migrated_once_keeping_history_and_pure_caps(self, tmp_path: Path) -> None:
+        """Opening it for writing migrates to schema 2: history kept, delta caps 0, meta still append-only."""
+        path = tmp_path / "ledger.sqlite3"
+        make_schema_1_ledger(path)
+        caps = Caps(3.0, 2.0, 24.0, lifetime_delta=1e-6, window_delta=1e-6)
+        ledger = open_ledger(path, caps, T0 + timedelta(days=1))
+        assert ledger is not None
+        with ledger:
+            status = ledger.status(caps, T0 + timedelta(days=1))
+            assert ledger.version == 2
+        assert (status.releases, status.lifetime.limit, status.lifetime.delta) == (1, 4.0, 0.0)
+        conn = sqlite3.connect(path)
+        meta = dict(conn.execute("SELECT key, value FROM meta"))
+        assert (meta["schema_version"], meta["base_lifetime_delta"]) == ("2", "0.0")
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+        again = open_ledger(path, caps, T0 + timedelta(days=2))  # a second open changes nothing
+        assert again is not None
+        again.close()

@@ -80,3 +80,40 @@ class TestNoise:
 
         mech = Laplace(epsilon=1.0, sensitivity=1.0, random_state=None)
         assert isinstance(mech._rng, secrets.SystemRandom)
+
+
+class TestMechanisms:
+    def test_gaussian_sigma_is_diffprivlibs_analytic_sigma(self) -> None:
+        """Calibrating the Gaussian by epsilon gives the sigma diffprivlib's GaussianAnalytic uses."""
+        from diffprivlib.mechanisms import GaussianAnalytic
+
+        c = calibrate(PrivacyConfig(mechanism="gaussian", epsilon=1.0, delta=1e-6), samples=50)
+        reference = GaussianAnalytic(epsilon=1.0, delta=1e-6, sensitivity=100.0)._scale
+        assert c.noise_stddev == pytest.approx(reference, rel=1e-6)
+        assert (c.delta, c.unbiased) == (1e-6, True)
+
+    def test_sigma_sets_the_noise_and_the_epsilon_follows(self) -> None:
+        """privacy.sigma is the noise stddev; Laplace's epsilon is sensitivity / (sigma / sqrt 2)."""
+        c = calibrate(PrivacyConfig(sigma=282.842712474619), samples=50)
+        assert c.epsilon == pytest.approx(0.5, rel=1e-12)
+        g = calibrate(PrivacyConfig(mechanism="gaussian", sigma=400.0, delta=1e-6), samples=50)
+        assert g.noise_stddev == 400.0
+        assert calibrate(
+            PrivacyConfig(mechanism="gaussian", epsilon=g.epsilon, delta=1e-6), 50
+        ).noise_stddev == (pytest.approx(400.0, rel=1e-6))
+
+    def test_gaussian_noise_is_unbiased_with_the_declared_stddev(self) -> None:
+        """10,000 seeded Gaussian releases of 0: mean within 4 standard errors of 0, stddev within 3%."""
+        c = calibrate(PrivacyConfig(mechanism="gaussian", epsilon=1.0, delta=1e-6), samples=50)
+        rng = np.random.RandomState(7)
+        draws = np.array([add_noise(0.0, c, rng) for _ in range(10_000)])
+        assert abs(draws.mean()) < 4 * c.noise_stddev / 100
+        assert draws.std() == pytest.approx(c.noise_stddev, rel=0.03)
+
+    def test_snapping_stays_within_the_bounds_and_says_it_is_biased(self) -> None:
+        """Snapping clamps to [lower, upper], so its record says unbiased: false."""
+        c = calibrate(PrivacyConfig(mechanism="snapping", epsilon=0.5), samples=50)
+        rng = np.random.RandomState(3)
+        draws = [add_noise(50.0, c, rng) for _ in range(2_000)]
+        assert all(0.0 <= d <= 100.0 for d in draws)
+        assert c.as_record()["unbiased"] is False

@@ -63,6 +63,7 @@ class TestRelease:
             "sensitivity": 100.0,
             "noise_scale": 200.0,
             "noise_stddev": pytest.approx(282.8427, rel=1e-6),
+            "unbiased": True,
             "lower": 0.0,
             "upper": 100.0,
         }

@@ -1,0 +1,262 @@
+"""The budget as people read it: ``status``, ``budget show`` (the privacy report) and ``budget plan``.
+
+Reads the ledger read-only and does pure arithmetic (:mod:`accounting`), so these commands stay
+fast: none of the scientific stack, APScheduler or psutil is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cpu_tracker_daemon import storage
+from cpu_tracker_daemon.accounting import Event, releases_within
+from cpu_tracker_daemon.config import Config
+from cpu_tracker_daemon.ledger import BudgetStatus, CapStatus, Grant, open_ledger
+from cpu_tracker_daemon.privacy import Calibration, calibrate
+from cpu_tracker_daemon.tracker import caps_for, due_at
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the reports need, read once."""
+
+    config: Config
+    now: datetime
+    calibration: Calibration
+    status: BudgetStatus
+    grants: list[Grant]
+    spend_times: list[float]  # reserved_ts of every spend, oldest first
+    ledger_exists: bool
+
+    @property
+    def next_due(self) -> datetime:
+        every = timedelta(seconds=self.config.schedule.every_seconds)
+        return due_at(self.status.cooldown_anchor_ts, every, self.now)
+
+
+def snapshot(config: Config, now: datetime) -> Snapshot:
+    layout = storage.layout_for(config)
+    caps = caps_for(config)
+    ledger = open_ledger(layout.ledger, caps, now, create=False)
+    if ledger is None:
+        status, grants, times = BudgetStatus.fresh(caps), [], []
+    else:
+        with ledger:
+            status = ledger.status(caps, now)
+            grants = ledger.grants()
+            times = ledger.spend_times()
+    return Snapshot(
+        config=config,
+        now=now,
+        calibration=calibrate(config.privacy, config.sampling.samples),
+        status=status,
+        grants=grants,
+        spend_times=times,
+        ledger_exists=ledger is not None,
+    )
+
+
+def finite(value: float) -> float | None:
+    """JSON has no infinity: an unprovable epsilon is reported as null."""
+    return value if math.isfinite(value) else None
+
+
+def per_release(c: Calibration) -> dict[str, Any]:
+    return {
+        "mechanism": c.mechanism,
+        "unit": c.unit,
+        "epsilon": c.epsilon,
+        "delta": c.delta,
+        "sensitivity": c.sensitivity,
+        "noise_stddev": c.noise_stddev,
+        "unbiased": c.unbiased,
+    }
+
+
+def _cap_view(cap: CapStatus) -> dict[str, Any]:
+    return {
+        "limit": cap.limit,
+        "delta": cap.delta,
+        "spent": finite(cap.spent),
+        "remaining": cap.remaining,
+        "granted": cap.granted,
+        "granted_delta": cap.granted_delta,
+        "method": cap.method,
+    }
+
+
+def budget_view(snap: Snapshot) -> dict[str, Any]:
+    """The figures ``status --json`` and ``budget show --json`` print."""
+    layout = storage.layout_for(snap.config)
+    status = snap.status
+    caps = {cap.name: _cap_view(cap) for cap in status.caps}
+    caps["window"]["hours"] = snap.config.budget.window_hours
+    return {
+        "paths": {
+            "state": str(layout.state_dir),
+            "public": str(layout.public_file),
+            "private": str(layout.private_file),
+            "ledger": str(layout.ledger),
+        },
+        "ledger_exists": snap.ledger_exists,
+        "per_release": per_release(snap.calibration),
+        "per_release_epsilon": snap.calibration.epsilon,
+        "privacy_unit": snap.calibration.unit,
+        "last_release_at": status.last_release_at,
+        "next_due_at": snap.next_due.isoformat(),
+        "releases": status.releases,
+        "budget": {
+            "spent_epsilon": finite(status.lifetime.spent),
+            "remaining_epsilon": status.remaining,
+            "caps": caps,
+            "releases_possible_now": status.first_blocking(snap.calibration.event) is None,
+        },
+        "grants": [g.__dict__ for g in snap.grants],
+    }
+
+
+def plan(snap: Snapshot) -> dict[str, Any]:
+    """The cost of one release, how many more fit under each cap, and when each cap runs out.
+
+    Simulates the schedule (one release every ``schedule.every_seconds`` from the next due time)
+    against the ledger's real history, with the same accountant the daemon uses.
+    """
+    event = snap.calibration.event
+    every = snap.config.schedule.every_seconds
+    window_seconds = snap.config.budget.window_hours * 3600.0
+    status = snap.status
+    start = snap.next_due.timestamp()
+    lifetime_left = _lifetime_left(status.lifetime, event)
+    window_pause = _window_pause(status.window, event, snap.spend_times, start, every, window_seconds)
+    caps: dict[str, Any] = {
+        "lifetime": {
+            "releases_remaining": lifetime_left,
+            "exhausted_at": _at(start, every, lifetime_left),
+        },
+        "window": {
+            "releases_remaining": window_pause,
+            "exhausted_at": _at(start, every, window_pause) if window_pause is not None else None,
+            "hours": snap.config.budget.window_hours,
+        },
+    }
+    binding = lifetime_left if window_pause is None else min(lifetime_left, window_pause)
+    return {
+        "per_release": per_release(snap.calibration),
+        "every_seconds": every,
+        "next_due_at": snap.next_due.isoformat(),
+        "releases_remaining": binding,
+        "exhausted_at": _at(start, every, binding),
+        "caps": caps,
+    }
+
+
+def _at(start: float, every: float, releases: int) -> str:
+    """When the first release that does not fit would be due (releases 0..n-1 fit)."""
+    return datetime.fromtimestamp(start + releases * every, UTC).isoformat()
+
+
+def _lifetime_left(cap: CapStatus, event: Event) -> int:
+    return releases_within(event, cap.limit, cap.delta, prior=cap.events, tolerance=_tolerance(cap))
+
+
+def _tolerance(cap: CapStatus) -> float:
+    return 1e-9 * max(1.0, cap.limit)
+
+
+def _window_pause(
+    cap: CapStatus, event: Event, times: list[float], start: float, every: float, window_seconds: float
+) -> int | None:
+    """How many scheduled releases happen before the rolling window first refuses one; None: never.
+
+    The next release is checked against the real events in the window. Later ones count
+    releases: past ones in the window are taken to cost what the next one costs, which is exact
+    unless the privacy settings changed within the window.
+    """
+    if not cap.fits(event):
+        return 0
+    fit = releases_within(event, cap.limit, cap.delta, tolerance=_tolerance(cap))
+    recent = times[len(times) - len(cap.events) :]
+    slots = math.ceil(window_seconds / every) + 1
+    oldest = 0
+    for k in range(1, len(recent) + slots + 1):
+        t = start + k * every
+        while oldest < len(recent) and recent[oldest] <= t - window_seconds:
+            oldest += 1
+        scheduled = k - max(0, math.floor(k - window_seconds / every) + 1)  # j < k with t_j in the window
+        if (len(recent) - oldest) + scheduled + 1 > fit:
+            return k
+    return None
+
+
+_MECHANISM_WORDS = {
+    "laplace": "Laplace noise",
+    "gaussian": "Gaussian noise",
+    "snapping": "Snapping-mechanism noise (Laplace made safe for floating point; clamped, so biased)",
+}
+
+
+def privacy_report(snap: Snapshot, planned: dict[str, Any]) -> str:
+    """``budget show`` in plain words and figures."""
+    c, config, status = snap.calibration, snap.config, snap.status
+    window_s = config.sampling.window_seconds
+    if c.unit == "window":
+        hides = (
+            f"everything this machine did during one {window_s:g} s sampling window: whether it was "
+            f"idle or fully busy, the published value changes the odds of telling the two apart by "
+            f"a factor of at most e^{c.epsilon:.3g} = {math.exp(min(c.epsilon, 700)):.3g}"
+        )
+    else:
+        hides = (
+            f"one {config.sampling.interval_seconds:g} s reading out of {config.sampling.samples}; "
+            'it does NOT hide what the machine did over the window (use privacy.unit = "window")'
+        )
+    delta_words = f", except with probability {c.delta:g}" if c.delta else ""
+    lines = [
+        "What one published value hides",
+        f"  Each value is the mean CPU busy over {window_s:g} s plus {_MECHANISM_WORDS[c.mechanism]} with a "
+        f"standard deviation of {c.noise_stddev:.3g} percentage points.",
+        f"  It hides {hides}{delta_words} (epsilon {c.epsilon:.3g}, delta {c.delta:g} per release).",
+        "",
+        "What the releases add up to",
+    ]
+    for cap, label in (
+        (status.window, f"last {config.budget.window_hours:g} h"),
+        (status.lifetime, "all history"),
+    ):
+        count = len(cap.events)
+        spent = "nothing" if count == 0 else f"epsilon {cap.spent:.3g} at delta {cap.delta:g} ({cap.method})"
+        lines.append(
+            f"  {label}: {count} release{'s' if count != 1 else ''}, {spent}; "
+            f"cap epsilon {cap.limit:g}, delta {cap.delta:g}"
+        )
+    lines += ["", "When releases pause"]
+    every = config.schedule.every_seconds
+    left = planned["releases_remaining"]
+    if left == 0:
+        lines.append("  Now: the next release does not fit under a cap.")
+    else:
+        lines.append(
+            f"  At one release every {every:g} s, {left} more fit; the first that does not would be due "
+            f"{planned['exhausted_at']}."
+        )
+    window = planned["caps"]["window"]
+    if window["releases_remaining"] is None:
+        lines.append("  The rolling window cap never stops this schedule; the lifetime cap does.")
+    lines += [
+        "",
+        "How to resume",
+        "  Only the owner can raise a cap, and each grant is kept in the ledger with who and why:",
+        "  cpu-tracker budget grant EPSILON --reason TEXT [--cap lifetime|window] [--delta DELTA]",
+    ]
+    if snap.grants:
+        lines += ["", "Grants"]
+        lines += [
+            f"  {g.granted_at}  +epsilon {g.epsilon:g}"
+            + (f" +delta {g.delta:g}" if g.delta else "")
+            + f" to {g.cap}, by {g.granted_by}: {g.reason}"
+            for g in snap.grants
+        ]
+    return "\n".join(lines)
