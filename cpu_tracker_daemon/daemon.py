@@ -25,7 +25,7 @@ from cpu_tracker_daemon import logs, storage
 from cpu_tracker_daemon.config import Config, config_path_from, load_config
 from cpu_tracker_daemon.errors import AnotherInstanceError, ConfigError, CpuTrackerError
 from cpu_tracker_daemon.notify import Notifier
-from cpu_tracker_daemon.privacy import load_mechanisms
+from cpu_tracker_daemon.privacy import calibrate, load_mechanisms
 from cpu_tracker_daemon.sampling import CpuSource, PsutilCpuSource
 from cpu_tracker_daemon.tracker import Clock, CycleLog, CycleResult, Tracker, utc_now
 
@@ -155,6 +155,7 @@ class Daemon:
                 public=str(self._layout.public_file),
                 every_seconds=self._config.schedule.every_seconds,
                 first_run_at=first_run.isoformat(),
+                per_release=calibrate(self._config.privacy, self._config.sampling.samples).as_record(),
             )
             self._notifier.send(READY="1", STATUS=f"started; first release at {_hm(first_run)}")
             try:

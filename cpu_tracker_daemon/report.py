@@ -7,6 +7,7 @@ fast: none of the scientific stack, APScheduler or psutil is loaded.
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -259,4 +260,10 @@ def privacy_report(snap: Snapshot, planned: dict[str, Any]) -> str:
             + f" to {g.cap}, by {g.granted_by}: {g.reason}"
             for g in snap.grants
         ]
-    return "\n".join(lines)
+    return "\n".join(_wrap(line) for line in lines)
+
+
+def _wrap(line: str) -> str:
+    if len(line) <= 96 or not line.startswith("  "):
+        return line
+    return textwrap.fill(line.strip(), width=96, initial_indent="  ", subsequent_indent="    ")

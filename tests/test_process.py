@@ -66,6 +66,21 @@ class TestSignals:
         assert not (tmp_path / "data" / "public" / "cpu_tracker.json").exists()
         assert spends(tmp_path / "data") == []
 
+    def test_sigma_config_states_its_cost_before_the_first_release(self, tmp_path: Path) -> None:
+        """With privacy.sigma the daemon logs the epsilon of each release at start, then releases."""
+        config = write_config(tmp_path, {"privacy": {"mechanism": "gaussian", "sigma": 250.0}})
+        proc = start_cli("--config", str(config), "run")
+        started = wait_for_event(proc, "daemon.started")[-1]
+        per = started["per_release"]
+        assert isinstance(per, dict)
+        assert (per["mechanism"], per["noise_stddev"], per["delta"]) == ("gaussian", 250.0, 1e-6)
+        assert 0 < per["epsilon"] < 5
+        wait_for_event(proc, "cycle.finished")
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+        public = json.loads((tmp_path / "data" / "public" / "cpu_tracker.json").read_text())
+        assert public["privacy"]["epsilon"] == per["epsilon"]
+
     def test_sighup_reloads_and_refuses_a_bad_config(self, tmp_path: Path) -> None:
         """SIGHUP applies a good config, keeps the old one on a bad config, and the daemon runs on."""
         config = write_config(tmp_path)
