@@ -117,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="machine-readable output")
     plan = bsub.add_parser("plan", help="cost of one release, releases left under each cap, and when")
     plan.add_argument("--json", action="store_true", help="machine-readable output")
+    pending = bsub.add_parser("requests", help="budget requests that readers dropped in requests/")
+    pending.add_argument("--json", action="store_true", help="machine-readable output")
+    approve = bsub.add_parser("approve", help="grant a pending request; the requester can read the answer")
+    approve.add_argument("request_id", metavar="ID")
+    approve.add_argument("--reason", default="", help="a note for the requester")
+    deny = bsub.add_parser("deny", help="refuse a pending request; the requester can read the answer")
+    deny.add_argument("request_id", metavar="ID")
+    deny.add_argument("--reason", required=True, help="why (sent to the requester)")
     grant = bsub.add_parser("grant", help="raise a cap; recorded in the ledger with the reason")
     grant.add_argument("epsilon", type=_positive_float, metavar="EPSILON")
     grant.add_argument("--reason", required=True, help="why (kept in the ledger's history)")
@@ -221,7 +229,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 def _dispatch(args: argparse.Namespace, config: Config, path: Path | None, env: Mapping[str, str]) -> int:
-    if args.command in ("run", "once") or getattr(args, "budget_command", None) == "grant":
+    if args.command in ("run", "once") or getattr(args, "budget_command", None) in (
+        "grant",
+        "approve",
+        "deny",
+    ):
         _become_state_owner(config.paths.data_dir)
     if args.command == "run":
         from cpu_tracker_daemon.daemon import run_daemon
@@ -237,6 +249,11 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path | None, env: 
             return _grant(config, args.epsilon, args.reason, args.cap, args.delta)
         if args.budget_command == "plan":
             return _budget_plan(config, as_json=args.json)
+        if args.budget_command == "requests":
+            return _budget_requests(config, as_json=args.json)
+        if args.budget_command in ("approve", "deny"):
+            decision = "approved" if args.budget_command == "approve" else "denied"
+            return _budget_decide(config, args.request_id, decision, args.reason)
         return _budget_show(config, path, as_json=args.json)
     if args.config_command == "check":
         return _config_check(config, path)
@@ -452,4 +469,94 @@ def _service(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     service.install(plan, root, args.force)
     print(f"wrote {plan.definition}")
     print(f"next: {plan.next_command}")
+    return EXIT_OK
+
+
+def _budget_requests(config: Config, as_json: bool) -> int:
+    from cpu_tracker_daemon import requests, storage
+    from cpu_tracker_daemon.ledger import open_ledger
+    from cpu_tracker_daemon.tracker import caps_for
+
+    layout = storage.layout_for(config)
+    now = datetime.now(UTC)
+    ledger = open_ledger(layout.ledger, caps_for(config), now, create=False)
+    decided: set[str] = set()
+    if ledger is not None:
+        with ledger:
+            decided = set(ledger.decisions())
+    found = requests.scan(layout.requests_dir, config.syftbox.readers, decided, now)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "directory": str(layout.requests_dir),
+                    "pending": [r.__dict__ for r in found.pending],
+                    "already_decided": [r.request_id for r in found.decided],
+                    "skipped": dict(found.skipped),
+                },
+                indent=2,
+            )
+        )
+        return EXIT_OK
+    lines = [f"requests in {layout.requests_dir}:"]
+    if not found.pending:
+        lines.append("  none pending")
+    for r in found.pending:
+        delta = f" delta {r.delta:g}" if r.delta else ""
+        lines.append(f"  {r.request_id}  {r.requester} asks epsilon {r.epsilon:g}{delta} for the {r.cap} cap")
+        lines.append(f"      {r.created_at}: {r.reason}")
+    if found.decided:
+        lines.append(f"  already decided (ignored): {len(found.decided)}")
+    for why, count in sorted(found.skipped.items()):
+        lines.append(f"  skipped, {why}: {count}")
+    if found.pending:
+        lines.append("approve: cpu-tracker budget approve ID; deny: cpu-tracker budget deny ID --reason TEXT")
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def _budget_decide(config: Config, request_id: str, decision: str, note: str) -> int:
+    from cpu_tracker_daemon import requests, storage
+    from cpu_tracker_daemon.ledger import Decision, open_ledger
+    from cpu_tracker_daemon.tracker import caps_for
+
+    layout = storage.layout_for(config)
+    now = datetime.now(UTC)
+    ledger = open_ledger(layout.ledger, caps_for(config), now, create=True)
+    assert ledger is not None
+    with ledger:
+        decisions = ledger.decisions()
+        earlier = decisions.get(request_id)
+        if earlier is not None and earlier.decision != decision:
+            raise UsageError(f"request {request_id} was already {earlier.decision}; a decision is final")
+        if earlier is None:
+            found = requests.scan(layout.requests_dir, config.syftbox.readers, decisions, now)
+            request = next((r for r in found.pending if r.request_id == request_id), None)
+            if request is None:
+                raise UsageError(
+                    f"no valid pending request {request_id}; 'cpu-tracker budget requests' lists them"
+                )
+            earlier = Decision(
+                request_id=request.request_id,
+                requester=request.requester,
+                cap=request.cap,
+                epsilon=request.epsilon,
+                delta=request.delta,
+                reason=request.reason,
+                decision=decision,
+                note=note.strip(),
+                decided_by=_who(),
+                decided_at=now.isoformat(),
+            )
+            ledger.decide(earlier)
+    requests.ensure_requests_dir(layout)
+    path = requests.write_response(layout.requests_dir, earlier)
+    what = (
+        f"granted epsilon {earlier.epsilon:g}"
+        + (f" and delta {earlier.delta:g}" if earlier.delta else "")
+        + f" to the {earlier.cap} cap"
+        if decision == "approved"
+        else "denied"
+    )
+    print(f"request {request_id} from {earlier.requester}: {what}; answer written to {path}")
     return EXIT_OK

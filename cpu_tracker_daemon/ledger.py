@@ -87,6 +87,19 @@ CREATE TABLE guarantees (
     lifetime_delta   REAL NOT NULL,
     method           TEXT NOT NULL
 );
+CREATE TABLE requests (
+    request_id  TEXT PRIMARY KEY,
+    requester   TEXT NOT NULL,
+    cap         TEXT NOT NULL CHECK (cap IN ('lifetime', 'window')),
+    epsilon     REAL NOT NULL,
+    delta       REAL NOT NULL,
+    reason      TEXT NOT NULL,
+    decision    TEXT NOT NULL CHECK (decision IN ('approved', 'denied')),
+    note        TEXT NOT NULL,
+    decided_by  TEXT NOT NULL,
+    decided_at  TEXT NOT NULL,
+    grant_id    INTEGER REFERENCES grants (id)
+);
 """
 
 
@@ -100,7 +113,7 @@ BEGIN SELECT RAISE(ABORT, 'the privacy ledger is append-only'); END;"""
     )
 
 
-_APPEND_ONLY = _append_only(("spends", "outcomes", "grants", "meta", "guarantees"))
+_APPEND_ONLY = _append_only(("spends", "outcomes", "grants", "meta", "guarantees", "requests"))
 _META_NO_UPDATE = _append_only(("meta",)).split("CREATE TRIGGER meta_no_delete")[0].strip()
 
 
@@ -200,6 +213,22 @@ class Unfinished:
     status: str | None  # None: reserved only; "drawn": the noisy record is in ``payload``
     payload: dict[str, Any] | None
     reserved_ts: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The owner's answer to a budget request, as the ledger keeps it."""
+
+    request_id: str
+    requester: str
+    cap: str
+    epsilon: float
+    delta: float
+    reason: str
+    decision: str  # "approved" or "denied"
+    note: str
+    decided_by: str
+    decided_at: str
 
 
 @dataclass(frozen=True)
@@ -423,6 +452,59 @@ class Ledger:
                 (release_id, status, now.isoformat(), text),
             )
 
+    def decisions(self) -> dict[str, Decision]:
+        """Every decided budget request, by id (none before schema 2)."""
+        if self.version < 2:
+            return {}
+        with self._guard() as conn:
+            rows = conn.execute(
+                "SELECT request_id, requester, cap, epsilon, delta, reason, decision, note, decided_by, "
+                "decided_at FROM requests ORDER BY decided_at"
+            ).fetchall()
+        return {row[0]: Decision(*row) for row in rows}
+
+    def decide(self, decision: Decision) -> None:
+        """Record the answer to a request; an approval adds its grant in the same transaction.
+
+        A request already decided raises ValueError: a replayed request is never granted twice.
+        """
+        if decision.decision not in ("approved", "denied"):
+            raise ValueError(f"unknown decision {decision.decision!r}")
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM requests WHERE request_id = ?", (decision.request_id,)).fetchone():
+                raise ValueError(f"request {decision.request_id} was already decided")
+            grant_id = None
+            if decision.decision == "approved":
+                cursor = conn.execute(
+                    "INSERT INTO grants (cap, epsilon, reason, granted_by, granted_at, delta) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        decision.cap,
+                        decision.epsilon,
+                        f"request {decision.request_id} from {decision.requester}: {decision.reason}",
+                        decision.decided_by,
+                        decision.decided_at,
+                        decision.delta,
+                    ),
+                )
+                grant_id = cursor.lastrowid
+            conn.execute(
+                "INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    decision.request_id,
+                    decision.requester,
+                    decision.cap,
+                    decision.epsilon,
+                    decision.delta,
+                    decision.reason,
+                    decision.decision,
+                    decision.note,
+                    decision.decided_by,
+                    decision.decided_at,
+                    grant_id,
+                ),
+            )
+
     def grant(
         self, cap: str, epsilon: float, reason: str, granted_by: str, now: datetime, delta: float = 0.0
     ) -> None:
@@ -465,7 +547,7 @@ def _migrate_to_2(conn: sqlite3.Connection, path: Path, now: datetime) -> None:
             (version,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if version == "1":  # another process may have migrated it while this one waited
                 # One statement at a time: executescript() would commit half-way.
-                for statement in _statements(_SCHEMA_2 + _append_only(("guarantees",))):
+                for statement in _statements(_SCHEMA_2 + _append_only(("guarantees", "requests"))):
                     conn.execute(statement)
                 conn.execute("DROP TRIGGER meta_no_update")  # the one deliberate change to meta
                 conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
@@ -545,8 +627,8 @@ def _verify(conn: sqlite3.Connection, path: Path) -> int:
         raise LedgerCorruptError(
             str(path), f"schema version {version!r}, this cpu-tracker reads {', '.join(READABLE_VERSIONS)}"
         )
-    if version == "2" and "guarantees" not in tables:
-        raise LedgerCorruptError(str(path), "missing tables ['guarantees']")
+    if version == "2" and not tables >= {"guarantees", "requests"}:
+        raise LedgerCorruptError(str(path), f"missing tables {sorted({'guarantees', 'requests'} - tables)}")
     for key in ("base_lifetime_epsilon", "base_window_epsilon"):
         try:
             value = float(meta[key])

@@ -59,6 +59,11 @@ class Layout:
         return self.private_dir / PRIVATE_NAME
 
     @property
+    def requests_dir(self) -> Path:
+        """Where readers drop budget requests and find the owner's answers."""
+        return self.public_dir / "requests"
+
+    @property
     def syft_permissions(self) -> Path | None:
         return self.public_dir / SYFT_PERM_NAME if self.syft_owner else None
 
@@ -209,11 +214,18 @@ def ensure_syft_permissions(layout: Layout) -> bool:
     if target is None or layout.syft_owner is None:
         return False
     text = syft_permissions_text(layout.syft_owner, layout.syft_readers)
-    with suppress(OSError):
-        if target.read_text(encoding="utf-8") == text:
-            return False
+    if read_text(target) == text:
+        return False
     atomic_write(target, text.encode(), PUBLIC_FILE_MODE)
     return True
+
+
+def read_text(path: Path) -> str | None:
+    """The UTF-8 text of ``path``, or None when it is missing or unreadable."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return None
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

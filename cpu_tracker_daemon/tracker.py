@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cpu_tracker_daemon import storage
+from cpu_tracker_daemon import requests, storage
 from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.errors import (
     BudgetExhaustedError,
@@ -237,6 +237,8 @@ class Tracker:
 
     def _write_public(self, record: dict[str, Any]) -> None:
         storage.ensure_syft_permissions(self.layout)
+        if self.layout.syft_owner is not None:  # where readers can reach it, offer a requests/ box
+            requests.ensure_requests_dir(self.layout)
         storage.write_json(self.layout.public_file, record, storage.PUBLIC_FILE_MODE)
 
 

@@ -1,0 +1,244 @@
+"""Budget requests: files that readers drop into ``requests/``, and the owner's answers.
+
+A reader named in ``[syftbox] readers`` (the aggregator, say) writes
+``requests/<request_id>.request.json``; the owner lists, approves or denies it with
+``cpu-tracker budget requests|approve|deny``, and the answer goes to
+``requests/<request_id>.response.json``, which the requester can read. The directory's
+``syft.pub.yaml`` lets readers write request files there and nowhere else.
+
+Request files come from other machines and are hostile until proven otherwise: no symlinks,
+size-capped before parsing, strict UTF-8 JSON with exactly the known keys, finite numbers in
+range, a requester who is a listed reader, a file name that matches the id, a timestamp that is
+timezone-aware and not in the future. A bad file is skipped with a reason and never raises.
+Replays (an id already decided, kept in the ledger) and duplicates (the same ask under another
+id) are not pending.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import stat
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cpu_tracker_daemon import storage
+from cpu_tracker_daemon.errors import OutputError
+from cpu_tracker_daemon.ledger import CAPS, Decision
+
+REQUEST_SCHEMA = "cpu-tracker/budget-request"
+RESPONSE_SCHEMA = "cpu-tracker/budget-response"
+REQUEST_SUFFIX = ".request.json"
+RESPONSE_SUFFIX = ".response.json"
+MAX_BYTES = 4096
+MAX_EPSILON = 1000.0
+MAX_DELTA = 1e-3
+MAX_REASON = 500
+MAX_FILES = 10_000
+CLOCK_SKEW = timedelta(minutes=5)
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{7,63}$")
+_KEYS = {
+    "schema",
+    "schema_version",
+    "request_id",
+    "requester",
+    "cap",
+    "epsilon",
+    "delta",
+    "reason",
+    "created_at",
+}
+_REQUIRED = _KEYS - {"delta"}
+
+
+class Rejected(Exception):
+    """A request file that is not a valid request; str() is the reason, short and stable."""
+
+
+@dataclass(frozen=True)
+class Request:
+    request_id: str
+    requester: str
+    cap: str
+    epsilon: float
+    delta: float
+    reason: str
+    created_at: str
+
+    @property
+    def ask(self) -> tuple[str, str, float, float, str]:
+        """What is asked, without the id: two files with the same ask are duplicates."""
+        return (self.requester, self.cap, self.epsilon, self.delta, self.reason)
+
+
+@dataclass
+class Scan:
+    pending: list[Request] = field(default_factory=list)
+    decided: list[Request] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
+
+
+def requests_permissions_text(owner: str, readers: Iterable[str]) -> str:
+    """``requests/syft.pub.yaml``: readers may write request files and read the answers; no more."""
+
+    def flow(items: Iterable[str]) -> str:
+        return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+    readers = list(readers)
+    return (
+        "# Written by cpu-tracker: readers may drop budget requests here and read the answers.\n"
+        "terminal: true\n"
+        "rules:\n"
+        f'  - pattern: "*{REQUEST_SUFFIX}"\n'
+        "    access:\n"
+        f"      admin: {flow([owner])}\n"
+        f"      write: {flow(readers)}\n"
+        f"      read: {flow(readers)}\n"
+        f'  - pattern: "*{RESPONSE_SUFFIX}"\n'
+        "    access:\n"
+        f"      admin: {flow([owner])}\n"
+        "      write: []\n"
+        f"      read: {flow(readers)}\n"
+    )
+
+
+def ensure_requests_dir(layout: storage.Layout) -> Path:
+    """Create ``requests/`` (and, under SyftBox, its permission file); return it."""
+    directory = layout.requests_dir
+    try:
+        directory.mkdir(mode=storage.PUBLIC_DIR_MODE, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(str(directory), exc.strerror or str(exc)) from None
+    if layout.syft_owner is not None:
+        target = directory / storage.SYFT_PERM_NAME
+        text = requests_permissions_text(layout.syft_owner, layout.syft_readers)
+        if storage.read_text(target) != text:
+            storage.atomic_write(target, text.encode(), storage.PUBLIC_FILE_MODE)
+    return directory
+
+
+def parse(path: Path, readers: Iterable[str], now: datetime) -> Request:
+    """Read and validate one request file; raise :class:`Rejected` naming what is wrong."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise Rejected("symlink" if exc.errno == 40 else "unreadable") from None  # ELOOP: a symlink
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Rejected("not a regular file")
+        data = os.read(fd, MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_BYTES:
+        raise Rejected("too large")
+    try:
+        doc = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError):
+        raise Rejected("not UTF-8 JSON") from None
+    return _validate(doc, path.name, set(readers), now)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _validate(doc: Any, filename: str, readers: set[str], now: datetime) -> Request:
+    if not isinstance(doc, dict):
+        raise Rejected("not a JSON object")
+    keys = set(doc)
+    if not keys <= _KEYS or not keys >= _REQUIRED:
+        raise Rejected("unexpected or missing keys")
+    if doc["schema"] != REQUEST_SCHEMA or doc["schema_version"] != 1:
+        raise Rejected("unknown schema")
+    request_id, requester, cap, reason = doc["request_id"], doc["requester"], doc["cap"], doc["reason"]
+    if not (isinstance(request_id, str) and _ID.match(request_id)):
+        raise Rejected("bad request_id")
+    if filename != f"{request_id}{REQUEST_SUFFIX}":
+        raise Rejected("file name does not match request_id")
+    if not isinstance(requester, str) or requester not in readers:
+        raise Rejected("requester is not a listed reader")
+    if cap not in CAPS:
+        raise Rejected("bad cap")
+    epsilon = _number(doc["epsilon"])
+    delta = _number(doc.get("delta", 0.0))
+    if not 0 < epsilon <= MAX_EPSILON:
+        raise Rejected("epsilon out of range")
+    if not 0 <= delta <= MAX_DELTA:
+        raise Rejected("delta out of range")
+    if not (isinstance(reason, str) and 0 < len(reason.strip()) <= MAX_REASON and reason.isprintable()):
+        raise Rejected("bad reason")
+    created_at = doc["created_at"]
+    try:
+        created = datetime.fromisoformat(created_at) if isinstance(created_at, str) else None
+    except ValueError:
+        created = None
+    if created is None or created.tzinfo is None:
+        raise Rejected("created_at is not a timezone-aware time")
+    if created > now + CLOCK_SKEW:
+        raise Rejected("created_at is in the future")
+    return Request(request_id, requester, cap, epsilon, delta, reason.strip(), created.isoformat())
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise Rejected("not a finite number")
+    return float(value)
+
+
+def scan(directory: Path, readers: Iterable[str], decided: Iterable[str], now: datetime) -> Scan:
+    """Sort every request file into pending, already decided, or skipped (counted by reason)."""
+    result = Scan()
+    done = set(decided)
+    readers = list(readers)
+    try:
+        names = sorted(p.name for p in directory.iterdir() if p.name.endswith(REQUEST_SUFFIX))
+    except (FileNotFoundError, NotADirectoryError):
+        return result
+    if len(names) > MAX_FILES:
+        result.skipped["too many files"] += len(names) - MAX_FILES
+        names = names[:MAX_FILES]
+    asks: set[tuple[str, str, float, float, str]] = set()
+    valid = []
+    for name in names:
+        try:
+            valid.append(parse(directory / name, readers, now))
+        except Rejected as why:
+            result.skipped[str(why)] += 1
+    for request in sorted(valid, key=lambda r: (r.created_at, r.request_id)):
+        if request.request_id in done:
+            result.decided.append(request)
+        elif request.ask in asks:
+            result.skipped["duplicate"] += 1
+        else:
+            asks.add(request.ask)
+            result.pending.append(request)
+    return result
+
+
+def response_record(decision: Decision) -> dict[str, Any]:
+    return {
+        "schema": RESPONSE_SCHEMA,
+        "schema_version": 1,
+        "request_id": decision.request_id,
+        "requester": decision.requester,
+        "decision": decision.decision,
+        "note": decision.note,
+        "granted": (
+            {"cap": decision.cap, "epsilon": decision.epsilon, "delta": decision.delta}
+            if decision.decision == "approved"
+            else None
+        ),
+        "decided_at": decision.decided_at,
+    }
+
+
+def write_response(directory: Path, decision: Decision) -> Path:
+    target = directory / f"{decision.request_id}{RESPONSE_SUFFIX}"
+    storage.write_json(target, response_record(decision), storage.PUBLIC_FILE_MODE)
+    return target

@@ -1,0 +1,215 @@
+"""Budget requests: hostile files are skipped with a reason; approve and deny are final and answered."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cpu_tracker_daemon import requests
+from cpu_tracker_daemon.cli import EXIT_USAGE, main
+from tests.conftest import write_config
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+READER = "aggregator@openmined.org"
+
+
+def request_doc(**overrides: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "schema": requests.REQUEST_SCHEMA,
+        "schema_version": 1,
+        "request_id": "req-0001-abc",
+        "requester": READER,
+        "cap": "lifetime",
+        "epsilon": 5.0,
+        "delta": 0.0,
+        "reason": "quarterly network report",
+        "created_at": (NOW - timedelta(hours=1)).isoformat(),
+    }
+    doc.update(overrides)
+    return doc
+
+
+def drop(directory: Path, doc: Any, name: str | None = None, raw: bytes | None = None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    request_id = doc.get("request_id", "x") if isinstance(doc, dict) else "x"
+    path = directory / (name or f"{request_id}{requests.REQUEST_SUFFIX}")
+    path.write_bytes(raw if raw is not None else json.dumps(doc).encode())
+    return path
+
+
+HOSTILE: dict[str, tuple[Any, str]] = {
+    "not an object": ([1, 2], "not a JSON object"),
+    "extra key": (request_doc(admin=True), "unexpected or missing keys"),
+    "missing key": ({k: v for k, v in request_doc().items() if k != "reason"}, "unexpected or missing keys"),
+    "other schema": (request_doc(schema="cpu-tracker/release"), "unknown schema"),
+    "future version": (request_doc(schema_version=2), "unknown schema"),
+    "id with slash": (request_doc(request_id="../../etc/x"), "bad request_id"),
+    "id too short": (request_doc(request_id="abc"), "bad request_id"),
+    "stranger": (request_doc(requester="mallory@evil.example"), "requester is not a listed reader"),
+    "requester not text": (request_doc(requester=["a"]), "requester is not a listed reader"),
+    "bad cap": (request_doc(cap="everything"), "bad cap"),
+    "epsilon zero": (request_doc(epsilon=0), "epsilon out of range"),
+    "epsilon negative": (request_doc(epsilon=-5), "epsilon out of range"),
+    "epsilon huge": (request_doc(epsilon=1e9), "epsilon out of range"),
+    "epsilon text": (request_doc(epsilon="5"), "not a finite number"),
+    "epsilon bool": (request_doc(epsilon=True), "not a finite number"),
+    "delta too big": (request_doc(delta=0.5), "delta out of range"),
+    "empty reason": (request_doc(reason="   "), "bad reason"),
+    "control characters": (request_doc(reason="ok\x1b[2Jgone"), "bad reason"),
+    "reason too long": (request_doc(reason="x" * 600), "bad reason"),
+    "naive time": (request_doc(created_at="2026-06-01T11:00:00"), "created_at is not a timezone-aware time"),
+    "not a time": (request_doc(created_at="yesterday"), "created_at is not a timezone-aware time"),
+    "from the future": (
+        request_doc(created_at=(NOW + timedelta(hours=3)).isoformat()),
+        "created_at is in the future",
+    ),
+}
+
+
+class TestHostileFiles:
+    @pytest.mark.parametrize("case", sorted(HOSTILE))
+    def test_each_kind_is_skipped_with_its_reason(self, tmp_path: Path, case: str) -> None:
+        """A bad request file is skipped and counted by reason; nothing is pending and nothing raises."""
+        doc, reason = HOSTILE[case]
+        drop(tmp_path, doc, name=f"bad-file-0001{requests.REQUEST_SUFFIX}" if case.startswith("id") else None)
+        found = requests.scan(tmp_path, [READER], [], NOW)
+        assert (found.pending, dict(found.skipped)) == ([], {reason: 1})
+
+    @pytest.mark.parametrize(
+        ("raw", "reason"),
+        [
+            (b"\xff\xfe garbage", "not UTF-8 JSON"),
+            (b'{"epsilon": NaN}', "not UTF-8 JSON"),
+            (b"{" * 10_000, "too large"),
+            (b"", "not UTF-8 JSON"),
+        ],
+    )
+    def test_undecodable_bytes_are_skipped(self, tmp_path: Path, raw: bytes, reason: str) -> None:
+        """Binary junk, NaN, oversized and empty files are skipped before any parsing can hurt."""
+        drop(tmp_path, {}, name=f"junk-000001{requests.REQUEST_SUFFIX}", raw=raw)
+        assert dict(requests.scan(tmp_path, [READER], [], NOW).skipped) == {reason: 1}
+
+    def test_symlink_and_fifo_are_refused(self, tmp_path: Path) -> None:
+        """A symlink (even to a valid request) and a FIFO are not read."""
+        real = drop(tmp_path / "elsewhere", request_doc())
+        (tmp_path / "box").mkdir()
+        (tmp_path / "box" / real.name).symlink_to(real)
+        os.mkfifo(tmp_path / "box" / f"fifo-000001{requests.REQUEST_SUFFIX}")
+        found = requests.scan(tmp_path / "box", [READER], [], NOW)
+        assert (found.pending, dict(found.skipped)) == ([], {"symlink": 1, "not a regular file": 1})
+
+    def test_file_name_must_match_the_id(self, tmp_path: Path) -> None:
+        """A request cannot claim another file's id."""
+        drop(tmp_path, request_doc(), name=f"other-id-0001{requests.REQUEST_SUFFIX}")
+        assert dict(requests.scan(tmp_path, [READER], [], NOW).skipped) == {
+            "file name does not match request_id": 1
+        }
+
+    def test_duplicates_and_replays_are_not_pending(self, tmp_path: Path) -> None:
+        """The same ask under a second id is a duplicate; an id already decided is a replay."""
+        drop(tmp_path, request_doc())
+        drop(tmp_path, request_doc(request_id="req-0002-abc", created_at=NOW.isoformat()))
+        drop(tmp_path, request_doc(request_id="req-0003-abc", epsilon=1.0))
+        found = requests.scan(tmp_path, [READER], ["req-0003-abc"], NOW)
+        assert [r.request_id for r in found.pending] == ["req-0001-abc"]
+        assert [r.request_id for r in found.decided] == ["req-0003-abc"]
+        assert dict(found.skipped) == {"duplicate": 1}
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.binary(max_size=600) | st.text(max_size=300).map(str.encode))
+    def test_any_bytes_parse_or_are_rejected(self, raw: bytes) -> None:
+        """Fuzzed file contents never raise anything but Rejected."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as directory:
+            path = Path(directory) / f"fuzz-000001{requests.REQUEST_SUFFIX}"
+            path.write_bytes(raw)
+            with contextlib.suppress(requests.Rejected):
+                requests.parse(path, [READER], NOW)
+
+
+class TestApproveAndDeny:
+    def box(self, tmp_path: Path) -> Path:
+        return tmp_path / "data" / "public" / "requests"
+
+    def test_approve_grants_once_and_answers(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """approve adds a grant naming the requester, writes the answer, and a replay changes nothing."""
+        config = str(write_config(tmp_path))
+        drop(self.box(tmp_path), request_doc(created_at=datetime.now(UTC).isoformat()))
+        assert main(["--config", config, "budget", "requests", "--json"]) == 0
+        listed = json.loads(capsys.readouterr().out)
+        assert [r["request_id"] for r in listed["pending"]] == ["req-0001-abc"]
+        assert main(["--config", config, "budget", "approve", "req-0001-abc", "--reason", "ok"]) == 0
+        capsys.readouterr()
+        answer = json.loads((self.box(tmp_path) / "req-0001-abc.response.json").read_text())
+        assert (answer["decision"], answer["granted"]) == (
+            "approved",
+            {"cap": "lifetime", "epsilon": 5.0, "delta": 0.0},
+        )
+        assert main(["--config", config, "budget", "show", "--json"]) == 0
+        view = json.loads(capsys.readouterr().out)
+        assert view["budget"]["caps"]["lifetime"]["granted"] == 5.0
+        assert "from aggregator@openmined.org" in view["grants"][0]["reason"]
+        # The same file again, or approving again: still one grant.
+        assert main(["--config", config, "budget", "approve", "req-0001-abc"]) == 0
+        assert main(["--config", config, "budget", "requests", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["pending"] == []
+        assert main(["--config", config, "budget", "show", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["budget"]["caps"]["lifetime"]["granted"] == 5.0
+
+    def test_deny_is_final_and_answered(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """deny needs a reason, writes it back, grants nothing, and cannot be turned into an approval."""
+        config = str(write_config(tmp_path))
+        drop(self.box(tmp_path), request_doc(created_at=datetime.now(UTC).isoformat()))
+        assert main(["--config", config, "budget", "deny", "req-0001-abc", "--reason", "too much"]) == 0
+        answer = json.loads((self.box(tmp_path) / "req-0001-abc.response.json").read_text())
+        assert (answer["decision"], answer["note"], answer["granted"]) == ("denied", "too much", None)
+        assert main(["--config", config, "budget", "approve", "req-0001-abc"]) == EXIT_USAGE
+        assert "already denied" in capsys.readouterr().err
+
+    def test_unknown_request_is_a_usage_error(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Approving an id that is not a valid pending request is exit 2 with one line."""
+        config = str(write_config(tmp_path))
+        assert main(["--config", config, "budget", "approve", "nope-0000-x"]) == EXIT_USAGE
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1
+        assert "budget requests" in err
+
+
+def test_permission_file_lets_readers_write_requests_only() -> None:
+    """requests/syft.pub.yaml: readers write *.request.json, read answers, and write nothing else."""
+    text = requests.requests_permissions_text("me@example.org", [READER])
+    request_rule, response_rule = text.split("  - pattern: ")[1:]
+    assert request_rule.startswith('"*.request.json"')
+    assert f'write: ["{READER}"]' in request_rule
+    assert response_rule.startswith('"*.response.json"')
+    assert "write: []" in response_rule
+
+
+def test_syftbox_member_offers_a_request_box_end_to_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A SyftBox member's release creates requests/ with its permissions; a reader's ask is answered there."""
+    sb = tmp_path / "SyftBox"
+    config = str(write_config(tmp_path, {"syftbox": {"dir": str(sb), "email": "me@example.org"}}))
+    assert main(["--config", config, "once"]) == 0
+    box = sb / "datasites" / "me@example.org" / "app_data" / "cpu_tracker" / "requests"
+    assert (box / "syft.pub.yaml").read_text() == requests.requests_permissions_text(
+        "me@example.org", [READER]
+    )
+    drop(box, request_doc(created_at=datetime.now(UTC).isoformat(), cap="window", epsilon=2.0))
+    assert main(["--config", config, "budget", "approve", "req-0001-abc"]) == 0
+    assert "granted epsilon 2 to the window cap" in capsys.readouterr().out
+    assert json.loads((box / "req-0001-abc.response.json").read_text())["decision"] == "approved"
