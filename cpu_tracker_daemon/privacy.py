@@ -127,22 +127,19 @@ def load_mechanisms() -> dict[str, Any]:
     return {"laplace": Laplace, "gaussian": GaussianAnalytic, "snapping": Snapping}
 
 
-def add_noise(value: float, calibration: Calibration, random_state: RandomLike = None) -> float:
-    """``value`` plus the calibrated noise; unbiased and unclamped except for Snapping."""
+def make_mechanism(calibration: Calibration, random_state: RandomLike = None) -> Any:
+    """The diffprivlib mechanism for ``calibration``; ``randomise(value)`` draws one release."""
     c = calibration
     kind = load_mechanisms()[c.mechanism]
     if c.mechanism == GAUSSIAN:
-        mechanism = kind(
-            epsilon=c.epsilon, delta=c.delta, sensitivity=c.sensitivity, random_state=random_state
+        return kind(epsilon=c.epsilon, delta=c.delta, sensitivity=c.sensitivity, random_state=random_state)
+    if c.mechanism == SNAPPING:
+        return kind(
+            epsilon=c.epsilon, sensitivity=c.sensitivity, lower=c.lower, upper=c.upper, random_state=random_state
         )
-    elif c.mechanism == SNAPPING:
-        mechanism = kind(
-            epsilon=c.epsilon,
-            sensitivity=c.sensitivity,
-            lower=c.lower,
-            upper=c.upper,
-            random_state=random_state,
-        )
-    else:
-        mechanism = kind(epsilon=c.epsilon, delta=0.0, sensitivity=c.sensitivity, random_state=random_state)
-    return float(mechanism.randomise(value))
+    return kind(epsilon=c.epsilon, delta=0.0, sensitivity=c.sensitivity, random_state=random_state)
+
+
+def add_noise(value: float, calibration: Calibration, random_state: RandomLike = None) -> float:
+    """``value`` plus the calibrated noise; unbiased and unclamped except for Snapping."""
+    return float(make_mechanism(calibration, random_state).randomise(value))
