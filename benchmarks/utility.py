@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     print(f"true value {args.true:g}%, {releases} releases per row, {networks} networks of {NETWORK}\n")
     print(
-        "| mechanism | unit | epsilon | MAE measured | MAE theory | bias +- s.e. | bias zero? | network MAE (theory) |"
+        "| mechanism | unit | epsilon | MAE measured | MAE theory | bias +- s.e. | bias zero? "
+        "| network MAE (theory) |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     failures = 0

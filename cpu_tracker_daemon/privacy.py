@@ -135,7 +135,11 @@ def make_mechanism(calibration: Calibration, random_state: RandomLike = None) ->
         return kind(epsilon=c.epsilon, delta=c.delta, sensitivity=c.sensitivity, random_state=random_state)
     if c.mechanism == SNAPPING:
         return kind(
-            epsilon=c.epsilon, sensitivity=c.sensitivity, lower=c.lower, upper=c.upper, random_state=random_state
+            epsilon=c.epsilon,
+            sensitivity=c.sensitivity,
+            lower=c.lower,
+            upper=c.upper,
+            random_state=random_state,
         )
     return kind(epsilon=c.epsilon, delta=0.0, sensitivity=c.sensitivity, random_state=random_state)
 
