@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 LAPLACE = "laplace"
@@ -72,27 +73,39 @@ class Guarantee:
     method: str
 
 
-def compose(events: Sequence[Event], delta: float) -> Guarantee:
+Events = Sequence[Event] | Mapping[Event, int]  # a list, or a multiset: event -> how many times
+
+
+def counted(events: Events) -> dict[Event, int]:
+    """``events`` as a multiset, so composing a long history costs no more than its distinct kinds."""
+    counts = events if isinstance(events, Mapping) else Counter(events)
+    return {event: n for event, n in counts.items() if n > 0}
+
+
+def compose(events: Events, delta: float) -> Guarantee:
     """The smallest epsilon provable at total delta ``delta`` for all ``events`` together.
 
     Summation is always a candidate when its deltas fit, so the result is never looser than it.
     """
-    if not events:
+    counts = counted(events)
+    if not counts:
         return Guarantee(0.0, 0.0, "none")
     candidates: list[Guarantee] = []
-    summed_delta = math.fsum(e.delta for e in events)
+    summed_delta = math.fsum(e.delta * n for e, n in counts.items())
     if summed_delta <= delta:
-        candidates.append(Guarantee(math.fsum(e.epsilon for e in events), summed_delta, "sum"))
+        candidates.append(Guarantee(math.fsum(e.epsilon * n for e, n in counts.items()), summed_delta, "sum"))
     if delta > 0:
-        rho = math.fsum(e.rho for e in events)
+        rho = math.fsum(e.rho * n for e, n in counts.items())
         candidates.append(Guarantee(zcdp_epsilon(rho, delta), delta, "zcdp"))
-        pure = [e for e in events if e.delta == 0]
-        gaussians = [e for e in events if e.mechanism == GAUSSIAN]
-        if gaussians and len(pure) + len(gaussians) == len(events):
-            mu = math.sqrt(math.fsum(e.mu * e.mu for e in gaussians))
+        pure = {e: n for e, n in counts.items() if e.delta == 0}
+        gaussians = {e: n for e, n in counts.items() if e.mechanism == GAUSSIAN}
+        if gaussians and len(pure) + len(gaussians) == len(counts):
+            mu = math.sqrt(math.fsum(e.mu * e.mu * n for e, n in gaussians.items()))
             exact = gaussian_epsilon(mu, delta)
             method = "gaussian-exact" if not pure else "sum+gaussian-exact"
-            candidates.append(Guarantee(math.fsum(e.epsilon for e in pure) + exact, delta, method))
+            candidates.append(
+                Guarantee(math.fsum(e.epsilon * n for e, n in pure.items()) + exact, delta, method)
+            )
     if not candidates:
         return Guarantee(math.inf, summed_delta, "none")
     return min(candidates, key=lambda g: (g.epsilon, g.delta))
@@ -179,19 +192,19 @@ def releases_within(
     event: Event,
     epsilon_cap: float,
     delta_cap: float,
-    prior: Sequence[Event] = (),
+    prior: Events = (),
     limit: int = 100_000,
     tolerance: float = 0.0,
 ) -> int:
     """How many more copies of ``event`` fit under (epsilon_cap, delta_cap) after ``prior``."""
-    history = list(prior)
+    history = counted(prior)
+    already = history.get(event, 0)
 
     def fits(k: int) -> bool:
-        return compose(history + [event] * k, delta_cap).epsilon <= epsilon_cap + tolerance
+        return compose({**history, event: already + k}, delta_cap).epsilon <= epsilon_cap + tolerance
 
     if not fits(0) or not fits(1):
         return 0
-
     lo, hi = 1, 2
     while hi <= limit and fits(hi):
         lo, hi = hi, hi * 2

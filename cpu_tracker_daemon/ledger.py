@@ -144,15 +144,21 @@ class CapStatus:
     delta: float = 0.0
     granted_delta: float = 0.0
     method: str = "none"
-    events: tuple[Event, ...] = ()
+    counts: tuple[tuple[Event, int], ...] = ()  # the spends it covers, by kind
 
     @property
     def remaining(self) -> float:
         return max(self.limit - self.spent, 0.0)
 
+    @property
+    def releases(self) -> int:
+        return sum(n for _, n in self.counts)
+
     def cost_with(self, event: Event) -> float:
-        """The epsilon this cap's events would add up to with ``event`` added."""
-        return compose([*self.events, event], self.delta).epsilon
+        """The epsilon this cap's spends would add up to with ``event`` added."""
+        counts = dict(self.counts)
+        counts[event] = counts.get(event, 0) + 1
+        return compose(counts, self.delta).epsilon
 
     def fits(self, event: Event) -> bool:
         return self.cost_with(event) <= self.limit + _TOLERANCE * max(1.0, self.limit)
@@ -296,16 +302,28 @@ class Ledger:
             else "SELECT cap, TOTAL(epsilon), 0.0 FROM grants GROUP BY cap"
         ):
             granted[cap] = [float(epsilon), float(delta)]
-        rows = conn.execute("SELECT reserved_ts, mechanism, epsilon, delta FROM spends ORDER BY reserved_ts")
-        spends = [(ts, event_of(mechanism, eps, delta)) for ts, mechanism, eps, delta in rows]
         cutoff = now_ts - caps.window_hours * 3600.0
+        # Grouped by kind, so the cost does not grow with the length of the history.
+        lifetime = conn.execute(
+            "SELECT mechanism, epsilon, delta, COUNT(*) FROM spends GROUP BY mechanism, epsilon, delta"
+        ).fetchall()
+        window = conn.execute(
+            "SELECT mechanism, epsilon, delta, COUNT(*) FROM spends WHERE reserved_ts > ? "
+            "GROUP BY mechanism, epsilon, delta",
+            (cutoff,),
+        ).fetchall()
+        (last_ts,) = conn.execute("SELECT MAX(reserved_ts) FROM spends").fetchone()
         anchor = conn.execute("SELECT anchor_ts FROM cooldown WHERE id = 1").fetchone()
 
-        def cap_status(name: str, epsilon: float, delta: float, events: tuple[Event, ...]) -> CapStatus:
+        def cap_status(name: str, epsilon: float, delta: float, rows: list[Any]) -> CapStatus:
+            counts: dict[Event, int] = {}
+            for mechanism, eps, spend_delta, n in rows:
+                event = event_of(mechanism, eps, spend_delta)
+                counts[event] = counts.get(event, 0) + int(n)
             base = min(epsilon, float(meta[f"base_{name}_epsilon"]))
             base_delta = min(delta, float(meta.get(f"base_{name}_delta", 0.0)))
             limit_delta = base_delta + granted[name][1]
-            composed = compose(events, limit_delta)
+            composed = compose(counts, limit_delta)
             return CapStatus(
                 name,
                 base + granted[name][0],
@@ -315,27 +333,25 @@ class Ledger:
                 limit_delta,
                 granted[name][1],
                 composed.method,
-                events,
+                tuple(counts.items()),
             )
 
+        life = cap_status("lifetime", caps.lifetime_epsilon, caps.lifetime_delta, lifetime)
         return BudgetStatus(
-            lifetime=cap_status(
-                "lifetime", caps.lifetime_epsilon, caps.lifetime_delta, tuple(e for _, e in spends)
-            ),
-            window=cap_status(
-                "window", caps.window_epsilon, caps.window_delta, tuple(e for ts, e in spends if ts > cutoff)
-            ),
-            releases=len(spends),
-            last_release_at=iso(spends[-1][0]) if spends else None,
+            lifetime=life,
+            window=cap_status("window", caps.window_epsilon, caps.window_delta, window),
+            releases=life.releases,
+            last_release_at=iso(last_ts) if last_ts is not None else None,
             cooldown_anchor_ts=float(anchor[0]) if anchor else None,
         )
 
-    def spend_times(self) -> list[float]:
-        """When each spend was reserved, oldest first."""
+    def spend_times(self, after: float) -> list[float]:
+        """When each spend reserved after ``after`` (a timestamp) was reserved, oldest first."""
         with self._guard() as conn:
-            return [
-                float(ts) for (ts,) in conn.execute("SELECT reserved_ts FROM spends ORDER BY reserved_ts")
-            ]
+            rows = conn.execute(
+                "SELECT reserved_ts FROM spends WHERE reserved_ts > ? ORDER BY reserved_ts", (after,)
+            )
+            return [float(ts) for (ts,) in rows]
 
     def unfinished(self) -> list[Unfinished]:
         """Reserved releases with no terminal outcome, oldest first."""

@@ -29,7 +29,7 @@ class Snapshot:
     calibration: Calibration
     status: BudgetStatus
     grants: list[Grant]
-    spend_times: list[float]  # reserved_ts of every spend, oldest first
+    spend_times: list[float]  # reserved_ts of the spends in the rolling window, oldest first
     ledger_exists: bool
 
     @property
@@ -48,7 +48,7 @@ def snapshot(config: Config, now: datetime) -> Snapshot:
         with ledger:
             status = ledger.status(caps, now)
             grants = ledger.grants()
-            times = ledger.spend_times()
+            times = ledger.spend_times(now.timestamp() - caps.window_hours * 3600.0)
     return Snapshot(
         config=config,
         now=now,
@@ -160,7 +160,7 @@ def _at(start: float, every: float, releases: int) -> str:
 
 
 def _lifetime_left(cap: CapStatus, event: Event) -> int:
-    return releases_within(event, cap.limit, cap.delta, prior=cap.events, tolerance=_tolerance(cap))
+    return releases_within(event, cap.limit, cap.delta, prior=dict(cap.counts), tolerance=_tolerance(cap))
 
 
 def _tolerance(cap: CapStatus) -> float:
@@ -172,14 +172,14 @@ def _window_pause(
 ) -> int | None:
     """How many scheduled releases happen before the rolling window first refuses one; None: never.
 
-    The next release is checked against the real events in the window. Later ones count
+    The next release is checked against the real spends in the window. Later ones count
     releases: past ones in the window are taken to cost what the next one costs, which is exact
     unless the privacy settings changed within the window.
     """
     if not cap.fits(event):
         return 0
     fit = releases_within(event, cap.limit, cap.delta, tolerance=_tolerance(cap))
-    recent = times[len(times) - len(cap.events) :]
+    recent = times
     slots = math.ceil(window_seconds / every) + 1
     oldest = 0
     for k in range(1, len(recent) + slots + 1):
@@ -227,7 +227,7 @@ def privacy_report(snap: Snapshot, planned: dict[str, Any]) -> str:
         (status.window, f"last {config.budget.window_hours:g} h"),
         (status.lifetime, "all history"),
     ):
-        count = len(cap.events)
+        count = cap.releases
         spent = "nothing" if count == 0 else f"epsilon {cap.spent:.3g} at delta {cap.delta:g} ({cap.method})"
         lines.append(
             f"  {label}: {count} release{'s' if count != 1 else ''}, {spent}; "

@@ -8,9 +8,7 @@ stops or enables a service: the command it prints does that.
 from __future__ import annotations
 
 import os
-import plistlib
 import shutil
-import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -236,6 +234,8 @@ def _systemd_unit(target: Target) -> str:
 
 
 def _launchd_plist(target: Target) -> str:
+    import plistlib  # here, not at the top: the CLI builds its parser from this module
+
     log = target.log_file
     assert log is not None
     env = {name: str(path) for name, path in target.directories.items()}
@@ -351,6 +351,8 @@ def _content(plan: Plan, path: Path) -> str:
 
 
 def _make_system_user(root: Path, conf: Path) -> None:
+    import subprocess
+
     tool = shutil.which("systemd-sysusers")
     if tool is None:
         raise ServiceError(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -126,7 +125,7 @@ def prepare(layout: Layout) -> None:
             directory.mkdir(parents=True, exist_ok=True, mode=mode)
             if mode == PRIVATE_DIR_MODE:
                 directory.chmod(mode)  # ours: never leave private data group-readable
-            probe = directory / f".write-probe.{secrets.token_hex(4)}{_TMP_SUFFIX}"
+            probe = directory / f".write-probe.{os.urandom(4).hex()}{_TMP_SUFFIX}"
             probe.touch(mode=0o600)
             probe.unlink()
         except OSError as exc:
@@ -167,7 +166,7 @@ def atomic_write(path: Path, data: bytes, mode: int) -> None:
 
     The temp file is removed on any failure, and the previous ``path`` stays intact.
     """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{_TMP_SUFFIX}")
+    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}{_TMP_SUFFIX}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:
