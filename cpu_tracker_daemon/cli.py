@@ -517,7 +517,7 @@ def _budget_requests(config: Config, as_json: bool) -> int:
 
 def _budget_decide(config: Config, request_id: str, decision: str, note: str) -> int:
     from cpu_tracker_daemon import requests, storage
-    from cpu_tracker_daemon.ledger import Decision, open_ledger
+    from cpu_tracker_daemon.ledger import open_ledger
     from cpu_tracker_daemon.tracker import caps_for
 
     layout = storage.layout_for(config)
@@ -525,38 +525,16 @@ def _budget_decide(config: Config, request_id: str, decision: str, note: str) ->
     ledger = open_ledger(layout.ledger, caps_for(config), now, create=True)
     assert ledger is not None
     with ledger:
-        decisions = ledger.decisions()
-        earlier = decisions.get(request_id)
-        if earlier is not None and earlier.decision != decision:
-            raise UsageError(f"request {request_id} was already {earlier.decision}; a decision is final")
-        if earlier is None:
-            found = requests.scan(layout.requests_dir, config.syftbox.readers, decisions, now)
-            request = next((r for r in found.pending if r.request_id == request_id), None)
-            if request is None:
-                raise UsageError(
-                    f"no valid pending request {request_id}; 'cpu-tracker budget requests' lists them"
-                )
-            earlier = Decision(
-                request_id=request.request_id,
-                requester=request.requester,
-                cap=request.cap,
-                epsilon=request.epsilon,
-                delta=request.delta,
-                reason=request.reason,
-                decision=decision,
-                note=note.strip(),
-                decided_by=_who(),
-                decided_at=now.isoformat(),
-            )
-            ledger.decide(earlier)
-    requests.ensure_requests_dir(layout)
-    path = requests.write_response(layout.requests_dir, earlier)
+        final = requests.decide(
+            ledger, layout, config.syftbox.readers, request_id, decision, note, _who(), now
+        )
+    path = requests.write_response(requests.ensure_requests_dir(layout), final)
     what = (
-        f"granted epsilon {earlier.epsilon:g}"
-        + (f" and delta {earlier.delta:g}" if earlier.delta else "")
-        + f" to the {earlier.cap} cap"
+        f"granted epsilon {final.epsilon:g}"
+        + (f" and delta {final.delta:g}" if final.delta else "")
+        + f" to the {final.cap} cap"
         if decision == "approved"
         else "denied"
     )
-    print(f"request {request_id} from {earlier.requester}: {what}; answer written to {path}")
+    print(f"request {request_id} from {final.requester}: {what}; answer written to {path}")
     return EXIT_OK

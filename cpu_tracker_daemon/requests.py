@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from cpu_tracker_daemon import storage
-from cpu_tracker_daemon.errors import OutputError
-from cpu_tracker_daemon.ledger import CAPS, Decision
+from cpu_tracker_daemon.errors import OutputError, UsageError
+from cpu_tracker_daemon.ledger import CAPS, Decision, Ledger
 
 REQUEST_SCHEMA = "cpu-tracker/budget-request"
 RESPONSE_SCHEMA = "cpu-tracker/budget-response"
@@ -219,6 +219,47 @@ def scan(directory: Path, readers: Iterable[str], decided: Iterable[str], now: d
             asks.add(request.ask)
             result.pending.append(request)
     return result
+
+
+def decide(
+    ledger: Ledger,
+    layout: storage.Layout,
+    readers: Iterable[str],
+    request_id: str,
+    decision: str,
+    note: str,
+    decided_by: str,
+    now: datetime,
+) -> Decision:
+    """Approve or deny a valid pending request, in the ledger; return the decision to answer with.
+
+    Deciding again the same way returns the recorded decision (so a lost answer can be
+    rewritten); the other way is refused, since a decision is final.
+    """
+    decisions = ledger.decisions()
+    earlier = decisions.get(request_id)
+    if earlier is not None:
+        if earlier.decision != decision:
+            raise UsageError(f"request {request_id} was already {earlier.decision}; a decision is final")
+        return earlier
+    found = scan(layout.requests_dir, readers, decisions, now)
+    request = next((r for r in found.pending if r.request_id == request_id), None)
+    if request is None:
+        raise UsageError(f"no valid pending request {request_id}; 'cpu-tracker budget requests' lists them")
+    final = Decision(
+        request_id=request.request_id,
+        requester=request.requester,
+        cap=request.cap,
+        epsilon=request.epsilon,
+        delta=request.delta,
+        reason=request.reason,
+        decision=decision,
+        note=note.strip(),
+        decided_by=decided_by,
+        decided_at=now.isoformat(),
+    )
+    ledger.decide(final)
+    return final
 
 
 def response_record(decision: Decision) -> dict[str, Any]:
