@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     csub.add_parser("check", help="validate the configuration and the directories it names")
     cshow = csub.add_parser("show", help="the effective configuration, defaults filled in")
     cshow.add_argument("--json", action="store_true", help="JSON instead of TOML")
+    aggregate = sub.add_parser("aggregate", help="one aggregation pass over the SyftBox tree's releases")
+    aggregate.add_argument("--json", action="store_true", help="print the aggregate record")
     _add_service_parser(sub)
     return parser
 
@@ -242,6 +244,8 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path | None, env: 
         return EXIT_OK
     if args.command == "once":
         return _once(config, force=args.force)
+    if args.command == "aggregate":
+        return _aggregate(config, as_json=args.json)
     if args.command == "status":
         return _status(config, path, as_json=args.json)
     if args.command == "budget":
@@ -537,4 +541,34 @@ def _budget_decide(config: Config, request_id: str, decision: str, note: str) ->
         else "denied"
     )
     print(f"request {request_id} from {final.requester}: {what}; answer written to {path}")
+    return EXIT_OK
+
+
+def _aggregate(config: Config, as_json: bool) -> int:
+    from cpu_tracker_daemon import logs, storage
+    from cpu_tracker_daemon.aggregate import Aggregator, output_dir
+    from cpu_tracker_daemon.daemon import AGGREGATE_LOCK, InstanceLock
+    from cpu_tracker_daemon.logs import get_logger
+
+    if config.syftbox.dir is None:
+        raise ConfigError(["aggregate reads the peers from [syftbox] dir; set [syftbox] dir and email"])
+    # Logs to stderr, so that stdout holds only the result.
+    logs.configure(config.logging.format, config.logging.level, config.logging.file, stream=sys.stderr)
+    layout = storage.layout_for(config)
+    storage.prepare(layout)
+    with InstanceLock(layout.state_dir / AGGREGATE_LOCK):
+        result = Aggregator(config, get_logger("cpu_tracker.aggregate")).run_pass()
+    get_logger("cpu_tracker.aggregate").info("aggregate.finished", **result.log_fields())
+    if as_json:
+        print(json.dumps(result.record, indent=2))
+        return EXIT_OK
+    est = result.estimate
+    where = output_dir(config)
+    if est is None:
+        print(f"no valid peer releases; skipped: {dict(result.skipped) or 'none'}; wrote {where}")
+    else:
+        print(
+            f"network CPU {est.mean:.1f}% (95% interval {est.ci_low:.1f} to {est.ci_high:.1f}) from "
+            f"{est.peers} peers; skipped: {dict(result.skipped) or 'none'}; wrote {where}"
+        )
     return EXIT_OK

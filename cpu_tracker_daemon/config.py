@@ -94,6 +94,23 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class AggregatorConfig:
+    """The network view: read every peer's release in the SyftBox tree and publish the estimate."""
+
+    enabled: bool = False
+    every_seconds: float = 3600.0
+    max_age_seconds: float = 7200.0
+    publish_peers: bool = False
+    history_length: int = 720
+    max_weight_ratio: float = 10.0
+
+
+@dataclass(frozen=True)
+class PrometheusConfig:
+    textfile_dir: Path | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -102,6 +119,8 @@ class Config:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     syftbox: SyftboxConfig = field(default_factory=SyftboxConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
+    prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
     source: Path | None = None
 
 
@@ -128,6 +147,15 @@ _SCHEMA: dict[str, dict[str, str]] = {
     },
     "syftbox": {"dir": "path", "email": "str", "readers": "emails"},
     "logging": {"format": "str", "level": "str", "file": "path"},
+    "aggregator": {
+        "enabled": "bool",
+        "every_seconds": "float",
+        "max_age_seconds": "float",
+        "publish_peers": "bool",
+        "history_length": "int",
+        "max_weight_ratio": "float",
+    },
+    "prometheus": {"textfile_dir": "path"},
 }
 _KIND_HINT = {
     "int": "a whole number",
@@ -135,6 +163,7 @@ _KIND_HINT = {
     "str": "a quoted string",
     "path": "a quoted path",
     "emails": "a list of quoted email addresses",
+    "bool": "true or false",
 }
 
 
@@ -252,6 +281,8 @@ def parse_config(
             budget=BudgetConfig(**values["budget"]),
             syftbox=SyftboxConfig(**values["syftbox"]),
             logging=LoggingConfig(**values["logging"]),
+            aggregator=AggregatorConfig(**values["aggregator"]),
+            prometheus=PrometheusConfig(**values["prometheus"]),
             source=source,
         )
     except TypeError as exc:  # pragma: no cover - the schema and the dataclasses agree
@@ -275,6 +306,8 @@ def _unknown(name: str, known: list[str], what: str = "key") -> str:
 
 def _convert(name: str, kind: str, value: Any, base: Path) -> tuple[Any, str]:
     wrong = f"{name} must be {_KIND_HINT[kind]}, not {type(value).__name__} {value!r}; fix its type"
+    if kind == "bool":
+        return (value, "") if isinstance(value, bool) else (None, wrong)
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             return None, wrong
@@ -352,6 +385,7 @@ def _check(config: Config) -> list[str]:
             problems.append(f"budget.{name} must be in [0, 1) (got {getattr(b, name):g}); use e.g. 1e-6")
     if not problems:
         problems.extend(_one_release_fits(config))
+    problems.extend(_check_aggregator(config))
     sb = config.syftbox
     if (sb.dir is None) != (not sb.email):
         problems.append("syftbox.dir and syftbox.email go together; set both or neither")
@@ -365,6 +399,24 @@ def _check(config: Config) -> list[str]:
         problems.append(
             f"logging.level must be one of {', '.join(LOG_LEVELS)} (got {config.logging.level!r})"
         )
+    return problems
+
+
+def _check_aggregator(config: Config) -> list[str]:
+    agg = config.aggregator
+    problems = [
+        f"aggregator.{name} must be greater than 0 (got {value:g}); set a positive value"
+        for name, value in (("every_seconds", agg.every_seconds), ("max_age_seconds", agg.max_age_seconds))
+        if value <= 0
+    ]
+    if not 1 <= agg.history_length <= 100_000:
+        problems.append(f"aggregator.history_length must be 1 to 100000 (got {agg.history_length}); e.g. 720")
+    if agg.max_weight_ratio < 1:
+        problems.append(
+            f"aggregator.max_weight_ratio must be at least 1 (got {agg.max_weight_ratio:g}); e.g. 10"
+        )
+    if agg.enabled and config.syftbox.dir is None:
+        problems.append("aggregator.enabled needs [syftbox] dir and email: the peers are read from that tree")
     return problems
 
 

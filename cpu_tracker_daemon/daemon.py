@@ -30,6 +30,8 @@ from cpu_tracker_daemon.sampling import CpuSource, PsutilCpuSource
 from cpu_tracker_daemon.tracker import Clock, CycleLog, CycleResult, Tracker, utc_now
 
 JOB_ID = "release"
+AGGREGATE_JOB_ID = "aggregate"
+AGGREGATE_LOCK = "aggregate.lock"
 
 
 class InstanceLock:
@@ -108,6 +110,7 @@ class Daemon:
         self._config = config
         self._layout = storage.layout_for(config)
         self._tracker: Tracker | None = None
+        self._aggregator: Any = None
         self._scheduler: Any = None
 
     def _make_tracker(self, config: Config) -> Tracker:
@@ -189,7 +192,8 @@ class Daemon:
 
         self._scheduler = BackgroundScheduler(
             timezone="UTC",
-            executors={"default": ThreadPoolExecutor(max_workers=1)},
+            # A second worker lets an aggregation pass run during a member's sampling window.
+            executors={"default": ThreadPoolExecutor(max_workers=2)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         self._scheduler.add_job(
@@ -199,7 +203,50 @@ class Daemon:
             name="cpu-tracker release",
             next_run_time=first_run,
         )
+        self._schedule_aggregator(self._config)
         self._scheduler.start()
+
+    def _schedule_aggregator(self, config: Config) -> None:
+        """Add, change or remove the aggregation job to match ``config``."""
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        job = self._scheduler.get_job(AGGREGATE_JOB_ID)
+        if not config.aggregator.enabled:
+            if job is not None:
+                self._scheduler.remove_job(AGGREGATE_JOB_ID)
+            return
+        trigger = IntervalTrigger(seconds=config.aggregator.every_seconds, timezone="UTC")
+        if job is None:
+            self._scheduler.add_job(
+                self._aggregate_job,
+                trigger=trigger,
+                id=AGGREGATE_JOB_ID,
+                name="cpu-tracker aggregation",
+                next_run_time=self._clock(),
+            )
+        else:
+            self._scheduler.modify_job(AGGREGATE_JOB_ID, trigger=trigger)
+
+    def _aggregate_job(self) -> None:
+        """One pass, under the aggregation lock; like the release job, never calls the scheduler."""
+        from cpu_tracker_daemon.aggregate import Aggregator
+
+        config = self._config
+        if self._aggregator is None or self._aggregator.config is not config:
+            self._aggregator = Aggregator(config, self._log, self._clock)
+        try:
+            with InstanceLock(self._layout.state_dir / AGGREGATE_LOCK):
+                result = self._aggregator.run_pass()
+        except AnotherInstanceError:
+            self._log.info("aggregate.skipped", detail="another aggregation pass is running")
+            return
+        except CpuTrackerError as exc:
+            self._log.error("aggregate.failed", detail=str(exc))
+            return
+        except Exception:  # noqa: BLE001 - a bug in one pass must not kill the schedule
+            self._log.exception("aggregate.crashed")
+            return
+        self._log.info("aggregate.finished", **result.log_fields())
 
     @staticmethod
     def _trigger(config: Config) -> Any:
@@ -277,6 +324,7 @@ class Daemon:
         job = self._scheduler.get_job(JOB_ID)
         next_run = job.next_run_time if job is not None else self._clock()
         self._scheduler.modify_job(JOB_ID, trigger=self._trigger(config), next_run_time=next_run)
+        self._schedule_aggregator(config)
         self._log.info("config.reloaded", every_seconds=config.schedule.every_seconds)
         self._notifier.send(READY="1", STATUS="configuration reloaded")
 

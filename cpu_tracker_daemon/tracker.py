@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cpu_tracker_daemon import requests, storage
+from cpu_tracker_daemon import metrics, requests, storage
 from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.errors import (
     BudgetExhaustedError,
@@ -225,6 +225,7 @@ class Tracker:
         )
         self._write_public(public)
         ledger.record(release_id, "published", self.clock())
+        self._write_metrics(noisy, calibration.noise_stddev, after)
         return CycleResult(
             outcome="released",
             duration_seconds=self.monotonic() - started,
@@ -234,6 +235,23 @@ class Tracker:
             next_due_at=window.start + self.every,
             recovered=recovered,
         )
+
+    def _write_metrics(self, noisy: float, stddev: float, budget: BudgetStatus) -> None:
+        """The node_exporter textfile, if configured; a failure here never fails the release."""
+        directory = self.config.prometheus.textfile_dir
+        if directory is None:
+            return
+        text = metrics.member_text(
+            noisy,
+            stddev,
+            {cap.name: cap.spent for cap in budget.caps},
+            {cap.name: cap.remaining for cap in budget.caps},
+            self.clock().timestamp(),
+        )
+        try:
+            metrics.write_textfile(directory, metrics.MEMBER_FILE, text)
+        except (OutputError, OSError) as exc:
+            self.log.warning("metrics.write_failed", detail=str(exc))
 
     def _write_public(self, record: dict[str, Any]) -> None:
         storage.ensure_syft_permissions(self.layout)

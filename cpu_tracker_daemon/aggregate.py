@@ -1,0 +1,217 @@
+"""One aggregation pass: read every peer's release, estimate the network mean, publish it.
+
+Outputs go to the aggregator's own datasite, ``datasites/<email>/public/cpu_tracker/``, each
+written atomically: ``aggregate.json`` (the latest estimate), ``history.json`` (a bounded rolling
+history), ``index.html`` (the dashboard) and a ``syft.pub.yaml`` that makes them public. Nothing
+there names a peer unless ``[aggregator] publish_peers`` is set. Bad peer files are counted by
+reason and logged once per peer and reason; they never stop the pass or change its result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cpu_tracker_daemon import __version__, dashboard, metrics, storage
+from cpu_tracker_daemon.config import Config
+from cpu_tracker_daemon.estimate import Estimate, estimate
+from cpu_tracker_daemon.peers import PeerRelease, Skipped, peer_names, read_release
+
+SCHEMA = "cpu-tracker/aggregate"
+HISTORY_SCHEMA = "cpu-tracker/aggregate-history"
+SCHEMA_VERSION = 1
+AGGREGATE_NAME = "aggregate.json"
+HISTORY_NAME = "history.json"
+DASHBOARD_NAME = "index.html"
+
+Clock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def output_dir(config: Config) -> Path:
+    sb = config.syftbox
+    assert sb.dir is not None
+    return sb.dir / "datasites" / sb.email / "public" / storage.APP_DIR
+
+
+def public_permissions_text(owner: str) -> str:
+    return (
+        "# Written by cpu-tracker: the network aggregate is public.\n"
+        "terminal: false\n"
+        "rules:\n"
+        '  - pattern: "**"\n'
+        "    access:\n"
+        f"      admin: {json.dumps([owner])}\n"
+        "      write: []\n"
+        '      read: ["*"]\n'
+    )
+
+
+@dataclass
+class PassResult:
+    record: dict[str, Any]
+    estimate: Estimate | None
+    skipped: Counter[str]
+    duration_seconds: float
+
+    def log_fields(self) -> dict[str, Any]:
+        est = self.estimate
+        return {
+            "peers": est.peers if est else 0,
+            "mean": round(est.mean, 3) if est else None,
+            "ci95": [round(est.ci_low, 3), round(est.ci_high, 3)] if est else None,
+            "skipped": dict(self.skipped),
+            "duration_seconds": round(self.duration_seconds, 3),
+        }
+
+
+@dataclass
+class Aggregator:
+    """Runs passes; remembers which (peer, reason) it has logged so each is logged once."""
+
+    config: Config
+    log: Any
+    clock: Clock = _utc_now
+    _logged: set[tuple[str, str]] = field(default_factory=set)
+
+    def run_pass(self) -> PassResult:
+        started = time.monotonic()
+        now = self.clock()
+        agg = self.config.aggregator
+        sb = self.config.syftbox
+        assert sb.dir is not None
+        datasites = sb.dir / "datasites"
+        max_age = timedelta(seconds=agg.max_age_seconds)
+        accepted: list[PeerRelease] = []
+        skipped: Counter[str] = Counter()
+        for peer in peer_names(datasites):
+            try:
+                accepted.append(read_release(datasites, peer, now, max_age))
+            except Skipped as why:
+                reason = str(why)
+                skipped[reason] += 1
+                if reason != "no release" and (peer, reason) not in self._logged:
+                    self._logged.add((peer, reason))
+                    self.log.warning("peer.skipped", peer=peer, reason=reason)
+        est = (
+            estimate([r.cpu for r in accepted], [r.noise_stddev for r in accepted], agg.max_weight_ratio)
+            if accepted
+            else None
+        )
+        record = self._record(now, est, accepted, skipped)
+        self._publish(record, now)
+        return PassResult(record, est, skipped, time.monotonic() - started)
+
+    def _record(
+        self, now: datetime, est: Estimate | None, accepted: list[PeerRelease], skipped: Counter[str]
+    ) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "computed_at": now.isoformat(),
+            "estimate": None,
+            "skipped": dict(sorted(skipped.items())),
+            "max_age_seconds": self.config.aggregator.max_age_seconds,
+            "generator": f"cpu-tracker {__version__}",
+        }
+        if est is not None:
+            record["estimate"] = {
+                "mean": est.mean,
+                "standard_error": est.standard_error,
+                "ci95": [est.ci_low, est.ci_high],
+                "peers": est.peers,
+                "between_peer_sd": est.between_peer_sd,
+                "max_weight_share": est.max_weight_share,
+                "oldest_release": min(r.timestamp for r in accepted).astimezone(UTC).isoformat(),
+                "newest_release": max(r.timestamp for r in accepted).astimezone(UTC).isoformat(),
+            }
+        if self.config.aggregator.publish_peers:
+            record["peers"] = [
+                {
+                    "peer": r.peer,
+                    "cpu": r.cpu,
+                    "noise_stddev": r.noise_stddev,
+                    "timestamp": r.timestamp.isoformat(),
+                }
+                for r in accepted
+            ]
+        return record
+
+    def _publish(self, record: dict[str, Any], now: datetime) -> None:
+        directory = output_dir(self.config)
+        directory.mkdir(mode=storage.PUBLIC_DIR_MODE, parents=True, exist_ok=True)
+        owner = self.config.syftbox.email
+        perms = directory / storage.SYFT_PERM_NAME
+        if storage.read_text(perms) != public_permissions_text(owner):
+            storage.atomic_write(perms, public_permissions_text(owner).encode(), storage.PUBLIC_FILE_MODE)
+        history = self._history(directory)
+        est = record["estimate"]
+        if est is not None:
+            history.append(
+                {
+                    "computed_at": record["computed_at"],
+                    "mean": est["mean"],
+                    "ci95_low": est["ci95"][0],
+                    "ci95_high": est["ci95"][1],
+                    "peers": est["peers"],
+                }
+            )
+        history = history[-self.config.aggregator.history_length :]
+        storage.write_json(directory / AGGREGATE_NAME, record, storage.PUBLIC_FILE_MODE)
+        storage.write_json(
+            directory / HISTORY_NAME,
+            {"schema": HISTORY_SCHEMA, "schema_version": SCHEMA_VERSION, "entries": history},
+            storage.PUBLIC_FILE_MODE,
+        )
+        page = dashboard.render(record, history)
+        storage.atomic_write(directory / DASHBOARD_NAME, page.encode(), storage.PUBLIC_FILE_MODE)
+        textfile_dir = self.config.prometheus.textfile_dir
+        if textfile_dir is not None:
+            metrics.write_textfile(
+                textfile_dir,
+                metrics.NETWORK_FILE,
+                metrics.network_text(
+                    est["mean"] if est else None,
+                    (est["ci95"][0], est["ci95"][1]) if est else None,
+                    est["peers"] if est else 0,
+                    record["skipped"],
+                    now.timestamp(),
+                ),
+            )
+
+    def _history(self, directory: Path) -> list[dict[str, Any]]:
+        """The previous entries; a damaged history file is set aside (never silently lost)."""
+        path = directory / HISTORY_NAME
+        if not path.exists():
+            return []
+        doc = storage.read_json(path)
+        entries = doc.get("entries") if doc and doc.get("schema") == HISTORY_SCHEMA else None
+        if not isinstance(entries, list) or not all(_entry_ok(e) for e in entries):
+            aside = path.with_name(f"{HISTORY_NAME}.damaged-{int(time.time())}")
+            path.replace(aside)
+            self.log.warning("history.set_aside", path=str(aside), detail="unreadable history; starting anew")
+            return []
+        return entries
+
+
+def _entry_ok(entry: Any) -> bool:
+    if not isinstance(entry, dict) or not isinstance(entry.get("computed_at"), str):
+        return False
+    try:
+        when = datetime.fromisoformat(entry["computed_at"])
+    except ValueError:
+        return False
+    numbers = [entry.get(k) for k in ("mean", "ci95_low", "ci95_high")]
+    return when.tzinfo is not None and all(
+        isinstance(n, int | float) and not isinstance(n, bool) and math.isfinite(n) for n in numbers
+    )

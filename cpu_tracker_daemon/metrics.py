@@ -1,0 +1,116 @@
+"""Prometheus node_exporter textfiles: the member's and the aggregator's figures as gauges.
+
+Plain text exposition format with ``# HELP`` and ``# TYPE`` lines, written atomically: the temp
+name ends in ``.tmp`` (node_exporter only reads ``*.prom``), mode 0644, fsynced, then renamed.
+Only noisy, already-published figures appear here, never a raw mean.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from cpu_tracker_daemon import storage
+
+MEMBER_FILE = "cpu_tracker.prom"
+NETWORK_FILE = "cpu_tracker_network.prom"
+
+Sample = tuple[Mapping[str, str], float]
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def gauge(name: str, help_text: str, samples: Iterable[Sample]) -> str:
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+    for labels, value in samples:
+        label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
+        lines.append(f"{name}{{{label_text}}} {_number(value)}" if label_text else f"{name} {_number(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def member_text(
+    cpu: float,
+    noise_stddev: float,
+    spent: Mapping[str, float],
+    remaining: Mapping[str, float],
+    released_at: float,
+) -> str:
+    return "".join(
+        [
+            gauge(
+                "cpu_tracker_release_cpu_percent", "The last published (noisy) CPU busy mean.", [({}, cpu)]
+            ),
+            gauge(
+                "cpu_tracker_release_noise_stddev_percent",
+                "Standard deviation of the noise in the last release, percentage points.",
+                [({}, noise_stddev)],
+            ),
+            gauge(
+                "cpu_tracker_budget_epsilon_spent",
+                "What the releases add up to under each cap.",
+                [({"cap": cap}, value) for cap, value in spent.items()],
+            ),
+            gauge(
+                "cpu_tracker_budget_epsilon_remaining",
+                "Epsilon left under each cap.",
+                [({"cap": cap}, value) for cap, value in remaining.items()],
+            ),
+            gauge(
+                "cpu_tracker_last_release_timestamp_seconds",
+                "Unix time of the last release.",
+                [({}, released_at)],
+            ),
+        ]
+    )
+
+
+def network_text(
+    mean: float | None,
+    ci: tuple[float, float] | None,
+    peers: int,
+    skipped: Mapping[str, int],
+    computed_at: float,
+) -> str:
+    parts = []
+    if mean is not None and ci is not None:
+        parts += [
+            gauge("cpu_tracker_network_cpu_percent", "Estimated network mean CPU busy.", [({}, mean)]),
+            gauge(
+                "cpu_tracker_network_cpu_ci95_percent",
+                "95% interval of the network mean.",
+                [({"bound": "low"}, ci[0]), ({"bound": "high"}, ci[1])],
+            ),
+        ]
+    parts += [
+        gauge("cpu_tracker_network_peers", "Peers whose release counted in the last pass.", [({}, peers)]),
+        gauge(
+            "cpu_tracker_network_peers_skipped",
+            "Peer files skipped in the last pass, by reason.",
+            [({"reason": reason}, count) for reason, count in sorted(skipped.items())],
+        ),
+        gauge(
+            "cpu_tracker_network_last_pass_timestamp_seconds",
+            "Unix time of the last aggregation pass.",
+            [({}, computed_at)],
+        ),
+    ]
+    return "".join(parts)
+
+
+def write_textfile(directory: Path, name: str, text: str) -> Path:
+    """Write ``text`` as ``directory/name`` atomically, readable by node_exporter (0644)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / name
+    storage.atomic_write(target, text.encode(), storage.PUBLIC_FILE_MODE)
+    return target

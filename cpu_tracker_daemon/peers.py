@@ -1,0 +1,166 @@
+"""Reading peers' releases for the aggregator: every file is hostile until proven otherwise.
+
+A peer's release is ``datasites/<peer>/app_data/cpu_tracker/cpu_tracker.json`` in the SyftBox
+tree. :func:`read_release` accepts it only if the peer name is a plain address, the file is a
+regular file inside the tree (no symlinks), at most ``MAX_BYTES``, strict UTF-8 JSON of the
+member schema with finite numbers in range, a sane privacy block from an unbiased mechanism, and
+a timezone-aware timestamp that is neither in the future (beyond a small skew) nor older than
+``max_age``. Anything else raises :class:`Skipped` with a short, stable reason; nothing here
+ever raises anything else for bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cpu_tracker_daemon.config import MECHANISMS, UNITS
+from cpu_tracker_daemon.records import SCHEMA, SCHEMA_VERSION
+from cpu_tracker_daemon.storage import APP_DIR, PUBLIC_NAME
+
+MAX_BYTES = 64 * 1024
+CLOCK_SKEW = timedelta(minutes=5)
+# How far beyond [lower, upper] a noisy value may lie, in declared standard deviations. Laplace
+# noise passes 30 sigma with probability below 1e-18; a larger value is a poisoning attempt.
+MAX_SIGMAS = 30.0
+_PEER = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z]{2,24}$")
+
+
+class Skipped(Exception):
+    """A peer file that does not count; str() is the reason, short and stable."""
+
+
+@dataclass(frozen=True)
+class PeerRelease:
+    peer: str
+    release_id: str
+    cpu: float
+    noise_stddev: float
+    mechanism: str
+    unit: str
+    epsilon: float
+    delta: float
+    timestamp: datetime
+
+
+def release_path(datasites: Path, peer: str) -> Path:
+    return datasites / peer / "app_data" / APP_DIR / PUBLIC_NAME
+
+
+def peer_names(datasites: Path) -> Iterator[str]:
+    """The entries of the datasites directory, sorted; validation happens per peer."""
+    try:
+        names = sorted(entry.name for entry in os.scandir(datasites))
+    except (FileNotFoundError, NotADirectoryError):
+        return iter(())
+    return iter(names)
+
+
+def read_release(datasites: Path, peer: str, now: datetime, max_age: timedelta) -> PeerRelease:
+    """One peer's release, validated; raise :class:`Skipped` naming why it does not count."""
+    if not _PEER.match(peer) or ".." in peer:
+        raise Skipped("bad peer name")
+    path = release_path(datasites, peer)
+    _inside(datasites, path)
+    data = _read_capped(path)
+    try:
+        doc = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise Skipped("not UTF-8 JSON") from None
+    return _validate(doc, peer, now, max_age)
+
+
+def _inside(datasites: Path, path: Path) -> None:
+    """Refuse a file whose real location is outside the tree (a symlinked peer or folder)."""
+    try:
+        real = path.resolve(strict=True)
+    except FileNotFoundError:
+        raise Skipped("no release") from None
+    except (OSError, RuntimeError):
+        raise Skipped("unreadable") from None
+    if not real.is_relative_to(datasites.resolve()):
+        raise Skipped("symlink out of the tree")
+
+
+def _read_capped(path: Path) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise Skipped("symlink" if exc.errno == 40 else "unreadable") from None  # 40: ELOOP
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Skipped("not a regular file")
+        data = os.read(fd, MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_BYTES:
+        raise Skipped("too large")
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _number(value: Any, reason: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise Skipped(reason)
+    return float(value)
+
+
+def _validate(doc: Any, peer: str, now: datetime, max_age: timedelta) -> PeerRelease:
+    if not isinstance(doc, dict):
+        raise Skipped("not a JSON object")
+    if doc.get("schema") != SCHEMA:
+        raise Skipped("not a cpu-tracker release")
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise Skipped("unsupported schema version")
+    release_id = doc.get("release_id")
+    if not (isinstance(release_id, str) and 0 < len(release_id) <= 64 and release_id.isalnum()):
+        raise Skipped("bad release_id")
+    privacy = doc.get("privacy")
+    if not isinstance(privacy, dict):
+        raise Skipped("privacy block missing")
+    mechanism, unit = privacy.get("mechanism"), privacy.get("unit")
+    if mechanism not in MECHANISMS:
+        raise Skipped("unknown mechanism")
+    if unit not in UNITS:
+        raise Skipped("unknown privacy unit")
+    if privacy.get("unbiased") is False:
+        raise Skipped("biased mechanism")
+    epsilon = _number(privacy.get("epsilon"), "bad epsilon")
+    delta = _number(privacy.get("delta"), "bad delta")
+    stddev = _number(privacy.get("noise_stddev"), "bad noise_stddev")
+    lower = _number(privacy.get("lower"), "bad bounds")
+    upper = _number(privacy.get("upper"), "bad bounds")
+    if not epsilon > 0:
+        raise Skipped("bad epsilon")
+    if not 0 <= delta < 1:
+        raise Skipped("bad delta")
+    if not stddev > 0:
+        raise Skipped("bad noise_stddev")
+    if not 0 <= lower < upper <= 100:
+        raise Skipped("bad bounds")
+    cpu = _number(doc.get("cpu"), "cpu is not a finite number")
+    if not lower - MAX_SIGMAS * stddev <= cpu <= upper + MAX_SIGMAS * stddev:
+        raise Skipped("cpu implausibly far out of range")
+    stamp = doc.get("timestamp")
+    try:
+        when = datetime.fromisoformat(stamp) if isinstance(stamp, str) else None
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None or when.utcoffset() is None:
+        raise Skipped("timestamp is not a timezone-aware time")
+    if when > now + CLOCK_SKEW:
+        raise Skipped("timestamp in the future")
+    if when < now - max_age:
+        raise Skipped("stale")
+    return PeerRelease(peer, release_id, cpu, stddev, mechanism, unit, epsilon, delta, when)
