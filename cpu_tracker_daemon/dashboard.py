@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -21,6 +22,15 @@ REFRESH_SECONDS = 60
 def _scale(values: Sequence[float], lo: float, hi: float, out_lo: float, out_hi: float) -> list[float]:
     span = (hi - lo) or 1.0
     return [out_lo + (v - lo) / span * (out_hi - out_lo) for v in values]
+
+
+def _nice_ticks(lo: float, hi: float, most: int = 6) -> list[float]:
+    """Round tick values (steps of 1, 2 or 5 times a power of ten) covering [lo, hi]."""
+    raw = (hi - lo) / most
+    power = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) // step) + 1)]
 
 
 def chart_svg(history: Sequence[Mapping[str, Any]]) -> str:
@@ -49,11 +59,11 @@ def chart_svg(history: Sequence[Mapping[str, Any]]) -> str:
         return " ".join(f"{x:.1f},{y:.1f}" for x, y in pairs)
 
     ticks = []
-    for value in (0, 25, 50, 75, 100):
+    for value in _nice_ticks(y_lo, y_hi):
         (y,) = ys([float(value)])
         ticks.append(
             f'<line x1="{PAD_LEFT}" x2="{WIDTH - PAD_RIGHT}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
-            f'<text x="{PAD_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{value}%</text>'
+            f'<text x="{PAD_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{value:g}%</text>'
         )
     first = html.escape(history[0]["computed_at"][:16].replace("T", " "))
     last = html.escape(history[-1]["computed_at"][:16].replace("T", " "))
@@ -95,7 +105,7 @@ def render(record: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> s
         peers = f"{est['peers']} peer{'s' if est['peers'] != 1 else ''}"
     else:
         value, interval, peers = "no data", "no valid peer releases yet", "0 peers"
-    computed = html.escape(str(record.get("computed_at", "")))
+    computed = html.escape(str(record.get("computed_at", ""))[:19].replace("T", " ") + " UTC")
     data = json.dumps({"latest": record, "history": list(history)}).replace("</", "<\\/")
     return (
         "<!doctype html>\n"

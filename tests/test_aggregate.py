@@ -1,0 +1,196 @@
+"""The aggregation pass over a real tree: estimate, outputs, hostile peers, history, the daemon's job."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cpu_tracker_daemon.aggregate import AGGREGATE_NAME, DASHBOARD_NAME, HISTORY_NAME, Aggregator, output_dir
+from cpu_tracker_daemon.cli import EXIT_CONFIG, main
+from cpu_tracker_daemon.config import load_config
+from cpu_tracker_daemon.peers import release_path
+from tests.conftest import log_events, start_cli, write_config
+
+AGGREGATOR = "aggregator@openmined.org"
+MEMBERS = [f"member{n}@example.org" for n in range(5)]
+
+
+class RecordingLog:
+    """Collects structlog-style calls: (level, event, fields)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        def record(event: str, **fields: Any) -> None:
+            self.calls.append((level, event, fields))
+
+        return record
+
+
+@pytest.fixture(scope="module")
+def member_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SyftBox tree with five releases written by the member code itself."""
+    root = tmp_path_factory.mktemp("tree")
+    sb = root / "SyftBox"
+    for email in MEMBERS:
+        home = root / email
+        home.mkdir()
+        config = write_config(home, {"syftbox": {"dir": str(sb), "email": email}})
+        assert main(["--config", str(config), "once"]) == 0
+    return sb
+
+
+@pytest.fixture
+def tree(member_tree: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "SyftBox"
+    shutil.copytree(member_tree, copy, symlinks=True)
+    return copy
+
+
+def aggregator_config(tmp_path: Path, sb: Path, **aggregator: Any) -> Path:
+    return write_config(
+        tmp_path,
+        {"syftbox": {"dir": str(sb), "email": AGGREGATOR}, "aggregator": {"enabled": True, **aggregator}},
+        name="aggregator.toml",
+    )
+
+
+def run_pass(tmp_path: Path, sb: Path, log: Any = None, **aggregator: Any) -> dict[str, Any]:
+    config = load_config(aggregator_config(tmp_path, sb, **aggregator))
+    return Aggregator(config, log or RecordingLog()).run_pass().record
+
+
+def spoil(sb: Path) -> None:
+    """Add peers whose files are hostile in different ways."""
+    datasites = sb / "datasites"
+    bad = {
+        "nan@example.org": b'{"cpu": NaN}',
+        "huge@example.org": b" " * 100_000,
+        "poison@example.org": None,
+        "future@example.org": None,
+    }
+    good = json.loads(release_path(datasites, MEMBERS[0]).read_text())
+    for peer, raw in bad.items():
+        path = release_path(datasites, peer)
+        path.parent.mkdir(parents=True)
+        doc = dict(good)
+        if peer.startswith("poison"):
+            doc["cpu"] = 1e15
+        else:
+            doc["timestamp"] = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+        path.write_bytes(raw if raw is not None else json.dumps(doc).encode())
+    (datasites / "not a peer").mkdir()
+
+
+class TestPass:
+    def test_estimate_from_real_member_releases(self, tree: Path, tmp_path: Path) -> None:
+        """Five members' releases give an estimate from five peers with a 95% interval around the mean."""
+        record = run_pass(tmp_path, tree)
+        est = record["estimate"]
+        values = [json.loads(release_path(tree / "datasites", m).read_text())["cpu"] for m in MEMBERS]
+        assert est["peers"] == 5
+        assert est["mean"] == pytest.approx(sum(values) / 5)
+        assert est["ci95"][0] < est["mean"] < est["ci95"][1]
+        assert record["skipped"] == {}
+
+    def test_hostile_peers_are_skipped_and_change_nothing(self, tree: Path, tmp_path: Path) -> None:
+        """Bad peer files are counted by reason, and the estimate is exactly what it was without them."""
+        clean = run_pass(tmp_path, tree)
+        spoil(tree)
+        log = RecordingLog()
+        spoiled = run_pass(tmp_path, tree, log)
+        assert spoiled["estimate"]["mean"] == clean["estimate"]["mean"]
+        assert spoiled["estimate"]["peers"] == 5
+        assert spoiled["skipped"] == {
+            "bad peer name": 1,
+            "cpu implausibly far out of range": 1,
+            "no release": 1,
+            "not UTF-8 JSON": 1,
+            "timestamp in the future": 1,
+            "too large": 1,
+        }
+        warned = [
+            (fields["peer"], fields["reason"]) for _, event, fields in log.calls if event == "peer.skipped"
+        ]
+        assert len(warned) == len(set(warned)) == 5
+
+    def test_each_problem_is_logged_once(self, tree: Path, tmp_path: Path) -> None:
+        """A second pass over the same bad files logs nothing new."""
+        spoil(tree)
+        config = load_config(aggregator_config(tmp_path, tree))
+        log = RecordingLog()
+        aggregator = Aggregator(config, log)
+        aggregator.run_pass()
+        first = len(log.calls)
+        aggregator.run_pass()
+        assert len(log.calls) == first
+
+    def test_outputs_are_public_and_name_no_peer(self, tree: Path, tmp_path: Path) -> None:
+        """aggregate.json, history.json and index.html are public-read and mention no member."""
+        run_pass(tmp_path, tree)
+        out = output_dir(load_config(aggregator_config(tmp_path, tree)))
+        assert 'read: ["*"]' in (out / "syft.pub.yaml").read_text()
+        for name in (AGGREGATE_NAME, HISTORY_NAME, DASHBOARD_NAME):
+            text = (out / name).read_text()
+            assert all(member not in text for member in MEMBERS), name
+            assert (out / name).stat().st_mode & 0o777 == 0o644
+        assert not list(out.glob("*.tmp"))
+
+    def test_publish_peers_is_an_opt_in(self, tree: Path, tmp_path: Path) -> None:
+        """With publish_peers the aggregate lists the peers and their values."""
+        record = run_pass(tmp_path, tree, publish_peers=True)
+        assert sorted(p["peer"] for p in record["peers"]) == MEMBERS
+
+    def test_history_is_bounded_and_a_damaged_one_set_aside(self, tree: Path, tmp_path: Path) -> None:
+        """history.json keeps the last history_length passes; an unreadable one is moved aside, not lost."""
+        for _ in range(5):
+            run_pass(tmp_path, tree, history_length=3)
+        out = output_dir(load_config(aggregator_config(tmp_path, tree)))
+        assert len(json.loads((out / HISTORY_NAME).read_text())["entries"]) == 3
+        (out / HISTORY_NAME).write_text("{broken")
+        run_pass(tmp_path, tree, history_length=3)
+        assert len(json.loads((out / HISTORY_NAME).read_text())["entries"]) == 1
+        assert [p.read_text() for p in out.glob(f"{HISTORY_NAME}.damaged-*")] == ["{broken"]
+
+    def test_no_peers_at_all(self, tmp_path: Path) -> None:
+        """An empty tree gives an aggregate with no estimate, not an error."""
+        (tmp_path / "SyftBox" / "datasites").mkdir(parents=True)
+        assert run_pass(tmp_path, tmp_path / "SyftBox")["estimate"] is None
+
+
+class TestCommand:
+    def test_aggregate_json(self, tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """`cpu-tracker aggregate --json` prints only the record on stdout."""
+        config = aggregator_config(tmp_path, tree)
+        assert main(["--config", str(config), "aggregate", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["estimate"]["peers"] == 5
+
+    def test_aggregate_needs_a_syftbox_tree(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """Without [syftbox] there are no peers to read: exit 3 with one line."""
+        assert main(["--config", str(write_config(tmp_path)), "aggregate"]) == EXIT_CONFIG
+        assert "syftbox" in capsys.readouterr().err
+
+    @pytest.mark.slow
+    def test_daemon_runs_the_aggregator_on_its_own_schedule(self, tree: Path, tmp_path: Path) -> None:
+        """With [aggregator] enabled the daemon releases and aggregates, each on its own job."""
+        config = aggregator_config(tmp_path, tree, every_seconds=0.5)
+        proc = start_cli("--config", str(config), "run")
+        seen: list[dict[str, Any]] = []
+        assert proc.stdout is not None
+        while not any(e.get("event") == "aggregate.finished" for e in seen):
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read() if proc.stderr else ""
+            seen.extend(log_events(line))
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
+        assert proc.returncode == 0
+        finished = next(e for e in seen if e.get("event") == "aggregate.finished")
+        assert finished["peers"] >= 5
+        assert (output_dir(load_config(config)) / DASHBOARD_NAME).exists()

@@ -1,0 +1,66 @@
+"""The network estimate: plain mean for equal noise, capped weights, and honest 95% intervals."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from cpu_tracker_daemon.estimate import estimate
+
+
+class TestEstimate:
+    def test_equal_noise_gives_the_plain_mean(self) -> None:
+        """With equal declared noise every peer weighs the same: the estimate is the plain mean."""
+        values = [10.0, 50.0, 90.0, -20.0]
+        est = estimate(values, [100.0] * 4)
+        assert est.mean == pytest.approx(sum(values) / 4)
+        assert est.peers == 4
+        assert est.max_weight_share == pytest.approx(0.25)
+
+    def test_one_peer_has_its_own_noise_as_error(self) -> None:
+        """A single release: the mean is its value and the standard error its declared noise."""
+        est = estimate([42.0], [283.0])
+        assert (est.mean, est.standard_error) == (42.0, 283.0)
+        assert est.ci_low == pytest.approx(42.0 - 1.96 * 283.0, rel=1e-3)
+
+    def test_no_single_low_noise_peer_dominates(self) -> None:
+        """A peer with 100x less noise than 99 others weighs at most max_weight_ratio times the median."""
+        values = [40.0] * 99 + [95.0]
+        stddevs = [283.0] * 99 + [2.83]
+        est = estimate(values, stddevs, max_weight_ratio=10.0)
+        assert est.max_weight_share == pytest.approx(10 / (99 + 10), rel=1e-6)
+        assert est.mean < 46.0  # uncapped inverse-variance weights would put it near 95
+
+    def test_inputs_must_match(self) -> None:
+        """Mismatched or empty inputs are a programming error, not a silent zero."""
+        with pytest.raises(ValueError, match="at least one"):
+            estimate([], [])
+        with pytest.raises(ValueError, match="one standard deviation per value"):
+            estimate([1.0, 2.0], [1.0])
+
+
+class TestCoverage:
+    @pytest.mark.parametrize("noise", ["laplace", "gaussian"])
+    def test_95_percent_interval_covers_about_95_percent(self, noise: str) -> None:
+        """Seeded: 1,000 networks of 300 peers with spread-out true loads and mixed noise levels.
+
+        The network's true mean falls inside the 95% interval in 92-98% of them.
+        """
+        rng = np.random.default_rng(20261122 if noise == "laplace" else 7)
+        # The target: the mean of the population the peers' true loads are drawn from.
+        target = float(np.clip(rng.normal(40.0, 20.0, 2_000_000), 0.0, 100.0).mean())
+        covered = 0
+        trials = 1_000
+        for _ in range(trials):
+            n = 300
+            true = np.clip(rng.normal(40.0, 20.0, n), 0.0, 100.0)
+            stddev = rng.choice([28.3, 141.0, 283.0], size=n)
+            if noise == "laplace":
+                noisy = true + rng.laplace(0.0, stddev / math.sqrt(2.0))
+            else:
+                noisy = true + rng.normal(0.0, stddev)
+            est = estimate(noisy.tolist(), stddev.tolist())
+            covered += est.ci_low <= target <= est.ci_high
+        assert 0.92 <= covered / trials <= 0.98, covered / trials
