@@ -1,8 +1,9 @@
 """Reading peers' releases for the aggregator: every file is hostile until proven otherwise.
 
 A peer's release is ``datasites/<peer>/app_data/cpu_tracker/cpu_tracker.json`` in the SyftBox
-tree. :func:`read_release` accepts it only if the peer name is a plain address, the file is a
-regular file inside the tree (no symlinks), at most ``MAX_BYTES``, strict UTF-8 JSON of the
+tree. :func:`read_release` accepts it only if the peer name is a plain address, the path holds
+no symlink at all (so nothing outside the tree, or another peer's file, can be passed off as
+this peer's), the file is a regular file of at most ``MAX_BYTES``, strict UTF-8 JSON of the
 member schema with finite numbers in range, a sane privacy block from an unbiased mechanism, and
 a timezone-aware timestamp that is neither in the future (beyond a small skew) nor older than
 ``max_age``. Anything else raises :class:`Skipped` with a short, stable reason; nothing here
@@ -68,9 +69,7 @@ def read_release(datasites: Path, peer: str, now: datetime, max_age: timedelta) 
     """One peer's release, validated; raise :class:`Skipped` naming why it does not count."""
     if not _PEER.match(peer) or ".." in peer:
         raise Skipped("bad peer name")
-    path = release_path(datasites, peer)
-    _inside(datasites, path)
-    data = _read_capped(path)
+    data = _read_capped(datasites, (peer, "app_data", APP_DIR, PUBLIC_NAME))
     try:
         doc = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -78,24 +77,29 @@ def read_release(datasites: Path, peer: str, now: datetime, max_age: timedelta) 
     return _validate(doc, peer, now, max_age)
 
 
-def _inside(datasites: Path, path: Path) -> None:
-    """Refuse a file whose real location is outside the tree (a symlinked peer or folder)."""
+def _read_capped(datasites: Path, parts: tuple[str, ...]) -> bytes:
+    """Walk down from ``datasites`` one component at a time without following any symlink.
+
+    Each step opens the next name relative to the directory opened before it, with
+    ``O_NOFOLLOW``: a symlinked peer folder or file is refused wherever it points, and nothing
+    can swap a component for a link between the check and the read.
+    """
     try:
-        real = path.resolve(strict=True)
-    except FileNotFoundError:
+        fd = os.open(datasites, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
         raise Skipped("no release") from None
-    except (OSError, RuntimeError):
-        raise Skipped("unreadable") from None
-    if not real.is_relative_to(datasites.resolve()):
-        raise Skipped("symlink out of the tree")
-
-
-def _read_capped(path: Path) -> bytes:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as exc:
-        raise Skipped("symlink" if exc.errno == 40 else "unreadable") from None  # 40: ELOOP
-    try:
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_NONBLOCK if last else os.O_DIRECTORY)
+            try:
+                child = os.open(part, flags, dir_fd=fd)
+            except FileNotFoundError:
+                raise Skipped("no release") from None
+            except OSError:
+                raise Skipped(_why_not(fd, part)) from None
+            os.close(fd)
+            fd = child
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise Skipped("not a regular file")
         data = os.read(fd, MAX_BYTES + 1)
@@ -104,6 +108,16 @@ def _read_capped(path: Path) -> bytes:
     if len(data) > MAX_BYTES:
         raise Skipped("too large")
     return data
+
+
+def _why_not(directory_fd: int, name: str) -> str:
+    try:
+        mode = os.lstat(name, dir_fd=directory_fd).st_mode
+    except OSError:
+        return "unreadable"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "unreadable" if stat.S_ISDIR(mode) else "not a regular file"
 
 
 def _no_constant(name: str) -> Any:
