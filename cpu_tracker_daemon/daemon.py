@@ -257,10 +257,8 @@ class Daemon:
     def _job(self) -> None:
         tracker = self._tracker
         assert tracker is not None
-        # The grid and the cooldown can disagree by scheduling latency; wait that out, no more.
-        max_wait = min(tracker.config.schedule.every_seconds / 10, 60.0)
         try:
-            result = tracker.cycle(max_wait=max_wait)
+            result = tracker.cycle(max_wait=_max_wait(tracker.config))
         except CpuTrackerError as exc:  # the ledger cannot be trusted: stop, fail closed
             self._fatal = exc
             self._stop.set()
@@ -283,11 +281,8 @@ class Daemon:
     def _align(self, due: datetime) -> None:
         """Move the next run to ``due`` when the grid would fire before the cooldown allows."""
         job = self._scheduler.get_job(JOB_ID)
-        if (
-            job is not None
-            and job.next_run_time is not None
-            and job.next_run_time < due - timedelta(seconds=1)
-        ):
+        slack = timedelta(seconds=_max_wait(self._config))
+        if job is not None and job.next_run_time is not None and job.next_run_time < due - slack:
             self._scheduler.modify_job(JOB_ID, next_run_time=due)
 
     def _notify_status(self) -> None:
@@ -327,6 +322,12 @@ class Daemon:
         self._schedule_aggregator(config)
         self._log.info("config.reloaded", every_seconds=config.schedule.every_seconds)
         self._notifier.send(READY="1", STATUS="configuration reloaded")
+
+
+def _max_wait(config: Config) -> float:
+    """How long a cycle may wait for its cooldown: the grid and the cooldown can disagree by
+    scheduling latency; a cycle waits that out, and the schedule is moved when it is more."""
+    return min(config.schedule.every_seconds / 10, 60.0)
 
 
 def _hm(when: datetime) -> str:
