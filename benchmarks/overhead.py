@@ -1,0 +1,234 @@
+"""Overhead side by side, in one run: this daemon, the original's approach, and node_exporter.
+
+For each, at the default schedule (one release or scrape an hour), the CPU seconds per release
+and per hour, and the resident memory while it runs:
+
+* this daemon: per-release CPU from cycles of 50 samples, plus the idle cost of the long-running
+  process between releases (measured with nothing due);
+* the original SyftBox member's approach (``original_member.py``): a fresh Python process per
+  release that imports diffprivlib, driven by a shell loop;
+* Debian's ``prometheus-node-exporter`` with its default collectors, scraped at the same cadence
+  (skipped where it is not installed).
+
+Then ``cpu-tracker status`` and ``--help`` wall time beside ``python -c pass``, and what
+diffprivlib's scientific stack costs in resident memory, import by import.
+
+Usage: python benchmarks/overhead.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CLI = [sys.executable, "-m", "cpu_tracker_daemon"]
+HOUR = 3600.0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def daemon_config(root: Path, every: float, samples: int, interval: float) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "bench.toml"
+    path.write_text(
+        f'[paths]\ndata_dir = "{root / "data"}"\n'
+        f"[sampling]\nsamples = {samples}\ninterval_seconds = {interval}\n"
+        f"[schedule]\nevery_seconds = {every}\n"
+        "[budget]\nlifetime_epsilon = 1e9\nwindow_epsilon = 1e9\n"
+    )
+    return path
+
+
+def wait_event(proc: subprocess.Popen[str], event: str, count: int = 1) -> None:
+    assert proc.stdout is not None
+    seen = 0
+    for line in proc.stdout:
+        if line.startswith("{") and json.loads(line).get("event") == event:
+            seen += 1
+            if seen >= count:
+                return
+    raise RuntimeError(f"the daemon exited before {count} x {event}")
+
+
+def this_daemon(root: Path, cycles: int, idle_seconds: float) -> dict[str, float]:
+    config = daemon_config(root / "busy", every=1.5, samples=50, interval=0.02)
+    proc = subprocess.Popen([*CLI, "--config", str(config), "run"], stdout=subprocess.PIPE, text=True)
+    wait_event(proc, "cycle.finished", 2)
+    c0 = cpu_seconds(proc.pid)
+    wait_event(proc, "cycle.finished", cycles)
+    per_release = (cpu_seconds(proc.pid) - c0) / cycles
+    rss = rss_mib(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    # Idle: one release at start, then nothing due for a day; measure between.
+    config = daemon_config(root / "idle", every=86_400, samples=5, interval=0.02)
+    proc = subprocess.Popen([*CLI, "--config", str(config), "run"], stdout=subprocess.PIPE, text=True)
+    wait_event(proc, "cycle.finished")
+    c0 = cpu_seconds(proc.pid)
+    time.sleep(idle_seconds)
+    idle_per_hour = (cpu_seconds(proc.pid) - c0) / idle_seconds * HOUR
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    return {
+        "per_release": per_release,
+        "per_hour": per_release + idle_per_hour,
+        "rss": rss,
+        "idle": idle_per_hour,
+    }
+
+
+def original(root: Path, runs: int) -> dict[str, float]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    script = f'for i in $(seq {runs}); do "{sys.executable}" "{HERE / "original_member.py"}" "{root}"; done'
+    subprocess.run(["bash", "-c", script], check=True, timeout=600)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    per_release = cpu / runs
+    return {"per_release": per_release, "per_hour": per_release, "rss": after.ru_maxrss / 1024, "idle": 0.0}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def node_exporter(scrapes: int, gap: float) -> dict[str, float] | None:
+    binary = shutil.which("prometheus-node-exporter")
+    if binary is None:
+        return None
+    port = _free_port()
+    proc = subprocess.Popen(
+        [binary, f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(url, timeout=5).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        time.sleep(2)
+        window = scrapes * gap
+        c0 = cpu_seconds(proc.pid)
+        time.sleep(window)
+        idle_per_hour = (cpu_seconds(proc.pid) - c0) / window * HOUR
+        c0 = cpu_seconds(proc.pid)
+        started = time.monotonic()
+        for _ in range(scrapes):
+            urllib.request.urlopen(url, timeout=10).read()
+            time.sleep(gap)
+        busy = cpu_seconds(proc.pid) - c0
+        per_scrape = max(busy - idle_per_hour / HOUR * (time.monotonic() - started), 0.0) / scrapes
+        return {
+            "per_release": per_scrape,
+            "per_hour": per_scrape + idle_per_hour,
+            "rss": rss_mib(proc.pid),
+            "idle": idle_per_hour,
+        }
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def best_wall(argv: list[str], runs: int = 5) -> float:
+    best = float("inf")
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(argv, capture_output=True, check=False)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+IMPORT_STEPS = ("numpy", "scipy.stats", "sklearn", "diffprivlib", "cpu_tracker_daemon.daemon")
+
+
+def import_costs() -> list[tuple[str, float]]:
+    code = (
+        "import importlib, json, sys\n"
+        "def rss():\n"
+        "    line = [l for l in open('/proc/self/status') if l.startswith('VmRSS')][0]\n"
+        "    return int(line.split()[1]) / 1024\n"
+        "out = [('python', rss())]\n"
+        f"for name in {list(IMPORT_STEPS)!r}:\n"
+        "    importlib.import_module(name); out.append((name, rss()))\n"
+        "print(json.dumps(out))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return [(name, float(value)) for name, value in json.loads(done.stdout)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer cycles and runs (CI)")
+    args = parser.parse_args(argv)
+    cycles, idle, runs, scrapes = (5, 20.0, 2, 3) if args.quick else (30, 120.0, 5, 10)
+    root = Path(tempfile.mkdtemp(prefix="cpu-tracker-overhead-"))
+    try:
+        rows = {
+            "cpu-tracker daemon": this_daemon(root, cycles, idle),
+            "original approach (fresh process per release)": original(root / "original", runs),
+        }
+        exporter = node_exporter(scrapes, 2.0)
+        if exporter is not None:
+            rows["prometheus-node-exporter (scraped hourly)"] = exporter
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    ours = rows["cpu-tracker daemon"]
+    print("At the default schedule: one release (or scrape) an hour.\n")
+    print("| process | CPU s per release | CPU s per hour | of which idle | RSS MiB | CPU per hour vs ours |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, r in rows.items():
+        print(
+            f"| {name} | {r['per_release']:.3f} | {r['per_hour']:.3f} | {r['idle']:.3f} | {r['rss']:.1f} | "
+            f"{r['per_hour'] / ours['per_hour']:.1f}x |"
+        )
+    config = daemon_config(root, 3600, 50, 1.0)
+    base = best_wall([sys.executable, "-c", "pass"])
+    help_ = best_wall([*CLI, "--help"])
+    status = best_wall([*CLI, "--config", str(config), "status"])
+    shutil.rmtree(root, ignore_errors=True)
+    print("\n| command | wall s (best of 5) | vs python -c pass |\n| --- | --- | --- |")
+    for name, value in (
+        ("python -c pass", base),
+        ("cpu-tracker --help", help_),
+        ("cpu-tracker status", status),
+    ):
+        print(f"| {name} | {value:.3f} | {value / base:.1f}x |")
+    print("\n| after importing | RSS MiB | added |\n| --- | --- | --- |")
+    previous = None
+    for name, value in import_costs():
+        print(f"| {name} | {value:.1f} | {'' if previous is None else f'{value - previous:+.1f}'} |")
+        previous = value
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
