@@ -1,0 +1,140 @@
+"""Faults on a real daemon: a full disk, a read-only output folder, and kill -9 rounds.
+
+The disk is a small tmpfs mounted for the test (so it needs root); the outputs live on it,
+through the SyftBox layout, while the ledger stays on the normal disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import log_events, start_cli, write_config
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=False)
+    if done.returncode != 0:
+        pytest.skip("this machine cannot mount a tmpfs")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+class Daemon:
+    """The real daemon, read line by line."""
+
+    def __init__(self, config: Path) -> None:
+        self.proc = start_cli("--config", str(config), "run")
+        self.events: list[dict[str, Any]] = []
+
+    def wait_for(self, predicate: Any, limit: int = 200) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        for _ in range(limit):
+            line = self.proc.stdout.readline()
+            assert line, "the daemon exited"
+            for event in log_events(line):
+                self.events.append(event)
+                if predicate(event):
+                    return event
+        raise AssertionError(f"not seen in {limit} lines: {self.events[-5:]}")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.communicate(timeout=20)
+        return self.proc.returncode
+
+
+def released(event: dict[str, Any]) -> bool:
+    return event.get("event") == "cycle.finished" and event.get("outcome") == "released"
+
+
+def outcome(name: str) -> Any:
+    return lambda e: e.get("event") == "cycle.finished" and e.get("outcome") == name
+
+
+def member_config(tmp_path: Path, syftbox: Path) -> Path:
+    return write_config(tmp_path, {"syftbox": {"dir": str(syftbox), "email": "me@example.org"}})
+
+
+def public_file(syftbox: Path) -> Path:
+    return syftbox / "datasites" / "me@example.org" / "app_data" / "cpu_tracker" / "cpu_tracker.json"
+
+
+def test_disk_full_keeps_the_old_output_and_recovers(tmp_path: Path, small_disk: Path) -> None:
+    """With the output disk full a cycle fails cleanly, the last release stays whole, the daemon runs
+    on, and once space returns the same noisy value is published (never redrawn)."""
+    daemon = Daemon(member_config(tmp_path, small_disk))
+    try:
+        daemon.wait_for(released)
+        before = public_file(small_disk).read_text()
+        filler = small_disk / "filler"
+        with contextlib.suppress(OSError), filler.open("wb", buffering=0) as handle:
+            while True:
+                handle.write(b"\0" * 4096)
+        daemon.wait_for(outcome("write_failed"))
+        assert "No space left on device" in str(daemon.events)
+        assert public_file(small_disk).read_text() == before  # intact, never half-written
+        json.loads(before)
+        filler.unlink()
+        recovered = daemon.wait_for(lambda e: e.get("event") == "release.recovered")["release_id"]
+        daemon.wait_for(released)
+    finally:
+        assert daemon.stop() == 0
+    assert not list(small_disk.rglob("*.tmp"))
+    ledger = sqlite3.connect(tmp_path / "data" / "ledger.sqlite3")
+    drawn = ledger.execute(
+        "SELECT payload FROM outcomes WHERE release_id = ? AND status = 'drawn'", (recovered,)
+    ).fetchall()
+    statuses = [
+        r[0] for r in ledger.execute("SELECT status FROM outcomes WHERE release_id = ?", (recovered,))
+    ]
+    assert len(drawn) == 1  # the noise was drawn once
+    assert statuses[-1] == "published"
+
+
+def test_read_only_outputs_then_writable_again(tmp_path: Path, small_disk: Path) -> None:
+    """A read-only output filesystem is a clear write failure; the daemon resumes when it is writable."""
+    daemon = Daemon(member_config(tmp_path, small_disk))
+    try:
+        daemon.wait_for(released)
+        before = public_file(small_disk).read_text()
+        subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+        daemon.wait_for(outcome("write_failed"))
+        assert "Read-only file system" in str(daemon.events)
+        assert public_file(small_disk).read_text() == before
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+        daemon.wait_for(released)
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_kill_9_rounds(tmp_path: Path) -> None:
+    """A few rounds of the kill -9 benchmark: every check in benchmarks/faults.py holds."""
+    spec = importlib.util.spec_from_file_location("faults", ROOT / "benchmarks" / "faults.py")
+    assert spec is not None
+    assert spec.loader is not None
+    faults = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(faults)
+    result = faults.run(kills=5, seed=3, quiet=True)
+    assert result["kills"] == 5
+    assert result["spends"] >= result["visible_releases"]
