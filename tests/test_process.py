@@ -81,6 +81,23 @@ class TestSignals:
         public = json.loads((tmp_path / "data" / "public" / "cpu_tracker.json").read_text())
         assert public["privacy"]["epsilon"] == per["epsilon"]
 
+    def test_sighup_storm_is_survived(self, tmp_path: Path) -> None:
+        """Fifty SIGHUPs 10 ms apart: the daemon reloads, keeps releasing, and stops cleanly."""
+        config = write_config(tmp_path)
+        proc = start_cli("--config", str(config), "run")
+        wait_for_event(proc, "daemon.started")
+        for _ in range(50):
+            proc.send_signal(signal.SIGHUP)
+            time.sleep(0.01)
+        wait_for_event(proc, "config.reloaded")
+        seen = wait_for_event(proc, "cycle.finished", timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0, err
+        events = [e["event"] for e in seen + log_events(out)]
+        assert "cycle.crashed" not in events
+        assert events[-1] == "daemon.stopped"
+
     def test_sighup_reloads_and_refuses_a_bad_config(self, tmp_path: Path) -> None:
         """SIGHUP applies a good config, keeps the old one on a bad config, and the daemon runs on."""
         config = write_config(tmp_path)

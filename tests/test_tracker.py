@@ -112,6 +112,42 @@ class TestRelease:
         assert tracker.cycle().outcome == "released"
 
 
+class TestClockJumps:
+    def test_forward_jump_or_resume_from_suspend_gives_one_release_not_a_burst(
+        self, tmp_path: Path, clock: FakeClock
+    ) -> None:
+        """Hours skipped (a suspend, or a clock set forward) are not made up: one release, then cooldown."""
+        tracker, _ = make_tracker(tmp_path, clock)
+        assert tracker.cycle().outcome == "released"
+        clock.advance(5 * 3600)
+        results = [tracker.cycle().outcome for _ in range(4)]
+        assert results == ["released", "cooldown", "cooldown", "cooldown"]
+
+    def test_random_walk_of_the_clock_never_beats_the_cooldown(
+        self, tmp_path: Path, clock: FakeClock
+    ) -> None:
+        """Seeded: 60 moves, mostly small steps forward, some jumps of hours either way. Every release
+        after the first comes after at least every_seconds of forward movement since the one before;
+        a backward jump never buys an early release."""
+        rng = np.random.default_rng(11)
+        tracker, _ = make_tracker(tmp_path, clock, overrides={"schedule": {"every_seconds": 600}})
+        assert tracker.cycle().outcome == "released"
+        since_last = 0.0
+        releases = 1
+        for _ in range(60):
+            jump = rng.random() < 0.3
+            move = (
+                float(rng.choice([-1, 1]) * rng.uniform(0, 3 * 3600)) if jump else float(rng.uniform(0, 400))
+            )
+            clock.advance(move)
+            since_last += max(move, 0.0)
+            if tracker.cycle(max_wait=0).outcome == "released":
+                assert since_last >= 600
+                since_last = 0.0
+                releases += 1
+        assert releases > 3  # the walk does reach releases, so the check above ran
+
+
 class TestRecovery:
     def test_drawn_release_is_republished_with_the_same_noise(self, tmp_path: Path, clock: FakeClock) -> None:
         """A release whose public write failed is republished later with its recorded value, not redrawn."""
