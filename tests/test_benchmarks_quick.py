@@ -1,0 +1,38 @@
+"""Fast subsets of the benchmarks' own checks (benchmarks/run_all.py runs them in full).
+
+Nothing here is timed: the accuracy check compares two readings of the same window, the soak
+check compares counts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def benchmark(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_raw_mean_matches_proc_stat_under_a_calibrated_load() -> None:
+    """Half a core busy: the daemon's raw mean and /proc/stat over the same window agree within 1 point."""
+    accuracy = benchmark("accuracy")
+    result = accuracy.measure(0.5, samples=20, interval=0.1)
+    assert abs(result["ours"] - result["truth"]) < 1.0, result
+
+
+def test_short_soak_is_flat(capsys: pytest.CaptureFixture[str]) -> None:
+    """Twenty seconds at a 1 s cadence: no cycle doubled or missed, fds and threads back where they were."""
+    soak = benchmark("soak")
+    assert soak.main(["--minutes", "0.35"]) == 0, capsys.readouterr().out
