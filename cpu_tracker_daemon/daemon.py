@@ -14,6 +14,7 @@ import fcntl
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -27,9 +28,10 @@ from cpu_tracker_daemon.errors import AnotherInstanceError, ConfigError, CpuTrac
 from cpu_tracker_daemon.notify import Notifier
 from cpu_tracker_daemon.privacy import calibrate, load_mechanisms
 from cpu_tracker_daemon.sampling import CpuSource, PsutilCpuSource
-from cpu_tracker_daemon.tracker import Clock, CycleLog, CycleResult, Tracker, utc_now
+from cpu_tracker_daemon.tracker import Clock, CycleLog, CycleResult, Spacing, Tracker, utc_now
 
 JOB_ID = "release"
+CLOCK_JUMP_SECONDS = 5.0  # a wall-clock step larger than this, against the monotonic clock, re-plans
 AGGREGATE_JOB_ID = "aggregate"
 AGGREGATE_LOCK = "aggregate.lock"
 
@@ -110,6 +112,7 @@ class Daemon:
         self._config = config
         self._layout = storage.layout_for(config)
         self._tracker: Tracker | None = None
+        self._spacing = Spacing()  # shared by every Tracker this daemon makes, across reloads
         self._aggregator: Any = None
         self._scheduler: Any = None
 
@@ -122,6 +125,7 @@ class Daemon:
             log=self._log,
             clock=self._clock,
             stop=self._stop,
+            spacing=self._spacing,
         )
 
     # -- signals: record and wake, nothing else -------------------------------------------
@@ -174,9 +178,16 @@ class Daemon:
 
     def _loop(self) -> None:
         interval = self._notifier.watchdog_interval
+        offset = self._wall_offset()
         while not self._stop.is_set():
-            self._wake.wait(interval if interval else 60.0)
+            self._wake.wait(min(interval or 60.0, 60.0, max(self._config.schedule.every_seconds, 1.0)))
             self._wake.clear()
+            # The scheduler runs on the wall clock: after the clock is set back by hours, it would
+            # wait those hours. Compare the wall clock with the monotonic one and re-plan.
+            jumped = self._wall_offset() - offset
+            offset += jumped
+            if abs(jumped) > CLOCK_JUMP_SECONDS and not self._stop.is_set():
+                self._on_clock_jump(jumped)
             if self._reload_requested:
                 self._reload_requested = False
                 self._reload()
@@ -185,6 +196,23 @@ class Daemon:
                 self._after_cycle(finished)
             if interval and self._scheduler.running:
                 self._notifier.send(WATCHDOG="1")
+
+    def _wall_offset(self) -> float:
+        return self._clock().timestamp() - time.monotonic()
+
+    def _on_clock_jump(self, seconds: float) -> None:
+        """Re-plan both jobs from the ledger's cooldown, as seen on the clock as it is now."""
+        assert self._tracker is not None
+        self._log.warning("clock.jumped", seconds=round(seconds, 1))
+        try:
+            with self._tracker.open_ledger() as ledger:
+                due = self._tracker.next_due(ledger)  # a cooldown anchor now in the future moves to now
+        except CpuTrackerError as exc:
+            self._log.error("clock.replan_failed", detail=str(exc))
+            return
+        self._scheduler.modify_job(JOB_ID, next_run_time=due)
+        if self._scheduler.get_job(AGGREGATE_JOB_ID) is not None:
+            self._scheduler.modify_job(AGGREGATE_JOB_ID, next_run_time=self._clock())
 
     def _start_scheduler(self, first_run: datetime) -> None:
         from apscheduler.executors.pool import ThreadPoolExecutor

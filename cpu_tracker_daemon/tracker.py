@@ -90,6 +90,21 @@ class CycleResult:
         }
 
 
+@dataclass
+class Spacing:
+    """Within one process, releases are also spaced on the monotonic clock.
+
+    The ledger's cooldown is on the wall clock, which survives restarts; this one survives the
+    wall clock being stepped: after a jump forward, a window that began before the jump and one
+    that begins after it are hours apart on the wall clock and milliseconds apart in fact.
+    """
+
+    last_window_start: float | None = None
+
+    def seconds_left(self, every: float, now: float) -> float:
+        return 0.0 if self.last_window_start is None else max(self.last_window_start + every - now, 0.0)
+
+
 @dataclass(frozen=True)
 class Tracker:
     config: Config
@@ -100,6 +115,7 @@ class Tracker:
     random_state: RandomLike = None
     stop: threading.Event = field(default_factory=threading.Event)
     monotonic: Callable[[], float] = time.monotonic
+    spacing: Spacing | None = None  # the daemon's: real time between its releases
 
     @property
     def every(self) -> timedelta:
@@ -185,11 +201,18 @@ class Tracker:
             if wait > max_wait:
                 raise CooldownError(due.isoformat())
             self._wait_until(due)
+            if self.spacing is not None:
+                left = self.spacing.seconds_left(config.schedule.every_seconds, self.monotonic())
+                if left > max_wait:
+                    raise CooldownError((self.clock() + timedelta(seconds=left)).isoformat())
+                if left > 0 and self.stop.wait(left):
+                    raise Interrupted()
         blocking = ledger.status(caps, self.clock()).first_blocking(calibration.event)
         if blocking is not None:
             raise BudgetExhaustedError(blocking.name, blocking.spent, blocking.limit, calibration.epsilon)
         load_mechanisms()
 
+        window_started = self.monotonic()
         window = sample_window(
             self.cpu,
             config.sampling.samples,
@@ -212,6 +235,8 @@ class Tracker:
         after: BudgetStatus = ledger.reserve(
             spend, caps, self.clock(), None if force else config.schedule.every_seconds
         )
+        if self.spacing is not None:
+            self.spacing.last_window_start = window_started
         # The spend is committed. Only now is noise drawn, and its result committed before use.
         raw_mean = clamped_mean(window.samples, config.privacy.lower, config.privacy.upper)
         noisy = add_noise(raw_mean, calibration, self.random_state)

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import json
 import os
 import signal
 import sqlite3
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import log_events, start_cli, write_config
+from tests.conftest import cli_env, log_events, start_cli, write_config
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,3 +141,48 @@ def test_kill_9_rounds(tmp_path: Path) -> None:
     result = faults.run(kills=5, seed=3, quiet=True)
     assert result["kills"] == 5
     assert result["spends"] >= result["visible_releases"]
+
+
+FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
+
+
+@pytest.mark.skipif(not FAKETIME.exists(), reason="Debian's faketime (libfaketime) is not installed")
+def test_wall_clock_stepped_hours_forward_and_back(tmp_path: Path) -> None:
+    """Under libfaketime the daemon's wall clock jumps 5 h forward, then back. No burst after the jump
+    forward, no stall of hours after the jump back: releases stay about every_seconds apart in real time."""
+    offset = tmp_path / "faketime"
+    offset.write_text("+0\n")
+    config = write_config(tmp_path, {"schedule": {"every_seconds": 2}})
+    env = cli_env(
+        LD_PRELOAD=str(FAKETIME),
+        FAKETIME_TIMESTAMP_FILE=str(offset),
+        FAKETIME_NO_CACHE="1",
+        DONT_FAKE_MONOTONIC="1",  # the real monotonic clock is what the daemon checks the wall clock against
+    )
+    proc = start_cli("--config", str(config), "run", env=env)
+    arrivals: list[tuple[float, dict[str, Any]]] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            arrivals.extend((time.monotonic(), e) for e in log_events(line))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    while not any(e.get("outcome") == "released" for _, e in arrivals):
+        time.sleep(0.1)
+    offset.write_text("+5h\n")
+    time.sleep(7)
+    offset.write_text("+0\n")
+    stepped_back = time.monotonic()
+    time.sleep(9)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=20)
+    reader.join(timeout=5)
+    released = [t for t, e in arrivals if e.get("outcome") == "released"]
+    gaps = [b - a for a, b in itertools.pairwise(released)]
+    jumps = [e["seconds"] for _, e in arrivals if e.get("event") == "clock.jumped"]
+    assert jumps == [18000.0, -18000.0]
+    assert min(gaps) > 1.5, gaps  # no burst
+    assert len([t for t in released if t > stepped_back]) >= 2  # no stall
+    assert proc.returncode == 0
