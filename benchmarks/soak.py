@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--every", type=float, default=1.0)
+    parser.add_argument("--series", action="store_true", help="also print every sample")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="cpu-tracker-soak-"))
     config = work / "soak.toml"
@@ -106,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     for index, name in ((1, "RSS MiB"), (2, "open fds"), (3, "threads")):
         slope = slope_per_hour([(s[0], float(s[index])) for s in samples])
         print(f"| {name} | {first[index]:.1f} | {last[index]:.1f} | {slope:+.3f} |")
+    if args.series:
+        print("\nseconds  RSS MiB  fds  threads")
+        for t, rss, fds, threads in samples:
+            print(f"{t:7.0f}  {rss:7.1f}  {fds:3d}  {threads:3d}")
     print(f"\ncycles by outcome: {outcomes}")
     print(
         f"releases: {len(released_at)}, gaps min/max {min(gaps):.2f}/{max(gaps):.2f} s; "

@@ -100,6 +100,8 @@ CREATE TABLE requests (
     decided_at  TEXT NOT NULL,
     grant_id    INTEGER REFERENCES grants (id)
 );
+CREATE INDEX outcomes_by_release ON outcomes (release_id, id);
+CREATE INDEX spends_by_time ON spends (reserved_ts);
 """
 
 
@@ -363,7 +365,11 @@ class Ledger:
                         ORDER BY o.id DESC LIMIT 1) AS status,
                        (SELECT payload FROM outcomes o WHERE o.release_id = s.release_id
                         AND o.status = 'drawn' ORDER BY o.id DESC LIMIT 1) AS payload
-                FROM spends s ORDER BY s.reserved_ts
+                FROM spends s
+                WHERE NOT EXISTS (
+                    SELECT 1 FROM outcomes o WHERE o.release_id = s.release_id
+                    AND o.status IN ('published', 'abandoned', 'superseded'))
+                ORDER BY s.reserved_ts
                 """
             ).fetchall()
         result = []
