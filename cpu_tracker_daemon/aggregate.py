@@ -9,7 +9,6 @@ reason and logged once per peer and reason; they never stop the pass or change i
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import Counter
@@ -45,15 +44,9 @@ def output_dir(config: Config) -> Path:
 
 
 def public_permissions_text(owner: str) -> str:
-    return (
-        "# Written by cpu-tracker: the network aggregate is public.\n"
-        "terminal: false\n"
-        "rules:\n"
-        '  - pattern: "**"\n'
-        "    access:\n"
-        f"      admin: {json.dumps([owner])}\n"
-        "      write: []\n"
-        '      read: ["*"]\n'
+    return storage.syft_yaml(
+        "Written by cpu-tracker: the network aggregate is public.",
+        [storage.SyftRule("**", admin=(owner,), read=("*",))],
     )
 
 

@@ -12,7 +12,6 @@ ever raises anything else for bad input.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -23,6 +22,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cpu_tracker_daemon import storage
 from cpu_tracker_daemon.config import MECHANISMS, UNITS
 from cpu_tracker_daemon.records import SCHEMA, SCHEMA_VERSION
 from cpu_tracker_daemon.storage import APP_DIR, PUBLIC_NAME
@@ -71,8 +71,8 @@ def read_release(datasites: Path, peer: str, now: datetime, max_age: timedelta) 
         raise Skipped("bad peer name")
     data = _read_capped(datasites, (peer, "app_data", APP_DIR, PUBLIC_NAME))
     try:
-        doc = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        doc = storage.strict_json(data)
+    except ValueError:
         raise Skipped("not UTF-8 JSON") from None
     return _validate(doc, peer, now, max_age)
 
@@ -89,25 +89,21 @@ def _read_capped(datasites: Path, parts: tuple[str, ...]) -> bytes:
     except OSError:
         raise Skipped("no release") from None
     try:
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_NONBLOCK if last else os.O_DIRECTORY)
+        for part in parts[:-1]:
             try:
-                child = os.open(part, flags, dir_fd=fd)
+                child = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_DIRECTORY, dir_fd=fd)
             except FileNotFoundError:
                 raise Skipped("no release") from None
             except OSError:
                 raise Skipped(_why_not(fd, part)) from None
             os.close(fd)
             fd = child
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise Skipped("not a regular file")
-        data = os.read(fd, MAX_BYTES + 1)
+        try:
+            return storage.read_untrusted(Path(parts[-1]), MAX_BYTES, dir_fd=fd)
+        except ValueError as why:
+            raise Skipped("no release" if str(why) == "missing" else str(why)) from None
     finally:
         os.close(fd)
-    if len(data) > MAX_BYTES:
-        raise Skipped("too large")
-    return data
 
 
 def _why_not(directory_fd: int, name: str) -> str:
@@ -118,10 +114,6 @@ def _why_not(directory_fd: int, name: str) -> str:
     if stat.S_ISLNK(mode):
         return "symlink"
     return "unreadable" if stat.S_ISDIR(mode) else "not a regular file"
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _number(value: Any, reason: str) -> float:

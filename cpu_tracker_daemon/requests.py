@@ -16,11 +16,8 @@ id) are not pending.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-import stat
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -86,25 +83,14 @@ class Scan:
 
 def requests_permissions_text(owner: str, readers: Iterable[str]) -> str:
     """``requests/syft.pub.yaml``: readers may write request files and read the answers; no more."""
-
-    def flow(items: Iterable[str]) -> str:
-        return "[" + ", ".join(json.dumps(i) for i in items) + "]"
-
-    readers = list(readers)
-    return (
-        "# Written by cpu-tracker: readers may drop budget requests here and read the answers.\n"
-        "terminal: true\n"
-        "rules:\n"
-        f'  - pattern: "*{REQUEST_SUFFIX}"\n'
-        "    access:\n"
-        f"      admin: {flow([owner])}\n"
-        f"      write: {flow(readers)}\n"
-        f"      read: {flow(readers)}\n"
-        f'  - pattern: "*{RESPONSE_SUFFIX}"\n'
-        "    access:\n"
-        f"      admin: {flow([owner])}\n"
-        "      write: []\n"
-        f"      read: {flow(readers)}\n"
+    readers = tuple(readers)
+    return storage.syft_yaml(
+        "Written by cpu-tracker: readers may drop budget requests here and read the answers.",
+        [
+            storage.SyftRule(f"*{REQUEST_SUFFIX}", admin=(owner,), write=readers, read=readers),
+            storage.SyftRule(f"*{RESPONSE_SUFFIX}", admin=(owner,), read=readers),
+        ],
+        terminal=True,
     )
 
 
@@ -126,26 +112,14 @@ def ensure_requests_dir(layout: storage.Layout) -> Path:
 def parse(path: Path, readers: Iterable[str], now: datetime) -> Request:
     """Read and validate one request file; raise :class:`Rejected` naming what is wrong."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as exc:
-        raise Rejected("symlink" if exc.errno == 40 else "unreadable") from None  # ELOOP: a symlink
+        data = storage.read_untrusted(path, MAX_BYTES)
+    except ValueError as why:
+        raise Rejected(str(why)) from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise Rejected("not a regular file")
-        data = os.read(fd, MAX_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > MAX_BYTES:
-        raise Rejected("too large")
-    try:
-        doc = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError):
+        doc = storage.strict_json(data)
+    except ValueError:
         raise Rejected("not UTF-8 JSON") from None
     return _validate(doc, path.name, set(readers), now)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _validate(doc: Any, filename: str, readers: set[str], now: datetime) -> Request:

@@ -7,8 +7,10 @@ made durable by fsyncing the directory. Readers see the old file or the new one,
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -189,22 +191,75 @@ def write_json(path: Path, record: dict[str, Any], mode: int) -> None:
     atomic_write(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(), mode)
 
 
-def syft_permissions_text(owner: str, readers: Iterable[str]) -> str:
-    """A SyftBox ``syft.pub.yaml``: the readers may read, the owner administers, nobody writes."""
+@dataclass(frozen=True)
+class SyftRule:
+    """One rule of a SyftBox ``syft.pub.yaml``: who administers, writes and reads what matches."""
+
+    pattern: str
+    admin: tuple[str, ...]
+    write: tuple[str, ...] = ()
+    read: tuple[str, ...] = ()
+
+
+def syft_yaml(comment: str, rules: Iterable[SyftRule], terminal: bool = False) -> str:
+    """A ``syft.pub.yaml`` with ``rules``, in the flow style SyftBox writes."""
 
     def flow(items: Iterable[str]) -> str:
         return "[" + ", ".join(json.dumps(i) for i in items) + "]"
 
-    return (
-        "# Written by cpu-tracker: only the listed readers may read this app's output.\n"
-        "terminal: false\n"
-        "rules:\n"
-        '  - pattern: "**"\n'
-        "    access:\n"
-        f"      admin: {flow([owner])}\n"
-        "      write: []\n"
-        f"      read: {flow(readers)}\n"
+    lines = [f"# {comment}", f"terminal: {'true' if terminal else 'false'}", "rules:"]
+    for rule in rules:
+        lines += [
+            f"  - pattern: {json.dumps(rule.pattern)}",
+            "    access:",
+            f"      admin: {flow(rule.admin)}",
+            f"      write: {flow(rule.write)}",
+            f"      read: {flow(rule.read)}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def syft_permissions_text(owner: str, readers: Iterable[str]) -> str:
+    """The member's output: the readers may read, the owner administers, nobody writes."""
+    return syft_yaml(
+        "Written by cpu-tracker: only the listed readers may read this app's output.",
+        [SyftRule("**", admin=(owner,), read=tuple(readers))],
     )
+
+
+def read_untrusted(path: Path, max_bytes: int, dir_fd: int | None = None) -> bytes:
+    """At most ``max_bytes`` of a file another machine wrote: never through a symlink, never a FIFO.
+
+    Raises ``ValueError`` whose message is the reason: ``missing``, ``symlink``, ``unreadable``,
+    ``not a regular file`` or ``too large``.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise ValueError("missing") from None
+    except OSError as exc:
+        raise ValueError("symlink" if exc.errno == errno.ELOOP else "unreadable") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        data = os.read(fd, max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise ValueError("too large")
+    return data
+
+
+def strict_json(data: bytes) -> Any:
+    """UTF-8 JSON with no NaN or Infinity; raises ValueError (also for too deep a nesting)."""
+
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=no_constant)
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(str(exc)) from None
 
 
 def ensure_syft_permissions(layout: Layout) -> bool:
