@@ -31,6 +31,7 @@ from cpu_tracker_daemon.errors import (
     OutputError,
     ServiceError,
     UsageError,
+    one_line,
 )
 
 EXIT_OK = 0
@@ -218,13 +219,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         config = load_config(path, env)
         return _dispatch(args, config, path, env)
     except CpuTrackerError as exc:
-        print(f"cpu-tracker: {exc}", file=sys.stderr)
+        print(f"cpu-tracker: {one_line(str(exc))}", file=sys.stderr)
         return exit_code_for(exc)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - a bug still gets one line, never a traceback with data
         print(
-            f"cpu-tracker: internal error ({type(exc).__name__}: {exc}); please report it",
+            f"cpu-tracker: internal error ({type(exc).__name__}: {one_line(str(exc))}); please report it",
             file=sys.stderr,
         )
         return EXIT_INTERNAL
@@ -312,7 +313,7 @@ def _once(config: Config, force: bool) -> int:
         result = tracker.cycle(force=force)
     CycleLog(log)(result)
     if result.error is not None:
-        print(f"cpu-tracker: {result.error}", file=sys.stderr)
+        print(f"cpu-tracker: {one_line(str(result.error))}", file=sys.stderr)
         return exit_code_for(result.error)
     return EXIT_OK
 

@@ -325,7 +325,10 @@ def _convert(name: str, kind: str, value: Any, base: Path) -> tuple[Any, str]:
             return None, wrong
         if not value:
             return None, ""
-        path = Path(value).expanduser()
+        try:
+            path = Path(value).expanduser()
+        except RuntimeError:  # "~name" of a user this machine does not know
+            return None, f"{name} names the home of an unknown user ({value!r}); give an absolute path"
         return (path if path.is_absolute() else base / path), ""
     # emails
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

@@ -8,6 +8,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
+def one_line(text: str) -> str:
+    """``text`` with every non-printable character escaped: a hostile name cannot break the line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class CpuTrackerError(Exception):
     """Base class; str() is one sentence a user can act on."""
 
@@ -20,7 +27,7 @@ class ConfigError(CpuTrackerError):
     """The configuration is invalid; every problem is reported at once."""
 
     def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
+        self.problems = [one_line(problem) for problem in problems]
         super().__init__("invalid configuration: " + "; ".join(self.problems))
 
 

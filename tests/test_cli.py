@@ -23,6 +23,8 @@ BAD_CONFIGS = {
     "not toml": "this is = = not toml\n[[[\n",
     "epsilon and sigma": "[privacy]\nepsilon = 1\nsigma = 5\n",
     "gaussian without delta": '[privacy]\nmechanism = "gaussian"\ndelta = 0\n',
+    "home of an unknown user": '[syftbox]\ndir = "~no-such-user-here/SyftBox"\n',
+    "control characters in names": '[sampling]\n"a\\nb\\u0007" = 1\n["x\\ty"]\n',
 }
 
 

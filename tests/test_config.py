@@ -163,6 +163,23 @@ class TestBadInput:
             load_config(path)
         assert len(info.value.problems) == 2
 
+    def test_hostile_names_are_escaped_onto_one_line(self, tmp_path: Path) -> None:
+        """A key or section name with a newline or a bell is shown escaped, never raw."""
+        path = tmp_path / "c.toml"
+        path.write_text('[paths]\n"a\\nb\\u0007" = 1\n["x\\ty"]\n')
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        assert all(problem.isprintable() for problem in info.value.problems)
+        assert "unknown key paths.a\\nb\\x07;" in str(info.value)
+        assert "unknown section x\\ty;" in str(info.value)
+
+    def test_home_of_an_unknown_user_is_a_config_error(self, tmp_path: Path) -> None:
+        """``~nosuchuser/x`` cannot be expanded: a ConfigError, not a crash (atheris found it)."""
+        path = tmp_path / "c.toml"
+        path.write_text('[syftbox]\ndir = "~no-such-user-here/SyftBox"\n')
+        with pytest.raises(ConfigError, match=r"syftbox\.dir names the home of an unknown user"):
+            load_config(path)
+
     def test_missing_file(self, tmp_path: Path) -> None:
         """A config path that does not exist is an error, not silently the defaults."""
         with pytest.raises(ConfigError, match="does not exist"):
@@ -221,7 +238,7 @@ class TestProperties:
             config = parse_config(raw, environ={"HOME": "/h"})
         except ConfigError as exc:
             assert exc.problems
-            assert all(isinstance(p, str) and p for p in exc.problems)
+            assert all(isinstance(p, str) and p and p.isprintable() for p in exc.problems)
         else:
             assert config.privacy.epsilon > 0
             assert config.privacy.upper > config.privacy.lower
