@@ -23,6 +23,7 @@ random generation does not, by following coverage.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import re
@@ -310,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if unknown := sorted(set(args.targets) - set(TARGETS)):
         parser.error(f"unknown target {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
+    if importlib.util.find_spec("atheris") is None:
+        print("skipped: atheris is not installed (it ships wheels for x86_64 Linux only)")
+        return 0
     with tempfile.TemporaryDirectory(prefix="cpu-tracker-fuzz-") as scratch:
         out = args.out or Path(scratch)
         results = [run(t, out, args.seconds, args.runs) for t in args.targets or TARGETS]

@@ -1,6 +1,6 @@
 """Run every benchmark and print their tables: the one command behind the README's figures.
 
-    python benchmarks/run_all.py            # everything (about 50 minutes: the soak is 30)
+    python benchmarks/run_all.py            # everything (about 60 minutes: the soak is 30, fuzzing 6)
     python benchmarks/run_all.py --quick    # a fast subset of each (a few minutes; CI runs it)
 
 Prints the machine first, then each benchmark's own Markdown table. Exits non-zero if any
@@ -28,6 +28,7 @@ FULL = [
     ("aggregation at scale", ["aggregate_scale.py"]),
     ("kill -9 fault injection", ["faults.py", "--kills", "200"]),
     ("soak, 30 minutes at 1 s", ["soak.py", "--minutes", "30"]),
+    ("coverage-guided fuzzing (atheris)", ["fuzz.py", "--seconds", "120"]),
 ]
 QUICK = [
     ("overhead, side by side", ["overhead.py", "--quick"]),
@@ -37,6 +38,7 @@ QUICK = [
     ("aggregation at scale", ["aggregate_scale.py", "--sizes", "1000,10000"]),
     ("kill -9 fault injection", ["faults.py", "--kills", "10"]),
     ("soak, 1 minute at 1 s", ["soak.py", "--minutes", "1"]),
+    ("coverage-guided fuzzing (atheris)", ["fuzz.py", "--runs", "20000"]),
 ]
 # On a shared CI machine other jobs can skew a short accuracy window or a 1 s schedule, so in
 # --quick those two report their check without failing the run; the full run is strict.

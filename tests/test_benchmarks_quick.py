@@ -36,3 +36,15 @@ def test_short_soak_is_flat(capsys: pytest.CaptureFixture[str]) -> None:
     """Twenty seconds at a 1 s cadence: no cycle doubled or missed, fds and threads back where they were."""
     soak = benchmark("soak")
     assert soak.main(["--minutes", "0.35"]) == 0, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("target", ["config", "peer", "request"])
+def test_atheris_finds_no_crash_in_a_short_run(target: str, tmp_path: Path) -> None:
+    """3,000 coverage-guided inputs per parser, from the seed corpus: none escapes its contract."""
+    pytest.importorskip("atheris", reason="atheris ships wheels for x86_64 Linux only")
+    fuzz = benchmark("fuzz")
+    result = fuzz.run(target, tmp_path, seconds=None, runs=3000)
+    assert result["crashes"] == [], result["tail"]
+    assert result["exit"] == 0, result["tail"]
+    assert result["runs"] == 3000
+    assert (tmp_path / target / "corpus" / "seed-0").exists()
