@@ -36,6 +36,7 @@ from cpu_tracker_daemon.sampling import CpuSource, sample_window
 from cpu_tracker_daemon.storage import Layout
 
 Clock = Callable[[], datetime]
+WAIT_GRACE_SECONDS = 1.0  # real time a cooldown wait may run over, for a wall clock being slewed
 
 
 def utc_now() -> datetime:
@@ -185,9 +186,16 @@ class Tracker:
                 self.log.info("release.recovered", release_id=item.release_id)
         return republished
 
-    def _wait_until(self, due: datetime) -> None:
+    def _wait_until(self, due: datetime, at_most: float) -> None:
+        """Wait until the wall clock reads ``due``, but for no more than ``at_most`` real seconds:
+        a clock set back by hours during the wait must not hold the cycle for hours. If the wall
+        clock is still short of ``due`` then, the cycle is refused and the schedule re-planned."""
+        deadline = self.monotonic() + at_most
         while (left := (due - self.clock()).total_seconds()) > 0:
-            if self.stop.wait(min(left, 1.0)):
+            real_left = deadline - self.monotonic()
+            if real_left <= 0:
+                raise CooldownError(due.isoformat())
+            if self.stop.wait(min(left, real_left, 1.0)):
                 raise Interrupted()
 
     def _release(
@@ -200,7 +208,7 @@ class Tracker:
             wait = (due - self.clock()).total_seconds()
             if wait > max_wait:
                 raise CooldownError(due.isoformat())
-            self._wait_until(due)
+            self._wait_until(due, at_most=wait + WAIT_GRACE_SECONDS)
             if self.spacing is not None:
                 left = self.spacing.seconds_left(config.schedule.every_seconds, self.monotonic())
                 if left > max_wait:
@@ -232,8 +240,9 @@ class Tracker:
             unit=calibration.unit,
             sensitivity=calibration.sensitivity,
         )
+        reserved_at = self.clock()
         after: BudgetStatus = ledger.reserve(
-            spend, caps, self.clock(), None if force else config.schedule.every_seconds
+            spend, caps, reserved_at, None if force else config.schedule.every_seconds
         )
         if self.spacing is not None:
             self.spacing.last_window_start = window_started
@@ -257,7 +266,7 @@ class Tracker:
             release_id=release_id,
             epsilon_spent=calibration.epsilon,
             epsilon_remaining=after.remaining,
-            next_due_at=window.start + self.every,
+            next_due_at=min(window.start, reserved_at) + self.every,  # the ledger's anchor
             recovered=recovered,
         )
 

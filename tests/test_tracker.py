@@ -6,6 +6,8 @@ import io
 import json
 import sqlite3
 import stat
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from cpu_tracker_daemon import logs
 from cpu_tracker_daemon.config import Config, load_config
 from cpu_tracker_daemon.sampling import PsutilCpuSource
 from cpu_tracker_daemon.storage import layout_for, prepare
-from cpu_tracker_daemon.tracker import CycleLog, Tracker
+from cpu_tracker_daemon.tracker import WAIT_GRACE_SECONDS, CycleLog, Tracker
 from tests.conftest import FakeClock, FakeCpu, log_events, write_config
 
 
@@ -122,6 +124,29 @@ class TestClockJumps:
         clock.advance(5 * 3600)
         results = [tracker.cycle().outcome for _ in range(4)]
         assert results == ["released", "cooldown", "cooldown", "cooldown"]
+
+    def test_clock_set_back_during_the_cooldown_wait_refuses_instead_of_waiting_hours(
+        self, tmp_path: Path, clock: FakeClock
+    ) -> None:
+        """A cycle waiting out the last 0.3 s of its cooldown sees the clock set back 5 h. It gives up
+        after that wait plus the grace in real time, as a cooldown refusal, rather than waiting 5 h."""
+        tracker, _ = make_tracker(tmp_path, clock, overrides={"schedule": {"every_seconds": 10}})
+        assert tracker.cycle().outcome == "released"
+        clock.advance(10 - 0.3)
+        outcome: list[str] = []
+        waiting = threading.Thread(target=lambda: outcome.append(tracker.cycle(max_wait=1.0).outcome))
+        started = time.monotonic()
+        waiting.start()
+        time.sleep(0.1)
+        clock.advance(-5 * 3600)
+        waiting.join(timeout=10)
+        stuck = waiting.is_alive()
+        tracker.stop.set()  # lets a stuck cycle go, so a failure does not hang the suite
+        waiting.join()
+        assert not stuck, "the cycle was still waiting on the wall clock"
+        assert outcome == ["cooldown"]
+        assert time.monotonic() - started < 0.3 + WAIT_GRACE_SECONDS + 2
+        assert [status for _, status in outcomes(tracker)].count("published") == 1
 
     def test_random_walk_of_the_clock_never_beats_the_cooldown(
         self, tmp_path: Path, clock: FakeClock
