@@ -307,9 +307,15 @@ class Daemon:
         self._notify_status()
 
     def _align(self, due: datetime) -> None:
-        """Move the next run to ``due`` when the grid would fire before the cooldown allows."""
+        """Move the next run to ``due`` when the grid would fire before the cooldown allows.
+
+        A ``due`` more than one interval ahead was reckoned on a clock that has since been set
+        back (the cycle straddled the step); the clock-jump re-plan, from the ledger, stands.
+        """
         job = self._scheduler.get_job(JOB_ID)
         slack = timedelta(seconds=_max_wait(self._config))
+        if due - self._clock() > timedelta(seconds=self._config.schedule.every_seconds) + slack:
+            return
         if job is not None and job.next_run_time is not None and job.next_run_time < due - slack:
             self._scheduler.modify_job(JOB_ID, next_run_time=due)
 

@@ -451,10 +451,12 @@ class Ledger:
                     spend.sensitivity,
                 ),
             )
+            # A window that starts after now straddled a clock set back: it anchors at now, not in
+            # the future, so the next release waits one interval, not one plus the size of the step.
             conn.execute(
                 "INSERT INTO cooldown (id, anchor_ts) VALUES (1, ?) "
                 "ON CONFLICT (id) DO UPDATE SET anchor_ts = max(anchor_ts, excluded.anchor_ts)",
-                (start_ts,),
+                (min(start_ts, now_ts),),
             )
             after = self._status(conn, caps, now_ts)
             conn.execute(

@@ -186,3 +186,49 @@ def test_wall_clock_stepped_hours_forward_and_back(tmp_path: Path) -> None:
     assert min(gaps) > 1.5, gaps  # no burst
     assert len([t for t in released if t > stepped_back]) >= 2  # no stall
     assert proc.returncode == 0
+
+
+@pytest.mark.skipif(not FAKETIME.exists(), reason="Debian's faketime (libfaketime) is not installed")
+def test_wall_clock_set_back_in_the_middle_of_a_window(tmp_path: Path) -> None:
+    """The clock is set back 5 h while a 2 s sampling window is open. That cycle's own idea of the
+    next due time is 5 h ahead of the new clock; it must not move the schedule there (a stall)."""
+    offset = tmp_path / "faketime"
+    offset.write_text("+5h\n")
+    config = write_config(
+        tmp_path,
+        {"schedule": {"every_seconds": 4}, "sampling": {"samples": 20, "interval_seconds": 0.1}},
+    )
+    env = cli_env(
+        LD_PRELOAD=str(FAKETIME),
+        FAKETIME_TIMESTAMP_FILE=str(offset),
+        FAKETIME_NO_CACHE="1",
+        DONT_FAKE_MONOTONIC="1",
+    )
+    proc = start_cli("--config", str(config), "run", env=env)
+    arrivals: list[tuple[float, dict[str, Any]]] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            arrivals.extend((time.monotonic(), e) for e in log_events(line))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 30
+    while not any(e.get("outcome") == "released" for _, e in arrivals) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # The first window ended just now; the next one opens about 2 s from now and lasts 2 s.
+    time.sleep(3)
+    offset.write_text("+0\n")
+    stepped_back = time.monotonic()
+    time.sleep(14)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=20)
+    reader.join(timeout=5)
+    released = [t for t, e in arrivals if e.get("outcome") == "released"]
+    jumps = [e["seconds"] for _, e in arrivals if e.get("event") == "clock.jumped"]
+    assert jumps == [-18000.0]
+    assert min(b - a for a, b in itertools.pairwise(released)) > 3.0  # no burst
+    # The window open at the step lands within about a second; then releases go on every 4 s.
+    assert len([t for t in released if t > stepped_back + 2]) >= 2, [t - stepped_back for t in released]
+    assert proc.returncode == 0

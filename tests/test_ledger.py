@@ -101,10 +101,22 @@ class TestReserve:
     def test_future_anchor_is_moved_to_now(self, tmp_path: Path) -> None:
         """After the clock jumps back, the anchor becomes now, durably: one interval's delay at most."""
         with fresh(tmp_path) as ledger:
-            ledger.reserve(spend(1, T0 + timedelta(hours=5)), CAPS, T0, None)
+            later = T0 + timedelta(hours=5)
+            ledger.reserve(spend(1, later), CAPS, later + timedelta(seconds=50), None)
             anchor, skewed = ledger.cooldown_anchor(T0)
             assert (anchor, skewed) == (T0.timestamp(), True)
             assert ledger.cooldown_anchor(T0 + timedelta(seconds=1)) == (T0.timestamp(), False)
+
+    def test_window_straddling_a_clock_set_back_anchors_at_now(self, tmp_path: Path) -> None:
+        """A window that began 5 h after the time of its reservation (the clock was set back during
+        it) anchors the cooldown at that time, so the next release waits one interval, not 5 h."""
+        with fresh(tmp_path) as ledger:
+            ledger.reserve(spend(1, T0 + timedelta(hours=5)), CAPS, T0, 3600)
+            assert ledger.cooldown_anchor(T0) == (T0.timestamp(), False)
+            early, due = T0 + timedelta(seconds=3599), T0 + timedelta(seconds=3600)
+            with pytest.raises(CooldownError):
+                ledger.reserve(spend(2, early), CAPS, early, 3600)
+            ledger.reserve(spend(3, due), CAPS, due, 3600)
 
 
 class TestAppendOnly:
