@@ -146,89 +146,88 @@ def test_kill_9_rounds(tmp_path: Path) -> None:
 FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
 
 
+class FaketimeDaemon:
+    """``cpu-tracker run`` under libfaketime: writing ``offset`` ("+5h", "+0") steps its wall clock;
+    its monotonic clock stays real. Log events are collected with the (real) time they arrived."""
+
+    def __init__(self, tmp_path: Path, offset: str, overrides: dict[str, dict[str, Any]]) -> None:
+        self.offset = tmp_path / "faketime"
+        self.offset.write_text(f"{offset}\n")
+        env = cli_env(
+            LD_PRELOAD=str(FAKETIME),
+            FAKETIME_TIMESTAMP_FILE=str(self.offset),
+            FAKETIME_NO_CACHE="1",
+            DONT_FAKE_MONOTONIC="1",  # the daemon checks the wall clock against the real monotonic one
+        )
+        self.proc = start_cli("--config", str(write_config(tmp_path, overrides)), "run", env=env)
+        self.arrivals: list[tuple[float, dict[str, Any]]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.arrivals.extend((time.monotonic(), e) for e in log_events(line))
+
+    def step(self, offset: str) -> float:
+        """Step the wall clock; returns the real (monotonic) time of the step."""
+        self.offset.write_text(f"{offset}\n")
+        return time.monotonic()
+
+    def wait_for_first_release(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.released() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=20)
+        self._reader.join(timeout=5)
+        return code
+
+    def released(self) -> list[float]:
+        return [t for t, e in self.arrivals if e.get("outcome") == "released"]
+
+    def jumps(self) -> list[float]:
+        return [e["seconds"] for _, e in self.arrivals if e.get("event") == "clock.jumped"]
+
+
 @pytest.mark.skipif(not FAKETIME.exists(), reason="Debian's faketime (libfaketime) is not installed")
 def test_wall_clock_stepped_hours_forward_and_back(tmp_path: Path) -> None:
     """Under libfaketime the daemon's wall clock jumps 5 h forward, then back. No burst after the jump
     forward, no stall of hours after the jump back: releases stay about every_seconds apart in real time."""
-    offset = tmp_path / "faketime"
-    offset.write_text("+0\n")
-    config = write_config(tmp_path, {"schedule": {"every_seconds": 2}})
-    env = cli_env(
-        LD_PRELOAD=str(FAKETIME),
-        FAKETIME_TIMESTAMP_FILE=str(offset),
-        FAKETIME_NO_CACHE="1",
-        DONT_FAKE_MONOTONIC="1",  # the real monotonic clock is what the daemon checks the wall clock against
-    )
-    proc = start_cli("--config", str(config), "run", env=env)
-    arrivals: list[tuple[float, dict[str, Any]]] = []
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            arrivals.extend((time.monotonic(), e) for e in log_events(line))
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    while not any(e.get("outcome") == "released" for _, e in arrivals):
-        time.sleep(0.1)
-    offset.write_text("+5h\n")
+    daemon = FaketimeDaemon(tmp_path, "+0", {"schedule": {"every_seconds": 2}})
+    daemon.wait_for_first_release()
+    daemon.step("+5h")
     time.sleep(7)
-    offset.write_text("+0\n")
-    stepped_back = time.monotonic()
+    stepped_back = daemon.step("+0")
     time.sleep(9)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=20)
-    reader.join(timeout=5)
-    released = [t for t, e in arrivals if e.get("outcome") == "released"]
-    gaps = [b - a for a, b in itertools.pairwise(released)]
-    jumps = [e["seconds"] for _, e in arrivals if e.get("event") == "clock.jumped"]
-    assert jumps == [18000.0, -18000.0]
-    assert min(gaps) > 1.5, gaps  # no burst
+    code = daemon.stop()
+    released = daemon.released()
+    assert daemon.jumps() == [18000.0, -18000.0]
+    assert min(b - a for a, b in itertools.pairwise(released)) > 1.5, released  # no burst
     assert len([t for t in released if t > stepped_back]) >= 2  # no stall
-    assert proc.returncode == 0
+    assert code == 0
 
 
 @pytest.mark.skipif(not FAKETIME.exists(), reason="Debian's faketime (libfaketime) is not installed")
 def test_wall_clock_set_back_in_the_middle_of_a_window(tmp_path: Path) -> None:
     """The clock is set back 5 h while a 2 s sampling window is open. That cycle's own idea of the
     next due time is 5 h ahead of the new clock; it must not move the schedule there (a stall)."""
-    offset = tmp_path / "faketime"
-    offset.write_text("+5h\n")
-    config = write_config(
+    daemon = FaketimeDaemon(
         tmp_path,
+        "+5h",
         {"schedule": {"every_seconds": 4}, "sampling": {"samples": 20, "interval_seconds": 0.1}},
     )
-    env = cli_env(
-        LD_PRELOAD=str(FAKETIME),
-        FAKETIME_TIMESTAMP_FILE=str(offset),
-        FAKETIME_NO_CACHE="1",
-        DONT_FAKE_MONOTONIC="1",
-    )
-    proc = start_cli("--config", str(config), "run", env=env)
-    arrivals: list[tuple[float, dict[str, Any]]] = []
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            arrivals.extend((time.monotonic(), e) for e in log_events(line))
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    deadline = time.monotonic() + 30
-    while not any(e.get("outcome") == "released" for _, e in arrivals) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    daemon.wait_for_first_release()
     # The first window ended just now; the next one opens about 2 s from now and lasts 2 s.
     time.sleep(3)
-    offset.write_text("+0\n")
-    stepped_back = time.monotonic()
+    stepped_back = daemon.step("+0")
     time.sleep(14)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=20)
-    reader.join(timeout=5)
-    released = [t for t, e in arrivals if e.get("outcome") == "released"]
-    jumps = [e["seconds"] for _, e in arrivals if e.get("event") == "clock.jumped"]
-    assert jumps == [-18000.0]
+    code = daemon.stop()
+    released = daemon.released()
+    assert daemon.jumps() == [-18000.0]
     assert min(b - a for a, b in itertools.pairwise(released)) > 3.0  # no burst
     # The window open at the step lands within about a second; then releases go on every 4 s.
     assert len([t for t in released if t > stepped_back + 2]) >= 2, [t - stepped_back for t in released]
-    assert proc.returncode == 0
+    assert code == 0
