@@ -240,9 +240,8 @@ class Tracker:
             unit=calibration.unit,
             sensitivity=calibration.sensitivity,
         )
-        reserved_at = self.clock()
         after: BudgetStatus = ledger.reserve(
-            spend, caps, reserved_at, None if force else config.schedule.every_seconds
+            spend, caps, self.clock(), None if force else config.schedule.every_seconds
         )
         if self.spacing is not None:
             self.spacing.last_window_start = window_started
@@ -266,7 +265,7 @@ class Tracker:
             release_id=release_id,
             epsilon_spent=calibration.epsilon,
             epsilon_remaining=after.remaining,
-            next_due_at=min(window.start, reserved_at) + self.every,  # the ledger's anchor
+            next_due_at=due_at(after.cooldown_anchor_ts, self.every, self.clock()),
             recovered=recovered,
         )
 
