@@ -150,11 +150,12 @@ def _release(mechanism: str) -> dict[str, object]:
     from cpu_tracker_daemon.config import load_config
     from cpu_tracker_daemon.privacy import calibrate
     from cpu_tracker_daemon.records import public_record
-    from cpu_tracker_daemon.sampling import Window
+    from cpu_tracker_daemon.sampling import Reading, Window
 
     config = load_config(None, environ={"HOME": "/h"})
     privacy = dataclasses.replace(config.privacy, mechanism=mechanism)
-    window = Window(NOW - timedelta(minutes=11), NOW - timedelta(minutes=10), (40.0, 43.0), 1.0)
+    readings = (Reading(0.8, 2.0), Reading(0.86, 2.0))
+    window = Window(NOW - timedelta(minutes=11), NOW - timedelta(minutes=10), readings, 1.0)
     calibration = calibrate(privacy, len(window.samples))
     return public_record(
         "0123456789abcdef0123456789abcdef",

@@ -7,8 +7,13 @@ The privacy unit says what two neighbouring datasets differ in:
 * ``sample``: one sample differs, so the sensitivity is ``(upper - lower) / samples``. This is what
   the original SyftBox app protected; it hides one short reading, not what the machine did.
 
-Mechanisms (the noise is added to the clamped-sample mean, not through ``diffprivlib.tools.mean``,
-whose LaplaceTruncated clamps its output and so biases it):
+The value the noise is added to (:func:`clamped_statistic`) follows the unit: for ``window``, the
+window's busy percentage (busy over total CPU-seconds, what /proc/stat says for the window)
+clamped to [lower, upper]; for ``sample``, the mean of the clamped samples with equal weights,
+which the per-sample sensitivity needs.
+
+Mechanisms (noise added to that value, not through ``diffprivlib.tools.mean``, whose
+LaplaceTruncated clamps its output and so biases it):
 
 * ``laplace``: pure epsilon-DP, unbiased, noise scale ``sensitivity / epsilon``.
 * ``gaussian``: diffprivlib's analytic Gaussian (Balle & Wang 2018), (epsilon, delta)-DP,
@@ -33,6 +38,7 @@ from cpu_tracker_daemon.config import DEFAULT_EPSILON
 
 if TYPE_CHECKING:
     from cpu_tracker_daemon.config import PrivacyConfig
+    from cpu_tracker_daemon.sampling import Window
 
 # None means the OS CSPRNG (diffprivlib uses secrets.SystemRandom); an int seeds tests only.
 RandomLike = Any
@@ -115,6 +121,20 @@ def calibrate(privacy: PrivacyConfig, samples: int) -> Calibration:
 def clamped_mean(samples: Sequence[float], lower: float, upper: float) -> float:
     """The mean of the samples after clamping each to [lower, upper], which bounds sensitivity."""
     return math.fsum(min(max(s, lower), upper) for s in samples) / len(samples)
+
+
+def clamped_statistic(window: Window, unit: str, lower: float, upper: float) -> float:
+    """The value noise is added to: one any neighbour under ``unit`` moves by its sensitivity at most.
+
+    ``window``: the window's busy percentage, clamped; any window moves it by ``upper - lower``.
+    ``sample``: the equal-weight mean of the clamped samples; one sample moves it by at most
+    ``(upper - lower) / samples``. When a stall makes the sub-intervals unequal, equal weights
+    drift from the window's percentage, but weighting by length would let one long sub-interval
+    move the mean by more than that bound.
+    """
+    if unit == "window":
+        return min(max(window.busy_percent, lower), upper)
+    return clamped_mean(window.samples, lower, upper)
 
 
 def load_mechanisms() -> dict[str, Any]:

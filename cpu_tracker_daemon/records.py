@@ -50,7 +50,7 @@ def public_record(
 
 
 def private_record(release_id: str, raw_mean: float, window: Window, timestamp: str) -> dict[str, Any]:
-    """The owner's own result, never published: the raw mean of the clamped samples."""
+    """The owner's own result, never published: the value before noise (see ``clamped_statistic``)."""
     return {
         "schema": PRIVATE_SCHEMA,
         "schema_version": SCHEMA_VERSION,

@@ -4,10 +4,15 @@ psutil's ``cpu_percent()`` returns a meaningless 0.0 on its first call and keeps
 per thread, and APScheduler jobs may land on any thread. So :class:`PsutilCpuSource` keeps its
 own ``cpu_times()`` baseline and computes busy time the way /proc/stat defines it: everything
 but idle and iowait, with guest time (already inside user and nice) not counted twice.
+
+A reading keeps its CPU-seconds, not just its fraction: a window's busy percentage is its busy
+CPU-seconds over all its CPU-seconds, which is exactly what /proc/stat says for the window even
+when a stalled sampler made its sub-intervals unequal.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -18,9 +23,24 @@ from typing import Any, Protocol
 from cpu_tracker_daemon.errors import Interrupted
 
 
+@dataclass(frozen=True)
+class Reading:
+    """The whole machine's busy and total CPU-seconds (all cores) over one sub-interval."""
+
+    busy: float
+    total: float
+
+    @property
+    def percent(self) -> float:
+        """Busy share in percent; 0 when no tick elapsed (or counters went back after a hotplug)."""
+        if self.total <= 0:
+            return 0.0
+        return 100.0 * min(max(self.busy / self.total, 0.0), 1.0)
+
+
 class CpuSource(Protocol):
-    def busy_fraction_since_last(self) -> float:
-        """The whole machine's busy fraction (0-1) since the previous call (or construction)."""
+    def read(self) -> Reading:
+        """The whole machine's CPU-seconds since the previous call (or construction)."""
         ...
 
 
@@ -54,30 +74,34 @@ class PsutilCpuSource:
         self._lock = threading.Lock()
         self._last = split_times(self._read())
 
-    def busy_fraction_since_last(self) -> float:
+    def read(self) -> Reading:
         with self._lock:
             now = split_times(self._read())
-            busy = now.busy - self._last.busy
-            total = now.total - self._last.total
-            self._last = now
-        if total <= 0:
-            # No tick elapsed (or counters went backwards after a hotplug): no evidence of work.
-            return 0.0
-        return min(max(busy / total, 0.0), 1.0)
+            last, self._last = self._last, now
+        return Reading(busy=now.busy - last.busy, total=now.total - last.total)
 
 
 @dataclass(frozen=True)
 class Window:
-    """One sampling window: contiguous readings, as percentages, and when it ran."""
+    """One sampling window: contiguous readings and when it ran."""
 
     start: datetime
     end: datetime
-    samples: tuple[float, ...]
+    readings: tuple[Reading, ...]
     interval_seconds: float
 
     @property
-    def mean(self) -> float:
-        return sum(self.samples) / len(self.samples)
+    def samples(self) -> tuple[float, ...]:
+        """Each reading's busy percentage."""
+        return tuple(r.percent for r in self.readings)
+
+    @property
+    def busy_percent(self) -> float:
+        """The window's busy percentage: all its busy CPU-seconds over all its CPU-seconds."""
+        return Reading(
+            busy=math.fsum(r.busy for r in self.readings),
+            total=math.fsum(r.total for r in self.readings),
+        ).percent
 
 
 def sample_window(
@@ -91,15 +115,19 @@ def sample_window(
     """Take ``samples`` readings over contiguous sub-intervals of ``interval_seconds``.
 
     The deadlines are fixed from the start, so the sub-intervals tile the window without drift.
+    A sampler stalled past its deadline (CPU starvation, a VM paused, SIGSTOP) does not catch up
+    with readings over next to no time, which would read 0 ticks as 0% busy: each sub-interval
+    lasts at least half an interval, so the window ends late by at most what the stall took.
     Waiting goes through ``stop.wait``: a stop request raises :class:`Interrupted` at once.
     """
     start = clock()
-    cpu.busy_fraction_since_last()  # the window's baseline: whatever came before is not ours
-    origin = monotonic()
-    readings: list[float] = []
+    cpu.read()  # the window's baseline: whatever came before is not ours
+    origin = last = monotonic()
+    readings: list[Reading] = []
     for i in range(1, samples + 1):
-        remaining = origin + i * interval_seconds - monotonic()
-        if stop.wait(max(remaining, 0.0)) or stop.is_set():
+        deadline = max(origin + i * interval_seconds, last + interval_seconds / 2)
+        if stop.wait(max(deadline - monotonic(), 0.0)) or stop.is_set():
             raise Interrupted()
-        readings.append(100.0 * cpu.busy_fraction_since_last())
-    return Window(start=start, end=clock(), samples=tuple(readings), interval_seconds=interval_seconds)
+        readings.append(cpu.read())
+        last = monotonic()
+    return Window(start=start, end=clock(), readings=tuple(readings), interval_seconds=interval_seconds)

@@ -30,7 +30,7 @@ from cpu_tracker_daemon.errors import (
     OutputError,
 )
 from cpu_tracker_daemon.ledger import BudgetStatus, Caps, Ledger, Spend, open_ledger
-from cpu_tracker_daemon.privacy import RandomLike, add_noise, calibrate, clamped_mean, load_mechanisms
+from cpu_tracker_daemon.privacy import RandomLike, add_noise, calibrate, clamped_statistic, load_mechanisms
 from cpu_tracker_daemon.records import private_record, public_record
 from cpu_tracker_daemon.sampling import CpuSource, sample_window
 from cpu_tracker_daemon.storage import Layout
@@ -246,7 +246,7 @@ class Tracker:
         if self.spacing is not None:
             self.spacing.last_window_start = window_started
         # The spend is committed. Only now is noise drawn, and its result committed before use.
-        raw_mean = clamped_mean(window.samples, config.privacy.lower, config.privacy.upper)
+        raw_mean = clamped_statistic(window, calibration.unit, calibration.lower, calibration.upper)
         noisy = add_noise(raw_mean, calibration, self.random_state)
         timestamp = self.clock().isoformat()
         public = public_record(release_id, noisy, window, calibration, config.privacy, timestamp)

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from cpu_tracker_daemon.sampling import Reading
+
 FAST = {
     "sampling": {"samples": 5, "interval_seconds": 0.02},
     "schedule": {"every_seconds": 1},
@@ -116,16 +118,16 @@ class FakeClock:
 
 @dataclass
 class FakeCpu:
-    """A CPU source returning fixed busy fractions; counts its calls."""
+    """A CPU source whose every reading has a fixed busy fraction; counts its calls."""
 
     fraction: float = 0.25
     calls: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def busy_fraction_since_last(self) -> float:
+    def read(self) -> Reading:
         with self.lock:
             self.calls += 1
-        return self.fraction
+        return Reading(busy=self.fraction, total=1.0)
 
 
 @pytest.fixture

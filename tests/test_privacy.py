@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
 
 from cpu_tracker_daemon.config import PrivacyConfig
-from cpu_tracker_daemon.privacy import add_noise, calibrate, clamped_mean
+from cpu_tracker_daemon.privacy import add_noise, calibrate, clamped_mean, clamped_statistic
+from cpu_tracker_daemon.sampling import Reading, Window
 
 
 class TestCalibration:
@@ -30,6 +32,19 @@ class TestCalibration:
     def test_clamping_bounds_each_sample(self) -> None:
         """Samples outside [lower, upper] are clamped before averaging."""
         assert clamped_mean([0.0, 50.0, 100.0], 10.0, 60.0) == pytest.approx(40.0)
+
+    def test_statistic_follows_the_unit(self) -> None:
+        """window: busy over total CPU-seconds, clamped; sample: the equal-weight clamped mean.
+
+        A stalled sampler reads 0.9 s busy of 1 s, then 0 of 0.1 s: the window was 81.8% busy,
+        while the two samples (90% and 0%) average 45%.
+        """
+        now = datetime.now(UTC)
+        window = Window(now, now, (Reading(0.9, 1.0), Reading(0.0, 0.1)), 0.5)
+        assert pytest.approx(clamped_statistic(window, "window", 0.0, 100.0)) == 0.9 / 1.1 * 100
+        assert clamped_statistic(window, "window", 10.0, 60.0) == 60.0
+        assert pytest.approx(clamped_statistic(window, "sample", 0.0, 100.0)) == 45.0
+        assert pytest.approx(clamped_statistic(window, "sample", 10.0, 60.0)) == 35.0
 
 
 class TestNoise:

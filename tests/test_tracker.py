@@ -16,7 +16,7 @@ import pytest
 
 from cpu_tracker_daemon import logs
 from cpu_tracker_daemon.config import Config, load_config
-from cpu_tracker_daemon.sampling import PsutilCpuSource
+from cpu_tracker_daemon.sampling import PsutilCpuSource, Reading
 from cpu_tracker_daemon.storage import layout_for, prepare
 from cpu_tracker_daemon.tracker import WAIT_GRACE_SECONDS, CycleLog, Tracker
 from tests.conftest import FakeClock, FakeCpu, log_events, write_config
@@ -82,6 +82,27 @@ class TestRelease:
         assert tracker.cycle().outcome == "released"
         private = json.loads(tracker.layout.private_file.read_text())
         assert 0.0 <= private["cpu_raw_mean"] <= 100.0
+
+    @pytest.mark.parametrize(("unit", "expected"), [("window", 100 * 2.0 / 2.4), ("sample", 50.0)])
+    def test_private_value_is_the_statistic_the_unit_protects(
+        self, tmp_path: Path, clock: FakeClock, unit: str, expected: float
+    ) -> None:
+        """Unequal readings (a stall): the window unit keeps busy over total CPU-seconds, the sample
+        unit the equal-weight mean its per-sample sensitivity is computed for."""
+
+        class Alternating:
+            def __init__(self) -> None:
+                self.calls = 0
+
+            def read(self) -> Reading:
+                self.calls += 1
+                return Reading(busy=0.0, total=0.2) if self.calls % 2 else Reading(busy=1.0, total=1.0)
+
+        fast = {"sampling": {"samples": 4, "interval_seconds": 0.01}, "privacy": {"unit": unit}}
+        tracker, _ = make_tracker(tmp_path, clock, Alternating(), fast)
+        assert tracker.cycle().outcome == "released"
+        private = json.loads(tracker.layout.private_file.read_text())
+        assert expected == pytest.approx(private["cpu_raw_mean"])
 
     def test_cooldown_blocks_a_second_release(self, tmp_path: Path, clock: FakeClock) -> None:
         """A cycle before every_seconds has passed releases nothing and spends nothing."""
