@@ -24,6 +24,7 @@ FULL = [
     ("overhead, side by side", ["overhead.py"]),
     ("daemon overhead and stop latency", ["daemon_overhead.py"]),
     ("accuracy against /proc/stat", ["accuracy.py"]),
+    ("accuracy with the sampler stalled", ["accuracy.py", "--stall"]),
     ("utility of the mechanisms", ["utility.py"]),
     ("aggregation at scale", ["aggregate_scale.py"]),
     ("kill -9 fault injection", ["faults.py", "--kills", "200"]),
@@ -34,15 +35,17 @@ QUICK = [
     ("overhead, side by side", ["overhead.py", "--quick"]),
     ("daemon overhead and stop latency", ["daemon_overhead.py", "--quick"]),
     ("accuracy against /proc/stat", ["accuracy.py", "--samples", "25"]),
+    ("accuracy with the sampler stalled", ["accuracy.py", "--samples", "25", "--stall"]),
     ("utility of the mechanisms", ["utility.py", "--quick"]),
     ("aggregation at scale", ["aggregate_scale.py", "--sizes", "1000,10000"]),
     ("kill -9 fault injection", ["faults.py", "--kills", "10"]),
     ("soak, 1 minute at 1 s", ["soak.py", "--minutes", "1"]),
     ("coverage-guided fuzzing (atheris)", ["fuzz.py", "--runs", "20000"]),
 ]
-# On a shared CI machine other jobs can skew a short accuracy window or a 1 s schedule, so in
-# --quick those two report their check without failing the run; the full run is strict.
-REPORT_ONLY_WHEN_QUICK = {"accuracy against /proc/stat", "soak, 1 minute at 1 s"}
+# On a shared CI machine other jobs can delay a 1 s schedule, so in --quick the soak reports its
+# check without failing the run; the full run is strict. Accuracy is strict in both: the raw
+# value is the window's busy share from the same counters, however the sampler was delayed.
+REPORT_ONLY_WHEN_QUICK = {"soak, 1 minute at 1 s"}
 
 
 def machine() -> str:
