@@ -3,7 +3,9 @@
 Signal handlers only record what arrived and wake the main loop; the main thread acts on it.
 Likewise the job thread never calls the scheduler (``shutdown(wait=True)`` holds the scheduler's
 locks while it waits for the job, so a job that called back in would deadlock): it hands its
-result to the main thread, which does all rescheduling.
+result to the main thread, which does all rescheduling. The main thread is woken by the
+scheduler's "job executed" event, which comes after the scheduler has counted the run out, so a
+run it moves to "now" is never skipped as a second instance.
 APScheduler 3.11 runs the cycle on one worker thread (``max_instances=1``, ``coalesce``,
 ``misfire_grace_time=None`` so a run missed during suspend still happens once, UTC, no jitter).
 """
@@ -32,6 +34,7 @@ from cpu_tracker_daemon.tracker import Clock, CycleLog, CycleResult, Spacing, Tr
 
 JOB_ID = "release"
 CLOCK_JUMP_SECONDS = 5.0  # a wall-clock step larger than this, against the monotonic clock, re-plans
+ALIGN_TOLERANCE = timedelta(milliseconds=1)  # a planned run this close to its target stays
 AGGREGATE_JOB_ID = "aggregate"
 AGGREGATE_LOCK = "aggregate.lock"
 
@@ -215,6 +218,7 @@ class Daemon:
             self._scheduler.modify_job(AGGREGATE_JOB_ID, next_run_time=self._clock())
 
     def _start_scheduler(self, first_run: datetime) -> None:
+        from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
         from apscheduler.executors.pool import ThreadPoolExecutor
         from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -231,8 +235,14 @@ class Daemon:
             name="cpu-tracker release",
             next_run_time=first_run,
         )
+        self._scheduler.add_listener(self._on_job_done, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
         self._schedule_aggregator(self._config)
         self._scheduler.start()
+
+    def _on_job_done(self, event: Any) -> None:
+        """In the job thread, once the scheduler has counted the run out: wake the main loop."""
+        if event.job_id == JOB_ID:
+            self._wake.set()
 
     def _schedule_aggregator(self, config: Config) -> None:
         """Add, change or remove the aggregation job to match ``config``."""
@@ -296,28 +306,37 @@ class Daemon:
             self._log.exception("cycle.crashed")
             return
         self._cycle_log(result)
-        self._finished = result
-        self._wake.set()
+        self._finished = result  # the main loop picks it up when _on_job_done wakes it
 
     def _after_cycle(self, result: CycleResult) -> None:
         """In the main thread: keep the schedule in step with the cooldown, report status."""
         self._last = result
         if result.next_due_at is not None:
-            self._align(result.next_due_at)
+            self._align(result.next_due_at, may_advance=result.outcome in ("released", "cooldown"))
         self._notify_status()
 
-    def _align(self, due: datetime) -> None:
-        """Move the next run to ``due`` when the grid would fire before the cooldown allows.
+    def _align(self, due: datetime, may_advance: bool) -> None:
+        """Plan the next run a little before ``due``, when the cooldown next allows a release.
 
+        The run starts half the cycle's allowed wait early, so opening and checking the ledger
+        are done by ``due`` and the cycle waits for ``due`` itself: windows start one interval
+        apart, not one interval plus the cycle's start-up, which would drift.
+        The run is moved earlier only after a release or a cooldown refusal, which is how a slot
+        is kept when a stalled cycle overran the grid and the scheduler skipped that run. A
+        budget refusal's ``due`` is the cooldown's; running again at once would only refuse again.
         A ``due`` more than one interval ahead was reckoned on a clock that has since been set
         back (the cycle straddled the step); the clock-jump re-plan, from the ledger, stands.
         """
         job = self._scheduler.get_job(JOB_ID)
-        slack = timedelta(seconds=_max_wait(self._config))
-        if due - self._clock() > timedelta(seconds=self._config.schedule.every_seconds) + slack:
+        if job is None or job.next_run_time is None:
             return
-        if job is not None and job.next_run_time is not None and job.next_run_time < due - slack:
-            self._scheduler.modify_job(JOB_ID, next_run_time=due)
+        now = self._clock()
+        wait = _max_wait(self._config)
+        if due - now > timedelta(seconds=self._config.schedule.every_seconds + wait):
+            return
+        target = max(due - timedelta(seconds=wait / 2), now)
+        if job.next_run_time < target or (may_advance and job.next_run_time > target + ALIGN_TOLERANCE):
+            self._scheduler.modify_job(JOB_ID, next_run_time=target)
 
     def _notify_status(self) -> None:
         if not self._notifier.enabled or self._last is None:

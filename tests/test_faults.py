@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,36 @@ def test_kill_9_rounds(tmp_path: Path) -> None:
     result = faults.run(kills=5, seed=3, quiet=True)
     assert result["kills"] == 5
     assert result["spends"] >= result["visible_releases"]
+
+
+def test_a_cycle_stalled_past_its_next_run_keeps_the_slot(tmp_path: Path) -> None:
+    """SIGSTOP for 0.8 s inside a 0.5 s window at a 1 s cadence: the scheduler skips the run the
+    stalled cycle overlapped, and the next window still starts as soon as that cycle is done,
+    not a whole interval later at the next grid slot."""
+    config = write_config(tmp_path, {"sampling": {"samples": 5, "interval_seconds": 0.1}})
+    daemon = Daemon(config)
+    try:
+        daemon.wait_for(released)
+        daemon.wait_for(released)  # a window ends about 0.55 s into its second; the next starts at 1
+        time.sleep(0.65)
+        stopped_at = time.time()
+        daemon.proc.send_signal(signal.SIGSTOP)
+        time.sleep(0.8)
+        daemon.proc.send_signal(signal.SIGCONT)
+        for _ in range(3):
+            daemon.wait_for(released)
+    finally:
+        daemon.proc.send_signal(signal.SIGCONT)
+        assert daemon.stop() == 0
+    skips = [e for e in daemon.events if "maximum number of running instances" in str(e.get("event"))]
+    assert skips, "the stall did not overlap a planned run"
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / "ledger.sqlite3")) as ledger:
+        rows = ledger.execute("SELECT window_start, window_end FROM spends ORDER BY reserved_ts").fetchall()
+    windows = [
+        (datetime.fromisoformat(a).timestamp(), datetime.fromisoformat(b).timestamp()) for a, b in rows
+    ]
+    stalled = next(i for i, (start, end) in enumerate(windows) if start <= stopped_at <= end)
+    assert windows[stalled + 1][0] - windows[stalled][1] < 0.3, windows[stalled : stalled + 2]
 
 
 FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
