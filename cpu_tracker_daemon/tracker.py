@@ -203,6 +203,12 @@ class Tracker:
     ) -> CycleResult:
         config, caps = self.config, caps_for(self.config)
         calibration = calibrate(config.privacy, config.sampling.samples)
+        # Checked before the cooldown wait, so the window starts as the cooldown ends; reserve()
+        # checks the caps again, atomically, before anything is released.
+        blocking = ledger.status(caps, self.clock()).first_blocking(calibration.event)
+        if blocking is not None:
+            raise BudgetExhaustedError(blocking.name, blocking.spent, blocking.limit, calibration.epsilon)
+        load_mechanisms()
         if not force:
             due = self.next_due(ledger)
             wait = (due - self.clock()).total_seconds()
@@ -215,11 +221,6 @@ class Tracker:
                     raise CooldownError((self.clock() + timedelta(seconds=left)).isoformat())
                 if left > 0 and self.stop.wait(left):
                     raise Interrupted()
-        blocking = ledger.status(caps, self.clock()).first_blocking(calibration.event)
-        if blocking is not None:
-            raise BudgetExhaustedError(blocking.name, blocking.spent, blocking.limit, calibration.epsilon)
-        load_mechanisms()
-
         window_started = self.monotonic()
         window = sample_window(
             self.cpu,
