@@ -81,10 +81,9 @@ def stall(target: int, stop: multiprocessing.synchronize.Event) -> None:  # type
 
 def measure(fraction: float, samples: int, interval: float, stalled: bool = False) -> dict[str, float]:
     stop, stalls = multiprocessing.Event(), multiprocessing.Event()
-    workers = []
+    worker = None
     if fraction > 0:
-        workers.append(multiprocessing.Process(target=burn, args=(fraction, stop), daemon=True))
-    for worker in workers:
+        worker = multiprocessing.Process(target=burn, args=(fraction, stop), daemon=True)
         worker.start()
     time.sleep(1.0)  # let the load settle
     staller = None
@@ -107,7 +106,7 @@ def measure(fraction: float, samples: int, interval: float, stalled: bool = Fals
     finally:
         stop.set()
         stalls.set()
-        for worker in workers:
+        if worker is not None:
             worker.join(timeout=5)
     totals = [r.total for r in window.readings]
     return {

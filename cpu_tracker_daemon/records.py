@@ -22,7 +22,7 @@ def _window(window: Window) -> dict[str, Any]:
     return {
         "start": window.start.isoformat(),
         "end": window.end.isoformat(),
-        "samples": len(window.samples),
+        "samples": len(window.readings),
         "interval_seconds": window.interval_seconds,
     }
 
