@@ -33,7 +33,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cpu_tracker_daemon.privacy import clamped_statistic
+from cpu_tracker_daemon.config import PrivacyConfig
+from cpu_tracker_daemon.privacy import calibrate, statistic
 from cpu_tracker_daemon.sampling import PsutilCpuSource, sample_window
 
 LOADS = (0.0, 0.25, 0.5, 1.0)
@@ -111,8 +112,8 @@ def measure(fraction: float, samples: int, interval: float, stalled: bool = Fals
     totals = [r.total for r in window.readings]
     return {
         "truth": truth,
-        "ours": clamped_statistic(window, "window", 0.0, 100.0),
-        "sample_mean": clamped_statistic(window, "sample", 0.0, 100.0),
+        "ours": statistic(window, calibrate(PrivacyConfig(unit="window"), len(totals))).percent,
+        "sample_mean": statistic(window, calibrate(PrivacyConfig(unit="sample"), len(totals))).percent,
         "shortest": min(totals) / max(totals),
         "original": orig["original"],
         "original_truth": orig["truth"],

@@ -148,22 +148,20 @@ def _release(mechanism: str) -> dict[str, object]:
     import dataclasses
 
     from cpu_tracker_daemon.config import load_config
-    from cpu_tracker_daemon.privacy import calibrate
+    from cpu_tracker_daemon.privacy import Noisy, calibrate
     from cpu_tracker_daemon.records import public_record
-    from cpu_tracker_daemon.sampling import Reading, Window
 
     config = load_config(None, environ={"HOME": "/h"})
     privacy = dataclasses.replace(config.privacy, mechanism=mechanism)
-    readings = (Reading(0.8, 2.0), Reading(0.86, 2.0))
-    window = Window(NOW - timedelta(minutes=11), NOW - timedelta(minutes=10), readings, 1.0)
-    calibration = calibrate(privacy, len(window.samples))
+    calibration = calibrate(privacy, config.sampling.samples)
+    end = NOW - timedelta(minutes=10)
     return public_record(
         "0123456789abcdef0123456789abcdef",
-        41.5,
-        window,
+        Noisy(41.5, 4150),
+        end - timedelta(seconds=config.sampling.window_seconds),
+        end,
+        config.sampling,
         calibration,
-        privacy,
-        (NOW - timedelta(minutes=10)).isoformat(),
     )
 
 

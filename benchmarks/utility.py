@@ -1,10 +1,10 @@
 """Utility of each mechanism: error and bias of one release, and of a network's average.
 
 For each mechanism and privacy unit at epsilon 0.1, 0.5, 1 and 2, draws releases of a fixed true
-value through the daemon's own calibration and diffprivlib mechanism (``privacy.make_mechanism``)
-and prints, as a Markdown table:
+value through the daemon's own calibration and noise (``privacy.add_noise``: integer grid noise,
+or diffprivlib's Snapping) and prints, as a Markdown table:
 
-* the mean absolute error over N releases beside its theoretical value (Laplace: the scale b;
+* the mean absolute error over N releases beside its theoretical value (Laplace: about the scale b;
   Gaussian: sigma * sqrt(2/pi); Snapping: none in closed form, Laplace's b shown for reference);
 * the bias (mean of noisy - true) with its standard error, and whether it is zero within 4 of
   them (it must be, for every mechanism the daemon publishes as unbiased);
@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import random
 import sys
 import time
 
 import numpy as np
 
+from cpu_tracker_daemon import discrete
 from cpu_tracker_daemon.config import PrivacyConfig
-from cpu_tracker_daemon.privacy import calibrate, make_mechanism
+from cpu_tracker_daemon.privacy import Statistic, add_noise, calibrate
 
 EPSILONS = (0.1, 0.5, 1.0, 2.0)
 MECHANISMS = ("laplace", "gaussian", "snapping")
@@ -42,7 +44,12 @@ def measure(
     mechanism: str, unit: str, epsilon: float, true: float, releases: int, networks: int, seed: int
 ) -> dict[str, float]:
     c = calibrate(PrivacyConfig(mechanism=mechanism, unit=unit, epsilon=epsilon), SAMPLES)
-    draw = make_mechanism(c, np.random.RandomState(seed)).randomise
+    rng = random.Random(seed)
+    raw = Statistic(true, discrete.to_units(true))
+
+    def draw(_: float) -> float:
+        return add_noise(raw, c, rng).cpu
+
     errors = np.array([draw(true) - true for _ in range(releases)])
     network_errors = np.array([np.mean([draw(true) for _ in range(NETWORK)]) - true for _ in range(networks)])
     bias = float(errors.mean())

@@ -22,10 +22,12 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-LAPLACE = "laplace"
-GAUSSIAN = "gaussian"
+LAPLACE = "laplace"  # continuous, as recorded by earlier versions
+GAUSSIAN = "gaussian"  # continuous, as recorded by earlier versions: the only mu-GDP events
 SNAPPING = "snapping"
-PURE = (LAPLACE, SNAPPING)  # pure epsilon-DP mechanisms
+DISCRETE_LAPLACE = "discrete_laplace"
+DISCRETE_GAUSSIAN = "discrete_gaussian"
+PURE = (LAPLACE, SNAPPING, DISCRETE_LAPLACE)  # pure epsilon-DP mechanisms
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,15 @@ def event_of(mechanism: str, epsilon: float, delta: float) -> Event:
     """The event of a release recorded as (mechanism, epsilon, delta), as the ledger stores it.
 
     A Gaussian's noise multiplier is recovered exactly from its (epsilon, delta) calibration.
+    A discrete Gaussian is (sensitivity^2 / 2 sigma^2)-zCDP (CKS 2020, Theorem 14) and its
+    sigma is never below the continuous one's at the same (epsilon, delta), so the continuous
+    rho bounds it; the exact Gaussian-DP composition is not claimed for it (``mu`` 0).
     """
     if mechanism == GAUSSIAN:
         return Event.gaussian(1.0, 1.0 / gaussian_mu(epsilon, delta), delta)
+    if mechanism == DISCRETE_GAUSSIAN:
+        mu = gaussian_mu(epsilon, delta)
+        return Event(mechanism, epsilon, delta, mu * mu / 2)
     return Event(mechanism, epsilon, 0.0, epsilon * epsilon / 2)
 
 

@@ -27,6 +27,8 @@ CONFIG_FILE = "config.toml"
 UNITS = ("window", "sample")
 MECHANISMS = ("laplace", "gaussian", "snapping")
 DEFAULT_EPSILON = 0.5
+MIN_EPSILON, MAX_EPSILON = 1e-6, 1000.0  # beyond these the noise is meaningless or no noise at all
+MAX_SIGMA = 1e9  # percentage points
 LOG_FORMATS = ("json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_READERS = ("aggregator@openmined.org",)
@@ -339,14 +341,18 @@ def _convert(name: str, kind: str, value: Any, base: Path) -> tuple[Any, str]:
     return tuple(value), ""
 
 
+def _positive(problems: list[str], name: str, value: float) -> None:
+    if value <= 0:
+        problems.append(f"{name} must be greater than 0 (got {value:g}); set a positive value")
+
+
 def _check(config: Config) -> list[str]:
     """Cross-field and range checks; each problem names the key and the fix."""
     problems: list[str] = []
     s, p, b, sched = config.sampling, config.privacy, config.budget, config.schedule
 
     def positive(name: str, value: float) -> None:
-        if value <= 0:
-            problems.append(f"{name} must be greater than 0 (got {value:g}); set a positive value")
+        _positive(problems, name, value)
 
     if s.samples < 1:
         problems.append(f"sampling.samples must be at least 1 (got {s.samples}); set e.g. 50")
@@ -360,26 +366,7 @@ def _check(config: Config) -> list[str]:
             f"({s.window_seconds:g} s = samples x interval_seconds); raise every_seconds or "
             "shorten the window"
         )
-    if p.unit not in UNITS:
-        problems.append(f"privacy.unit must be one of {', '.join(UNITS)} (got {p.unit!r})")
-    if p.mechanism not in MECHANISMS:
-        problems.append(f"privacy.mechanism must be one of {', '.join(MECHANISMS)} (got {p.mechanism!r})")
-    if p.epsilon is not None:
-        positive("privacy.epsilon", p.epsilon)
-    if p.sigma is not None:
-        positive("privacy.sigma", p.sigma)
-    if p.mechanism == "gaussian" and not 0 < p.delta < 1:
-        problems.append(f"privacy.delta must be in (0, 1) for the Gaussian (got {p.delta:g}); use e.g. 1e-6")
-    if not 0 <= p.lower <= 100 or not 0 <= p.upper <= 100:
-        problems.append(
-            f"privacy.lower and privacy.upper must lie in [0, 100] (got {p.lower:g}, {p.upper:g}); "
-            "CPU busy is a percentage"
-        )
-    if p.upper <= p.lower:
-        problems.append(
-            f"privacy.upper ({p.upper:g}) must be greater than privacy.lower ({p.lower:g}); "
-            "swap or widen them"
-        )
+    problems.extend(_check_privacy(p))
     positive("budget.lifetime_epsilon", b.lifetime_epsilon)
     positive("budget.window_epsilon", b.window_epsilon)
     positive("budget.window_hours", b.window_hours)
@@ -401,6 +388,49 @@ def _check(config: Config) -> list[str]:
     if config.logging.level not in LOG_LEVELS:
         problems.append(
             f"logging.level must be one of {', '.join(LOG_LEVELS)} (got {config.logging.level!r})"
+        )
+    return problems
+
+
+def _check_privacy(p: PrivacyConfig) -> list[str]:
+    """The privacy section's own checks; each problem names the key and the fix."""
+    problems: list[str] = []
+
+    def positive(name: str, value: float) -> None:
+        _positive(problems, name, value)
+
+    if p.unit not in UNITS:
+        problems.append(f"privacy.unit must be one of {', '.join(UNITS)} (got {p.unit!r})")
+    if p.mechanism not in MECHANISMS:
+        problems.append(f"privacy.mechanism must be one of {', '.join(MECHANISMS)} (got {p.mechanism!r})")
+    if p.epsilon is not None:
+        positive("privacy.epsilon", p.epsilon)
+        if math.isfinite(p.epsilon) and p.epsilon > 0 and not MIN_EPSILON <= p.epsilon <= MAX_EPSILON:
+            problems.append(
+                f"privacy.epsilon must be between {MIN_EPSILON:g} and {MAX_EPSILON:g} (got {p.epsilon:g}); "
+                "0.1 to 2 is the usual range"
+            )
+    if p.sigma is not None:
+        positive("privacy.sigma", p.sigma)
+        if math.isfinite(p.sigma) and p.sigma > MAX_SIGMA:
+            problems.append(f"privacy.sigma must be at most {MAX_SIGMA:g} (got {p.sigma:g}); lower it")
+    if p.mechanism == "gaussian" and not 0 < p.delta < 1:
+        problems.append(f"privacy.delta must be in (0, 1) for the Gaussian (got {p.delta:g}); use e.g. 1e-6")
+    if not 0 <= p.lower <= 100 or not 0 <= p.upper <= 100:
+        problems.append(
+            f"privacy.lower and privacy.upper must lie in [0, 100] (got {p.lower:g}, {p.upper:g}); "
+            "CPU busy is a percentage"
+        )
+    for name, bound in (("privacy.lower", p.lower), ("privacy.upper", p.upper)):
+        if math.isfinite(bound) and round(bound * 100) / 100 != bound:
+            problems.append(
+                f"{name} must be a multiple of 0.01, the grid releases are published on (got {bound!r}); "
+                f"round it to two decimals"
+            )
+    if p.upper <= p.lower:
+        problems.append(
+            f"privacy.upper ({p.upper:g}) must be greater than privacy.lower ({p.lower:g}); "
+            "swap or widen them"
         )
     return problems
 

@@ -154,7 +154,8 @@ class Daemon:
             if self._cpu is None:
                 self._cpu = PsutilCpuSource()
             self._tracker = self._make_tracker(self._config)
-            load_mechanisms()  # pay diffprivlib's import before READY, not inside the first cycle
+            # Snapping pays diffprivlib's import before READY, not inside the first cycle.
+            load_mechanisms(calibrate(self._config.privacy, self._config.sampling.samples).mechanism)
             with self._tracker.open_ledger() as ledger:  # verify it before promising anything
                 first_run = self._tracker.next_due(ledger)
             self._start_scheduler(first_run)

@@ -204,13 +204,14 @@ class Spend:
     """What one release will cost; recorded before any noise is drawn."""
 
     release_id: str
-    window_start: datetime
+    window_start: datetime  # the window as it ran (the ledger is private)
     window_end: datetime
     epsilon: float
     delta: float
     mechanism: str
     unit: str
     sensitivity: float
+    planned_start: datetime | None = None  # the published start; the cooldown counts from it
 
 
 @dataclass(frozen=True)
@@ -426,6 +427,7 @@ class Ledger:
         """
         now_ts = now.timestamp()
         start_ts = spend.window_start.timestamp()
+        planned_ts = start_ts if spend.planned_start is None else spend.planned_start.timestamp()
         with self._transaction() as conn:
             anchor_row = conn.execute("SELECT anchor_ts FROM cooldown WHERE id = 1").fetchone()
             anchor = float(anchor_row[0]) if anchor_row else None
@@ -456,7 +458,7 @@ class Ledger:
             conn.execute(
                 "INSERT INTO cooldown (id, anchor_ts) VALUES (1, ?) "
                 "ON CONFLICT (id) DO UPDATE SET anchor_ts = max(anchor_ts, excluded.anchor_ts)",
-                (min(start_ts, now_ts),),
+                (min(planned_ts, now_ts),),
             )
             after = self._status(conn, caps, now_ts)
             conn.execute(

@@ -22,8 +22,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cpu_tracker_daemon import storage
-from cpu_tracker_daemon.config import MECHANISMS, UNITS
+from cpu_tracker_daemon import accounting, discrete, storage
+from cpu_tracker_daemon.config import UNITS, PrivacyConfig
+from cpu_tracker_daemon.privacy import MECHANISM_NAMES, calibrate
 from cpu_tracker_daemon.records import SCHEMA, SCHEMA_VERSION
 from cpu_tracker_daemon.storage import APP_DIR, PUBLIC_NAME
 
@@ -33,6 +34,12 @@ CLOCK_SKEW = timedelta(minutes=5)
 # noise passes 30 sigma with probability below 1e-18; a larger value is a poisoning attempt.
 MAX_SIGMAS = 30.0
 _PEER = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z]{2,24}$")
+
+
+# What each schema version may declare. Version 1 releases came from the continuous mechanisms.
+_MECHANISMS = {1: (accounting.LAPLACE, accounting.GAUSSIAN), SCHEMA_VERSION: tuple(MECHANISM_NAMES.values())}
+_CONFIG_NAME = {recorded: name for name, recorded in MECHANISM_NAMES.items()}
+_STDDEV_TOLERANCE = 1e-6  # relative: a declared noise this far from what its parameters imply is refused
 
 
 class Skipped(Exception):
@@ -127,7 +134,8 @@ def _validate(doc: Any, peer: str, now: datetime, max_age: timedelta) -> PeerRel
         raise Skipped("not a JSON object")
     if doc.get("schema") != SCHEMA:
         raise Skipped("not a cpu-tracker release")
-    if doc.get("schema_version") != SCHEMA_VERSION:
+    version = doc.get("schema_version")
+    if isinstance(version, bool) or version not in _MECHANISMS:
         raise Skipped("unsupported schema version")
     release_id = doc.get("release_id")
     if not (isinstance(release_id, str) and 0 < len(release_id) <= 64 and release_id.isalnum()):
@@ -136,7 +144,7 @@ def _validate(doc: Any, peer: str, now: datetime, max_age: timedelta) -> PeerRel
     if not isinstance(privacy, dict):
         raise Skipped("privacy block missing")
     mechanism, unit = privacy.get("mechanism"), privacy.get("unit")
-    if mechanism not in MECHANISMS:
+    if mechanism not in _MECHANISMS[version]:
         raise Skipped("unknown mechanism")
     if unit not in UNITS:
         raise Skipped("unknown privacy unit")
@@ -155,10 +163,19 @@ def _validate(doc: Any, peer: str, now: datetime, max_age: timedelta) -> PeerRel
         raise Skipped("bad noise_stddev")
     if not 0 <= lower < upper <= 100:
         raise Skipped("bad bounds")
+    if not math.isclose(stddev, _implied_stddev(doc, version), rel_tol=_STDDEV_TOLERANCE):
+        raise Skipped("declared noise does not match its parameters")
     cpu = _number(doc.get("cpu"), "cpu is not a finite number")
     if not lower - MAX_SIGMAS * stddev <= cpu <= upper + MAX_SIGMAS * stddev:
         raise Skipped("cpu implausibly far out of range")
-    stamp = doc.get("timestamp")
+    if version >= 2 and mechanism != accounting.SNAPPING:
+        _check_grid(doc.get("cpu_units"), cpu)
+    when = _fresh_timestamp(doc.get("timestamp"), now, max_age)
+    return PeerRelease(peer, release_id, cpu, stddev, mechanism, unit, epsilon, delta, when)
+
+
+def _fresh_timestamp(stamp: Any, now: datetime, max_age: timedelta) -> datetime:
+    """The release's (planned) time: timezone-aware, not in the future, not older than max_age."""
     try:
         when = datetime.fromisoformat(stamp) if isinstance(stamp, str) else None
     except ValueError:
@@ -169,4 +186,50 @@ def _validate(doc: Any, peer: str, now: datetime, max_age: timedelta) -> PeerRel
         raise Skipped("timestamp in the future")
     if when < now - max_age:
         raise Skipped("stale")
-    return PeerRelease(peer, release_id, cpu, stddev, mechanism, unit, epsilon, delta, when)
+    return when
+
+
+def _check_grid(units: Any, cpu: float) -> None:
+    """A grid mechanism's value is its integer ``cpu_units`` over 100, and nothing else."""
+    if isinstance(units, bool) or not isinstance(units, int) or discrete.to_percent(units) != cpu:
+        raise Skipped("cpu is not on the grid")
+
+
+def _implied_stddev(doc: dict[str, Any], version: int) -> float:
+    """The noise standard deviation that the release's declared parameters imply.
+
+    A peer cannot claim more noise than it added (which would let it place a value far out and
+    still pass the range check) or less (which would buy it weight): the declaration is
+    recomputed from mechanism, epsilon, delta, unit, bounds and samples. Only called once those
+    fields passed their own checks.
+    """
+    privacy, window = doc["privacy"], doc.get("window")
+    samples = window.get("samples") if isinstance(window, dict) else None
+    if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= 100_000:
+        raise Skipped("bad window")
+    mechanism, unit = privacy["mechanism"], privacy["unit"]
+    epsilon, delta = float(privacy["epsilon"]), float(privacy["delta"])
+    lower, upper = float(privacy["lower"]), float(privacy["upper"])
+    if not 1e-6 <= epsilon <= 1000:
+        raise Skipped("bad epsilon")
+    if version == 1:  # the continuous mechanisms of schema 1
+        width = upper - lower
+        sensitivity = width if unit == "window" else width / samples
+        if mechanism == accounting.GAUSSIAN:
+            if not (epsilon <= 1000 and 0 < delta < 1):
+                raise Skipped("bad delta")
+            return sensitivity / accounting.gaussian_mu(epsilon, delta)
+        return sensitivity / epsilon * math.sqrt(2.0)
+    if not (discrete.on_grid(lower) and discrete.on_grid(upper)):
+        raise Skipped("bad bounds")
+    if mechanism == accounting.DISCRETE_GAUSSIAN and not (epsilon <= 1000 and 0 < delta < 1):
+        raise Skipped("bad delta")
+    config = PrivacyConfig(
+        unit=unit,
+        mechanism=_CONFIG_NAME[mechanism],
+        epsilon=epsilon,
+        delta=delta or 1e-6,
+        lower=lower,
+        upper=upper,
+    )
+    return calibrate(config, samples).noise_stddev

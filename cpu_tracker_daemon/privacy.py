@@ -1,80 +1,118 @@
-"""Differential privacy: the only module that imports diffprivlib (lazily, inside ``add_noise``).
+"""Differential privacy: what one release costs, and the noisy value it publishes.
 
 The privacy unit says what two neighbouring datasets differ in:
 
 * ``window``: the whole sampling window's CPU activity may differ arbitrarily within
-  [lower, upper], so the mean's sensitivity is ``upper - lower``.
-* ``sample``: one sample differs, so the sensitivity is ``(upper - lower) / samples``. This is what
-  the original SyftBox app protected; it hides one short reading, not what the machine did.
+  [lower, upper], so the statistic's sensitivity is ``upper - lower``.
+* ``sample``: one sample differs, so the sensitivity is ``(upper - lower) / samples``, rounded up
+  to the grid. This is what the original SyftBox app protected; it hides one short reading, not
+  what the machine did.
 
-The value the noise is added to (:func:`clamped_statistic`) follows the unit: for ``window``, the
+The value the noise is added to (:func:`statistic`) follows the unit: for ``window``, the
 window's busy percentage (busy over total CPU-seconds, what /proc/stat says for the window)
 clamped to [lower, upper]; for ``sample``, the mean of the clamped samples with equal weights,
-which the per-sample sensitivity needs.
+which the per-sample sensitivity needs. Either is put on the integer grid of
+:mod:`cpu_tracker_daemon.discrete` (0.01 percentage points) before any noise.
 
-Mechanisms (noise added to that value, not through ``diffprivlib.tools.mean``, whose
-LaplaceTruncated clamps its output and so biases it):
+Mechanisms (all of them integer noise on that grid, except Snapping):
 
-* ``laplace``: pure epsilon-DP, unbiased, noise scale ``sensitivity / epsilon``.
-* ``gaussian``: diffprivlib's analytic Gaussian (Balle & Wang 2018), (epsilon, delta)-DP,
-  unbiased; many releases compose far better than Laplace's (see :mod:`accounting`).
-* ``snapping``: diffprivlib's Snapping mechanism (Mironov 2012), pure epsilon-DP even against
-  an attacker who reads the low-order bits of a floating-point Laplace sample. It rounds to a
-  grid and clamps to [lower, upper], so it is biased near the bounds.
+* ``laplace`` (the default): discrete Laplace (two-sided geometric), pure epsilon-DP, unbiased,
+  drawn exactly (Canonne, Kamath & Steinke 2020). The published value is an integer number of
+  grid units: its bits carry nothing but that integer (no Mironov 2012 floating-point attack).
+* ``gaussian``: discrete Gaussian, (epsilon, delta)-DP with the delta bounded by
+  :func:`discrete.gaussian_delta_bound`, and (sensitivity^2 / 2 sigma^2)-zCDP, unbiased; it
+  composes best over many releases (see :mod:`accounting`). Its sigma is the one accounted.
+* ``snapping``: diffprivlib's Snapping mechanism (Mironov 2012), pure epsilon-DP against an
+  attacker who reads the low-order bits; clamped to [lower, upper], so biased near the bounds.
+  Its privacy proof assumes a correctly rounded logarithm, which Python's libm does not promise.
 
 Either ``epsilon`` or ``sigma`` (the noise standard deviation in percentage points) is set; the
-other follows from the mechanism.
+other follows from the mechanism. The continuous Laplace and Gaussian of earlier versions are
+gone; their spends in an old ledger are still accounted as what they were.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
-from cpu_tracker_daemon.accounting import GAUSSIAN, SNAPPING, Event, gaussian_epsilon, gaussian_mu
+from cpu_tracker_daemon import discrete
+from cpu_tracker_daemon.accounting import (
+    DISCRETE_GAUSSIAN,
+    DISCRETE_LAPLACE,
+    SNAPPING,
+    Event,
+    event_of,
+    gaussian_mu,
+)
 from cpu_tracker_daemon.config import DEFAULT_EPSILON
 
 if TYPE_CHECKING:
     from cpu_tracker_daemon.config import PrivacyConfig
     from cpu_tracker_daemon.sampling import Window
 
-# None means the OS CSPRNG (diffprivlib uses secrets.SystemRandom); an int seeds tests only.
-RandomLike = Any
+# None means the OS CSPRNG; a seeded random.Random in tests only.
+RandomLike = discrete.Uniform | None
+
+# The configured name of each mechanism, and the one releases and the ledger record.
+MECHANISM_NAMES = {"laplace": DISCRETE_LAPLACE, "gaussian": DISCRETE_GAUSSIAN, "snapping": SNAPPING}
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """What one release costs and how much noise it carries."""
+    """What one release costs and how much noise it carries.
+
+    ``sensitivity_units``, ``lower_units`` and ``upper_units`` are on the integer grid;
+    ``noise_param`` is the discrete Laplace scale or the discrete Gaussian sigma, in grid units,
+    exactly as the sampler uses it.
+    """
 
     unit: str
-    mechanism: str
+    mechanism: str  # as recorded: discrete_laplace, discrete_gaussian or snapping
     epsilon: float
     delta: float
-    sensitivity: float
-    noise_stddev: float
-    lower: float
-    upper: float
+    sensitivity_units: int
+    noise_param: float
+    noise_stddev: float  # percentage points
+    lower_units: int
+    upper_units: int
+
+    @property
+    def sensitivity(self) -> float:
+        return discrete.to_percent(self.sensitivity_units)
+
+    @property
+    def lower(self) -> float:
+        return discrete.to_percent(self.lower_units)
+
+    @property
+    def upper(self) -> float:
+        return discrete.to_percent(self.upper_units)
 
     @property
     def noise_scale(self) -> float:
-        """The Laplace scale b (stddev / sqrt 2), or the Gaussian's sigma."""
-        return self.noise_stddev if self.mechanism == GAUSSIAN else self.noise_stddev / math.sqrt(2.0)
+        """The Laplace scale b, or the Gaussian's sigma, in percentage points."""
+        return self.noise_param / discrete.UNITS_PER_POINT
 
     @property
     def unbiased(self) -> bool:
         return self.mechanism != SNAPPING
 
     @property
+    def on_grid(self) -> bool:
+        return self.mechanism != SNAPPING
+
+    @property
     def event(self) -> Event:
-        """This release as the accountant sees it."""
-        if self.mechanism == GAUSSIAN:
-            return Event.gaussian(self.sensitivity, self.noise_stddev, self.delta)
-        return Event(self.mechanism, self.epsilon, 0.0, self.epsilon * self.epsilon / 2)
+        """This release as the accountant sees it (the same event the ledger's spend gives)."""
+        return event_of(self.mechanism, self.epsilon, self.delta)
 
     def as_record(self) -> dict[str, Any]:
-        return {
+        record = {
             "unit": self.unit,
             "mechanism": self.mechanism,
             "epsilon": self.epsilon,
@@ -86,36 +124,70 @@ class Calibration:
             "lower": self.lower,
             "upper": self.upper,
         }
+        if self.on_grid:
+            record["grid"] = discrete.GRID
+            record["sensitivity_units"] = self.sensitivity_units
+        return record
 
 
+@functools.lru_cache(maxsize=64)
 def calibrate(privacy: PrivacyConfig, samples: int) -> Calibration:
     """The sensitivity, cost and noise of one release under ``privacy`` with ``samples`` readings."""
-    width = privacy.upper - privacy.lower
-    sensitivity = width if privacy.unit == "window" else width / samples
-    delta = privacy.delta if privacy.mechanism == GAUSSIAN else 0.0
-    if privacy.mechanism == GAUSSIAN:
-        if privacy.sigma is not None:
-            stddev = privacy.sigma
-            epsilon = gaussian_epsilon(sensitivity / stddev, delta)
+    low, high = discrete.to_units(privacy.lower), discrete.to_units(privacy.upper)
+    sensitivity = high - low if privacy.unit == "window" else discrete.mean_sensitivity(low, high, samples)
+    mechanism = MECHANISM_NAMES[privacy.mechanism]
+    delta = privacy.delta if mechanism == DISCRETE_GAUSSIAN else 0.0
+    sigma_units = None if privacy.sigma is None else privacy.sigma * discrete.UNITS_PER_POINT
+    if mechanism == DISCRETE_GAUSSIAN:
+        if sigma_units is not None:
+            param = sigma_units
+            epsilon = discrete.gaussian_epsilon(sensitivity, param, delta)
         else:
             epsilon = DEFAULT_EPSILON if privacy.epsilon is None else privacy.epsilon
-            stddev = sensitivity / gaussian_mu(epsilon, delta)
-    elif privacy.sigma is not None:
-        stddev = privacy.sigma
-        epsilon = sensitivity / (stddev / math.sqrt(2.0))
+            start = sensitivity / gaussian_mu(epsilon, delta)
+            param = discrete.gaussian_sigma(sensitivity, epsilon, delta, start)
+        stddev_units = param
     else:
-        epsilon = DEFAULT_EPSILON if privacy.epsilon is None else privacy.epsilon
-        stddev = sensitivity / epsilon * math.sqrt(2.0)
+        if sigma_units is not None:
+            epsilon = sensitivity / _laplace_scale_for_stddev(sigma_units)
+        else:
+            epsilon = DEFAULT_EPSILON if privacy.epsilon is None else privacy.epsilon
+        param = float(discrete.laplace_scale(sensitivity, epsilon))
+        stddev_units = math.sqrt(discrete.laplace_variance(param))
     return Calibration(
         unit=privacy.unit,
-        mechanism=privacy.mechanism,
+        mechanism=mechanism,
         epsilon=epsilon,
         delta=delta,
-        sensitivity=sensitivity,
-        noise_stddev=stddev,
-        lower=privacy.lower,
-        upper=privacy.upper,
+        sensitivity_units=sensitivity,
+        noise_param=param,
+        noise_stddev=stddev_units / discrete.UNITS_PER_POINT,
+        lower_units=low,
+        upper_units=high,
     )
+
+
+def _laplace_scale_for_stddev(stddev: float) -> float:
+    """The discrete Laplace scale whose standard deviation is ``stddev`` (grid units)."""
+    c = stddev * stddev / 2  # a / (1 - a)^2 = c, solved for a = exp(-1 / scale)
+    a = ((2 * c + 1) - math.sqrt(4 * c + 1)) / (2 * c)
+    return -1.0 / math.log(a)
+
+
+@dataclass(frozen=True)
+class Statistic:
+    """The value noise is added to: in percent (kept private) and on the grid."""
+
+    percent: float
+    units: int
+
+
+@dataclass(frozen=True)
+class Noisy:
+    """A released value: ``units`` on the grid (None for Snapping) and ``cpu`` in percent."""
+
+    cpu: float
+    units: int | None
 
 
 def clamped_mean(samples: Sequence[float], lower: float, upper: float) -> float:
@@ -123,47 +195,53 @@ def clamped_mean(samples: Sequence[float], lower: float, upper: float) -> float:
     return math.fsum(min(max(s, lower), upper) for s in samples) / len(samples)
 
 
-def clamped_statistic(window: Window, unit: str, lower: float, upper: float) -> float:
-    """The value noise is added to: one any neighbour under ``unit`` moves by its sensitivity at most.
+def statistic(window: Window, calibration: Calibration) -> Statistic:
+    """The value noise is added to: one any neighbour under the unit moves by its sensitivity at most.
 
     ``window``: the window's busy percentage, clamped; any window moves it by ``upper - lower``.
-    ``sample``: the equal-weight mean of the clamped samples; one sample moves it by at most
-    ``(upper - lower) / samples``. When a stall makes the sub-intervals unequal, equal weights
-    drift from the window's percentage, but weighting by length would let one long sub-interval
-    move the mean by more than that bound.
+    ``sample``: the equal-weight mean of the clamped samples, in exact grid arithmetic; one
+    sample moves it by at most ``ceil((upper - lower) / samples)`` grid units. When a stall makes
+    the sub-intervals unequal, equal weights drift from the window's percentage, but weighting by
+    length would let one long sub-interval move the mean by more than that bound.
     """
-    if unit == "window":
-        return min(max(window.busy_percent, lower), upper)
-    return clamped_mean(window.samples, lower, upper)
-
-
-def load_mechanisms() -> dict[str, Any]:
-    """Import diffprivlib's mechanisms (about 1.5 s the first time).
-
-    Called before any budget is reserved, so a broken scientific stack costs no budget.
-    """
-    from diffprivlib.mechanisms import GaussianAnalytic, Laplace, Snapping
-
-    return {"laplace": Laplace, "gaussian": GaussianAnalytic, "snapping": Snapping}
-
-
-def make_mechanism(calibration: Calibration, random_state: RandomLike = None) -> Any:
-    """The diffprivlib mechanism for ``calibration``; ``randomise(value)`` draws one release."""
     c = calibration
-    kind = load_mechanisms()[c.mechanism]
-    if c.mechanism == GAUSSIAN:
-        return kind(epsilon=c.epsilon, delta=c.delta, sensitivity=c.sensitivity, random_state=random_state)
+    if c.unit == "window":
+        percent = min(max(window.busy_percent, c.lower), c.upper)
+        return Statistic(percent, discrete.quantise_share(percent, c.lower_units, c.upper_units))
+    samples = window.samples
+    return Statistic(
+        clamped_mean(samples, c.lower, c.upper),
+        discrete.quantise_mean(samples, c.lower_units, c.upper_units),
+    )
+
+
+def load_mechanisms(mechanism: str) -> None:
+    """Import what ``mechanism`` needs, before any budget is reserved, so a broken install
+    costs no budget. The discrete mechanisms need only the standard library; Snapping imports
+    diffprivlib (about 1 s and 100 MiB the first time)."""
+    if mechanism == SNAPPING:
+        _load_snapping()
+
+
+def _load_snapping() -> Any:
+    from diffprivlib.mechanisms import Snapping
+
+    return Snapping
+
+
+def add_noise(value: Statistic, calibration: Calibration, random_state: RandomLike = None) -> Noisy:
+    """``value`` plus the calibrated noise: integer grid noise, or Snapping's clamped float."""
+    c = calibration
+    rng = discrete.system_random() if random_state is None else random_state
     if c.mechanism == SNAPPING:
-        return kind(
-            epsilon=c.epsilon,
-            sensitivity=c.sensitivity,
-            lower=c.lower,
-            upper=c.upper,
-            random_state=random_state,
+        seed = None if random_state is None else rng.randrange(2**32)
+        mechanism = _load_snapping()(
+            epsilon=c.epsilon, sensitivity=c.sensitivity, lower=c.lower, upper=c.upper, random_state=seed
         )
-    return kind(epsilon=c.epsilon, delta=0.0, sensitivity=c.sensitivity, random_state=random_state)
-
-
-def add_noise(value: float, calibration: Calibration, random_state: RandomLike = None) -> float:
-    """``value`` plus the calibrated noise; unbiased and unclamped except for Snapping."""
-    return float(make_mechanism(calibration, random_state).randomise(value))
+        return Noisy(float(mechanism.randomise(value.percent)), None)
+    if c.mechanism == DISCRETE_GAUSSIAN:
+        noise = discrete.discrete_gaussian(Fraction(c.noise_param), rng)
+    else:
+        noise = discrete.discrete_laplace(discrete.laplace_scale(c.sensitivity_units, c.epsilon), rng)
+    units = value.units + noise
+    return Noisy(discrete.to_percent(units), units)

@@ -193,8 +193,8 @@ def _window_pause(
 
 
 _MECHANISM_WORDS = {
-    "laplace": "Laplace noise",
-    "gaussian": "Gaussian noise",
+    "discrete_laplace": "discrete Laplace noise on a 0.01-point grid",
+    "discrete_gaussian": "discrete Gaussian noise on a 0.01-point grid",
     "snapping": "Snapping-mechanism noise (Laplace made safe for floating point; clamped, so biased)",
 }
 

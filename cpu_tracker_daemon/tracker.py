@@ -30,7 +30,7 @@ from cpu_tracker_daemon.errors import (
     OutputError,
 )
 from cpu_tracker_daemon.ledger import BudgetStatus, Caps, Ledger, Spend, open_ledger
-from cpu_tracker_daemon.privacy import RandomLike, add_noise, calibrate, clamped_statistic, load_mechanisms
+from cpu_tracker_daemon.privacy import RandomLike, add_noise, calibrate, load_mechanisms, statistic
 from cpu_tracker_daemon.records import private_record, public_record
 from cpu_tracker_daemon.sampling import CpuSource, sample_window
 from cpu_tracker_daemon.storage import Layout
@@ -48,6 +48,16 @@ def due_at(anchor_ts: float | None, every: timedelta, now: datetime) -> datetime
     if anchor_ts is None:
         return now
     return max(datetime.fromtimestamp(anchor_ts, UTC) + every, now)
+
+
+def nominal_start(anchor_ts: float | None, every: timedelta, now: datetime) -> datetime:
+    """The published start of a window beginning now: a point of the schedule, never a reading
+    of how late this cycle ran. ``every`` after the anchor when the cycle keeps up; otherwise now
+    floored to the second. Never before the cooldown allows, never after now."""
+    floored = now.replace(microsecond=0)
+    if anchor_ts is None:
+        return floored
+    return max(datetime.fromtimestamp(anchor_ts, UTC) + every, floored)
 
 
 def caps_for(config: Config) -> Caps:
@@ -208,7 +218,7 @@ class Tracker:
         blocking = ledger.status(caps, self.clock()).first_blocking(calibration.event)
         if blocking is not None:
             raise BudgetExhaustedError(blocking.name, blocking.spent, blocking.limit, calibration.epsilon)
-        load_mechanisms()
+        load_mechanisms(calibration.mechanism)
         if not force:
             due = self.next_due(ledger)
             wait = (due - self.clock()).total_seconds()
@@ -221,6 +231,14 @@ class Tracker:
                     raise CooldownError((self.clock() + timedelta(seconds=left)).isoformat())
                 if left > 0 and self.stop.wait(left):
                     raise Interrupted()
+        # The published window is the planned one, fixed before sampling: how late a busy
+        # machine starts, ends and writes must not show in what is published.
+        now = self.clock()
+        planned = (
+            now.replace(microsecond=0)
+            if force
+            else nominal_start(ledger.cooldown_anchor(now)[0], self.every, now)
+        )
         window_started = self.monotonic()
         window = sample_window(
             self.cpu,
@@ -230,6 +248,7 @@ class Tracker:
             self.clock,
             self.monotonic,
         )
+        planned_end = planned + timedelta(seconds=config.sampling.window_seconds)
         release_id = uuid.uuid4().hex
         spend = Spend(
             release_id=release_id,
@@ -240,6 +259,7 @@ class Tracker:
             mechanism=calibration.mechanism,
             unit=calibration.unit,
             sensitivity=calibration.sensitivity,
+            planned_start=planned,
         )
         after: BudgetStatus = ledger.reserve(
             spend, caps, self.clock(), None if force else config.schedule.every_seconds
@@ -247,19 +267,18 @@ class Tracker:
         if self.spacing is not None:
             self.spacing.last_window_start = window_started
         # The spend is committed. Only now is noise drawn, and its result committed before use.
-        raw_mean = clamped_statistic(window, calibration.unit, calibration.lower, calibration.upper)
-        noisy = add_noise(raw_mean, calibration, self.random_state)
-        timestamp = self.clock().isoformat()
-        public = public_record(release_id, noisy, window, calibration, config.privacy, timestamp)
+        raw = statistic(window, calibration)
+        noisy = add_noise(raw, calibration, self.random_state)
+        public = public_record(release_id, noisy, planned, planned_end, config.sampling, calibration)
         ledger.record(release_id, "drawn", self.clock(), payload=public)
         storage.write_json(
             self.layout.private_file,
-            private_record(release_id, raw_mean, window, timestamp),
+            private_record(release_id, raw, window, self.clock().isoformat()),
             storage.PRIVATE_FILE_MODE,
         )
         self._write_public(public)
         ledger.record(release_id, "published", self.clock())
-        self._write_metrics(noisy, calibration.noise_stddev, after)
+        self._write_metrics(noisy.cpu, calibration.noise_stddev, after, planned_end)
         return CycleResult(
             outcome="released",
             duration_seconds=self.monotonic() - started,
@@ -270,7 +289,7 @@ class Tracker:
             recovered=recovered,
         )
 
-    def _write_metrics(self, noisy: float, stddev: float, budget: BudgetStatus) -> None:
+    def _write_metrics(self, noisy: float, stddev: float, budget: BudgetStatus, at: datetime) -> None:
         """The node_exporter textfile, if configured; a failure here never fails the release."""
         directory = self.config.prometheus.textfile_dir
         if directory is None:
@@ -280,7 +299,7 @@ class Tracker:
             stddev,
             {cap.name: cap.spent for cap in budget.caps},
             {cap.name: cap.remaining for cap in budget.caps},
-            self.clock().timestamp(),
+            at.timestamp(),
         )
         try:
             metrics.write_textfile(directory, metrics.MEMBER_FILE, text)

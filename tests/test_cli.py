@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cpu_tracker_daemon import discrete
 from cpu_tracker_daemon.accounting import gaussian_epsilon
 from cpu_tracker_daemon.cli import EXIT_CODES, main
 from tests.conftest import cli_env, run_cli, write_config
@@ -216,7 +217,8 @@ class TestPlanAndReport:
         assert main(["--config", config, "budget", "plan", "--json"]) == 0
         per = json.loads(capsys.readouterr().out)["per_release"]
         assert per["noise_stddev"] == 400.0
-        assert per["epsilon"] == pytest.approx(gaussian_epsilon(100.0 / 400.0, 1e-6), rel=1e-9)
+        assert per["epsilon"] == pytest.approx(discrete.gaussian_epsilon(10_000, 40_000.0, 1e-6), rel=1e-9)
+        assert per["epsilon"] >= gaussian_epsilon(100.0 / 400.0, 1e-6)  # never below the continuous cost
 
     def test_budget_show_explains_in_words(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """budget show says what one value hides, what was spent, when it pauses and how to resume."""

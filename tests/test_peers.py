@@ -25,20 +25,23 @@ def release(**overrides: Any) -> dict[str, Any]:
     """A valid member release, as the member code writes it (see test_real_member_outputs_are_accepted)."""
     doc: dict[str, Any] = {
         "schema": "cpu-tracker/release",
-        "schema_version": 1,
+        "schema_version": 2,
         "release_id": "0123456789abcdef0123456789abcdef",
         "cpu": 41.5,
+        "cpu_units": 4150,
         "cpu_clamped": 41.5,
         "timestamp": (NOW - timedelta(minutes=10)).isoformat(),
         "window": {"start": NOW.isoformat(), "end": NOW.isoformat(), "samples": 50, "interval_seconds": 1.0},
         "privacy": {
             "unit": "window",
-            "mechanism": "laplace",
+            "mechanism": "discrete_laplace",
             "epsilon": 0.5,
             "delta": 0.0,
             "sensitivity": 100.0,
+            "sensitivity_units": 10_000,
+            "grid": 0.01,
             "noise_scale": 200.0,
-            "noise_stddev": 282.84,
+            "noise_stddev": 282.8427124451562,
             "unbiased": True,
             "lower": 0.0,
             "upper": 100.0,
@@ -74,7 +77,23 @@ del without_privacy["privacy"]
 HOSTILE: dict[str, tuple[Any, str]] = {
     "a JSON list": ([1, 2, 3], "not a JSON object"),
     "another schema": (release(schema="cpu-tracker/aggregate"), "not a cpu-tracker release"),
-    "schema version 2": (release(schema_version=2), "unsupported schema version"),
+    "schema version 3": (release(schema_version=3), "unsupported schema version"),
+    "schema version true": (release(schema_version=True), "unsupported schema version"),
+    "a float mechanism in schema 2": (privacy(mechanism="laplace"), "unknown mechanism"),
+    "noise declared 10x what epsilon buys": (
+        privacy(noise_stddev=2828.427124451562),
+        "declared noise does not match its parameters",
+    ),
+    "noise declared below what epsilon buys": (
+        privacy(noise_stddev=28.28),
+        "declared noise does not match its parameters",
+    ),
+    "epsilon below 1e-6": (privacy(epsilon=1e-9), "bad epsilon"),
+    "samples missing": (release(window={"start": NOW.isoformat()}), "bad window"),
+    "cpu off the grid": (release(cpu=41.505), "cpu is not on the grid"),
+    "cpu_units disagree with cpu": (release(cpu_units=4151), "cpu is not on the grid"),
+    "cpu_units missing": (release(cpu_units=None), "cpu is not on the grid"),
+    "bounds off the grid": (privacy(lower=0.001), "bad bounds"),
     "release_id with a path": (release(release_id="../../x"), "bad release_id"),
     "cpu is text": (release(cpu="41.5"), "cpu is not a finite number"),
     "cpu is true": (release(cpu=True), "cpu is not a finite number"),
@@ -204,5 +223,20 @@ def test_real_member_outputs_are_accepted(tmp_path: Path) -> None:
         assert main(["--config", str(config), "once"]) == 0
     now = datetime.now(UTC)
     accepted = [read_release(sb / "datasites", f"member{n}@example.org", now, MAX_AGE) for n in range(3)]
-    assert [r.mechanism for r in accepted] == ["laplace", "gaussian", "laplace"]
+    assert [r.mechanism for r in accepted] == ["discrete_laplace", "discrete_gaussian", "discrete_laplace"]
     assert all(r.noise_stddev > 0 for r in accepted)
+
+
+def test_schema_1_float_releases_from_older_members_still_count(tmp_path: Path) -> None:
+    """A release written by an older member (schema 1, continuous Laplace or Gaussian) is read, its
+    declared noise checked against what its epsilon implies."""
+    old = release(schema_version=1)
+    del old["cpu_units"]
+    old["privacy"].update(mechanism="laplace", noise_stddev=282.842712474619)
+    for key in ("grid", "sensitivity_units"):
+        del old["privacy"][key]
+    put(tmp_path, PEER, old)
+    assert read_release(tmp_path, PEER, NOW, MAX_AGE).cpu == 41.5
+    old["privacy"]["noise_stddev"] = 2828.42712474619
+    put(tmp_path, PEER, old)
+    assert reason(tmp_path) == "declared noise does not match its parameters"

@@ -73,7 +73,7 @@ class TestSignals:
         started = wait_for_event(proc, "daemon.started")[-1]
         per = started["per_release"]
         assert isinstance(per, dict)
-        assert (per["mechanism"], per["noise_stddev"], per["delta"]) == ("gaussian", 250.0, 1e-6)
+        assert (per["mechanism"], per["noise_stddev"], per["delta"]) == ("discrete_gaussian", 250.0, 1e-6)
         assert 0 < per["epsilon"] < 5
         wait_for_event(proc, "cycle.finished")
         proc.send_signal(signal.SIGTERM)
@@ -174,7 +174,7 @@ class TestCrashSafety:
             for path in (public, private):
                 if path.exists():
                     record = json.loads(path.read_text())  # always a whole file
-                    assert record["schema_version"] == 1
+                    assert record["schema_version"] in (1, 2)  # private 1, public 2
             if public.exists():
                 visible.add(json.loads(public.read_text())["release_id"])
             ledger = set(spends(data))

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import sqlite3
 import stat
 import threading
 import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +39,7 @@ def make_tracker(
         cpu=cpu or FakeCpu(),
         log=logs.get_logger("test"),
         clock=clock,
-        random_state=np.random.RandomState(5),
+        random_state=random.Random(5),
     )
     return tracker, stream
 
@@ -59,16 +62,20 @@ class TestRelease:
         assert public["release_id"] == private["release_id"] == result.release_id
         assert public["privacy"] == {
             "unit": "window",
-            "mechanism": "laplace",
+            "mechanism": "discrete_laplace",
             "epsilon": 0.5,
             "delta": 0.0,
             "sensitivity": 100.0,
+            "sensitivity_units": 10_000,
+            "grid": 0.01,
             "noise_scale": 200.0,
             "noise_stddev": pytest.approx(282.8427, rel=1e-6),
             "unbiased": True,
             "lower": 0.0,
             "upper": 100.0,
         }
+        assert public["cpu"] == public["cpu_units"] / 100
+        assert private["cpu_raw_units"] == 2500
         assert public["timestamp"].endswith("+00:00")
         assert public["window"]["samples"] == 5
         assert 0.0 <= public["cpu_clamped"] <= 100.0
@@ -192,6 +199,60 @@ class TestClockJumps:
                 since_last = 0.0
                 releases += 1
         assert releases > 3  # the walk does reach releases, so the check above ran
+
+
+@dataclass
+class LaggingCpu:
+    """A busy machine whose sampler runs late: every reading moves the clock on by ``lag``."""
+
+    clock: FakeClock
+    fraction: float
+    lag: float
+
+    def read(self) -> Reading:
+        self.clock.advance(self.lag)
+        return Reading(busy=self.fraction, total=1.0)
+
+
+class TestPublishedTimes:
+    def test_busy_and_idle_windows_publish_the_same_times(self, tmp_path: Path) -> None:
+        """The timing side channel: a busy machine ends its window and writes later than an idle
+        one. The public record and the Prometheus file carry the planned window instead, so both
+        publish the same start, end and timestamp, to the microsecond."""
+        published = []
+        for name, fraction, lag in (("idle", 0.0, 0.0), ("busy", 1.0, 0.37)):
+            clock = FakeClock(datetime(2026, 1, 1, 12, 0, 0, 421_337, tzinfo=UTC))
+            (tmp_path / name).mkdir()
+            prom = tmp_path / name / "prom"
+            overrides = {"prometheus": {"textfile_dir": str(prom)}}
+            tracker, _ = make_tracker(tmp_path / name, clock, LaggingCpu(clock, fraction, lag), overrides)
+            assert tracker.cycle().outcome == "released"
+            public = json.loads(tracker.layout.public_file.read_text())
+            prom_time = next(
+                line for line in (prom / "cpu_tracker.prom").read_text().splitlines()
+                if line.startswith("cpu_tracker_last_release_timestamp_seconds ")
+            )  # fmt: skip
+            published.append((public["timestamp"], public["window"], prom_time))
+            private = json.loads(tracker.layout.private_file.read_text())
+            assert private["window"]["end"] != public["window"]["end"] or lag == 0.0
+        assert published[0] == published[1]
+        timestamp, window, _ = published[0]
+        start, end = datetime.fromisoformat(window["start"]), datetime.fromisoformat(window["end"])
+        assert start == datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)  # now, floored to the second
+        assert end - start == timedelta(seconds=5 * 0.02)
+        assert timestamp == window["end"]
+
+    def test_next_window_starts_on_the_schedule_not_when_the_last_one_ended(
+        self, tmp_path: Path, clock: FakeClock
+    ) -> None:
+        """However late a cycle ran, the next published start is the last one plus every_seconds."""
+        tracker, _ = make_tracker(tmp_path, clock, LaggingCpu(clock, 1.0, 0.05))
+        assert tracker.cycle().outcome == "released"
+        first = json.loads(tracker.layout.public_file.read_text())["window"]["start"]
+        clock.advance(1.0)
+        assert tracker.cycle().outcome == "released"
+        second = json.loads(tracker.layout.public_file.read_text())["window"]["start"]
+        assert datetime.fromisoformat(second) - datetime.fromisoformat(first) == timedelta(seconds=1)
 
 
 class TestRecovery:

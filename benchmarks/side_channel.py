@@ -1,0 +1,131 @@
+"""The timing side channel: can an observer tell an idle window from a loaded one without the value?
+
+    python benchmarks/side_channel.py                 # 60 releases idle, 60 with both cores loaded
+    python benchmarks/side_channel.py --releases 20
+
+Runs the daemon's own cycle (real psutil, real clock, real files; 10 readings of 0.05 s a window,
+one release a second on the schedule), first on an idle machine, then with a busy process on
+every core, and measures for each public field how well it separates the two: the AUC (0.5: no
+better than a coin; 1: always). The noisy value itself may reach what epsilon allows:
+e^eps / (1 + e^eps) = 0.62 at epsilon 0.5. Every other public field should stay near 0.5.
+
+The last row is not in the record: when the public file appears (its mtime, less the published
+window end), which a sync service that watches the file sees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cpu_tracker_daemon import logs
+from cpu_tracker_daemon.config import load_config
+from cpu_tracker_daemon.sampling import PsutilCpuSource
+from cpu_tracker_daemon.storage import layout_for, prepare
+from cpu_tracker_daemon.tracker import Tracker
+
+EPSILON = 0.5
+
+
+def burn(stop: Any) -> None:
+    while not stop.is_set():
+        sum(i * i for i in range(10_000))
+
+
+def ts(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+FEATURES: dict[str, Callable[[dict[str, Any]], float]] = {
+    "cpu (the noisy value)": lambda r: r["cpu"],
+    "timestamp, fraction of a second": lambda r: ts(r["timestamp"]) % 1.0,
+    "window.start, fraction of a second": lambda r: ts(r["window"]["start"]) % 1.0,
+    "window.end - window.start": lambda r: ts(r["window"]["end"]) - ts(r["window"]["start"]),
+    "timestamp - window.end": lambda r: ts(r["timestamp"]) - ts(r["window"]["end"]),
+    "file written, after window.end (not in the record)": lambda r: r["_mtime"] - ts(r["window"]["end"]),
+}
+
+
+def releases(data: Path, n: int, loaded: bool) -> list[dict[str, Any]]:
+    config_file = data / "config.toml"
+    config_file.write_text(
+        f'[paths]\ndata_dir = "{data}"\n[sampling]\nsamples = 10\ninterval_seconds = 0.05\n'
+        f"[schedule]\nevery_seconds = 1\n[privacy]\nepsilon = {EPSILON}\n"
+        "[budget]\nlifetime_epsilon = 100000\nwindow_epsilon = 100000\n"
+    )
+    config = load_config(config_file)
+    layout = layout_for(config)
+    prepare(layout)
+    logs.configure("json", "error")
+    tracker = Tracker(config, layout, PsutilCpuSource(), logs.get_logger("bench"), stop=threading.Event())
+    stop = multiprocessing.Event()
+    workers = [multiprocessing.Process(target=burn, args=(stop,)) for _ in range(os.cpu_count() or 1)]
+    if loaded:
+        for w in workers:
+            w.start()
+    out = []
+    try:
+        while len(out) < n:
+            result = tracker.cycle(max_wait=2.0)
+            if result.outcome != "released":
+                continue
+            record = json.loads(layout.public_file.read_text())
+            record["_mtime"] = layout.public_file.stat().st_mtime
+            out.append(record)
+    finally:
+        stop.set()
+        for w in workers:
+            if w.is_alive():
+                w.join(timeout=5)
+    return out
+
+
+def auc(a: Sequence[float], b: Sequence[float]) -> float:
+    """P(X_b > X_a) + P(tie)/2, folded so that 0.5 is no signal and 1 a perfect split."""
+    wins = sum((y > x) + 0.5 * (y == x) for x in a for y in b)
+    value = wins / (len(a) * len(b))
+    return max(value, 1 - value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--releases", type=int, default=60, help="releases per condition")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("idle", "busy"):
+            (Path(tmp) / name).mkdir()
+        idle = releases(Path(tmp) / "idle", args.releases, loaded=False)
+        busy = releases(Path(tmp) / "busy", args.releases, loaded=True)
+    allowed = math.exp(EPSILON) / (1 + math.exp(EPSILON))
+    print(
+        f"{args.releases} releases idle, {args.releases} with {os.cpu_count()} cores busy; "
+        f"epsilon {EPSILON} allows AUC {allowed:.2f}\n"
+    )
+    print("| public field | AUC idle vs loaded |")
+    print("| --- | --- |")
+    worst = 0.0
+    for name, feature in FEATURES.items():
+        value = auc([feature(r) for r in idle], [feature(r) for r in busy])
+        print(f"| {name} | {value:.2f} |")
+        if name.startswith(("timestamp", "window")):
+            worst = max(worst, value)
+    # A field the record fixes before sampling is equal in every release: AUC exactly 0.5.
+    return 0 if worst <= 0.5 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""The integer grid and exact discrete noise: the one place where published numbers are made.
+
+Every published value is an integer number of grid units (hundredths of a percentage point)
+plus integer noise, so its bits carry nothing but that integer: no floating-point sample whose
+low-order bits depend on the raw value (Mironov 2012). The raw value is put on the grid before
+the noise, and the sensitivity is counted in grid units.
+
+The samplers are the exact ones of Canonne, Kamath and Steinke 2020 ("The Discrete Gaussian for
+Differential Privacy", Algorithms 1-3): rational arithmetic only, driven by a uniform integer
+source (``randrange``). In production that source is the OS CSPRNG (:class:`random.SystemRandom`);
+tests inject a seeded :class:`random.Random`. Pure standard library: no numpy, no scipy.
+
+The same grid and the same integer noise are what distributed noise and secure aggregation
+need: a sum of grid values is exact, and noise shares add up in integers.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from fractions import Fraction
+from typing import Protocol
+
+UNITS_PER_POINT = 100  # grid units per percentage point
+GRID = 1 / UNITS_PER_POINT  # 0.01 percentage points
+
+
+class Uniform(Protocol):
+    def randrange(self, stop: int, /) -> int:
+        """A uniform integer in [0, stop)."""
+        ...
+
+
+def system_random() -> Uniform:
+    """The OS CSPRNG (os.urandom), the default source of every draw."""
+    return random.SystemRandom()
+
+
+# -- the grid ---------------------------------------------------------------------------------
+
+
+def to_units(percent: float) -> int:
+    """The grid point nearest ``percent`` (ties to even), computed exactly from the double."""
+    return round(Fraction(percent) * UNITS_PER_POINT)
+
+
+def on_grid(percent: float) -> bool:
+    """Whether ``percent`` is (the double nearest to) a grid point."""
+    return math.isfinite(percent) and to_units(percent) / UNITS_PER_POINT == percent
+
+
+def to_percent(units: int) -> float:
+    """``units`` in percentage points: the double nearest units/100, whose shortest decimal form
+    has at most two decimals. A function of the integer alone."""
+    return units / UNITS_PER_POINT
+
+
+def clamp(units: int, low: int, high: int) -> int:
+    return min(max(units, low), high)
+
+
+def quantise_share(percent: float, low: int, high: int) -> int:
+    """One value in percent put on the grid and clamped to [low, high] (grid units)."""
+    return clamp(to_units(percent), low, high)
+
+
+def quantise_mean(percents: tuple[float, ...], low: int, high: int) -> int:
+    """The equal-weight mean of the values, each put on the grid and clamped first.
+
+    The sum is an exact integer and the mean is rounded (ties to even) in exact rational
+    arithmetic, so one value moving by at most ``high - low`` moves the result by at most
+    ``ceil((high - low) / n)``: :func:`mean_sensitivity`.
+    """
+    total = sum(quantise_share(p, low, high) for p in percents)
+    return round(Fraction(total, len(percents)))
+
+
+def mean_sensitivity(low: int, high: int, n: int) -> int:
+    """How far one of ``n`` values in [low, high] can move :func:`quantise_mean` (grid units)."""
+    return -((low - high) // n)  # ceil((high - low) / n)
+
+
+# -- exact samplers (CKS 2020) ------------------------------------------------------------------
+
+
+def bernoulli(p: Fraction, rng: Uniform) -> bool:
+    """True with probability ``p`` in [0, 1], exactly."""
+    return rng.randrange(p.denominator) < p.numerator
+
+
+def bernoulli_exp(gamma: Fraction, rng: Uniform) -> bool:
+    """True with probability exp(-gamma) for rational gamma >= 0, exactly (CKS Algorithm 1)."""
+    while gamma > 1:
+        if not bernoulli_exp(Fraction(1), rng):
+            return False
+        gamma -= 1
+    k = 1
+    while bernoulli(gamma / k, rng):
+        k += 1
+    return k % 2 == 1
+
+
+def discrete_laplace(scale: Fraction, rng: Uniform) -> int:
+    """An integer with probability proportional to exp(-|y| / scale) (CKS Algorithm 2)."""
+    if scale <= 0:
+        raise ValueError("the discrete Laplace scale must be positive")
+    t, s = scale.numerator, scale.denominator  # scale = t / s
+    while True:
+        u = rng.randrange(t)
+        if not bernoulli_exp(Fraction(u, t), rng):
+            continue
+        v = 0
+        while bernoulli_exp(Fraction(1), rng):
+            v += 1
+        y = (u + t * v) // s
+        negative = bernoulli(Fraction(1, 2), rng)
+        if negative and y == 0:
+            continue
+        return -y if negative else y
+
+
+def discrete_gaussian(sigma: Fraction, rng: Uniform) -> int:
+    """An integer with probability proportional to exp(-y^2 / (2 sigma^2)) (CKS Algorithm 3)."""
+    if sigma <= 0:
+        raise ValueError("the discrete Gaussian sigma must be positive")
+    sigma2 = sigma * sigma
+    t = math.floor(sigma) + 1
+    while True:
+        y = discrete_laplace(Fraction(t), rng)
+        excess = abs(y) - sigma2 / t
+        if bernoulli_exp(excess * excess / (2 * sigma2), rng):
+            return y
+
+
+# -- what the noise is ------------------------------------------------------------------------
+
+
+def laplace_scale(sensitivity: int, epsilon: float) -> Fraction:
+    """The scale at which discrete Laplace noise makes a ``sensitivity``-bounded integer
+    exactly epsilon-DP: P(y+1)/P(y) >= exp(-epsilon/sensitivity)."""
+    return Fraction(sensitivity) / Fraction(epsilon)
+
+
+def laplace_variance(scale: float) -> float:
+    """The variance of discrete Laplace noise of ``scale``: 2a/(1-a)^2 with a = exp(-1/scale)."""
+    a = math.exp(-1.0 / scale)
+    return 2.0 * a / math.expm1(-1.0 / scale) ** 2
+
+
+def laplace_pmf(y: int, scale: float) -> float:
+    """P(Y = y) for discrete Laplace noise of ``scale``."""
+    a = math.exp(-1.0 / scale)
+    return (1.0 - a) / (1.0 + a) * a ** abs(y)
+
+
+def gaussian_pmf(y: int, sigma: float) -> float:
+    """P(Y = y) for discrete Gaussian noise of ``sigma`` >= 1 (the normaliser by Poisson
+    summation is sigma sqrt(2 pi) to within exp(-2 pi^2 sigma^2))."""
+    return math.exp(-(y * y) / (2.0 * sigma * sigma)) / (sigma * math.sqrt(2.0 * math.pi))
+
+
+def _upper_tail(k: float, sigma: float) -> float:
+    """P(N(0, sigma^2) >= k)."""
+    return 0.5 * math.erfc(k / (sigma * math.sqrt(2.0)))
+
+
+def gaussian_delta_bound(sensitivity: int, sigma: float, epsilon: float) -> float:
+    """An upper bound on the delta at which discrete Gaussian noise of ``sigma`` makes a
+    ``sensitivity``-bounded integer (epsilon, delta)-DP.
+
+    CKS 2020, Theorem 7, gives the exact delta: P[Y > a] - e^eps P[Y > a + sensitivity] with
+    a = eps sigma^2 / sensitivity - sensitivity / 2 and Y the discrete Gaussian. Its tails are
+    bounded by the continuous ones, because the density is decreasing on [0, inf): the first
+    from above (sum over y >= m <= integral from m - 1), the second from below (integral from
+    m), with the normaliser between sigma sqrt(2 pi) and that times (1 + 3 exp(-2 pi^2 sigma^2))
+    by Poisson summation. The bound is within one grid unit of the continuous Gaussian's delta.
+    """
+    a = epsilon * sigma * sigma / sensitivity - sensitivity / 2
+    m = math.floor(a) + 1
+    first = 1.0 if m < 1 else _upper_tail(m - 1, sigma)
+    m2 = math.floor(a + sensitivity) + 1
+    eta = 3.0 * math.exp(-2.0 * math.pi**2 * sigma * sigma)
+    second_tail = _upper_tail(max(m2, 0), sigma) / (1.0 + eta)
+    second = math.exp(epsilon + math.log(second_tail)) if second_tail > 0 else 0.0
+    return min(1.0, max(0.0, first - second))
+
+
+def gaussian_sigma(sensitivity: int, epsilon: float, delta: float, start: float) -> float:
+    """The smallest sigma (to 1e-9 relative) whose :func:`gaussian_delta_bound` is <= delta.
+
+    ``start`` is the continuous analytic Gaussian's sigma, which the discrete one never beats.
+    """
+    lo, hi = start, start
+    while gaussian_delta_bound(sensitivity, hi, epsilon) > delta:
+        lo, hi = hi, hi * 1.001 + 1.0
+    while hi - lo > 1e-9 * hi:
+        mid = (lo + hi) / 2
+        if gaussian_delta_bound(sensitivity, mid, epsilon) > delta:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def gaussian_epsilon(sensitivity: int, sigma: float, delta: float) -> float:
+    """The smallest epsilon (to 1e-12 relative) whose :func:`gaussian_delta_bound` is <= delta."""
+    lo, hi = 0.0, 1.0
+    while gaussian_delta_bound(sensitivity, sigma, hi) > delta:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1e-12 * hi:
+        mid = (lo + hi) / 2
+        if gaussian_delta_bound(sensitivity, sigma, mid) > delta:
+            lo = mid
+        else:
+            hi = mid
+    return hi
