@@ -225,11 +225,15 @@ def table(rows: Sequence[Row]) -> str:
         "(thresholds) | Mironov event lower bound | off-grid outputs | chi-square p | p with scale 30% off |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+
+    def fig(value: float, spec: str) -> str:
+        return "n/a" if math.isnan(value) else format(value, spec)
+
     for r in rows:
         lines.append(
             f"| {r.mechanism} | {r.unit} | {r.epsilon:g} | {r.delta:g} | {r.draws:,} | "
-            f"{r.threshold_lower_bound:.3f} | {r.mironov_lower_bound:.3f} | {r.off_grid:,} | "
-            f"{r.chi_square_p:.3g} | {r.chi_square_p_scale_off:.3g} |"
+            f"{fig(r.threshold_lower_bound, '.3f')} | {r.mironov_lower_bound:.3f} | {r.off_grid:,} | "
+            f"{fig(r.chi_square_p, '.3g')} | {fig(r.chi_square_p_scale_off, '.3g')} |"
         )
     return "\n".join(lines)
 

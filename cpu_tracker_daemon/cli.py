@@ -75,7 +75,8 @@ _ERROR_CODES: dict[type[CpuTrackerError], int] = {
 
 
 def exit_code_for(error: CpuTrackerError) -> int:
-    return _ERROR_CODES.get(type(error), EXIT_INTERNAL)
+    """The code of the nearest class in the error's MRO that has one: a subclass inherits it."""
+    return next((_ERROR_CODES[k] for k in type(error).__mro__ if k in _ERROR_CODES), EXIT_INTERNAL)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -131,6 +132,20 @@ def build_parser() -> argparse.ArgumentParser:
     grant.add_argument("--reason", required=True, help="why (kept in the ledger's history)")
     grant.add_argument("--cap", choices=("lifetime", "window"), default="lifetime")
     grant.add_argument("--delta", type=_probability, default=0.0, help="also raise the cap's delta by this")
+
+    ledger = sub.add_parser("ledger", help="the privacy ledger itself")
+    lsub = ledger.add_subparsers(dest="ledger_command", required=True, metavar="ACTION", parser_class=_Parser)
+    reset = lsub.add_parser(
+        "reset",
+        help="retire the ledger (kept, renamed) and start a new budget; leaves a trace",
+        description=(
+            "Start the privacy budget over, deliberately: the old ledger is renamed (never "
+            "deleted), the new one records the release already published as acknowledged, and "
+            "ledger-resets.jsonl keeps who, when and why. Releases made under the old ledger "
+            "still happened: whoever saw them may combine them with the new ones."
+        ),
+    )
+    reset.add_argument("--reason", required=True, help="why (kept in the new ledger and the trace)")
 
     config = sub.add_parser("config", help="check or show the effective configuration")
     csub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION", parser_class=_Parser)
@@ -232,7 +247,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 def _dispatch(args: argparse.Namespace, config: Config, path: Path | None, env: Mapping[str, str]) -> int:
-    if args.command in ("run", "once") or getattr(args, "budget_command", None) in (
+    if args.command in ("run", "once", "ledger") or getattr(args, "budget_command", None) in (
         "grant",
         "approve",
         "deny",
@@ -249,6 +264,8 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path | None, env: 
         return _aggregate(config, as_json=args.json)
     if args.command == "status":
         return _status(config, path, as_json=args.json)
+    if args.command == "ledger":
+        return _ledger_reset(config, args.reason)
     if args.command == "budget":
         if args.budget_command == "grant":
             return _grant(config, args.epsilon, args.reason, args.cap, args.delta)
@@ -423,6 +440,27 @@ def _grant(config: Config, epsilon: float, reason: str, cap: str, delta: float) 
         f"granted epsilon {epsilon:g}{f' and delta {delta:g}' if delta else ''} to the {cap} cap: "
         f"now epsilon {chosen.limit:g} at delta {chosen.delta:g}, {chosen.remaining:.3g} left"
     )
+    return EXIT_OK
+
+
+def _ledger_reset(config: Config, reason: str) -> int:
+    from cpu_tracker_daemon import storage
+    from cpu_tracker_daemon.daemon import claim_state
+    from cpu_tracker_daemon.reset import reset_ledger
+    from cpu_tracker_daemon.tracker import caps_for
+
+    if not reason.strip():
+        raise UsageError("--reason must say why the budget starts over; it is kept with the new ledger")
+    layout = storage.layout_for(config)
+    with claim_state(layout):
+        done = reset_ledger(layout, caps_for(config), reason.strip(), _who(), datetime.now(UTC))
+    retired = f"the old ledger is kept as {done.retired}" if done.retired else "there was no ledger"
+    acknowledged = (
+        f"; release {', '.join(done.acknowledged)} in the public output is acknowledged"
+        if done.acknowledged
+        else ""
+    )
+    print(f"a new privacy ledger starts at {layout.ledger}; {retired}{acknowledged}; trace: {done.trace}")
     return EXIT_OK
 
 

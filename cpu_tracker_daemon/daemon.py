@@ -363,7 +363,9 @@ class Daemon:
                 raise ConfigError(
                     ["paths.data_dir and [syftbox] cannot change while running; restart instead"]
                 )
-        except ConfigError as exc:
+            with self._make_tracker(config).open_ledger():  # the ledger's promise holds for it
+                pass
+        except CpuTrackerError as exc:
             self._log.error("config.reload_failed", detail=str(exc), kept="the running configuration")
             self._notifier.send(READY="1")
             return

@@ -23,6 +23,17 @@ class UsageError(CpuTrackerError):
     """The command line is wrong."""
 
 
+class DeltaCapError(UsageError):
+    """A grant that would raise a cap's delta past what the daemon will defend."""
+
+    def __init__(self, cap: str, total: float, limit: float) -> None:
+        self.cap, self.total, self.limit = cap, total, limit
+        super().__init__(
+            f"that grant would raise the {cap} cap's delta to {total:g}, above the most this daemon "
+            f"allows ({limit:g}); grant epsilon instead, or a smaller delta"
+        )
+
+
 class ConfigError(CpuTrackerError):
     """The configuration is invalid; every problem is reported at once."""
 
@@ -42,6 +53,20 @@ class LedgerCorruptError(CpuTrackerError):
             "restore it from a backup or move it aside knowingly (the ledger is never reset "
             "automatically)"
         )
+
+
+class PromiseChangedError(ConfigError):
+    """The config asks for releases that protect something else than the ledger's have."""
+
+    def __init__(self, path: str, recorded: str, configured: str) -> None:
+        self.path, self.recorded, self.configured = path, recorded, configured
+        CpuTrackerError.__init__(
+            self,
+            f"the privacy ledger {path} accounts releases under {recorded}, and the config asks for "
+            f"{configured}: their budgets cannot be added up; restore those privacy and sampling "
+            "settings, or start a new ledger with 'cpu-tracker ledger reset' (see README)",
+        )
+        self.problems = [str(self)]
 
 
 class LedgerUnavailableError(CpuTrackerError):

@@ -23,7 +23,8 @@ import json
 import math
 import os
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,16 +35,21 @@ from cpu_tracker_daemon.accounting import Event, compose, event_of
 from cpu_tracker_daemon.errors import (
     BudgetExhaustedError,
     CooldownError,
+    DeltaCapError,
     LedgerCorruptError,
     LedgerUnavailableError,
+    PromiseChangedError,
 )
 from cpu_tracker_daemon.storage import fsync_dir
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = ("1", "2")
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = ("1", "2", "3")
 APPLICATION_ID = 0x43505554  # "CPUT"
 CAPS = ("lifetime", "window")
 _TOLERANCE = 1e-9
+# The most delta a cap may ever have, base and grants together: a chance of 1 in 10,000 that the
+# epsilon does not hold is already more than most privacy engineers would sign for.
+MAX_TOTAL_DELTA = 1e-4
 _TABLES = {"meta", "spends", "outcomes", "grants", "cooldown"}
 
 _SCHEMA = f"""
@@ -105,6 +111,37 @@ CREATE INDEX spends_by_time ON spends (reserved_ts);
 """
 
 
+# Schema 3 = schema 2 plus these: the rolling period as recorded (it only grows), the privacy
+# promise the releases are accounted under (never changed), releases from before a deliberate
+# reset, and each spend's boot and time since boot (the rolling period never passes faster than
+# real time within a boot).
+_SCHEMA_3 = """
+ALTER TABLE spends ADD COLUMN boot_id TEXT;
+ALTER TABLE spends ADD COLUMN boot_seconds REAL;
+CREATE TABLE periods (
+    id           INTEGER PRIMARY KEY,
+    window_hours REAL NOT NULL CHECK (window_hours > 0),
+    at           TEXT NOT NULL
+);
+CREATE TABLE promises (
+    id               INTEGER PRIMARY KEY,
+    unit             TEXT NOT NULL,
+    samples          INTEGER NOT NULL,
+    interval_seconds REAL NOT NULL,
+    lower            REAL NOT NULL,
+    upper            REAL NOT NULL,
+    at               TEXT NOT NULL
+);
+CREATE TABLE acknowledged (
+    release_id TEXT PRIMARY KEY,
+    reason     TEXT NOT NULL,
+    at         TEXT NOT NULL
+);
+CREATE INDEX spends_by_boot ON spends (boot_id, boot_seconds);
+"""
+_TABLES_3 = {"periods", "promises", "acknowledged"}
+
+
 def _append_only(tables: tuple[str, ...]) -> str:
     return "".join(
         f"""
@@ -115,8 +152,44 @@ BEGIN SELECT RAISE(ABORT, 'the privacy ledger is append-only'); END;"""
     )
 
 
-_APPEND_ONLY = _append_only(("spends", "outcomes", "grants", "meta", "guarantees", "requests"))
+_APPEND_ONLY = _append_only(
+    ("spends", "outcomes", "grants", "meta", "guarantees", "requests", "periods", "promises", "acknowledged")
+)
 _META_NO_UPDATE = _append_only(("meta",)).split("CREATE TRIGGER meta_no_delete")[0].strip()
+
+
+# Which boot this is and how long since it began (suspend included, where the OS can say):
+# within one boot, the rolling period is measured on this clock too, so a wall clock set
+# forward cannot empty it.
+BootClock = Callable[[], tuple[str | None, float]]
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_clock() -> tuple[str | None, float]:
+    try:
+        boot_id: str | None = _BOOT_ID.read_text().strip() or None
+    except OSError:
+        boot_id = None
+    clock = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+    return boot_id, time.clock_gettime(clock)
+
+
+@dataclass(frozen=True)
+class Promise:
+    """What the releases protect, fixed by the first release a ledger accounts: every later one
+    must protect the same unit, or the caps would add up releases of different guarantees."""
+
+    unit: str
+    samples: int
+    interval_seconds: float
+    lower: float
+    upper: float
+
+    def describe(self) -> str:
+        return (
+            f"unit {self.unit}, {self.samples} samples of {self.interval_seconds:g} s, "
+            f"bounds [{self.lower:g}, {self.upper:g}]"
+        )
 
 
 def iso(ts: float) -> str:
@@ -173,6 +246,7 @@ class BudgetStatus:
     releases: int
     last_release_at: str | None
     cooldown_anchor_ts: float | None
+    window_hours: float = 24.0  # the rolling period in force (never shorter than recorded)
 
     @classmethod
     def fresh(cls, caps: Caps) -> BudgetStatus:
@@ -185,6 +259,7 @@ class BudgetStatus:
             releases=0,
             last_release_at=None,
             cooldown_anchor_ts=None,
+            window_hours=caps.window_hours,
         )
 
     @property
@@ -253,10 +328,17 @@ class Grant:
 class Ledger:
     """A verified connection to the ledger file. Use :func:`open_ledger` to get one."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, version: int = SCHEMA_VERSION) -> None:
+    def __init__(
+        self,
+        path: Path,
+        conn: sqlite3.Connection,
+        version: int = SCHEMA_VERSION,
+        boot: BootClock = boot_clock,
+    ) -> None:
         self.path = path
         self._conn = conn
         self.version = version
+        self._boot = boot
 
     def close(self) -> None:
         self._conn.close()
@@ -305,16 +387,29 @@ class Ledger:
             else "SELECT cap, TOTAL(epsilon), 0.0 FROM grants GROUP BY cap"
         ):
             granted[cap] = [float(epsilon), float(delta)]
-        cutoff = now_ts - caps.window_hours * 3600.0
+        window_hours = self._window_hours(conn, caps)
+        window_seconds = window_hours * 3600.0
         # Grouped by kind, so the cost does not grow with the length of the history.
         lifetime = conn.execute(
             "SELECT mechanism, epsilon, delta, COUNT(*) FROM spends GROUP BY mechanism, epsilon, delta"
         ).fetchall()
-        window = conn.execute(
-            "SELECT mechanism, epsilon, delta, COUNT(*) FROM spends WHERE reserved_ts > ? "
-            "GROUP BY mechanism, epsilon, delta",
-            (cutoff,),
-        ).fetchall()
+        if self.version >= 3:
+            # A spend is in the rolling period while the wall clock says so, or, within the boot
+            # it was made in, while the time since boot says so: a clock set forward never
+            # empties the period faster than real time.
+            boot_id, boot_now = self._boot()
+            window = conn.execute(
+                "SELECT mechanism, epsilon, delta, COUNT(*) FROM spends "
+                "WHERE reserved_ts > ? OR (boot_id = ? AND boot_seconds > ?) "
+                "GROUP BY mechanism, epsilon, delta",
+                (now_ts - window_seconds, boot_id, boot_now - window_seconds),
+            ).fetchall()
+        else:
+            window = conn.execute(
+                "SELECT mechanism, epsilon, delta, COUNT(*) FROM spends WHERE reserved_ts > ? "
+                "GROUP BY mechanism, epsilon, delta",
+                (now_ts - window_seconds,),
+            ).fetchall()
         (last_ts,) = conn.execute("SELECT MAX(reserved_ts) FROM spends").fetchone()
         anchor = conn.execute("SELECT anchor_ts FROM cooldown WHERE id = 1").fetchone()
 
@@ -346,7 +441,52 @@ class Ledger:
             releases=life.releases,
             last_release_at=iso(last_ts) if last_ts is not None else None,
             cooldown_anchor_ts=float(anchor[0]) if anchor else None,
+            window_hours=window_hours,
         )
+
+    def _window_hours(self, conn: sqlite3.Connection, caps: Caps) -> float:
+        """The rolling period: the configured one, or the longest ever recorded if that is longer.
+
+        Shortening it in the config would free the spends of the part cut off, so it only grows.
+        """
+        if self.version < 3:
+            return caps.window_hours
+        (recorded,) = conn.execute("SELECT MAX(window_hours) FROM periods").fetchone()
+        return caps.window_hours if recorded is None else max(caps.window_hours, float(recorded))
+
+    def promise(self) -> Promise | None:
+        """The promise the ledger's releases are accounted under (None before the first)."""
+        if self.version < 3:
+            return None
+        with self._guard() as conn:
+            row = conn.execute(
+                "SELECT unit, samples, interval_seconds, lower, upper FROM promises ORDER BY id LIMIT 1"
+            ).fetchone()
+        return None if row is None else Promise(*row)
+
+    def check_promise(self, promise: Promise) -> None:
+        """Raise PromiseChangedError if ``promise`` is not the one the ledger has recorded."""
+        recorded = self.promise()
+        if recorded is not None and recorded != promise:
+            raise PromiseChangedError(str(self.path), recorded.describe(), promise.describe())
+
+    def knows(self, release_id: str) -> bool:
+        """Whether this ledger accounted ``release_id``, or acknowledged it at a deliberate reset."""
+        with self._guard() as conn:
+            row = conn.execute("SELECT 1 FROM spends WHERE release_id = ?", (release_id,)).fetchone()
+            if row is None and self.version >= 3:
+                row = conn.execute(
+                    "SELECT 1 FROM acknowledged WHERE release_id = ?", (release_id,)
+                ).fetchone()
+        return row is not None
+
+    def acknowledge(self, release_ids: list[str], reason: str, now: datetime) -> None:
+        """Record releases published before a deliberate reset, so their files do not stop this one."""
+        with self._transaction() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO acknowledged VALUES (?, ?, ?)",
+                [(release_id, reason, now.isoformat()) for release_id in release_ids],
+            )
 
     def spend_times(self, after: float) -> list[float]:
         """When each spend reserved after ``after`` (a timestamp) was reserved, oldest first."""
@@ -419,7 +559,14 @@ class Ledger:
                 return now_ts, True
             return float(row[0]), False
 
-    def reserve(self, spend: Spend, caps: Caps, now: datetime, every_seconds: float | None) -> BudgetStatus:
+    def reserve(
+        self,
+        spend: Spend,
+        caps: Caps,
+        now: datetime,
+        every_seconds: float | None,
+        promise: Promise | None = None,
+    ) -> BudgetStatus:
         """Check every cap (and the cooldown, unless ``every_seconds`` is None); record the spend.
 
         Raises CooldownError or BudgetExhaustedError and records nothing when it does not fit.
@@ -433,26 +580,30 @@ class Ledger:
             anchor = float(anchor_row[0]) if anchor_row else None
             if every_seconds is not None and anchor is not None and start_ts < anchor + every_seconds:
                 raise CooldownError(iso(anchor + every_seconds))
+            if promise is not None and self.version >= 3:
+                self._hold_promise(conn, promise, now)
+                self._hold_period(conn, caps, now)
             before = self._status(conn, caps, now_ts)
             event = event_of(spend.mechanism, spend.epsilon, spend.delta)
             blocking = before.first_blocking(event)
             if blocking is not None:
                 raise BudgetExhaustedError(blocking.name, blocking.spent, blocking.limit, spend.epsilon)
-            conn.execute(
-                "INSERT INTO spends VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    spend.release_id,
-                    now_ts,
-                    iso(now_ts),
-                    spend.window_start.isoformat(),
-                    spend.window_end.isoformat(),
-                    spend.epsilon,
-                    spend.delta,
-                    spend.mechanism,
-                    spend.unit,
-                    spend.sensitivity,
-                ),
-            )
+            values = [
+                spend.release_id,
+                now_ts,
+                iso(now_ts),
+                spend.window_start.isoformat(),
+                spend.window_end.isoformat(),
+                spend.epsilon,
+                spend.delta,
+                spend.mechanism,
+                spend.unit,
+                spend.sensitivity,
+            ]
+            if self.version >= 3:
+                values += list(self._boot())
+            marks = ", ".join("?" * len(values))
+            conn.execute(f"INSERT INTO spends VALUES ({marks})", values)  # noqa: S608 - placeholders only
             # A window that starts after now straddled a clock set back: it anchors at now, not in
             # the future, so the next release waits one interval, not one plus the size of the step.
             conn.execute(
@@ -466,6 +617,33 @@ class Ledger:
                 (spend.release_id, after.lifetime.spent, after.lifetime.delta, after.lifetime.method),
             )
             return after
+
+    def _hold_promise(self, conn: sqlite3.Connection, promise: Promise, now: datetime) -> None:
+        row = conn.execute(
+            "SELECT unit, samples, interval_seconds, lower, upper FROM promises ORDER BY id LIMIT 1"
+        ).fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT INTO promises (unit, samples, interval_seconds, lower, upper, at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    promise.unit,
+                    promise.samples,
+                    promise.interval_seconds,
+                    promise.lower,
+                    promise.upper,
+                    now.isoformat(),
+                ),
+            )
+        elif Promise(*row) != promise:
+            raise PromiseChangedError(str(self.path), Promise(*row).describe(), promise.describe())
+
+    def _hold_period(self, conn: sqlite3.Connection, caps: Caps, now: datetime) -> None:
+        (recorded,) = conn.execute("SELECT MAX(window_hours) FROM periods").fetchone()
+        if recorded is None or caps.window_hours > float(recorded):
+            conn.execute(
+                "INSERT INTO periods (window_hours, at) VALUES (?, ?)", (caps.window_hours, now.isoformat())
+            )
 
     def record(
         self, release_id: str, status: str, now: datetime, payload: dict[str, Any] | None = None
@@ -501,6 +679,7 @@ class Ledger:
                 raise ValueError(f"request {decision.request_id} was already decided")
             grant_id = None
             if decision.decision == "approved":
+                self._check_delta(conn, decision.cap, decision.delta)
                 cursor = conn.execute(
                     "INSERT INTO grants (cap, epsilon, reason, granted_by, granted_at, delta) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
@@ -541,18 +720,32 @@ class Ledger:
         if not 0 <= delta < 1:
             raise ValueError("a grant's delta must be in [0, 1)")
         with self._transaction() as conn:
+            self._check_delta(conn, cap, delta)
             conn.execute(
                 "INSERT INTO grants (cap, epsilon, reason, granted_by, granted_at, delta) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (cap, epsilon, reason, granted_by, now.isoformat(), delta),
             )
 
+    def _check_delta(self, conn: sqlite3.Connection, cap: str, delta: float) -> None:
+        """Refuse a grant that takes the cap's delta (base plus grants) past MAX_TOTAL_DELTA."""
+        if delta == 0:
+            return
+        (base,) = conn.execute("SELECT value FROM meta WHERE key = ?", (f"base_{cap}_delta",)).fetchone()
+        (granted,) = conn.execute("SELECT TOTAL(delta) FROM grants WHERE cap = ?", (cap,)).fetchone()
+        total = float(base) + float(granted) + delta
+        if total > MAX_TOTAL_DELTA:
+            raise DeltaCapError(cap, total, MAX_TOTAL_DELTA)
 
-def open_ledger(path: Path, caps: Caps, now: datetime, *, create: bool = True) -> Ledger | None:
+
+def open_ledger(
+    path: Path, caps: Caps, now: datetime, *, create: bool = True, boot: BootClock | None = None
+) -> Ledger | None:
     """Open and verify the ledger at ``path``; create it when missing and ``create`` is set.
 
     Returns None when it is missing and ``create`` is false. Never modifies an existing file
-    that fails verification: it raises :class:`LedgerCorruptError` instead.
+    that fails verification: it raises :class:`LedgerCorruptError` instead. An older schema is
+    migrated in one transaction when opened for writing, and read as it is otherwise.
     """
     if not path.exists():
         if not create:
@@ -560,42 +753,46 @@ def open_ledger(path: Path, caps: Caps, now: datetime, *, create: bool = True) -
         _create(path, caps, now)
     conn, version = _connect_verified(path, readonly=not create)
     if version < SCHEMA_VERSION and create:
-        _migrate_to_2(conn, path, now)
+        _migrate(conn, path, now)
         version = SCHEMA_VERSION
-    return Ledger(path, conn, version)
+    return Ledger(path, conn, version, boot or boot_clock)
 
 
-def _migrate_to_2(conn: sqlite3.Connection, path: Path, now: datetime) -> None:
-    """Schema 1 to 2 in one transaction: delta grants, the guarantees table, delta caps of 0."""
+def _migrate(conn: sqlite3.Connection, path: Path, now: datetime) -> None:
+    """Schema 1 or 2 to 3 in one transaction; a failure leaves the file as it was.
+
+    1 to 2: delta grants, the guarantees and requests tables, delta caps of 0 (a schema-1
+    ledger was created under pure epsilon-DP). 2 to 3: the recorded rolling period, the privacy
+    promise, acknowledged releases and each spend's boot (empty for the spends before it).
+    """
     try:
         conn.execute("BEGIN IMMEDIATE")
         try:
             (version,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if version == "1":  # another process may have migrated it while this one waited
-                # One statement at a time: executescript() would commit half-way.
-                for statement in _statements(_SCHEMA_2 + _append_only(("guarantees", "requests"))):
+            # Another process may have migrated it while this one waited for the lock.
+            # One statement at a time: executescript() would commit half-way.
+            script, rows = "", [(f"migrated_to_{SCHEMA_VERSION}_at", now.isoformat())]
+            if version == "1":
+                script += _SCHEMA_2 + _append_only(("guarantees", "requests"))
+                rows += [("base_lifetime_delta", "0.0"), ("base_window_delta", "0.0")]
+            if version in ("1", "2"):
+                script += _SCHEMA_3 + _append_only(tuple(sorted(_TABLES_3)))
+                for statement in _statements(script):
                     conn.execute(statement)
                 conn.execute("DROP TRIGGER meta_no_update")  # the one deliberate change to meta
-                conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
                 conn.execute(_META_NO_UPDATE)
-                conn.executemany(
-                    "INSERT INTO meta (key, value) VALUES (?, ?)",
-                    [
-                        ("base_lifetime_delta", "0.0"),
-                        ("base_window_delta", "0.0"),
-                        ("migrated_to_2_at", now.isoformat()),
-                    ],
-                )
+                conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", rows)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
     except sqlite3.OperationalError as exc:
         conn.close()
-        raise LedgerUnavailableError(str(path), f"cannot migrate to schema 2: {exc}") from None
+        raise LedgerUnavailableError(str(path), f"cannot migrate to schema {SCHEMA_VERSION}: {exc}") from None
     except sqlite3.DatabaseError as exc:
         conn.close()
-        raise LedgerCorruptError(str(path), f"cannot migrate to schema 2: {exc}") from None
+        raise LedgerCorruptError(str(path), f"cannot migrate to schema {SCHEMA_VERSION}: {exc}") from None
 
 
 def _statements(script: str) -> list[str]:
@@ -653,8 +850,11 @@ def _verify(conn: sqlite3.Connection, path: Path) -> int:
         raise LedgerCorruptError(
             str(path), f"schema version {version!r}, this cpu-tracker reads {', '.join(READABLE_VERSIONS)}"
         )
-    if version == "2" and not tables >= {"guarantees", "requests"}:
-        raise LedgerCorruptError(str(path), f"missing tables {sorted({'guarantees', 'requests'} - tables)}")
+    expected = (set() if version == "1" else {"guarantees", "requests"}) | (
+        _TABLES_3 if version == "3" else set()
+    )
+    if not tables >= expected:
+        raise LedgerCorruptError(str(path), f"missing tables {sorted(expected - tables)}")
     for key in ("base_lifetime_epsilon", "base_window_epsilon"):
         try:
             value = float(meta[key])
@@ -662,7 +862,7 @@ def _verify(conn: sqlite3.Connection, path: Path) -> int:
             raise LedgerCorruptError(str(path), f"meta.{key} is missing or not a number") from None
         if not (math.isfinite(value) and value > 0):
             raise LedgerCorruptError(str(path), f"meta.{key} is not a positive number")
-    if version == "2":
+    if version != "1":
         for key in ("base_lifetime_delta", "base_window_delta"):
             try:
                 value = float(meta[key])
@@ -682,7 +882,7 @@ def _create(path: Path, caps: Caps, now: datetime) -> None:
             tmp.unlink()
         conn = sqlite3.connect(tmp, isolation_level=None)
         try:
-            conn.executescript("BEGIN;" + _SCHEMA + _SCHEMA_2 + _APPEND_ONLY + "COMMIT;")
+            conn.executescript("BEGIN;" + _SCHEMA + _SCHEMA_2 + _SCHEMA_3 + _APPEND_ONLY + "COMMIT;")
             conn.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)",
                 [

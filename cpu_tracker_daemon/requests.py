@@ -35,7 +35,7 @@ REQUEST_SUFFIX = ".request.json"
 RESPONSE_SUFFIX = ".response.json"
 MAX_BYTES = 4096
 MAX_EPSILON = 1000.0
-MAX_DELTA = 1e-3
+MAX_DELTA = 1e-4  # the ledger refuses more (ledger.MAX_TOTAL_DELTA)
 MAX_REASON = 500
 MAX_FILES = 10_000
 CLOCK_SKEW = timedelta(minutes=5)

@@ -26,10 +26,20 @@ from cpu_tracker_daemon.errors import (
     CooldownError,
     CpuTrackerError,
     Interrupted,
+    LedgerCorruptError,
     LedgerUnavailableError,
     OutputError,
 )
-from cpu_tracker_daemon.ledger import BudgetStatus, Caps, Ledger, Spend, open_ledger
+from cpu_tracker_daemon.ledger import (
+    BootClock,
+    BudgetStatus,
+    Caps,
+    Ledger,
+    Promise,
+    Spend,
+    boot_clock,
+    open_ledger,
+)
 from cpu_tracker_daemon.privacy import RandomLike, add_noise, calibrate, load_mechanisms, statistic
 from cpu_tracker_daemon.records import private_record, public_record
 from cpu_tracker_daemon.sampling import CpuSource, sample_window
@@ -63,6 +73,34 @@ def nominal_start(anchor_ts: float | None, every: timedelta, now: datetime) -> d
 def caps_for(config: Config) -> Caps:
     b = config.budget
     return Caps(b.lifetime_epsilon, b.window_epsilon, b.window_hours, b.lifetime_delta, b.window_delta)
+
+
+def promise_for(config: Config) -> Promise:
+    s, p = config.sampling, config.privacy
+    return Promise(p.unit, s.samples, s.interval_seconds, p.lower, p.upper)
+
+
+def check_outputs(ledger: Ledger | None, layout: Layout) -> None:
+    """Fail closed when an output holds a release this ledger never accounted.
+
+    That is a ledger restored from an older copy, a ledger deleted and created anew beside the
+    outputs of the old one, or a second state directory publishing to the same place: each
+    would let releases out beyond a cap. An output that cannot be read says nothing either way.
+    The public file is the one checked: it is this datasite's alone (the private one sits in the
+    SyftBox folder, which one user owns), and it is what a second budget would publish through.
+    """
+    for path in (layout.public_file,):
+        try:
+            release_id = (storage.read_json(path) or {}).get("release_id")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(release_id, str) and (ledger is None or not ledger.knows(release_id)):
+            raise LedgerCorruptError(
+                str(layout.ledger),
+                f"the release in {path} ({release_id}) is not in this ledger: it was restored from an "
+                "older copy, replaced, or another cpu-tracker publishes there; restore the ledger that "
+                "wrote it, or start over deliberately with 'cpu-tracker ledger reset --reason TEXT'",
+            )
 
 
 # Refusals end a cycle without a release and leave the daemon running; anything else propagates.
@@ -127,14 +165,24 @@ class Tracker:
     stop: threading.Event = field(default_factory=threading.Event)
     monotonic: Callable[[], float] = time.monotonic
     spacing: Spacing | None = None  # the daemon's: real time between its releases
+    boot: BootClock = boot_clock
 
     @property
     def every(self) -> timedelta:
         return timedelta(seconds=self.config.schedule.every_seconds)
 
     def open_ledger(self) -> Ledger:
-        ledger = open_ledger(self.layout.ledger, caps_for(self.config), self.clock())
+        """The ledger, verified, with the config's privacy promise checked against it; a missing
+        one is created, unless an output shows that another ledger wrote here."""
+        if not self.layout.ledger.exists():
+            check_outputs(None, self.layout)
+        ledger = open_ledger(self.layout.ledger, caps_for(self.config), self.clock(), boot=self.boot)
         assert ledger is not None  # created when missing
+        try:
+            ledger.check_promise(promise_for(self.config))
+        except CpuTrackerError:
+            ledger.close()
+            raise
         return ledger
 
     def next_due(self, ledger: Ledger) -> datetime:
@@ -154,6 +202,7 @@ class Tracker:
         started = self.monotonic()
         with self.open_ledger() as ledger:
             recovered = 0
+            check_outputs(ledger, self.layout)
             try:
                 recovered = self._recover(ledger)
                 return self._release(ledger, started, force, max_wait, recovered)
@@ -262,7 +311,7 @@ class Tracker:
             planned_start=planned,
         )
         after: BudgetStatus = ledger.reserve(
-            spend, caps, self.clock(), None if force else config.schedule.every_seconds
+            spend, caps, self.clock(), None if force else config.schedule.every_seconds, promise_for(config)
         )
         if self.spacing is not None:
             self.spacing.last_window_start = window_started

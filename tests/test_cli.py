@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from contextlib import closing
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -80,6 +81,25 @@ class TestArguments:
             assert main(["--config", str(config), "budget", "grant", bad, "--reason", "x"]) == 2
         assert main(["--config", str(config), "budget", "grant", "1", "--reason", "  "]) == 2
         assert not (tmp_path / "data" / "ledger.sqlite3").exists()
+
+    def test_delta_grants_stop_at_the_defended_total(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The audit granted delta 0.9 twice, and later commands died with an internal error. A
+        grant that takes a cap's delta past 1e-4 is refused in one line (exit 2), nothing recorded,
+        and status still works; a grant within it is kept."""
+        config = str(write_config(tmp_path))
+        grant = ["--config", config, "budget", "grant", "1", "--reason", "audit", "--delta"]
+        assert main([*grant, "0.9"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1
+        assert "above the most this daemon allows (0.0001)" in err[0]
+        assert main([*grant, "5e-5"]) == 0
+        assert main([*grant, "5e-5"]) == 2  # 1e-6 + 5e-5 + 5e-5 > 1e-4
+        capsys.readouterr()
+        assert main(["--config", config, "status", "--json"]) == 0
+        with closing(sqlite3.connect(tmp_path / "data" / "ledger.sqlite3")) as conn:
+            assert conn.execute("SELECT delta FROM grants").fetchall() == [(5e-5,)]
 
     def test_help_lists_every_exit_code(self) -> None:
         """--help documents each exit code with its meaning."""
@@ -232,3 +252,72 @@ class TestPlanAndReport:
             assert heading in out
         assert "all history: 1 release, epsilon 0.5" in out
         assert "budget grant EPSILON" in out
+
+
+class TestOneLedgerOneOutput:
+    """A budget escaped by replacing the ledger under existing outputs is refused (exit 4)."""
+
+    def test_deleted_ledger_beside_outputs_stops_releases_until_a_deliberate_reset(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A deleted ledger started a fresh budget beside the old outputs. Now the next release
+        is refused in one line naming the fix; 'ledger reset' starts over and leaves a trace."""
+        config = str(write_config(tmp_path))
+        assert main(["--config", config, "once"]) == 0
+        ledger = tmp_path / "data" / "ledger.sqlite3"
+        ledger.unlink()
+        capsys.readouterr()
+        assert main(["--config", config, "once", "--force"]) == 4
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1
+        assert "is not in this ledger" in err[0]
+        assert "cpu-tracker ledger reset" in err[0]
+        assert main(["--config", config, "ledger", "reset", "--reason", "lost the disk"]) == 0
+        trace = [
+            json.loads(line) for line in (tmp_path / "data" / "ledger-resets.jsonl").read_text().splitlines()
+        ]
+        assert [(t["reason"], t["retired"], len(t["acknowledged"])) for t in trace] == [
+            ("lost the disk", None, 1)
+        ]
+        assert main(["--config", config, "once", "--force"]) == 0
+
+    def test_ledger_restored_from_an_older_copy_is_refused(self, tmp_path: Path) -> None:
+        """A backup restore (or VM snapshot revert) lost the latest spends: the public release is
+        unknown to it, so releases stop. A reset keeps the restored file, renamed."""
+        config = str(write_config(tmp_path))
+        ledger = tmp_path / "data" / "ledger.sqlite3"
+        assert main(["--config", config, "once"]) == 0
+        backup = ledger.read_bytes()
+        assert main(["--config", config, "once", "--force"]) == 0
+        ledger.write_bytes(backup)
+        assert main(["--config", config, "once", "--force"]) == 4
+        assert main(["--config", config, "ledger", "reset", "--reason", "restored"]) == 0
+        assert [
+            p.name.startswith("ledger.retired-") for p in (tmp_path / "data").glob("ledger.retired-*")
+        ] == [True]
+
+    def test_second_state_directory_publishing_to_the_same_datasite_is_refused(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Two state directories on one SyftBox datasite each had a budget; the second is refused."""
+        syftbox = {"syftbox": {"dir": str(tmp_path / "SyftBox"), "email": "a@example.org"}}
+        (tmp_path / "one").mkdir()
+        (tmp_path / "two").mkdir()
+        first = str(write_config(tmp_path / "one", syftbox))
+        second = str(write_config(tmp_path / "two", syftbox))
+        assert main(["--config", first, "once"]) == 0
+        capsys.readouterr()
+        assert main(["--config", second, "once"]) == 4
+        assert "another cpu-tracker publishes there" in capsys.readouterr().err
+
+    def test_changing_the_privacy_unit_under_a_ledger_is_a_config_error(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Switching window to sample on an existing ledger is refused (exit 3) before any noise."""
+        assert main(["--config", str(write_config(tmp_path)), "once"]) == 0
+        capsys.readouterr()
+        config = str(write_config(tmp_path, {"privacy": {"unit": "sample"}}, name="sample.toml"))
+        assert main(["--config", config, "once", "--force"]) == 3
+        err = capsys.readouterr().err
+        assert "accounts releases under unit window" in err
+        assert "unit sample" in err

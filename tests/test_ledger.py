@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import sqlite3
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,9 +13,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cpu_tracker_daemon import ledger as module
 from cpu_tracker_daemon.accounting import Event, releases_within
-from cpu_tracker_daemon.errors import BudgetExhaustedError, CooldownError, LedgerCorruptError
-from cpu_tracker_daemon.ledger import Caps, Ledger, Spend, open_ledger
+from cpu_tracker_daemon.errors import (
+    BudgetExhaustedError,
+    CooldownError,
+    LedgerCorruptError,
+    PromiseChangedError,
+)
+from cpu_tracker_daemon.ledger import BootClock, Caps, Ledger, Promise, Spend, open_ledger
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 CAPS = Caps(lifetime_epsilon=3.0, window_epsilon=2.0, window_hours=24.0)
@@ -24,10 +31,74 @@ def spend(n: int, at: datetime = T0, epsilon: float = 1.0) -> Spend:
     return Spend(f"r{n}", at, at + timedelta(seconds=50), epsilon, 0.0, "laplace", "window", 100.0)
 
 
-def fresh(tmp_path: Path, caps: Caps = CAPS) -> Ledger:
-    ledger = open_ledger(tmp_path / "ledger.sqlite3", caps, T0)
+def no_boot() -> tuple[str | None, float]:
+    """A boot clock that knows no boot: the wall clock alone measures the rolling period, so a
+    test that moves it by hours stands for hours that really passed."""
+    return None, 0.0
+
+
+def fresh(tmp_path: Path, caps: Caps = CAPS, boot: BootClock = no_boot) -> Ledger:
+    ledger = open_ledger(tmp_path / "ledger.sqlite3", caps, T0, boot=boot)
     assert ledger is not None
     return ledger
+
+
+PROMISE = Promise("window", 50, 1.0, 0.0, 100.0)
+
+
+class TestEscapes:
+    """Caps the audit escaped: each of these let releases out beyond a cap."""
+
+    def test_wall_clock_set_forward_does_not_empty_the_rolling_period(self, tmp_path: Path) -> None:
+        """Moving the wall clock 25 h on within one boot freed the window cap; the time since boot
+        says one minute passed, so the two spends still count. In a new boot, the wall clock rules."""
+        booted = {"id": "boot-a", "seconds": 1000.0}
+        with fresh(tmp_path, boot=lambda: (booted["id"], booted["seconds"])) as ledger:
+            ledger.reserve(spend(1), CAPS, T0, None)
+            ledger.reserve(spend(2), CAPS, T0, None)
+            jumped = T0 + timedelta(hours=25)
+            booted["seconds"] += 60
+            assert ledger.status(CAPS, jumped).window.spent == 2.0
+            with pytest.raises(BudgetExhaustedError):
+                ledger.reserve(spend(3, jumped), CAPS, jumped, None)
+            booted.update(id="boot-b", seconds=30.0)  # a reboot: only the wall clock can tell
+            assert ledger.status(CAPS, jumped).window.spent == 0.0
+
+    def test_shrinking_the_rolling_period_does_not_free_it(self, tmp_path: Path) -> None:
+        """window_hours 24 then 1 (a config edit, or SIGHUP): the recorded 24 h still applies."""
+        with fresh(tmp_path) as ledger:
+            ledger.reserve(spend(1), CAPS, T0, None, PROMISE)
+            ledger.reserve(spend(2), CAPS, T0, None, PROMISE)
+            short = Caps(3.0, 2.0, 1.0)
+            later = T0 + timedelta(hours=2)
+            status = ledger.status(short, later)
+            assert (status.window.spent, status.window_hours) == (2.0, 24.0)
+            with pytest.raises(BudgetExhaustedError):
+                ledger.reserve(spend(3, later), short, later, None, PROMISE)
+            longer = Caps(3.0, 2.0, 48.0)  # a longer period is taken at once, and kept
+            ledger.reserve(
+                spend(4, T0 + timedelta(hours=50)), longer, T0 + timedelta(hours=50), None, PROMISE
+            )
+            assert ledger.status(CAPS, T0 + timedelta(hours=40)).window_hours == 48.0
+
+    def test_changing_the_privacy_unit_is_refused(self, tmp_path: Path) -> None:
+        """window then sample releases were summed as if alike (1.5 where 50.5 was true): a release
+        under another unit, sample count or bounds than the ledger's first is refused, and nothing
+        is recorded."""
+        with fresh(tmp_path) as ledger:
+            ledger.reserve(spend(1), CAPS, T0, None, PROMISE)
+            for other in (
+                Promise("sample", 50, 1.0, 0.0, 100.0),
+                Promise("window", 10, 1.0, 0.0, 100.0),
+                Promise("window", 50, 1.0, 10.0, 60.0),
+            ):
+                with pytest.raises(PromiseChangedError) as info:
+                    ledger.reserve(spend(2), CAPS, T0, None, other)
+                assert "ledger reset" in str(info.value)
+                with pytest.raises(PromiseChangedError):
+                    ledger.check_promise(other)
+            assert ledger.status(CAPS, T0).releases == 1
+            ledger.check_promise(PROMISE)
 
 
 class TestReserve:
@@ -320,8 +391,6 @@ class TestAccounting:
 
 def make_schema_1_ledger(path: Path) -> None:
     """A ledger exactly as cpu-tracker 0.1 (schema 1) wrote it, with one spend and one grant."""
-    from cpu_tracker_daemon import ledger as module
-
     conn = sqlite3.connect(path, isolation_level=None)
     conn.executescript(
         "BEGIN;" + module._SCHEMA + module._append_only(("spends", "outcomes", "grants", "meta")) + "COMMIT;"
@@ -361,7 +430,7 @@ class TestMigration:
         assert path.read_bytes() == before
 
     def test_schema_1_is_migrated_once_keeping_history_and_pure_caps(self, tmp_path: Path) -> None:
-        """Opening it for writing migrates to schema 2: history kept, delta caps 0, meta still append-only."""
+        """Opening it for writing migrates to schema 3: history kept, delta caps 0, meta still append-only."""
         path = tmp_path / "ledger.sqlite3"
         make_schema_1_ledger(path)
         caps = Caps(3.0, 2.0, 24.0, lifetime_delta=1e-6, window_delta=1e-6)
@@ -369,13 +438,45 @@ class TestMigration:
         assert ledger is not None
         with ledger:
             status = ledger.status(caps, T0 + timedelta(days=1))
-            assert ledger.version == 2
+            assert ledger.version == 3
         assert (status.releases, status.lifetime.limit, status.lifetime.delta) == (1, 4.0, 0.0)
         conn = sqlite3.connect(path)
         meta = dict(conn.execute("SELECT key, value FROM meta"))
-        assert (meta["schema_version"], meta["base_lifetime_delta"]) == ("2", "0.0")
+        assert (meta["schema_version"], meta["base_lifetime_delta"]) == ("3", "0.0")
         with pytest.raises(sqlite3.IntegrityError):
             conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
         again = open_ledger(path, caps, T0 + timedelta(days=2))  # a second open changes nothing
         assert again is not None
         again.close()
+        conn.close()
+
+    def test_schema_2_from_the_last_release_is_migrated_in_one_transaction(self, tmp_path: Path) -> None:
+        """A ledger as the previous version wrote it (schema 2) gains the period, promise,
+        acknowledged and boot columns in one transaction; its spends and grants are kept, and the
+        new tables are append-only too."""
+        path = tmp_path / "ledger.sqlite3"
+        conn = sqlite3.connect(path, isolation_level=None)
+        tables = ("spends", "outcomes", "grants", "meta", "guarantees", "requests")
+        script = module._SCHEMA + module._SCHEMA_2 + module._append_only(tables)
+        conn.executescript(f"BEGIN;{script}COMMIT;")
+        conn.executemany(
+            "INSERT INTO meta VALUES (?, ?)",
+            [("schema_version", "2"), ("created_at", T0.isoformat()), ("base_lifetime_epsilon", "3.0"),
+             ("base_window_epsilon", "2.0"), ("base_lifetime_delta", "1e-06"),
+             ("base_window_delta", "1e-06")],
+        )  # fmt: skip
+        conn.execute(
+            "INSERT INTO spends VALUES ('old', ?, ?, ?, ?, 1.0, 0.0, 'laplace', 'window', 100.0)",
+            (T0.timestamp(), T0.isoformat(), T0.isoformat(), T0.isoformat()),
+        )
+        conn.close()
+        with open_ledger(path, CAPS, T0, boot=no_boot) as ledger:  # type: ignore[union-attr]
+            assert ledger.version == 3
+            assert ledger.knows("old")
+            ledger.reserve(spend(1), CAPS, T0, None, PROMISE)
+            assert ledger.status(CAPS, T0).releases == 2
+            assert ledger.promise() == PROMISE
+        with closing(sqlite3.connect(path)) as check:
+            assert check.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
+            with pytest.raises(sqlite3.IntegrityError):
+                check.execute("DELETE FROM promises")

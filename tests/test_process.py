@@ -112,6 +112,12 @@ class TestSignals:
         failed = wait_for_event(proc, "config.reload_failed")
         assert "nonsense" in str(failed[-1]["detail"])
         wait_for_event(proc, "cycle.finished")
+        # A valid config whose privacy unit differs from the ledger's is refused the same way.
+        config.write_text(config.read_text().replace("[nonsense]\nx = 1\n", '[privacy]\nunit = "sample"\n'))
+        proc.send_signal(signal.SIGHUP)
+        failed = wait_for_event(proc, "config.reload_failed")
+        assert "accounts releases under unit window" in str(failed[-1]["detail"])
+        wait_for_event(proc, "cycle.finished")
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=10)

@@ -1,0 +1,81 @@
+"""A deliberate new start of the privacy budget, which leaves a trace.
+
+The daemon never resets a ledger by itself, and refuses to release beside an output that its
+ledger did not write (a ledger deleted, restored from an older copy, or a second one publishing
+to the same place). When the owner really means to start over, ``cpu-tracker ledger reset
+--reason TEXT`` does it in the open:
+
+1. the old ledger, if there is one, is renamed ``ledger.retired-<UTC time>.sqlite3`` beside it
+   (never deleted), its journal with it;
+2. a new ledger is created, and the release in the public output is recorded in it as
+   acknowledged, with who reset, when, why and which file was retired;
+3. a line with the same facts is appended to ``ledger-resets.jsonl`` in the state directory.
+
+The caller holds the state directory's instance lock, so no daemon writes meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cpu_tracker_daemon import storage
+from cpu_tracker_daemon.errors import LedgerUnavailableError
+from cpu_tracker_daemon.ledger import Caps, open_ledger
+from cpu_tracker_daemon.storage import Layout
+
+TRACE_NAME = "ledger-resets.jsonl"
+
+
+@dataclass(frozen=True)
+class Reset:
+    retired: Path | None  # where the old ledger now is; None when there was none
+    acknowledged: tuple[str, ...]  # releases in the outputs that the new ledger did not write
+    trace: Path
+
+
+def reset_ledger(layout: Layout, caps: Caps, reason: str, who: str, now: datetime) -> Reset:
+    """Retire the ledger at ``layout.ledger`` (if any) and start a new one, leaving a trace."""
+    path = layout.ledger
+    retired = None
+    try:
+        if path.exists():
+            retired = path.with_name(f"{path.stem}.retired-{now.strftime('%Y%m%dT%H%M%S.%fZ')}{path.suffix}")
+            journal = path.with_name(path.name + "-journal")
+            if journal.exists():
+                journal.rename(retired.with_name(retired.name + "-journal"))
+            path.rename(retired)
+            storage.fsync_dir(path.parent)
+    except OSError as exc:
+        raise LedgerUnavailableError(str(path), f"cannot retire it: {exc}") from None
+    record = storage.read_json(layout.public_file) or {}
+    release_id = record.get("release_id")
+    acknowledged = (release_id,) if isinstance(release_id, str) else ()
+    note = f"reset by {who}: {reason}" + (f"; the old ledger is {retired.name}" if retired else "")
+    # The trace first: if creating the new ledger fails, the daemon still refuses (its ledger is
+    # missing beside an output) and the trace says why; the owner runs the reset again.
+    trace = path.parent / TRACE_NAME
+    line = {
+        "at": now.isoformat(),
+        "by": who,
+        "reason": reason,
+        "retired": retired.name if retired else None,
+        "acknowledged": list(acknowledged),
+    }
+    try:
+        fd = os.open(trace, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, (json.dumps(line, sort_keys=True) + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise LedgerUnavailableError(str(trace), f"cannot append the reset's trace: {exc}") from None
+    ledger = open_ledger(path, caps, now)
+    assert ledger is not None  # created
+    with ledger:
+        ledger.acknowledge(list(acknowledged), note, now)
+    return Reset(retired, acknowledged, trace)
