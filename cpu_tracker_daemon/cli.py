@@ -517,17 +517,18 @@ def _service(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def _budget_requests(config: Config, as_json: bool) -> int:
     from cpu_tracker_daemon import requests, storage
-    from cpu_tracker_daemon.ledger import open_ledger
+    from cpu_tracker_daemon.ledger import Decision, open_ledger
     from cpu_tracker_daemon.tracker import caps_for
 
     layout = storage.layout_for(config)
     now = datetime.now(UTC)
     ledger = open_ledger(layout.ledger, caps_for(config), now, create=False)
-    decided: set[str] = set()
+    decided: dict[str, Decision] = {}
     if ledger is not None:
         with ledger:
-            decided = set(ledger.decisions())
+            decided = ledger.decisions()
     found = requests.scan(layout.requests_dir, config.syftbox.readers, decided, now)
+    requests.remember_listed(layout, found.pending, now)
     if as_json:
         print(
             json.dumps(
@@ -546,7 +547,10 @@ def _budget_requests(config: Config, as_json: bool) -> int:
         lines.append("  none pending")
     for r in found.pending:
         delta = f" delta {r.delta:g}" if r.delta else ""
-        lines.append(f"  {r.request_id}  {r.requester} asks epsilon {r.epsilon:g}{delta} for the {r.cap} cap")
+        lines.append(
+            f"  {r.request_id}  {r.requester} asks epsilon {r.epsilon:g}{delta} for the {r.cap} cap "
+            f"(file sha256 {r.digest[:12]})"
+        )
         lines.append(f"      {r.created_at}: {r.reason}")
     if found.decided:
         lines.append(f"  already decided (ignored): {len(found.decided)}")

@@ -11,11 +11,18 @@ size-capped before parsing, strict UTF-8 JSON with exactly the known keys, finit
 range, a requester who is a listed reader, a file name that matches the id, a timestamp that is
 timezone-aware and not in the future. A bad file is skipped with a reason and never raises.
 Replays (an id already decided, kept in the ledger) and duplicates (the same ask under another
-id) are not pending.
+id, pending or already decided) are not pending.
+
+An approval grants exactly what the owner was shown: ``budget requests`` keeps what it listed
+(each file's amounts and SHA-256) in the state directory, and ``budget approve ID`` reads that one
+file again and refuses when it is not byte for byte the one listed. A reader who rewrites its
+request after the listing gets a refusal, not a larger grant.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 import re
 from collections import Counter
@@ -37,7 +44,8 @@ MAX_BYTES = 4096
 MAX_EPSILON = 1000.0
 MAX_DELTA = 1e-4  # the ledger refuses more (ledger.MAX_TOTAL_DELTA)
 MAX_REASON = 500
-MAX_FILES = 10_000
+MAX_FILES = 100_000  # request files read at most; a bound on work, not on one requester
+MAX_PER_REQUESTER = 100  # valid pending requests listed per requester, oldest first
 CLOCK_SKEW = timedelta(minutes=5)
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{7,63}$")
 _KEYS = {
@@ -67,6 +75,7 @@ class Request:
     delta: float
     reason: str
     created_at: str
+    digest: str = ""  # SHA-256 of the file's bytes
 
     @property
     def ask(self) -> tuple[str, str, float, float, str]:
@@ -119,7 +128,8 @@ def parse(path: Path, readers: Iterable[str], now: datetime) -> Request:
         doc = storage.strict_json(data)
     except ValueError:
         raise Rejected("not UTF-8 JSON") from None
-    return _validate(doc, path.name, set(readers), now)
+    request = _validate(doc, path.name, set(readers), now)
+    return dataclasses.replace(request, digest=hashlib.sha256(data).hexdigest())
 
 
 def _validate(doc: Any, filename: str, readers: set[str], now: datetime) -> Request:
@@ -165,10 +175,21 @@ def _number(value: Any) -> float:
     return float(value)
 
 
-def scan(directory: Path, readers: Iterable[str], decided: Iterable[str], now: datetime) -> Scan:
-    """Sort every request file into pending, already decided, or skipped (counted by reason)."""
+def _decided_ask(d: Decision) -> tuple[str, str, float, float, str]:
+    return (d.requester, d.cap, d.epsilon, d.delta, d.reason)
+
+
+def scan(
+    directory: Path, readers: Iterable[str], decided: Iterable[str] | dict[str, Decision], now: datetime
+) -> Scan:
+    """Sort every request file into pending, already decided, or skipped (counted by reason).
+
+    ``decided`` are the ledger's decisions (or just their ids): an ask already decided, filed
+    again under a new id, is a duplicate.
+    """
     result = Scan()
     done = set(decided)
+    decided_asks = {_decided_ask(d) for d in decided.values()} if isinstance(decided, dict) else set()
     readers = list(readers)
     try:
         names = sorted(p.name for p in directory.iterdir() if p.name.endswith(REQUEST_SUFFIX))
@@ -177,20 +198,24 @@ def scan(directory: Path, readers: Iterable[str], decided: Iterable[str], now: d
     if len(names) > MAX_FILES:
         result.skipped["too many files"] += len(names) - MAX_FILES
         names = names[:MAX_FILES]
-    asks: set[tuple[str, str, float, float, str]] = set()
+    asks: set[tuple[str, str, float, float, str]] = set(decided_asks)
     valid = []
     for name in names:
         try:
             valid.append(parse(directory / name, readers, now))
         except Rejected as why:
             result.skipped[str(why)] += 1
+    per_requester: Counter[str] = Counter()
     for request in sorted(valid, key=lambda r: (r.created_at, r.request_id)):
         if request.request_id in done:
             result.decided.append(request)
         elif request.ask in asks:
             result.skipped["duplicate"] += 1
+        elif per_requester[request.requester] >= MAX_PER_REQUESTER:
+            result.skipped["too many from one requester"] += 1
         else:
             asks.add(request.ask)
+            per_requester[request.requester] += 1
             result.pending.append(request)
     return result
 
@@ -216,10 +241,21 @@ def decide(
         if earlier.decision != decision:
             raise UsageError(f"request {request_id} was already {earlier.decision}; a decision is final")
         return earlier
-    found = scan(layout.requests_dir, readers, decisions, now)
-    request = next((r for r in found.pending if r.request_id == request_id), None)
-    if request is None:
-        raise UsageError(f"no valid pending request {request_id}; 'cpu-tracker budget requests' lists them")
+    request = _read_one(layout, readers, request_id, now)
+    if request.ask in {_decided_ask(d) for d in decisions.values()}:
+        raise UsageError(f"request {request_id} asks again what was already decided; it is a duplicate")
+    if decision == "approved":
+        shown = listed(layout).get(request_id)
+        if shown is None:
+            raise UsageError(
+                f"request {request_id} was not listed; run 'cpu-tracker budget requests' and approve "
+                "what it shows"
+            )
+        if shown != _listing(request):
+            raise UsageError(
+                f"request {request_id} changed after 'cpu-tracker budget requests' listed it; list the "
+                "requests again and decide on what they say now"
+            )
     final = Decision(
         request_id=request.request_id,
         requester=request.requester,
@@ -232,8 +268,49 @@ def decide(
         decided_by=decided_by,
         decided_at=now.isoformat(),
     )
-    ledger.decide(final)
+    try:
+        ledger.decide(final)
+    except ValueError:  # decided by a concurrent approve or deny since decisions() was read
+        raise UsageError(f"request {request_id} was decided meanwhile; a decision is final") from None
     return final
+
+
+def _read_one(layout: storage.Layout, readers: Iterable[str], request_id: str, now: datetime) -> Request:
+    """The request file for ``request_id`` itself, read and validated: however many other files
+    the directory holds, they cannot hide or stand in for it."""
+    missing = f"no valid pending request {request_id}; 'cpu-tracker budget requests' lists them"
+    if not _ID.match(request_id):
+        raise UsageError(missing)
+    try:
+        return parse(layout.requests_dir / f"{request_id}{REQUEST_SUFFIX}", readers, now)
+    except Rejected as why:
+        raise UsageError(f"{missing} ({why})") from None
+
+
+LISTED_NAME = "requests-listed.json"
+
+
+def _listing(request: Request) -> dict[str, Any]:
+    return {
+        "digest": request.digest,
+        "requester": request.requester,
+        "cap": request.cap,
+        "epsilon": request.epsilon,
+        "delta": request.delta,
+    }
+
+
+def remember_listed(layout: storage.Layout, pending: Iterable[Request], now: datetime) -> None:
+    """Keep what ``budget requests`` showed the owner, so an approval grants exactly that."""
+    record = {"listed_at": now.isoformat(), "requests": {r.request_id: _listing(r) for r in pending}}
+    storage.write_json(layout.state_dir / LISTED_NAME, record, storage.PRIVATE_FILE_MODE)
+
+
+def listed(layout: storage.Layout) -> dict[str, Any]:
+    """What the last ``budget requests`` showed, by request id (empty if it never ran)."""
+    record = storage.read_json(layout.state_dir / LISTED_NAME) or {}
+    shown = record.get("requests")
+    return shown if isinstance(shown, dict) else {}
 
 
 def response_record(decision: Decision) -> dict[str, Any]:

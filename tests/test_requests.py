@@ -123,6 +123,14 @@ class TestHostileFiles:
         assert [r.request_id for r in found.decided] == ["req-0003-abc"]
         assert dict(found.skipped) == {"duplicate": 1}
 
+    def test_one_requester_lists_at_most_its_quota(self, tmp_path: Path) -> None:
+        """A reader that files 101 valid asks gets its oldest 100 listed; the rest are counted."""
+        for n in range(requests.MAX_PER_REQUESTER + 1):
+            drop(tmp_path, request_doc(request_id=f"req-{n:04d}-abc", reason=f"ask {n}"))
+        found = requests.scan(tmp_path, [READER], [], NOW)
+        assert len(found.pending) == requests.MAX_PER_REQUESTER
+        assert dict(found.skipped) == {"too many from one requester": 1}
+
     @settings(max_examples=200, deadline=None)
     @given(st.binary(max_size=600) | st.text(max_size=300).map(str.encode))
     def test_any_bytes_parse_or_are_rejected(self, raw: bytes) -> None:
@@ -177,6 +185,63 @@ class TestApproveAndDeny:
         assert main(["--config", config, "budget", "approve", "req-0001-abc"]) == EXIT_USAGE
         assert "already denied" in capsys.readouterr().err
 
+    def test_a_request_rewritten_after_listing_is_not_granted(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The audit: listed as epsilon 5, rewritten to 1000 and delta 1e-4 before approve, it was
+        granted 1000. Approval now binds to the listed file's bytes: refused, nothing granted."""
+        config = str(write_config(tmp_path))
+        created = datetime.now(UTC).isoformat()
+        drop(self.box(tmp_path), request_doc(created_at=created))
+        assert main(["--config", config, "budget", "requests"]) == 0
+        assert "asks epsilon 5 for the lifetime cap (file sha256 " in capsys.readouterr().out
+        drop(self.box(tmp_path), request_doc(created_at=created, epsilon=1000.0, delta=1e-4))
+        assert main(["--config", config, "budget", "approve", "req-0001-abc"]) == EXIT_USAGE
+        assert "changed after 'cpu-tracker budget requests' listed it" in capsys.readouterr().err
+        assert not (self.box(tmp_path) / "req-0001-abc.response.json").exists()
+        assert main(["--config", config, "budget", "show", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["grants"] == []
+
+    def test_approve_needs_the_request_to_have_been_listed(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """An approval of a file the owner never saw listed is refused with the command to run."""
+        config = str(write_config(tmp_path))
+        drop(self.box(tmp_path), request_doc(created_at=datetime.now(UTC).isoformat()))
+        assert main(["--config", config, "budget", "approve", "req-0001-abc"]) == EXIT_USAGE
+        assert "was not listed; run 'cpu-tracker budget requests'" in capsys.readouterr().err
+
+    def test_a_decided_ask_filed_again_is_a_duplicate(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Denied once, the same ask under a new id is not pending again, and cannot be approved."""
+        config = str(write_config(tmp_path))
+        drop(self.box(tmp_path), request_doc(created_at=datetime.now(UTC).isoformat()))
+        assert main(["--config", config, "budget", "deny", "req-0001-abc", "--reason", "no"]) == 0
+        drop(
+            self.box(tmp_path),
+            request_doc(request_id="req-0009-abc", created_at=datetime.now(UTC).isoformat()),
+        )
+        capsys.readouterr()
+        assert main(["--config", config, "budget", "requests", "--json"]) == 0
+        found = json.loads(capsys.readouterr().out)
+        assert (found["pending"], found["skipped"]) == ([], {"duplicate": 1})
+        assert main(["--config", config, "budget", "approve", "req-0009-abc"]) == EXIT_USAGE
+        assert "asks again what was already decided" in capsys.readouterr().err
+
+    def test_junk_files_that_sort_first_do_not_hide_a_request(self, tmp_path: Path) -> None:
+        """10,000 junk files named to sort before it hid a real request from the listing and from
+        approve; junk no longer counts against anyone, and approve reads the named file itself."""
+        config = str(write_config(tmp_path))
+        box = self.box(tmp_path)
+        box.mkdir(parents=True)
+        for n in range(10_000):
+            (box / f"a{n:07d}-junk{requests.REQUEST_SUFFIX}").write_bytes(b"junk")
+        drop(box, request_doc(request_id="zz-0001-abc", created_at=datetime.now(UTC).isoformat()))
+        assert main(["--config", config, "budget", "requests"]) == 0
+        assert main(["--config", config, "budget", "approve", "zz-0001-abc"]) == 0
+        assert json.loads((box / "zz-0001-abc.response.json").read_text())["decision"] == "approved"
+
     def test_unknown_request_is_a_usage_error(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
@@ -210,6 +275,7 @@ def test_syftbox_member_offers_a_request_box_end_to_end(
         "me@example.org", [READER]
     )
     drop(box, request_doc(created_at=datetime.now(UTC).isoformat(), cap="window", epsilon=2.0))
+    assert main(["--config", config, "budget", "requests"]) == 0
     assert main(["--config", config, "budget", "approve", "req-0001-abc"]) == 0
     assert "granted epsilon 2 to the window cap" in capsys.readouterr().out
     assert json.loads((box / "req-0001-abc.response.json").read_text())["decision"] == "approved"
