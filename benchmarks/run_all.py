@@ -1,6 +1,6 @@
 """Run every benchmark and print their tables: the one command behind the README's figures.
 
-    python benchmarks/run_all.py            # everything (about 70 minutes: the soaks are 40, fuzzing 6)
+    python benchmarks/run_all.py            # everything (about 85 minutes: the soaks are 40, fuzzing 6)
     python benchmarks/run_all.py --quick    # a fast subset of each (a few minutes; CI runs it)
 
 Prints the machine first, then each benchmark's own Markdown table. Exits non-zero if any
@@ -26,6 +26,9 @@ FULL = [
     ("accuracy against /proc/stat", ["accuracy.py"]),
     ("accuracy with the sampler stalled", ["accuracy.py", "--stall"]),
     ("utility of the mechanisms", ["utility.py"]),
+    ("privacy audit of the published mechanisms", ["privacy_audit.py", "--draws", "200000"]),
+    ("timing side channel of the public record", ["side_channel.py", "--releases", "60"]),
+    ("one lying peer against the network estimate", ["robustness.py", "--trials", "2000"]),
     ("aggregation at scale", ["aggregate_scale.py"]),
     ("kill -9 fault injection", ["faults.py", "--kills", "200"]),
     ("soak, 30 minutes at 1 s", ["soak.py", "--minutes", "30"]),
@@ -38,6 +41,9 @@ QUICK = [
     ("accuracy against /proc/stat", ["accuracy.py", "--samples", "25"]),
     ("accuracy with the sampler stalled", ["accuracy.py", "--samples", "25", "--stall"]),
     ("utility of the mechanisms", ["utility.py", "--quick"]),
+    ("privacy audit of the published mechanisms", ["privacy_audit.py", "--draws", "5000"]),
+    ("timing side channel of the public record", ["side_channel.py", "--releases", "10"]),
+    ("one lying peer against the network estimate", ["robustness.py", "--trials", "200"]),
     ("aggregation at scale", ["aggregate_scale.py", "--sizes", "1000,10000"]),
     ("kill -9 fault injection", ["faults.py", "--kills", "10"]),
     ("soak, 1 minute at 1 s", ["soak.py", "--minutes", "1"]),

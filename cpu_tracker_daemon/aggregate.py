@@ -125,6 +125,8 @@ class Aggregator:
                 "peers": est.peers,
                 "between_peer_sd": est.between_peer_sd,
                 "max_weight_share": est.max_weight_share,
+                "max_influence": est.max_influence,
+                "clipped": est.clipped,
                 "oldest_release": min(r.timestamp for r in accepted).astimezone(UTC).isoformat(),
                 "newest_release": max(r.timestamp for r in accepted).astimezone(UTC).isoformat(),
             }

@@ -104,7 +104,7 @@ class AggregatorConfig:
     max_age_seconds: float = 7200.0
     publish_peers: bool = False
     history_length: int = 720
-    max_weight_ratio: float = 10.0
+    max_weight_ratio: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -446,7 +446,7 @@ def _check_aggregator(config: Config) -> list[str]:
         problems.append(f"aggregator.history_length must be 1 to 100000 (got {agg.history_length}); e.g. 720")
     if agg.max_weight_ratio < 1:
         problems.append(
-            f"aggregator.max_weight_ratio must be at least 1 (got {agg.max_weight_ratio:g}); e.g. 10"
+            f"aggregator.max_weight_ratio must be at least 1 (got {agg.max_weight_ratio:g}); e.g. 1"
         )
     if agg.enabled and config.syftbox.dir is None:
         problems.append("aggregator.enabled needs [syftbox] dir and email: the peers are read from that tree")

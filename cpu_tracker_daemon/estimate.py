@@ -1,14 +1,28 @@
-"""The network estimate: a weighted mean of peers' noisy values, its standard error and 95% interval.
+"""The network estimate: a robust weighted mean of peers' noisy values, its standard error and 95% interval.
 
-Each peer's value is its true mean plus zero-mean noise of a declared standard deviation. The
-peers' true means also differ from one another. This is the random-effects model of
-meta-analysis: value_i = mu + u_i + e_i, with u_i of variance tau^2 (the between-peer spread,
-estimated by DerSimonian & Laird 1986) and e_i of variance sigma_i^2 (declared). Weights
-1 / (sigma_i^2 + tau^2) give an unbiased estimate of mu with the smallest variance; a peer with
-far less noise than the rest would then carry almost all the weight, so no weight may exceed
-``max_weight_ratio`` times the median. The standard error is computed for the weights actually
-used, so capping costs a little precision and no validity. With equal noise this is the plain
-mean.
+Each peer's value is its true mean plus zero-mean noise of a declared standard deviation (which
+the reader has recomputed from the release's parameters). The peers' true means also differ
+from one another: the random-effects model of meta-analysis, value_i = mu + u_i + e_i, with
+u_i of variance tau^2 (estimated by DerSimonian & Laird 1986) and e_i of variance sigma_i^2.
+
+One peer may lie, and the estimate bounds what it can do:
+
+* each value is clipped to [lower - c sigma_i, upper + c sigma_i] (c = ``CLIP_SIGMAS``, 2.5):
+  an honest value lies outside with probability exp(-2.5 sqrt 2) / 2 = 1.5% on one side, and
+  a lie cannot reach further;
+* tau^2 is at most ((upper - lower) / 2)^2, the largest variance values in [lower, upper] can
+  have, so an outlier cannot inflate it until the weights even out;
+* weights 1 / (sigma_i^2 + tau^2) are capped at ``max_weight_ratio`` times the median (1 by
+  default: no peer weighs more than the median peer), so claiming less noise buys no weight.
+
+So a peer with weight share s moves the estimate, on average over the honest noise, by at most
+s (upper - lower + c sigma) against what it would be were the peer honest, and k colluding peers
+by at most the sum of their shares times that. At the defaults (epsilon 0.5, sigma 282.8) with
+equal noise that is 807 / N points per peer: 0.90 of an honest standard error at N = 10, 0.29 at
+N = 100. In any one network the shift is at most s (upper - lower + 2 c sigma), the width of the
+clip range (``max_influence``). The standard error is
+computed for the weights actually used; the clipping's bias toward the middle of the range is
+a small fraction of it (the coverage simulation in the tests keeps the 95% interval honest).
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 Z95 = 1.959963984540054
+CLIP_SIGMAS = 2.5
 
 
 @dataclass(frozen=True)
@@ -30,20 +45,31 @@ class Estimate:
     peers: int
     between_peer_sd: float
     max_weight_share: float
+    clipped: int = 0  # values clipped to their own c-sigma range around [lower, upper]
+    max_influence: float = 0.0  # the most one peer's value can move the mean: share x clip range
 
 
-def estimate(values: Sequence[float], stddevs: Sequence[float], max_weight_ratio: float = 10.0) -> Estimate:
+def estimate(
+    values: Sequence[float],
+    stddevs: Sequence[float],
+    max_weight_ratio: float = 1.0,
+    lower: float = 0.0,
+    upper: float = 100.0,
+) -> Estimate:
     """The network mean of ``values`` whose noise has standard deviations ``stddevs``."""
     n = len(values)
     if n == 0 or n != len(stddevs):
         raise ValueError("need one standard deviation per value, and at least one value")
+    reach = [CLIP_SIGMAS * s for s in stddevs]
+    bounded = [min(max(x, lower - r), upper + r) for x, r in zip(values, reach, strict=True)]
+    clipped = sum(b != x for b, x in zip(bounded, values, strict=True))
     variances = [s * s for s in stddevs]
-    tau2 = _dersimonian_laird(values, variances)
+    tau2 = min(_dersimonian_laird(bounded, variances), ((upper - lower) / 2) ** 2)
     weights = [1.0 / (v + tau2) for v in variances]
     cap = max_weight_ratio * statistics.median(weights)
     weights = [min(w, cap) for w in weights]
     total = math.fsum(weights)
-    mean = math.fsum(w * x for w, x in zip(weights, values, strict=True)) / total
+    mean = math.fsum(w * x for w, x in zip(weights, bounded, strict=True)) / total
     variance = math.fsum(w * w * (v + tau2) for w, v in zip(weights, variances, strict=True)) / (
         total * total
     )
@@ -56,6 +82,8 @@ def estimate(values: Sequence[float], stddevs: Sequence[float], max_weight_ratio
         peers=n,
         between_peer_sd=math.sqrt(tau2),
         max_weight_share=max(weights) / total,
+        clipped=clipped,
+        max_influence=max(w / total * (upper - lower + 2 * r) for w, r in zip(weights, reach, strict=True)),
     )
 
 
