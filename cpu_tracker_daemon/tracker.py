@@ -47,6 +47,7 @@ from cpu_tracker_daemon.storage import Layout
 
 Clock = Callable[[], datetime]
 WAIT_GRACE_SECONDS = 1.0  # real time a cooldown wait may run over, for a wall clock being slewed
+PUBLISH_HOLD_SECONDS = 1.0  # the public file is written this long after the planned window's end
 
 
 def utc_now() -> datetime:
@@ -68,6 +69,14 @@ def nominal_start(anchor_ts: float | None, every: timedelta, now: datetime) -> d
     if anchor_ts is None:
         return floored
     return max(datetime.fromtimestamp(anchor_ts, UTC) + every, floored)
+
+
+def publish_hold(config: Config) -> float:
+    """How long after the planned window's end the public file is written: long enough that a
+    busy machine's late end and slower writes are done by then (they show otherwise), short
+    enough to leave the next window its time. 1 s at the defaults."""
+    slack = config.schedule.every_seconds - config.sampling.window_seconds
+    return min(PUBLISH_HOLD_SECONDS, max(slack, 0.0) / 2)
 
 
 def caps_for(config: Config) -> Caps:
@@ -166,6 +175,7 @@ class Tracker:
     monotonic: Callable[[], float] = time.monotonic
     spacing: Spacing | None = None  # the daemon's: real time between its releases
     boot: BootClock = boot_clock
+    hold_seconds: float | None = None  # None: publish_hold(config); a test with a fake clock sets 0
 
     @property
     def every(self) -> timedelta:
@@ -245,17 +255,18 @@ class Tracker:
                 self.log.info("release.recovered", release_id=item.release_id)
         return republished
 
-    def _wait_until(self, due: datetime, at_most: float) -> None:
+    def _wait_until(self, due: datetime, at_most: float) -> bool:
         """Wait until the wall clock reads ``due``, but for no more than ``at_most`` real seconds:
-        a clock set back by hours during the wait must not hold the cycle for hours. If the wall
-        clock is still short of ``due`` then, the cycle is refused and the schedule re-planned."""
+        a clock set back by hours during the wait must not hold the cycle for hours. Returns
+        whether the wall clock reached ``due``; a stop request raises :class:`Interrupted`."""
         deadline = self.monotonic() + at_most
         while (left := (due - self.clock()).total_seconds()) > 0:
             real_left = deadline - self.monotonic()
             if real_left <= 0:
-                raise CooldownError(due.isoformat())
+                return False
             if self.stop.wait(min(left, real_left, 1.0)):
                 raise Interrupted()
+        return True
 
     def _release(
         self, ledger: Ledger, started: float, force: bool, max_wait: float, recovered: int
@@ -273,7 +284,8 @@ class Tracker:
             wait = (due - self.clock()).total_seconds()
             if wait > max_wait:
                 raise CooldownError(due.isoformat())
-            self._wait_until(due, at_most=wait + WAIT_GRACE_SECONDS)
+            if not self._wait_until(due, at_most=wait + WAIT_GRACE_SECONDS):
+                raise CooldownError(due.isoformat())  # the clock went back: re-plan
             if self.spacing is not None:
                 left = self.spacing.seconds_left(config.schedule.every_seconds, self.monotonic())
                 if left > max_wait:
@@ -325,6 +337,10 @@ class Tracker:
             private_record(release_id, raw, window, self.clock().isoformat()),
             storage.PRIVATE_FILE_MODE,
         )
+        # When the public file appears is seen by whoever syncs it: not when this window ended
+        # and was written, which a busy machine does later, but a fixed time after the plan.
+        hold = publish_hold(config) if self.hold_seconds is None else self.hold_seconds
+        self._wait_until(planned_end + timedelta(seconds=hold), at_most=hold + config.sampling.window_seconds)
         self._write_public(public)
         ledger.record(release_id, "published", self.clock())
         self._write_metrics(noisy.cpu, calibration.noise_stddev, after, planned_end)
