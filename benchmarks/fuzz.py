@@ -224,8 +224,8 @@ def one_input(target: str, work: Path) -> Callable[[bytes], None]:
 
         return check
 
-    box = work / "requests"
-    box.mkdir(exist_ok=True)
+    box = work / "requests" / READER  # a request is read from its requester's own folder
+    box.mkdir(parents=True, exist_ok=True)
     path = box / f"{REQUEST_ID}{requests.REQUEST_SUFFIX}"
 
     def check(data: bytes) -> None:

@@ -1,10 +1,12 @@
 """Budget requests: files that readers drop into ``requests/``, and the owner's answers.
 
 A reader named in ``[syftbox] readers`` (the aggregator, say) writes
-``requests/<request_id>.request.json``; the owner lists, approves or denies it with
+``requests/<its email>/<request_id>.request.json``; the owner lists, approves or denies it with
 ``cpu-tracker budget requests|approve|deny``, and the answer goes to
-``requests/<request_id>.response.json``, which the requester can read. The directory's
-``syft.pub.yaml`` lets readers write request files there and nowhere else.
+``requests/<its email>/<request_id>.response.json``, which that requester alone can read. The
+directory's ``syft.pub.yaml`` lets each reader write request files in its own folder and nowhere
+else, so a request's folder is the identity that wrote it: one whose ``requester`` names anyone
+else is refused (as in SyftBox's RPC convention, where the sender's folder binds a request).
 
 Request files come from other machines and are hostile until proven otherwise: no symlinks,
 size-capped before parsing, strict UTF-8 JSON with exactly the known keys, finite numbers in
@@ -91,14 +93,17 @@ class Scan:
 
 
 def requests_permissions_text(owner: str, readers: Iterable[str]) -> str:
-    """``requests/syft.pub.yaml``: readers may write request files and read the answers; no more."""
-    readers = tuple(readers)
+    """``requests/syft.pub.yaml``: each reader may write request files in its own folder and read
+    the answers there; nothing else, and nobody else's."""
+    rules = []
+    for reader in readers:
+        rules += [
+            storage.SyftRule(f"{reader}/*{REQUEST_SUFFIX}", admin=(owner,), write=(reader,), read=(reader,)),
+            storage.SyftRule(f"{reader}/*{RESPONSE_SUFFIX}", admin=(owner,), read=(reader,)),
+        ]
     return storage.syft_yaml(
-        "Written by cpu-tracker: readers may drop budget requests here and read the answers.",
-        [
-            storage.SyftRule(f"*{REQUEST_SUFFIX}", admin=(owner,), write=readers, read=readers),
-            storage.SyftRule(f"*{RESPONSE_SUFFIX}", admin=(owner,), read=readers),
-        ],
+        "Written by cpu-tracker: each reader may write budget requests in its own folder and read answers.",
+        rules,
         terminal=True,
     )
 
@@ -129,6 +134,8 @@ def parse(path: Path, readers: Iterable[str], now: datetime) -> Request:
     except ValueError:
         raise Rejected("not UTF-8 JSON") from None
     request = _validate(doc, path.name, set(readers), now)
+    if request.requester != path.parent.name:
+        raise Rejected("requester is not the owner of its folder")
     return dataclasses.replace(request, digest=hashlib.sha256(data).hexdigest())
 
 
@@ -191,18 +198,25 @@ def scan(
     done = set(decided)
     decided_asks = {_decided_ask(d) for d in decided.values()} if isinstance(decided, dict) else set()
     readers = list(readers)
+    paths = []
     try:
-        names = sorted(p.name for p in directory.iterdir() if p.name.endswith(REQUEST_SUFFIX))
+        for entry in sorted(directory.iterdir()):
+            if entry.name.endswith(REQUEST_SUFFIX):
+                result.skipped["not in its requester's folder"] += 1
+            elif entry.is_dir() and not entry.is_symlink() and entry.name in readers:
+                paths += sorted(p for p in entry.iterdir() if p.name.endswith(REQUEST_SUFFIX))
+            elif entry.is_dir():
+                result.skipped["not a listed reader's folder"] += 1
     except (FileNotFoundError, NotADirectoryError):
         return result
-    if len(names) > MAX_FILES:
-        result.skipped["too many files"] += len(names) - MAX_FILES
-        names = names[:MAX_FILES]
+    if len(paths) > MAX_FILES:
+        result.skipped["too many files"] += len(paths) - MAX_FILES
+        paths = paths[:MAX_FILES]
     asks: set[tuple[str, str, float, float, str]] = set(decided_asks)
     valid = []
-    for name in names:
+    for path in paths:
         try:
-            valid.append(parse(directory / name, readers, now))
+            valid.append(parse(path, readers, now))
         except Rejected as why:
             result.skipped[str(why)] += 1
     per_requester: Counter[str] = Counter()
@@ -281,8 +295,14 @@ def _read_one(layout: storage.Layout, readers: Iterable[str], request_id: str, n
     missing = f"no valid pending request {request_id}; 'cpu-tracker budget requests' lists them"
     if not _ID.match(request_id):
         raise UsageError(missing)
+    name = f"{request_id}{REQUEST_SUFFIX}"
+    found = [layout.requests_dir / r / name for r in readers if (layout.requests_dir / r / name).exists()]
+    if len(found) > 1:
+        raise UsageError(f"request id {request_id} was filed by more than one reader; deny it, or ask again")
+    if not found:
+        raise UsageError(missing)
     try:
-        return parse(layout.requests_dir / f"{request_id}{REQUEST_SUFFIX}", readers, now)
+        return parse(found[0], readers, now)
     except Rejected as why:
         raise UsageError(f"{missing} ({why})") from None
 
@@ -331,6 +351,14 @@ def response_record(decision: Decision) -> dict[str, Any]:
 
 
 def write_response(directory: Path, decision: Decision) -> Path:
-    target = directory / f"{decision.request_id}{RESPONSE_SUFFIX}"
+    """The answer, in the requester's own folder, which only it (and the owner) can read."""
+    folder = directory / decision.requester
+    if folder.is_symlink():
+        raise OutputError(str(folder), "a symlink; the answer is never written through one")
+    try:
+        folder.mkdir(mode=storage.PUBLIC_DIR_MODE, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(str(folder), exc.strerror or str(exc)) from None
+    target = folder / f"{decision.request_id}{RESPONSE_SUFFIX}"
     storage.write_json(target, response_record(decision), storage.PUBLIC_FILE_MODE)
     return target

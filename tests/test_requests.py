@@ -37,7 +37,13 @@ def request_doc(**overrides: Any) -> dict[str, Any]:
     return doc
 
 
-def drop(directory: Path, doc: Any, name: str | None = None, raw: bytes | None = None) -> Path:
+def drop(
+    directory: Path, doc: Any, name: str | None = None, raw: bytes | None = None, folder: str | None = None
+) -> Path:
+    """Write a request file where its requester would: in ``requests/<requester>/``."""
+    requester = doc.get("requester") if isinstance(doc, dict) else None
+    folder = folder or (requester if isinstance(requester, str) and "@" in requester else READER)
+    directory = directory / folder
     directory.mkdir(parents=True, exist_ok=True)
     request_id = doc.get("request_id", "x") if isinstance(doc, dict) else "x"
     path = directory / (name or f"{request_id}{requests.REQUEST_SUFFIX}")
@@ -53,7 +59,10 @@ HOSTILE: dict[str, tuple[Any, str]] = {
     "future version": (request_doc(schema_version=2), "unknown schema"),
     "id with slash": (request_doc(request_id="../../etc/x"), "bad request_id"),
     "id too short": (request_doc(request_id="abc"), "bad request_id"),
-    "stranger": (request_doc(requester="mallory@evil.example"), "requester is not a listed reader"),
+    "stranger in its own folder": (
+        request_doc(requester="mallory@evil.example"),
+        "not a listed reader's folder",
+    ),
     "requester not text": (request_doc(requester=["a"]), "requester is not a listed reader"),
     "bad cap": (request_doc(cap="everything"), "bad cap"),
     "epsilon zero": (request_doc(epsilon=0), "epsilon out of range"),
@@ -100,9 +109,9 @@ class TestHostileFiles:
     def test_symlink_and_fifo_are_refused(self, tmp_path: Path) -> None:
         """A symlink (even to a valid request) and a FIFO are not read."""
         real = drop(tmp_path / "elsewhere", request_doc())
-        (tmp_path / "box").mkdir()
-        (tmp_path / "box" / real.name).symlink_to(real)
-        os.mkfifo(tmp_path / "box" / f"fifo-000001{requests.REQUEST_SUFFIX}")
+        (tmp_path / "box" / READER).mkdir(parents=True)
+        (tmp_path / "box" / READER / real.name).symlink_to(real)
+        os.mkfifo(tmp_path / "box" / READER / f"fifo-000001{requests.REQUEST_SUFFIX}")
         found = requests.scan(tmp_path / "box", [READER], [], NOW)
         assert (found.pending, dict(found.skipped)) == ([], {"symlink": 1, "not a regular file": 1})
 
@@ -144,6 +153,21 @@ class TestHostileFiles:
                 requests.parse(path, [READER], NOW)
 
 
+class TestIdentity:
+    def test_a_request_in_another_readers_folder_is_refused(self, tmp_path: Path) -> None:
+        """The audit: the requester was a field the writer filled in. A request is now bound to the
+        folder it was written in, which only that reader may write: claiming another name there,
+        or leaving the file outside any reader's folder, is refused."""
+        other = "analyst@example.org"
+        drop(tmp_path, request_doc(requester=READER), folder=other)
+        drop(tmp_path, request_doc(request_id="req-0002-abc"), folder=".")
+        found = requests.scan(tmp_path, [READER, other], [], NOW)
+        assert (found.pending, dict(found.skipped)) == (
+            [],
+            {"requester is not the owner of its folder": 1, "not in its requester's folder": 1},
+        )
+
+
 class TestApproveAndDeny:
     def box(self, tmp_path: Path) -> Path:
         return tmp_path / "data" / "public" / "requests"
@@ -159,7 +183,7 @@ class TestApproveAndDeny:
         assert [r["request_id"] for r in listed["pending"]] == ["req-0001-abc"]
         assert main(["--config", config, "budget", "approve", "req-0001-abc", "--reason", "ok"]) == 0
         capsys.readouterr()
-        answer = json.loads((self.box(tmp_path) / "req-0001-abc.response.json").read_text())
+        answer = json.loads((self.box(tmp_path) / READER / "req-0001-abc.response.json").read_text())
         assert (answer["decision"], answer["granted"]) == (
             "approved",
             {"cap": "lifetime", "epsilon": 5.0, "delta": 0.0},
@@ -180,7 +204,7 @@ class TestApproveAndDeny:
         config = str(write_config(tmp_path))
         drop(self.box(tmp_path), request_doc(created_at=datetime.now(UTC).isoformat()))
         assert main(["--config", config, "budget", "deny", "req-0001-abc", "--reason", "too much"]) == 0
-        answer = json.loads((self.box(tmp_path) / "req-0001-abc.response.json").read_text())
+        answer = json.loads((self.box(tmp_path) / READER / "req-0001-abc.response.json").read_text())
         assert (answer["decision"], answer["note"], answer["granted"]) == ("denied", "too much", None)
         assert main(["--config", config, "budget", "approve", "req-0001-abc"]) == EXIT_USAGE
         assert "already denied" in capsys.readouterr().err
@@ -198,7 +222,7 @@ class TestApproveAndDeny:
         drop(self.box(tmp_path), request_doc(created_at=created, epsilon=1000.0, delta=1e-4))
         assert main(["--config", config, "budget", "approve", "req-0001-abc"]) == EXIT_USAGE
         assert "changed after 'cpu-tracker budget requests' listed it" in capsys.readouterr().err
-        assert not (self.box(tmp_path) / "req-0001-abc.response.json").exists()
+        assert not (self.box(tmp_path) / READER / "req-0001-abc.response.json").exists()
         assert main(["--config", config, "budget", "show", "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["grants"] == []
 
@@ -234,13 +258,13 @@ class TestApproveAndDeny:
         approve; junk no longer counts against anyone, and approve reads the named file itself."""
         config = str(write_config(tmp_path))
         box = self.box(tmp_path)
-        box.mkdir(parents=True)
+        (box / READER).mkdir(parents=True)
         for n in range(10_000):
-            (box / f"a{n:07d}-junk{requests.REQUEST_SUFFIX}").write_bytes(b"junk")
+            (box / READER / f"a{n:07d}-junk{requests.REQUEST_SUFFIX}").write_bytes(b"junk")
         drop(box, request_doc(request_id="zz-0001-abc", created_at=datetime.now(UTC).isoformat()))
         assert main(["--config", config, "budget", "requests"]) == 0
         assert main(["--config", config, "budget", "approve", "zz-0001-abc"]) == 0
-        assert json.loads((box / "zz-0001-abc.response.json").read_text())["decision"] == "approved"
+        assert json.loads((box / READER / "zz-0001-abc.response.json").read_text())["decision"] == "approved"
 
     def test_unknown_request_is_a_usage_error(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -253,14 +277,20 @@ class TestApproveAndDeny:
         assert "budget requests" in err
 
 
-def test_permission_file_lets_readers_write_requests_only() -> None:
-    """requests/syft.pub.yaml: readers write *.request.json, read answers, and write nothing else."""
-    text = requests.requests_permissions_text("me@example.org", [READER])
-    request_rule, response_rule = text.split("  - pattern: ")[1:]
-    assert request_rule.startswith('"*.request.json"')
-    assert f'write: ["{READER}"]' in request_rule
-    assert response_rule.startswith('"*.response.json"')
-    assert "write: []" in response_rule
+def test_permission_file_lets_each_reader_write_requests_in_its_own_folder_only() -> None:
+    """requests/syft.pub.yaml: each reader writes *.request.json in its own folder and reads the
+    answers there; it writes nothing else, and cannot read or write another reader's folder."""
+    other = "analyst@example.org"
+    text = requests.requests_permissions_text("me@example.org", [READER, other])
+    rules = text.split("  - pattern: ")[1:]
+    assert [r.split("\n")[0] for r in rules] == [
+        f'"{READER}/*.request.json"', f'"{READER}/*.response.json"',
+        f'"{other}/*.request.json"', f'"{other}/*.response.json"',
+    ]  # fmt: skip
+    assert f'write: ["{READER}"]' in rules[0]
+    assert f'read: ["{READER}"]' in rules[1]
+    assert "write: []" in rules[1]
+    assert READER not in rules[2] + rules[3]
 
 
 def test_syftbox_member_offers_a_request_box_end_to_end(
@@ -278,4 +308,4 @@ def test_syftbox_member_offers_a_request_box_end_to_end(
     assert main(["--config", config, "budget", "requests"]) == 0
     assert main(["--config", config, "budget", "approve", "req-0001-abc"]) == 0
     assert "granted epsilon 2 to the window cap" in capsys.readouterr().out
-    assert json.loads((box / "req-0001-abc.response.json").read_text())["decision"] == "approved"
+    assert json.loads((box / READER / "req-0001-abc.response.json").read_text())["decision"] == "approved"
