@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from fractions import Fraction
 from typing import Protocol
 
@@ -185,32 +186,40 @@ def gaussian_delta_bound(sensitivity: int, sigma: float, epsilon: float) -> floa
     return min(1.0, max(0.0, first - second))
 
 
+def _smallest_fitting(fits: Callable[[float], bool], lo: float, hi: float, rel: float) -> float:
+    """Bisect [lo, hi], where ``hi`` fits, down to the smallest value that fits (to ``rel``); the
+    value returned always fits, whether or not ``fits`` is monotone."""
+    while hi - lo > rel * hi:
+        mid = (lo + hi) / 2
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
 def gaussian_sigma(sensitivity: int, epsilon: float, delta: float, start: float) -> float:
     """The smallest sigma (to 1e-9 relative) whose :func:`gaussian_delta_bound` is <= delta.
 
     ``start`` is the continuous analytic Gaussian's sigma, which the discrete one never beats.
     """
+
+    def fits(sigma: float) -> bool:
+        return gaussian_delta_bound(sensitivity, sigma, epsilon) <= delta
+
     lo, hi = start, start
-    while gaussian_delta_bound(sensitivity, hi, epsilon) > delta:
+    while not fits(hi):
         lo, hi = hi, hi * 1.001 + 1.0
-    while hi - lo > 1e-9 * hi:
-        mid = (lo + hi) / 2
-        if gaussian_delta_bound(sensitivity, mid, epsilon) > delta:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    return _smallest_fitting(fits, lo, hi, 1e-9)
 
 
 def gaussian_epsilon(sensitivity: int, sigma: float, delta: float) -> float:
     """The smallest epsilon (to 1e-12 relative) whose :func:`gaussian_delta_bound` is <= delta."""
+
+    def fits(epsilon: float) -> bool:
+        return gaussian_delta_bound(sensitivity, sigma, epsilon) <= delta
+
     lo, hi = 0.0, 1.0
-    while gaussian_delta_bound(sensitivity, sigma, hi) > delta:
+    while not fits(hi):
         lo, hi = hi, hi * 2
-    while hi - lo > 1e-12 * hi:
-        mid = (lo + hi) / 2
-        if gaussian_delta_bound(sensitivity, sigma, mid) > delta:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    return _smallest_fitting(fits, lo, hi, 1e-12)
