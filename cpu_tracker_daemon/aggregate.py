@@ -144,7 +144,7 @@ class Aggregator:
 
     def _publish(self, record: dict[str, Any], now: datetime) -> None:
         directory = output_dir(self.config)
-        directory.mkdir(mode=storage.PUBLIC_DIR_MODE, parents=True, exist_ok=True)
+        storage.make_dirs_durably(directory, storage.PUBLIC_DIR_MODE)
         owner = self.config.syftbox.email
         perms = directory / storage.SYFT_PERM_NAME
         if storage.read_text(perms) != public_permissions_text(owner):

@@ -7,6 +7,7 @@ them, so ``--help``, ``status`` and ``budget`` start fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import math
@@ -238,6 +239,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return exit_code_for(exc)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (| head): a quiet success, as for any filter
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's last flush does not fail
+        return EXIT_OK
     except Exception as exc:  # noqa: BLE001 - a bug still gets one line, never a traceback with data
         print(
             f"cpu-tracker: internal error ({type(exc).__name__}: {one_line(str(exc))}); please report it",
@@ -429,6 +435,7 @@ def _grant(config: Config, epsilon: float, reason: str, cap: str, delta: float) 
     if not reason.strip():
         raise UsageError("--reason must say why the budget is raised; it is kept in the ledger")
     layout = storage.layout_for(config)
+    storage.prepare(layout)  # a directory that cannot be written is a config error (3), as elsewhere
     now = datetime.now(UTC)
     ledger = open_ledger(layout.ledger, caps_for(config), now, create=True)
     assert ledger is not None
@@ -568,6 +575,7 @@ def _budget_decide(config: Config, request_id: str, decision: str, note: str) ->
     from cpu_tracker_daemon.tracker import caps_for
 
     layout = storage.layout_for(config)
+    storage.prepare(layout)
     now = datetime.now(UTC)
     ledger = open_ledger(layout.ledger, caps_for(config), now, create=True)
     assert ledger is not None

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -40,13 +41,14 @@ from cpu_tracker_daemon.errors import (
     LedgerUnavailableError,
     PromiseChangedError,
 )
-from cpu_tracker_daemon.storage import fsync_dir
+from cpu_tracker_daemon.storage import fsync_dir, make_dirs_durably
 
 SCHEMA_VERSION = 3
 READABLE_VERSIONS = ("1", "2", "3")
 APPLICATION_ID = 0x43505554  # "CPUT"
 CAPS = ("lifetime", "window")
 _TOLERANCE = 1e-9
+LOCK_TIMEOUT_SECONDS = 10.0  # how long an open waits for another process's lock on the ledger
 # The most delta a cap may ever have, base and grants together: a chance of 1 in 10,000 that the
 # epsilon does not hold is already more than most privacy engineers would sign for.
 MAX_TOTAL_DELTA = 1e-4
@@ -368,7 +370,10 @@ class Ledger:
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                # SQLite rolls back by itself after some errors (a full disk): a second ROLLBACK
+                # would fail and hide the error that matters.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
 
@@ -739,7 +744,13 @@ class Ledger:
 
 
 def open_ledger(
-    path: Path, caps: Caps, now: datetime, *, create: bool = True, boot: BootClock | None = None
+    path: Path,
+    caps: Caps,
+    now: datetime,
+    *,
+    create: bool = True,
+    boot: BootClock | None = None,
+    timeout: float = LOCK_TIMEOUT_SECONDS,
 ) -> Ledger | None:
     """Open and verify the ledger at ``path``; create it when missing and ``create`` is set.
 
@@ -751,7 +762,12 @@ def open_ledger(
         if not create:
             return None
         _create(path, caps, now)
-    conn, version = _connect_verified(path, readonly=not create)
+    # A crash in the middle of a commit leaves a hot journal, which only a read-write
+    # connection may roll back (SQLite's own recovery of the last, uncommitted transaction);
+    # a read-only open would fail with "attempt to write a readonly database" until a writer came.
+    journal = path.with_name(path.name + "-journal")
+    hot = not create and journal.exists() and journal.stat().st_size > 0 and os.access(path, os.W_OK)
+    conn, version = _connect_verified(path, readonly=not create and not hot, timeout=timeout)
     if version < SCHEMA_VERSION and create:
         _migrate(conn, path, now)
         version = SCHEMA_VERSION
@@ -784,7 +800,8 @@ def _migrate(conn: sqlite3.Connection, path: Path, now: datetime) -> None:
                 conn.execute(_META_NO_UPDATE)
                 conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", rows)
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
     except sqlite3.OperationalError as exc:
@@ -807,19 +824,51 @@ def _statements(script: str) -> list[str]:
     return [statement for statement in out if statement.strip(";").strip()]
 
 
-def _connect_verified(path: Path, readonly: bool) -> tuple[sqlite3.Connection, int]:
-    if not path.is_file():
+def _check_file(path: Path) -> None:
+    """Refuse a ledger that someone else could have changed: a symlink, a file group- or
+    other-writable or owned by another user, or one in a directory anyone may write to."""
+    try:
+        info = os.lstat(path)
+        parent = path.parent.stat()
+    except OSError as exc:
+        raise LedgerUnavailableError(str(path), exc.strerror or str(exc)) from None
+    if stat.S_ISLNK(info.st_mode):
+        raise LedgerCorruptError(str(path), "a symlink; the ledger is never read through one")
+    if not stat.S_ISREG(info.st_mode):
         raise LedgerCorruptError(str(path), "not a regular file")
-    if path.stat().st_size == 0:
+    if info.st_mode & 0o022:
+        raise LedgerCorruptError(
+            str(path),
+            f"writable by group or others (mode {stat.S_IMODE(info.st_mode):04o}), so anyone could have "
+            "rewritten it; check it, then chmod 600 it",
+        )
+    euid = os.geteuid()
+    if euid not in (0, info.st_uid):
+        raise LedgerCorruptError(str(path), f"owned by uid {info.st_uid}, not by this user (uid {euid})")
+    if parent.st_mode & 0o002 and not parent.st_mode & stat.S_ISVTX:
+        raise LedgerCorruptError(str(path), "its directory is writable by everyone, who could replace it")
+    journal = path.with_name(path.name + "-journal")
+    if journal.is_symlink():
+        raise LedgerCorruptError(str(journal), "a symlink; the ledger's journal is never used through one")
+    if info.st_size == 0:
         raise LedgerCorruptError(str(path), "the file is empty")
+
+
+def _connect_verified(
+    path: Path, readonly: bool, timeout: float = LOCK_TIMEOUT_SECONDS
+) -> tuple[sqlite3.Connection, int]:
+    _check_file(path)
     uri = path.resolve().as_uri() + ("?mode=ro" if readonly else "?mode=rw")
     try:
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0)
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=timeout)
     except sqlite3.Error as exc:
         raise LedgerUnavailableError(str(path), str(exc)) from None
     try:
         version = _verify(conn, path)
-        conn.execute("PRAGMA synchronous = FULL")
+        # EXTRA: in DELETE mode the journal's directory is also synced after the journal is
+        # unlinked, so a commit is durable before anything that depends on it is written, on
+        # any POSIX file system (FULL leaves the unlink to the file system's ordering).
+        conn.execute("PRAGMA synchronous = EXTRA")
         conn.execute("PRAGMA foreign_keys = ON")
     except sqlite3.OperationalError as exc:
         conn.close()
@@ -846,6 +895,8 @@ def _verify(conn: sqlite3.Connection, path: Path) -> int:
         raise LedgerCorruptError(str(path), f"missing tables {sorted(_TABLES - tables)}")
     meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
     version = meta.get("schema_version")
+    if version in READABLE_VERSIONS:
+        _check_triggers(conn, path, version)
     if version not in READABLE_VERSIONS:
         raise LedgerCorruptError(
             str(path), f"schema version {version!r}, this cpu-tracker reads {', '.join(READABLE_VERSIONS)}"
@@ -873,11 +924,35 @@ def _verify(conn: sqlite3.Connection, path: Path) -> int:
     return int(version)
 
 
+_APPEND_ONLY_BY_VERSION = {
+    "1": ("spends", "outcomes", "grants", "meta"),
+    "2": ("spends", "outcomes", "grants", "meta", "guarantees", "requests"),
+    "3": ("spends", "outcomes", "grants", "meta", "guarantees", "requests", *sorted(_TABLES_3)),
+}
+
+
+def _check_triggers(conn: sqlite3.Connection, path: Path, version: str) -> None:
+    """The append-only triggers must be exactly this version's, and nothing else may run."""
+    expected = {
+        statement.split()[2]: " ".join(statement.rstrip(";").split())
+        for statement in _statements(_append_only(_APPEND_ONLY_BY_VERSION[version]))
+    }
+    found = {
+        name: " ".join((sql or "").split())
+        for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type IN ('trigger', 'view')")
+    }
+    if found != expected:
+        changed = sorted(set(found) ^ set(expected) | {n for n in found if found[n] != expected.get(n)})
+        raise LedgerCorruptError(
+            str(path), f"its append-only triggers were changed ({', '.join(changed)}); it cannot be trusted"
+        )
+
+
 def _create(path: Path, caps: Caps, now: datetime) -> None:
     """Build a fresh ledger beside ``path`` and rename it into place: never half-created."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_dirs_durably(path.parent, 0o700)
         with suppress(FileNotFoundError):
             tmp.unlink()
         conn = sqlite3.connect(tmp, isolation_level=None)

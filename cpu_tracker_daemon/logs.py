@@ -8,8 +8,11 @@ loggers, APScheduler's among them, go through the same formatter at WARNING.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import logging.handlers
+import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -45,6 +48,22 @@ def _formatter(fmt: str) -> logging.Formatter:
     )
 
 
+class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """stdout: when its reader has gone (``run | head -n1``), drop it quietly and keep logging to
+    the file, if there is one, instead of printing a logging traceback on every line."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError) and error.errno == errno.EPIPE:
+            logging.getLogger().removeHandler(self)
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, self.stream.fileno())  # nothing left to flush into a closed pipe
+                os.close(devnull)
+            return
+        super().handleError(record)
+
+
 def configure(
     fmt: str = "json", level: str = "info", file: Path | None = None, stream: TextIO | None = None
 ) -> None:
@@ -54,7 +73,7 @@ def configure(
         root.removeHandler(handler)
         handler.close()
     formatter = _formatter(fmt)
-    handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stdout)]
+    handlers: list[logging.Handler] = [_StdoutHandler(stream or sys.stdout)]
     if file is not None:
         file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.handlers.WatchedFileHandler(file, encoding="utf-8"))

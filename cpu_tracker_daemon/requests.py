@@ -112,7 +112,7 @@ def ensure_requests_dir(layout: storage.Layout) -> Path:
     """Create ``requests/`` (and, under SyftBox, its permission file); return it."""
     directory = layout.requests_dir
     try:
-        directory.mkdir(mode=storage.PUBLIC_DIR_MODE, parents=True, exist_ok=True)
+        storage.make_dirs_durably(directory, storage.PUBLIC_DIR_MODE)
     except OSError as exc:
         raise OutputError(str(directory), exc.strerror or str(exc)) from None
     if layout.syft_owner is not None:
@@ -356,7 +356,7 @@ def write_response(directory: Path, decision: Decision) -> Path:
     if folder.is_symlink():
         raise OutputError(str(folder), "a symlink; the answer is never written through one")
     try:
-        folder.mkdir(mode=storage.PUBLIC_DIR_MODE, exist_ok=True)
+        storage.make_dirs_durably(folder, storage.PUBLIC_DIR_MODE)
     except OSError as exc:
         raise OutputError(str(folder), exc.strerror or str(exc)) from None
     target = folder / f"{decision.request_id}{RESPONSE_SUFFIX}"

@@ -124,7 +124,7 @@ def prepare(layout: Layout) -> None:
     problems = []
     for directory, mode, name in _directories(layout):
         try:
-            directory.mkdir(parents=True, exist_ok=True, mode=mode)
+            make_dirs_durably(directory, mode)
             if mode == PRIVATE_DIR_MODE:
                 directory.chmod(mode)  # ours: never leave private data group-readable
             probe = directory / f".write-probe.{os.urandom(4).hex()}{_TMP_SUFFIX}"
@@ -153,6 +153,19 @@ def remove_stale_temps(directories: Iterable[Path]) -> list[Path]:
                         entry.unlink()
                         removed.append(entry)
     return removed
+
+
+def make_dirs_durably(directory: Path, mode: int) -> None:
+    """``mkdir -p`` whose new directories survive power loss: each new one's parent is fsynced
+    (a directory entry is durable only then), so nothing written inside can outlive its folder."""
+    missing = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for new in reversed(missing):
+        new.mkdir(mode=mode, exist_ok=True)
+        fsync_dir(new.parent)
 
 
 def fsync_dir(directory: Path) -> None:

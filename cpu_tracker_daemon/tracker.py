@@ -31,6 +31,7 @@ from cpu_tracker_daemon.errors import (
     OutputError,
 )
 from cpu_tracker_daemon.ledger import (
+    LOCK_TIMEOUT_SECONDS,
     BootClock,
     BudgetStatus,
     Caps,
@@ -176,6 +177,7 @@ class Tracker:
     spacing: Spacing | None = None  # the daemon's: real time between its releases
     boot: BootClock = boot_clock
     hold_seconds: float | None = None  # None: publish_hold(config); a test with a fake clock sets 0
+    lock_timeout: float = LOCK_TIMEOUT_SECONDS  # how long to wait for another process's ledger lock
 
     @property
     def every(self) -> timedelta:
@@ -186,7 +188,9 @@ class Tracker:
         one is created, unless an output shows that another ledger wrote here."""
         if not self.layout.ledger.exists():
             check_outputs(None, self.layout)
-        ledger = open_ledger(self.layout.ledger, caps_for(self.config), self.clock(), boot=self.boot)
+        ledger = open_ledger(
+            self.layout.ledger, caps_for(self.config), self.clock(), boot=self.boot, timeout=self.lock_timeout
+        )
         assert ledger is not None  # created when missing
         try:
             ledger.check_promise(promise_for(self.config))
@@ -210,7 +214,11 @@ class Tracker:
     def cycle(self, *, force: bool = False, max_wait: float = 0.0) -> CycleResult:
         """Run one cycle. Ledger corruption propagates; every other refusal is in the result."""
         started = self.monotonic()
-        with self.open_ledger() as ledger:
+        try:
+            ledger = self.open_ledger()
+        except LedgerUnavailableError as exc:  # held by a backup tool or a shell: retry next time
+            return CycleResult("ledger_unavailable", self.monotonic() - started, error=exc)
+        with ledger:
             recovered = 0
             check_outputs(ledger, self.layout)
             try:

@@ -101,6 +101,17 @@ class TestArguments:
         with closing(sqlite3.connect(tmp_path / "data" / "ledger.sqlite3")) as conn:
             assert conn.execute("SELECT delta FROM grants").fetchall() == [(5e-5,)]
 
+    def test_grant_into_a_directory_that_cannot_be_made_is_a_config_error(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """budget grant exited 8 ("temporary") where every other command says 3 for a state
+        directory that cannot be written (here: its parent is a regular file)."""
+        (tmp_path / "file").write_text("")
+        config = str(write_config(tmp_path, {"paths": {"data_dir": str(tmp_path / "file" / "data")}}))
+        assert main(["--config", config, "budget", "grant", "1", "--reason", "x"]) == 3
+        assert main(["--config", config, "once"]) == 3
+        assert "is not writable" in capsys.readouterr().err
+
     def test_help_lists_every_exit_code(self) -> None:
         """--help documents each exit code with its meaning."""
         result = run_cli("--help")
@@ -321,3 +332,35 @@ class TestOneLedgerOneOutput:
         err = capsys.readouterr().err
         assert "accounts releases under unit window" in err
         assert "unit sample" in err
+
+
+class TestCrashedCommit:
+    def test_read_only_commands_work_on_a_ledger_with_a_hot_journal(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """kill -9 in the middle of a commit left a hot journal, and status, budget show, plan and
+        requests exited 8 ("attempt to write a readonly database") until a writer came. They roll
+        the interrupted transaction back now, and what was committed before stands."""
+        import subprocess
+        import sys
+
+        config = str(write_config(tmp_path))
+        assert main(["--config", config, "once"]) == 0
+        ledger = tmp_path / "data" / "ledger.sqlite3"
+        crash = (
+            "import os, sqlite3, sys\n"
+            "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "c.execute('PRAGMA cache_size = 1'); c.execute('BEGIN IMMEDIATE')\n"
+            "for n in range(400): c.execute('INSERT INTO meta VALUES (?, ?)', (f'junk{n}', 'x' * 4000))\n"
+            "os._exit(9)\n"
+        )
+        subprocess.run([sys.executable, "-c", crash, str(ledger)], check=False, timeout=60)
+        assert (tmp_path / "data" / "ledger.sqlite3-journal").stat().st_size > 0  # the crash is real
+        capsys.readouterr()
+        for command in (["status"], ["budget", "show"], ["budget", "plan"], ["budget", "requests"]):
+            assert main(["--config", config, *command]) == 0, capsys.readouterr().err
+        capsys.readouterr()
+        assert main(["--config", config, "status", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["releases"] == 1
+        with closing(sqlite3.connect(ledger)) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM meta WHERE key LIKE 'junk%'").fetchone() == (0,)

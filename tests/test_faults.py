@@ -11,9 +11,12 @@ import importlib.util
 import itertools
 import json
 import os
+import re
+import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -264,3 +267,66 @@ def test_wall_clock_set_back_in_the_middle_of_a_window(tmp_path: Path) -> None:
     # The window open at the step lands within about a second; then releases go on every 4 s.
     assert len([t for t in released if t > stepped_back + 2]) >= 2, [t - stepped_back for t in released]
     assert code == 0
+
+
+SYSCALLS = "fsync,fdatasync,unlink,unlinkat,rename,renameat,renameat2"
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_every_durability_edge_of_a_release_holds(tmp_path: Path) -> None:
+    """ALICE-style, from the real syscalls of one `once` (strace -f -y): the commit that makes
+    the noisy value durable (the journal unlinked) is followed by an fsync of the ledger's
+    directory before any output is renamed into place (synchronous=EXTRA; FULL left the unlink
+    to the file system's ordering), each output's rename is followed by an fsync of its
+    directory, and both happen before the ledger records the release published."""
+    config = write_config(tmp_path, {"schedule": {"every_seconds": 3600}})
+    trace = tmp_path / "trace"
+    subprocess.run(
+        ["strace", "-f", "-y", "-o", str(trace), "-e", f"trace={SYSCALLS}",
+         sys.executable, "-m", "cpu_tracker_daemon", "--config", str(config), "once"],
+        check=True, env=cli_env(), capture_output=True, timeout=120,
+    )  # fmt: skip
+    data = str(tmp_path / "data")
+    calls = [line.split(" ", 1)[1] for line in trace.read_text().splitlines() if " = 0" in line]
+    journal_unlinks = [
+        i for i, c in enumerate(calls) if c.startswith("unlink") and "ledger.sqlite3-journal" in c
+    ]
+
+    def synced(directory: str, after: int, before: int) -> bool:
+        return any(
+            re.match(rf"f(data)?sync\(\d+<{re.escape(directory)}>\)", c) for c in calls[after + 1 : before]
+        )
+
+    for name in ("private", "public"):
+        renamed = next(
+            i for i, c in enumerate(calls) if c.startswith("rename") and f"/{name}/cpu_tracker.json" in c
+        )
+        commit = max(i for i in journal_unlinks if i < renamed)
+        assert synced(data, commit, renamed), f"the ledger's commit is not durable before {name} is written"
+        next_commit = min(i for i in journal_unlinks if i > renamed)
+        assert synced(f"{data}/{name}", renamed, next_commit), (
+            f"{name}'s rename is not durable before it is recorded"
+        )
+
+
+def test_a_full_ledger_disk_says_so(small_disk: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With the ledger's file system full, a release failed with "cannot rollback - no
+    transaction is active", which hid the cause. It is refused (exit 8) naming the full disk,
+    and the spend that did not fit was not recorded."""
+    from cpu_tracker_daemon.cli import main
+
+    config = str(write_config(small_disk.parent, {"paths": {"data_dir": str(small_disk / "data")}}))
+    assert main(["--config", config, "once"]) == 0
+    ballast = small_disk / "ballast"
+    with contextlib.suppress(OSError), ballast.open("wb") as fill:
+        while True:
+            fill.write(b"\0" * 4096)
+            fill.flush()
+    capsys.readouterr()
+    assert main(["--config", config, "once", "--force"]) == 8
+    err = capsys.readouterr().err
+    assert "full" in err, err
+    assert "cannot rollback" not in err
+    ballast.unlink()
+    with contextlib.closing(sqlite3.connect(small_disk / "data" / "ledger.sqlite3")) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM spends").fetchone() == (1,)

@@ -290,6 +290,59 @@ def _reserve_many(path: str, worker: int, count: int) -> int:
     return ok
 
 
+class TestTampering:
+    """A ledger someone else could change is refused before anything in it is believed."""
+
+    def test_dropped_triggers_and_deleted_spends_are_refused(self, tmp_path: Path) -> None:
+        """The security test: another user dropped the append-only triggers and deleted every
+        spend, and the next start accepted the empty history. The triggers are checked now."""
+        with fresh(tmp_path) as ledger:
+            ledger.reserve(spend(1), CAPS, T0, None)
+        path = tmp_path / "ledger.sqlite3"
+        with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+            conn.execute("DROP TRIGGER spends_no_delete")
+            conn.execute("DELETE FROM spends")
+        with pytest.raises(LedgerCorruptError, match="append-only triggers were changed"):
+            open_ledger(path, CAPS, T0)
+
+    def test_an_added_trigger_is_refused(self, tmp_path: Path) -> None:
+        """A trigger that quietly deletes what is inserted is as bad as a dropped one."""
+        fresh(tmp_path).close()
+        path = tmp_path / "ledger.sqlite3"
+        with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+            conn.execute("CREATE TRIGGER sneaky AFTER INSERT ON periods BEGIN SELECT 1; END")
+        with pytest.raises(LedgerCorruptError, match="sneaky"):
+            open_ledger(path, CAPS, T0, create=False)
+
+    @pytest.mark.parametrize("mode", [0o666, 0o620, 0o602])
+    def test_group_or_other_writable_ledger_is_refused(self, tmp_path: Path, mode: int) -> None:
+        """A ledger others may write is not trusted, read-only or not."""
+        fresh(tmp_path).close()
+        path = tmp_path / "ledger.sqlite3"
+        path.chmod(mode)
+        for create in (True, False):
+            with pytest.raises(LedgerCorruptError, match="writable by group or others"):
+                open_ledger(path, CAPS, T0, create=create)
+
+    def test_symlinked_ledger_is_refused(self, tmp_path: Path) -> None:
+        """A ledger that is a link to a file elsewhere is never opened through the link."""
+        (tmp_path / "real").mkdir()
+        fresh(tmp_path / "real").close()
+        (tmp_path / "ledger.sqlite3").symlink_to(tmp_path / "real" / "ledger.sqlite3")
+        with pytest.raises(LedgerCorruptError, match="a symlink"):
+            open_ledger(tmp_path / "ledger.sqlite3", CAPS, T0)
+
+    def test_ledger_in_a_world_writable_directory_is_refused(self, tmp_path: Path) -> None:
+        """Anyone could swap the file in a directory everyone may write (without the sticky bit)."""
+        fresh(tmp_path).close()
+        tmp_path.chmod(0o777)
+        try:
+            with pytest.raises(LedgerCorruptError, match="writable by everyone"):
+                open_ledger(tmp_path / "ledger.sqlite3", CAPS, T0)
+        finally:
+            tmp_path.chmod(0o700)
+
+
 class TestConcurrency:
     def test_processes_racing_never_overshoot_a_cap(self, tmp_path: Path) -> None:
         """Four processes reserving at once fill the cap exactly, never beyond it."""

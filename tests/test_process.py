@@ -8,12 +8,13 @@ import random
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import log_events, run_cli, start_cli, write_config
+from tests.conftest import cli_env, log_events, run_cli, start_cli, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -240,3 +241,55 @@ class TestRestarts:
         # logged once: the first line was read above, and no second one followed
         assert [e["event"] for e in log_events(out)].count("budget.exhausted") == 0
         assert len(spends(tmp_path / "data")) == 2
+
+
+def closed_pipe() -> int:
+    """The write end of a pipe whose reader is already gone: the first write gets EPIPE."""
+    read, write = os.pipe()
+    os.close(read)
+    return write
+
+
+class TestClosedPipe:
+    @pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["budget", "show"], ["--help"]])
+    def test_a_closed_pipe_is_a_quiet_success(self, tmp_path: Path, command: list[str]) -> None:
+        """`status | head -n1` exited 1 with "internal error (BrokenPipeError)". A reader that
+        went away is a quiet exit 0, as for any Unix filter."""
+        config = str(write_config(tmp_path))
+        write = closed_pipe()
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "cpu_tracker_daemon", "--config", config, *command],
+                stdout=write, stderr=subprocess.PIPE, text=True, timeout=60, env=cli_env(), check=False,
+            )  # fmt: skip
+        finally:
+            os.close(write)
+        assert (done.returncode, done.stderr) == (0, "")
+
+    def test_the_daemon_drops_a_dead_stdout_and_keeps_its_file_log(self, tmp_path: Path) -> None:
+        """`run | head -n1` printed a 30-line logging traceback every cycle. The daemon now drops
+        the dead stdout, keeps releasing, and logs to its file."""
+        log = tmp_path / "daemon.log"
+        config = str(write_config(tmp_path, {"logging": {"file": str(log)}}))
+        write = closed_pipe()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "cpu_tracker_daemon", "--config", config, "run"],
+                stdout=write, stderr=subprocess.PIPE, text=True, env=cli_env(),
+            )  # fmt: skip
+        finally:
+            os.close(write)
+        deadline = time.monotonic() + 30
+        while (
+            time.monotonic() < deadline
+            and sum(
+                e.get("outcome") == "released" for e in log_events(log.read_text() if log.exists() else "")
+            )
+            < 2
+        ):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0
+        assert "Traceback" not in err
+        assert sum(e.get("outcome") == "released" for e in log_events(log.read_text())) >= 2

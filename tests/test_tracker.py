@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from cpu_tracker_daemon import ledger as ledger_module
 from cpu_tracker_daemon import logs
 from cpu_tracker_daemon.config import Config, load_config
 from cpu_tracker_daemon.sampling import PsutilCpuSource, Reading
@@ -235,6 +236,38 @@ class LaggingCpu:
         return Reading(busy=self.fraction, total=1.0)
 
 
+class TestLedgerHeldElsewhere:
+    def test_a_ledger_locked_by_another_process_refuses_the_cycle_and_the_next_one_releases(
+        self, tmp_path: Path, clock: FakeClock
+    ) -> None:
+        """A backup tool or an sqlite3 shell held the ledger for 15 s and the daemon exited 8. A
+        real second process holds an exclusive lock now: the cycle is refused, nothing is spent,
+        and once the lock is gone the next cycle releases."""
+        import subprocess
+        import sys
+
+        tracker, _ = make_tracker(tmp_path, clock)
+        tracker = dataclasses.replace(tracker, lock_timeout=0.3)
+        assert tracker.cycle(force=True).outcome == "released"
+        holder = subprocess.Popen(
+            [sys.executable, "-c",
+             "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+             "c.execute('BEGIN EXCLUSIVE'); print('held', flush=True); sys.stdin.read()",
+             str(tracker.layout.ledger)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().strip() == "held"
+            result = tracker.cycle(force=True)
+            assert result.outcome == "ledger_unavailable"
+            assert "locked" in str(result.error)
+        finally:
+            holder.communicate("", timeout=10)
+        assert tracker.cycle(force=True).outcome == "released"
+        assert [status for _, status in outcomes(tracker)].count("published") == 2
+
+
 class TestPublishedTimes:
     def test_busy_and_idle_windows_publish_the_same_times(self, tmp_path: Path) -> None:
         """The timing side channel: a busy machine ends its window and writes later than an idle
@@ -320,6 +353,8 @@ class TestRecovery:
         conn = sqlite3.connect(tracker.layout.ledger)
         conn.execute("DROP TRIGGER outcomes_no_delete")  # simulate: the crash came before 'drawn'
         conn.execute("DELETE FROM outcomes")
+        restore = ledger_module._statements(ledger_module._append_only(("outcomes",)))
+        conn.execute(next(statement for statement in restore if "outcomes_no_delete" in statement))
         conn.commit()
         clock.advance(2)
         tracker.cycle()
