@@ -10,6 +10,7 @@ reason and logged once per peer and reason; they never stop the pass or change i
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import Any
 
 from cpu_tracker_daemon import __version__, dashboard, metrics, storage
 from cpu_tracker_daemon.config import Config
+from cpu_tracker_daemon.errors import OutputError
 from cpu_tracker_daemon.estimate import Estimate, estimate
 from cpu_tracker_daemon.peers import PeerRelease, Skipped, peer_names, read_release
 
@@ -144,11 +146,18 @@ class Aggregator:
 
     def _publish(self, record: dict[str, Any], now: datetime) -> None:
         directory = output_dir(self.config)
-        storage.make_dirs_durably(directory, storage.PUBLIC_DIR_MODE)
+        root = self.config.syftbox.dir
+        assert root is not None
+        try:  # reached from the SyftBox folder without following a symlink, like every output
+            os.close(storage.open_dir(directory, root, storage.PUBLIC_DIR_MODE))
+        except OSError as exc:
+            raise OutputError(str(directory), exc.strerror or str(exc)) from None
         owner = self.config.syftbox.email
         perms = directory / storage.SYFT_PERM_NAME
         if storage.read_text(perms) != public_permissions_text(owner):
-            storage.atomic_write(perms, public_permissions_text(owner).encode(), storage.PUBLIC_FILE_MODE)
+            storage.atomic_write(
+                perms, public_permissions_text(owner).encode(), storage.PUBLIC_FILE_MODE, root
+            )
         history = self._history(directory)
         est = record["estimate"]
         if est is not None:
@@ -162,14 +171,15 @@ class Aggregator:
                 }
             )
         history = history[-self.config.aggregator.history_length :]
-        storage.write_json(directory / AGGREGATE_NAME, record, storage.PUBLIC_FILE_MODE)
+        storage.write_json(directory / AGGREGATE_NAME, record, storage.PUBLIC_FILE_MODE, root)
         storage.write_json(
             directory / HISTORY_NAME,
             {"schema": HISTORY_SCHEMA, "schema_version": SCHEMA_VERSION, "entries": history},
             storage.PUBLIC_FILE_MODE,
+            root,
         )
         page = dashboard.render(record, history)
-        storage.atomic_write(directory / DASHBOARD_NAME, page.encode(), storage.PUBLIC_FILE_MODE)
+        storage.atomic_write(directory / DASHBOARD_NAME, page.encode(), storage.PUBLIC_FILE_MODE, root)
         textfile_dir = self.config.prometheus.textfile_dir
         if textfile_dir is not None:
             metrics.write_textfile(

@@ -583,7 +583,7 @@ def _budget_decide(config: Config, request_id: str, decision: str, note: str) ->
         final = requests.decide(
             ledger, layout, config.syftbox.readers, request_id, decision, note, _who(), now
         )
-    path = requests.write_response(requests.ensure_requests_dir(layout), final)
+    path = requests.write_response(layout, final)
     what = (
         f"granted epsilon {final.epsilon:g}"
         + (f" and delta {final.delta:g}" if final.delta else "")

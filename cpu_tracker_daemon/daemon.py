@@ -12,6 +12,7 @@ APScheduler 3.11 runs the cycle on one worker thread (``max_instances=1``, ``coa
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import signal
@@ -47,7 +48,14 @@ class InstanceLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:  # never through a link: a planted one would truncate whatever it points at
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ConfigError(
+                    [f"the lock file {self.path} is a symlink, which is never opened; remove it"]
+                ) from None
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -24,8 +24,10 @@ request after the listing gets a refusal, not a larger grant.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import math
+import os
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -111,15 +113,12 @@ def requests_permissions_text(owner: str, readers: Iterable[str]) -> str:
 def ensure_requests_dir(layout: storage.Layout) -> Path:
     """Create ``requests/`` (and, under SyftBox, its permission file); return it."""
     directory = layout.requests_dir
-    try:
-        storage.make_dirs_durably(directory, storage.PUBLIC_DIR_MODE)
-    except OSError as exc:
-        raise OutputError(str(directory), exc.strerror or str(exc)) from None
+    _make_dir(directory, layout.root)
     if layout.syft_owner is not None:
         target = directory / storage.SYFT_PERM_NAME
         text = requests_permissions_text(layout.syft_owner, layout.syft_readers)
         if storage.read_text(target) != text:
-            storage.atomic_write(target, text.encode(), storage.PUBLIC_FILE_MODE)
+            storage.atomic_write(target, text.encode(), storage.PUBLIC_FILE_MODE, under=layout.root)
     return directory
 
 
@@ -323,7 +322,9 @@ def _listing(request: Request) -> dict[str, Any]:
 def remember_listed(layout: storage.Layout, pending: Iterable[Request], now: datetime) -> None:
     """Keep what ``budget requests`` showed the owner, so an approval grants exactly that."""
     record = {"listed_at": now.isoformat(), "requests": {r.request_id: _listing(r) for r in pending}}
-    storage.write_json(layout.state_dir / LISTED_NAME, record, storage.PRIVATE_FILE_MODE)
+    storage.write_json(
+        layout.state_dir / LISTED_NAME, record, storage.PRIVATE_FILE_MODE, under=layout.state_dir
+    )
 
 
 def listed(layout: storage.Layout) -> dict[str, Any]:
@@ -350,15 +351,20 @@ def response_record(decision: Decision) -> dict[str, Any]:
     }
 
 
-def write_response(directory: Path, decision: Decision) -> Path:
-    """The answer, in the requester's own folder, which only it (and the owner) can read."""
-    folder = directory / decision.requester
-    if folder.is_symlink():
-        raise OutputError(str(folder), "a symlink; the answer is never written through one")
+def _make_dir(directory: Path, root: Path) -> None:
+    """Create ``directory`` below ``root`` without following a symlink; raise OutputError."""
     try:
-        storage.make_dirs_durably(folder, storage.PUBLIC_DIR_MODE)
+        os.close(storage.open_dir(directory, root, storage.PUBLIC_DIR_MODE))
     except OSError as exc:
-        raise OutputError(str(folder), exc.strerror or str(exc)) from None
+        symlink = exc.errno in (errno.ELOOP, errno.ENOTDIR)
+        why = "a symlink (or a file) in its path; nothing is written through one" if symlink else None
+        raise OutputError(str(directory), why or exc.strerror or str(exc)) from None
+
+
+def write_response(layout: storage.Layout, decision: Decision) -> Path:
+    """The answer, in the requester's own folder, which only it (and the owner) can read."""
+    folder = ensure_requests_dir(layout) / decision.requester
+    _make_dir(folder, layout.root)
     target = folder / f"{decision.request_id}{RESPONSE_SUFFIX}"
-    storage.write_json(target, response_record(decision), storage.PUBLIC_FILE_MODE)
+    storage.write_json(target, response_record(decision), storage.PUBLIC_FILE_MODE, under=layout.root)
     return target

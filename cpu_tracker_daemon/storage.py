@@ -3,6 +3,12 @@
 Every output is written to an adjacent temporary file whose name starts with a dot and ends in
 ``.tmp`` (SyftBox sync ignores both), fsynced, renamed over the target with ``os.replace`` and
 made durable by fsyncing the directory. Readers see the old file or the new one, never a part.
+
+Below the directory the owner configured (``paths.data_dir``, or ``syftbox.dir``), no symlink
+is ever followed: each directory the daemon writes is reached with ``openat(O_NOFOLLOW |
+O_DIRECTORY)`` from that root, created and chmod-ed through its own descriptor, and files are
+created and renamed relative to it. A private folder linked into the public tree, or an output
+folder linked out of it, is refused instead of written through.
 """
 
 from __future__ import annotations
@@ -42,6 +48,11 @@ class Layout:
     private_dir: Path
     syft_owner: str | None = None
     syft_readers: tuple[str, ...] = ()
+    output_root: Path | None = None  # the configured directory the outputs live under (trusted)
+
+    @property
+    def root(self) -> Path:
+        return self.state_dir if self.output_root is None else self.output_root
 
     @property
     def ledger(self) -> Path:
@@ -80,21 +91,67 @@ def layout_for(config: Config) -> Layout:
             private_dir=sb.dir / "private" / APP_DIR,
             syft_owner=sb.email,
             syft_readers=sb.readers,
+            output_root=sb.dir,
         )
-    return Layout(state_dir=data, public_dir=data / "public", private_dir=data / "private")
+    return Layout(state_dir=data, public_dir=data / "public", private_dir=data / "private", output_root=data)
 
 
-def _directories(layout: Layout) -> tuple[tuple[Path, int, str], ...]:
-    """Each directory the daemon writes, with its mode and the name a user knows it by."""
+def _directories(layout: Layout) -> tuple[tuple[Path, int, str, Path], ...]:
+    """Each directory the daemon writes, with its mode, the name a user knows it by, and the
+    configured root it is reached from without following symlinks."""
     return (
-        (layout.state_dir, PRIVATE_DIR_MODE, "paths.data_dir"),
-        (layout.private_dir, PRIVATE_DIR_MODE, "the private output directory"),
-        (layout.public_dir, PUBLIC_DIR_MODE, "the public output directory"),
+        (layout.state_dir, PRIVATE_DIR_MODE, "paths.data_dir", layout.state_dir),
+        (layout.private_dir, PRIVATE_DIR_MODE, "the private output directory", layout.root),
+        (layout.public_dir, PUBLIC_DIR_MODE, "the public output directory", layout.root),
     )
 
 
-def output_dirs(layout: Layout) -> tuple[Path, ...]:
-    return tuple(directory for directory, _, _ in _directories(layout))
+def output_dirs(layout: Layout) -> tuple[tuple[Path, Path], ...]:
+    """Each directory written, with the root it is reached from."""
+    return tuple((directory, root) for directory, _, _, root in _directories(layout))
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def open_dir(directory: Path, under: Path, mode: int | None = None) -> int:
+    """A descriptor on ``directory``, reached from ``under`` without following any symlink below
+    it; with ``mode``, missing directories are created (their parents fsynced) and the last one
+    is chmod-ed through its descriptor. Raises OSError (ELOOP or ENOTDIR for a symlink)."""
+    parts = directory.relative_to(under).parts
+    fd = os.open(under, _DIR_FLAGS)
+    try:
+        for part in parts:
+            try:
+                child = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            except FileNotFoundError:
+                if mode is None:
+                    raise
+                with suppress(FileExistsError):
+                    os.mkdir(part, mode, dir_fd=fd)
+                    os.fsync(fd)
+                child = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        if mode == PRIVATE_DIR_MODE:
+            os.fchmod(fd, mode)  # ours: never leave private data group-readable
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _refuse_private_in_public(layout: Layout) -> str | None:
+    if layout.output_root is None or layout.syft_owner is None:
+        return None
+    datasites = os.path.realpath(layout.output_root / "datasites")
+    private = os.path.realpath(layout.private_dir)
+    if private == datasites or private.startswith(datasites + os.sep):
+        return (
+            f"the private output directory {layout.private_dir} resolves to {private}, inside the "
+            "synced datasites/; the raw value must never be there: remove the link"
+        )
+    return None
 
 
 def check_creatable(layout: Layout) -> None:
@@ -103,7 +160,7 @@ def check_creatable(layout: Layout) -> None:
     A directory passes if it exists writable, or its nearest existing ancestor is.
     """
     problems = []
-    for directory, _, name in _directories(layout):
+    for directory, _, name, _ in _directories(layout):
         probe = directory
         while not probe.exists() and probe.parent != probe:
             probe = probe.parent
@@ -122,36 +179,57 @@ def prepare(layout: Layout) -> None:
     is written.
     """
     problems = []
-    for directory, mode, name in _directories(layout):
+    for directory, mode, name, root in _directories(layout):
         try:
-            make_dirs_durably(directory, mode)
-            if mode == PRIVATE_DIR_MODE:
-                directory.chmod(mode)  # ours: never leave private data group-readable
-            probe = directory / f".write-probe.{os.urandom(4).hex()}{_TMP_SUFFIX}"
-            probe.touch(mode=0o600)
-            probe.unlink()
+            make_dirs_durably(root, PRIVATE_DIR_MODE if root == layout.state_dir else PUBLIC_DIR_MODE)
+            fd = open_dir(directory, root, mode)
+            try:
+                probe = f".write-probe.{os.urandom(4).hex()}{_TMP_SUFFIX}"
+                os.close(
+                    os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=fd)
+                )
+                os.unlink(probe, dir_fd=fd)
+            finally:
+                os.close(fd)
         except OSError as exc:
-            problems.append(
-                f"{name} {directory} is not writable ({exc.strerror or exc}); "
-                "choose a directory this user can write"
-            )
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR) and directory != root:
+                problems.append(
+                    f"{name} {directory} has a symlink (or a file) in its path below {root}; "
+                    "the daemon never writes through one: replace it with a real directory"
+                )
+            else:
+                problems.append(
+                    f"{name} {directory} is not writable ({exc.strerror or exc}); "
+                    "choose a directory this user can write"
+                )
+    leak = _refuse_private_in_public(layout)
+    if leak is not None:
+        problems.append(leak)
     if problems:
         raise ConfigError(problems)
 
 
-def remove_stale_temps(directories: Iterable[Path]) -> list[Path]:
+def remove_stale_temps(directories: Iterable[tuple[Path, Path]]) -> list[Path]:
     """Delete temp files an interrupted write left behind; they are never outputs.
 
-    Call only while holding the instance lock, or a live writer's temp file could vanish.
+    Each directory is reached from its root without following a symlink, so nothing outside
+    the tree is touched. Call only while holding the instance lock, or a live writer's temp file
+    could vanish.
     """
     removed = []
-    for directory in directories:
-        with suppress(FileNotFoundError):
-            for entry in directory.iterdir():
-                if entry.name.startswith(".") and entry.name.endswith(_TMP_SUFFIX):
+    for directory, root in directories:
+        try:
+            fd = open_dir(directory, root)
+        except OSError:
+            continue
+        try:
+            for name in os.listdir(fd):  # noqa: PTH208 - relative to the descriptor, never a path
+                if name.startswith(".") and name.endswith(_TMP_SUFFIX):
                     with suppress(FileNotFoundError):
-                        entry.unlink()
-                        removed.append(entry)
+                        os.unlink(name, dir_fd=fd)
+                        removed.append(directory / name)
+        finally:
+            os.close(fd)
     return removed
 
 
@@ -176,14 +254,23 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int) -> None:
+def atomic_write(path: Path, data: bytes, mode: int, under: Path | None = None) -> None:
     """Replace ``path`` with ``data`` atomically and durably, with ``mode``; raise OutputError.
 
-    The temp file is removed on any failure, and the previous ``path`` stays intact.
+    With ``under``, the directory is reached from it without following any symlink (see the
+    module's note); the temp file is created and renamed relative to that directory, never
+    through a link. The temp file is removed on any failure, and the previous ``path`` stays.
     """
-    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}{_TMP_SUFFIX}")
+    tmp = f".{path.name}.{os.urandom(6).hex()}{_TMP_SUFFIX}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        directory = open_dir(path.parent, under) if under is not None else os.open(path.parent, _DIR_FLAGS)
+    except OSError as exc:
+        why = "a symlink (or a file) in its path" if exc.errno in (errno.ELOOP, errno.ENOTDIR) else None
+        raise OutputError(str(path), why or exc.strerror or str(exc)) from None
+    try:
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode, dir_fd=directory
+        )
         try:
             os.fchmod(fd, mode)  # the umask must not change what readers may do
             view = memoryview(data)
@@ -192,16 +279,18 @@ def atomic_write(path: Path, data: bytes, mode: int) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        tmp.replace(path)
-        fsync_dir(path.parent)
+        os.replace(tmp, path.name, src_dir_fd=directory, dst_dir_fd=directory)
+        os.fsync(directory)
     except OSError as exc:
         with suppress(OSError):
-            tmp.unlink()
+            os.unlink(tmp, dir_fd=directory)
         raise OutputError(str(path), exc.strerror or str(exc)) from None
+    finally:
+        os.close(directory)
 
 
-def write_json(path: Path, record: dict[str, Any], mode: int) -> None:
-    atomic_write(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(), mode)
+def write_json(path: Path, record: dict[str, Any], mode: int, under: Path | None = None) -> None:
+    atomic_write(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(), mode, under)
 
 
 @dataclass(frozen=True)
@@ -283,7 +372,7 @@ def ensure_syft_permissions(layout: Layout) -> bool:
     text = syft_permissions_text(layout.syft_owner, layout.syft_readers)
     if read_text(target) == text:
         return False
-    atomic_write(target, text.encode(), PUBLIC_FILE_MODE)
+    atomic_write(target, text.encode(), PUBLIC_FILE_MODE, under=layout.root)
     return True
 
 

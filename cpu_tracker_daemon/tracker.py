@@ -344,6 +344,7 @@ class Tracker:
             self.layout.private_file,
             private_record(release_id, raw, window, self.clock().isoformat()),
             storage.PRIVATE_FILE_MODE,
+            under=self.layout.root,
         )
         # When the public file appears is seen by whoever syncs it: not when this window ended
         # and was written, which a busy machine does later, but a fixed time after the plan.
@@ -383,7 +384,7 @@ class Tracker:
         storage.ensure_syft_permissions(self.layout)
         if self.layout.syft_owner is not None:  # where readers can reach it, offer a requests/ box
             requests.ensure_requests_dir(self.layout)
-        storage.write_json(self.layout.public_file, record, storage.PUBLIC_FILE_MODE)
+        storage.write_json(self.layout.public_file, record, storage.PUBLIC_FILE_MODE, under=self.layout.root)
 
 
 class CycleLog:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from contextlib import closing
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -364,3 +364,87 @@ class TestCrashedCommit:
         assert json.loads(capsys.readouterr().out)["releases"] == 1
         with closing(sqlite3.connect(ledger)) as conn:
             assert conn.execute("SELECT COUNT(*) FROM meta WHERE key LIKE 'junk%'").fetchone() == (0,)
+
+
+class TestSymlinks:
+    """Links planted in the output tree are refused, never written, chmod-ed or deleted through."""
+
+    def syftbox(self, tmp_path: Path) -> tuple[str, Path]:
+        sb = tmp_path / "SyftBox"
+        config = str(write_config(tmp_path, {"syftbox": {"dir": str(sb), "email": "me@example.org"}}))
+        return config, sb
+
+    def test_private_folder_linked_into_the_public_tree_is_refused(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The security test put cpu_raw_mean into the public tree through a symlinked private
+        folder, and chmod-ed its target 0700. Now: exit 3, nothing raw written, the mode kept."""
+        config, sb = self.syftbox(tmp_path)
+        public = sb / "datasites" / "me@example.org" / "app_data" / "cpu_tracker"
+        (public / "leak").mkdir(parents=True, mode=0o755)
+        (sb / "private").mkdir()
+        (sb / "private" / "cpu_tracker").symlink_to(public / "leak")
+        assert main(["--config", config, "once"]) == 3
+        err = capsys.readouterr().err
+        assert "symlink" in err
+        assert "inside the synced datasites/" in err
+        assert list((public / "leak").iterdir()) == []
+        assert (public / "leak").stat().st_mode & 0o777 == 0o755
+        assert not any("cpu_raw_mean" in p.read_text() for p in sb.rglob("*.json") if p.is_file())
+
+    def test_public_folder_linked_out_of_the_tree_is_not_written_through(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """app_data/cpu_tracker linked to a folder elsewhere was written through, and a temp file
+        there deleted. Now it is refused and the folder outside is untouched."""
+        config, sb = self.syftbox(tmp_path)
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        (outside / ".keep.me.tmp").write_text("someone else's")
+        (sb / "datasites" / "me@example.org" / "app_data").mkdir(parents=True)
+        (sb / "datasites" / "me@example.org" / "app_data" / "cpu_tracker").symlink_to(outside)
+        assert main(["--config", config, "once"]) == 3
+        assert "symlink" in capsys.readouterr().err
+        assert [p.name for p in outside.iterdir()] == [".keep.me.tmp"]
+
+    def test_requests_folder_linked_elsewhere_gets_no_answer_written_through_it(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """requests/ linked out of the tree: the owner's answer is refused (exit 8), not written there."""
+        config, sb = self.syftbox(tmp_path)
+        assert main(["--config", config, "once"]) == 0
+        box = sb / "datasites" / "me@example.org" / "app_data" / "cpu_tracker" / "requests"
+        outside = tmp_path / "outside"
+        (outside / "aggregator@openmined.org").mkdir(parents=True)
+        request = {
+            "schema": "cpu-tracker/budget-request", "schema_version": 1, "request_id": "req-0001-abc",
+            "requester": "aggregator@openmined.org", "cap": "lifetime", "epsilon": 1.0,
+            "reason": "r", "created_at": datetime.now(UTC).isoformat(),
+        }  # fmt: skip
+        (outside / "aggregator@openmined.org" / "req-0001-abc.request.json").write_text(json.dumps(request))
+        for child in box.iterdir():
+            if child.is_dir():
+                child.rmdir()
+            else:
+                child.unlink()
+        box.rmdir()
+        box.symlink_to(outside)
+        capsys.readouterr()
+        assert main(["--config", config, "budget", "deny", "req-0001-abc", "--reason", "no"]) != 0
+        assert not (outside / "aggregator@openmined.org" / "req-0001-abc.response.json").exists()
+
+    def test_a_symlinked_lock_file_truncates_nothing(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A symlinked cpu-tracker.lock truncated its target; now it is refused (exit 3)."""
+        config = str(write_config(tmp_path))
+        assert main(["--config", config, "once"]) == 0
+        victim = tmp_path / "victim"
+        victim.write_text("precious\n")
+        lock = tmp_path / "data" / "cpu-tracker.lock"
+        lock.unlink()
+        lock.symlink_to(victim)
+        capsys.readouterr()
+        assert main(["--config", config, "once", "--force"]) == 3
+        assert "is a symlink" in capsys.readouterr().err
+        assert victim.read_text() == "precious\n"

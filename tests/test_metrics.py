@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -58,13 +59,13 @@ class TestTextfiles:
     ) -> None:
         """While writing, the only new name in the directory ends in .tmp, not .prom."""
         seen: list[str] = []
-        real_replace = Path.replace
+        real_replace = os.replace
 
-        def spy(self: Path, target: Path) -> Path:
+        def spy(src: str, dst: str, **dir_fds: int) -> None:
             seen.extend(p.name for p in tmp_path.iterdir())
-            return real_replace(self, target)
+            real_replace(src, dst, **dir_fds)
 
-        monkeypatch.setattr(Path, "replace", spy)
+        monkeypatch.setattr(os, "replace", spy)
         metrics.write_textfile(tmp_path, "x.prom", "# HELP a b\n# TYPE a gauge\na 1\n")
         assert len(seen) == 1
         assert seen[0].endswith(".tmp")

@@ -108,6 +108,6 @@ class TestLayout:
         """Temp files a killed write left are removed; real outputs are not."""
         (tmp_path / ".cpu_tracker.json.abc.tmp").write_text("{")
         (tmp_path / "cpu_tracker.json").write_text("{}")
-        removed = remove_stale_temps([tmp_path])
+        removed = remove_stale_temps([(tmp_path, tmp_path)])
         assert [p.name for p in removed] == [".cpu_tracker.json.abc.tmp"]
         assert [p.name for p in tmp_path.iterdir()] == ["cpu_tracker.json"]
