@@ -253,7 +253,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 def _dispatch(args: argparse.Namespace, config: Config, path: Path | None, env: Mapping[str, str]) -> int:
-    if args.command in ("run", "once", "ledger") or getattr(args, "budget_command", None) in (
+    if args.command in ("run", "once", "ledger", "aggregate") or getattr(args, "budget_command", None) in (
         "grant",
         "approve",
         "deny",

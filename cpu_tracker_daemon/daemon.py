@@ -62,6 +62,16 @@ class InstanceLock:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown pid"
             os.close(fd)
             raise AnotherInstanceError(str(self.path), f"pid {holder}") from None
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno != errno.ENOLCK:
+                raise
+            raise ConfigError(
+                [
+                    f"the file system of {self.path.parent} offers no file locks (ENOLCK: NFS without "
+                    "lockd?), so a second daemon could not be kept out; put paths.data_dir on a local disk"
+                ]
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
@@ -87,6 +97,7 @@ def claim_state(layout: storage.Layout) -> Iterator[None]:
     files are removed only once no other instance can be writing them.
     """
     storage.prepare(layout)
+    storage.require_local(layout.state_dir)
     with InstanceLock(layout.lock):
         storage.remove_stale_temps(storage.output_dirs(layout))
         yield

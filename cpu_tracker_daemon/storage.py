@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
 from collections.abc import Iterable
 from contextlib import suppress
@@ -178,6 +179,7 @@ def prepare(layout: Layout) -> None:
     Raises ConfigError naming the directory, so a bad path is reported before anything else
     is written.
     """
+    refuse_foreign_tree(layout)
     problems = []
     for directory, mode, name, root in _directories(layout):
         try:
@@ -207,6 +209,63 @@ def prepare(layout: Layout) -> None:
         problems.append(leak)
     if problems:
         raise ConfigError(problems)
+
+
+MOUNTINFO = Path("/proc/self/mountinfo")
+# File systems whose locks cannot be trusted to keep a second daemon out of one state directory.
+_REMOTE = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "fuse")
+
+
+def filesystem_type(path: Path, mountinfo: Path = MOUNTINFO) -> str | None:
+    """The type of the file system ``path`` is on, from the mount table (None where unknown)."""
+    try:
+        lines = mountinfo.read_text().splitlines()
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    best, kind = "", None
+    for line in lines:
+        fields, _, tail = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) < 5 or not tail:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4])
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, tail.split()[0]
+    return kind
+
+
+def require_local(directory: Path, mountinfo: Path = MOUNTINFO) -> None:
+    """Refuse a state directory on a network or FUSE file system: its locks may exclude nothing,
+    and two daemons on one ledger each believe they are alone."""
+    kind = filesystem_type(directory, mountinfo)
+    if kind is not None and (kind in _REMOTE or kind.startswith("fuse.")):
+        raise ConfigError(
+            [
+                f"paths.data_dir {directory} is on a {kind} file system, whose locks cannot be trusted "
+                "to keep a second daemon out; put it on a local disk"
+            ]
+        )
+
+
+def refuse_foreign_tree(layout: Layout) -> None:
+    """As root, never write into an output tree another user owns: whatever root creates or
+    chmods there crosses a privilege line (the tree's owner controls every link in it). Switch
+    to that user instead; the service's own state is handled by ``--system``."""
+    if os.geteuid() != 0 or layout.output_root is None:
+        return
+    try:
+        owner = layout.output_root.stat().st_uid
+    except OSError:
+        return
+    if owner != 0:
+        raise ConfigError(
+            [
+                f"refusing to write as root into {layout.output_root}, which uid {owner} owns; "
+                "run this command as that user"
+            ]
+        )
 
 
 def remove_stale_temps(directories: Iterable[tuple[Path, Path]]) -> list[Path]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
@@ -448,3 +449,21 @@ class TestSymlinks:
         assert main(["--config", config, "once", "--force"]) == 3
         assert "is a symlink" in capsys.readouterr().err
         assert victim.read_text() == "precious\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="crossing a privilege line needs root")
+def test_root_does_not_write_into_a_tree_another_user_owns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """root's `once` on a user-owned SyftBox tree chmod-ed and wrote into it. As root, with the
+    tree owned by nobody, it is refused (exit 3) and the tree is left as it was."""
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    sb = tmp_path / "SyftBox"
+    sb.mkdir()
+    os.chown(sb, nobody.pw_uid, nobody.pw_gid)
+    config = str(write_config(tmp_path, {"syftbox": {"dir": str(sb), "email": "me@example.org"}}))
+    assert main(["--config", config, "once"]) == 3
+    assert "refusing to write as root into" in capsys.readouterr().err
+    assert list(sb.iterdir()) == []

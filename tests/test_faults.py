@@ -287,7 +287,7 @@ def test_every_durability_edge_of_a_release_holds(tmp_path: Path) -> None:
         check=True, env=cli_env(), capture_output=True, timeout=120,
     )  # fmt: skip
     data = str(tmp_path / "data")
-    calls = [line.split(" ", 1)[1] for line in trace.read_text().splitlines() if " = 0" in line]
+    calls = [line.split(None, 1)[1] for line in trace.read_text().splitlines() if " = 0" in line]
     journal_unlinks = [
         i for i, c in enumerate(calls) if c.startswith("unlink") and "ledger.sqlite3-journal" in c
     ]
@@ -298,9 +298,13 @@ def test_every_durability_edge_of_a_release_holds(tmp_path: Path) -> None:
         )
 
     for name in ("private", "public"):
-        renamed = next(
-            i for i, c in enumerate(calls) if c.startswith("rename") and f"/{name}/cpu_tracker.json" in c
-        )
+
+        def is_output(call: str, directory: str = f"{data}/{name}") -> bool:  # rename or renameat
+            return call.startswith("rename") and (
+                f"{directory}/cpu_tracker.json" in call or f'<{directory}>, "cpu_tracker.json"' in call
+            )
+
+        renamed = next(i for i, c in enumerate(calls) if is_output(c))
         commit = max(i for i in journal_unlinks if i < renamed)
         assert synced(data, commit, renamed), f"the ledger's commit is not durable before {name} is written"
         next_commit = min(i for i in journal_unlinks if i > renamed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -293,3 +294,26 @@ class TestClosedPipe:
         assert proc.returncode == 0
         assert "Traceback" not in err
         assert sum(e.get("outcome") == "released" for e in log_events(log.read_text())) >= 2
+
+
+NO_LOCKS_SHIM = """
+#include <errno.h>
+int flock(int fd, int operation) { (void)fd; (void)operation; errno = ENOLCK; return -1; }
+"""
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None or sys.platform != "linux", reason="needs gcc on Linux")
+def test_a_file_system_without_locks_is_a_configuration_error(tmp_path: Path) -> None:
+    """With ENOLCK (NFS without lockd) `run` and `once` exited 1, "internal error", and systemd
+    restarted them for ever. A real flock() that fails with ENOLCK (an LD_PRELOAD shim) now
+    gives exit 3 with one line naming the fix."""
+    shim = tmp_path / "nolocks.so"
+    source = tmp_path / "nolocks.c"
+    source.write_text(NO_LOCKS_SHIM)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(shim), str(source)], check=True, timeout=60)
+    config = str(write_config(tmp_path))
+    for command in ("once", "run"):
+        done = run_cli("--config", config, command, env=cli_env(LD_PRELOAD=str(shim)), timeout=60)
+        assert done.returncode == 3, done.stderr
+        assert done.stderr.count("\n") == 1
+        assert "offers no file locks (ENOLCK" in done.stderr

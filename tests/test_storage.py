@@ -13,10 +13,12 @@ from cpu_tracker_daemon.errors import ConfigError, OutputError
 from cpu_tracker_daemon.storage import (
     atomic_write,
     ensure_syft_permissions,
+    filesystem_type,
     layout_for,
     prepare,
     read_json,
     remove_stale_temps,
+    require_local,
     write_json,
 )
 
@@ -111,3 +113,34 @@ class TestLayout:
         removed = remove_stale_temps([(tmp_path, tmp_path)])
         assert [p.name for p in removed] == [".cpu_tracker.json.abc.tmp"]
         assert [p.name for p in tmp_path.iterdir()] == ["cpu_tracker.json"]
+
+
+MOUNTINFO = """\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+40 22 0:35 / /srv/nfs rw,relatime shared:20 - nfs4 server:/export rw,vers=4.2
+41 22 0:36 / /mnt/my\\040box rw,nosuid shared:21 - fuse.sshfs me@host:/ rw
+42 40 8:2 / /srv/nfs/local rw,relatime shared:22 - ext4 /dev/sda2 rw
+"""
+
+
+class TestFileSystems:
+    @pytest.mark.parametrize(
+        ("path", "kind"),
+        [("/var/lib/x", "ext4"), ("/srv/nfs/state", "nfs4"), ("/mnt/my box/s", "fuse.sshfs"),
+         ("/srv/nfs/local/s", "ext4"), ("/srv/nfsx", "ext4")],
+    )  # fmt: skip
+    def test_the_longest_mount_point_decides(self, tmp_path: Path, path: str, kind: str) -> None:
+        """The file system is the one mounted deepest above the path (mount points are escaped)."""
+        table = tmp_path / "mountinfo"
+        table.write_text(MOUNTINFO)
+        assert filesystem_type(Path(path), table) == kind
+
+    @pytest.mark.parametrize("path", ["/srv/nfs/state", "/mnt/my box/s"])
+    def test_state_on_a_network_or_fuse_file_system_is_refused(self, tmp_path: Path, path: str) -> None:
+        """Two daemons ran together on a file system whose locks excluded nothing; such a state
+        directory is a configuration error naming the file system."""
+        table = tmp_path / "mountinfo"
+        table.write_text(MOUNTINFO)
+        with pytest.raises(ConfigError, match="file system, whose locks cannot be trusted"):
+            require_local(Path(path), table)
+        require_local(Path("/srv/nfs/local/s"), table)
