@@ -317,3 +317,28 @@ def test_a_file_system_without_locks_is_a_configuration_error(tmp_path: Path) ->
         assert done.returncode == 3, done.stderr
         assert done.stderr.count("\n") == 1
         assert "offers no file locks (ENOLCK" in done.stderr
+
+
+def test_concurrent_approve_and_deny_of_one_request_never_crash(tmp_path: Path) -> None:
+    """Losers of a concurrent approve/deny got "internal error". Eight real processes race on one
+    request: each exits 0 or 2 (the documented refusal), none crashes, one decision stands."""
+    from datetime import UTC, datetime
+
+    config = str(write_config(tmp_path))
+    box = tmp_path / "data" / "public" / "requests" / "aggregator@openmined.org"
+    box.mkdir(parents=True)
+    request = {
+        "schema": "cpu-tracker/budget-request", "schema_version": 1, "request_id": "race-0001",
+        "requester": "aggregator@openmined.org", "cap": "lifetime", "epsilon": 1.0, "reason": "r",
+        "created_at": datetime.now(UTC).isoformat(),
+    }  # fmt: skip
+    (box / "race-0001.request.json").write_text(json.dumps(request))
+    assert run_cli("--config", config, "budget", "requests").returncode == 0
+    approve, deny = ["approve", "race-0001"], ["deny", "race-0001", "--reason", "no"]
+    procs = [start_cli("--config", config, "budget", *(approve if n % 2 else deny)) for n in range(8)]
+    results = [(p.wait(timeout=60), p.communicate()[1]) for p in procs]
+    assert all(code in (0, 2) for code, _ in results), results
+    assert not any("internal error" in err for _, err in results), results
+    with sqlite3.connect(tmp_path / "data" / "ledger.sqlite3") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM requests").fetchone() == (1,)
+    conn.close()
