@@ -99,18 +99,15 @@ def check_outputs(ledger: Ledger | None, layout: Layout) -> None:
     The public file is the one checked: it is this datasite's alone (the private one sits in the
     SyftBox folder, which one user owns), and it is what a second budget would publish through.
     """
-    for path in (layout.public_file,):
-        try:
-            release_id = (storage.read_json(path) or {}).get("release_id")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(release_id, str) and (ledger is None or not ledger.knows(release_id)):
-            raise LedgerCorruptError(
-                str(layout.ledger),
-                f"the release in {path} ({release_id}) is not in this ledger: it was restored from an "
-                "older copy, replaced, or another cpu-tracker publishes there; restore the ledger that "
-                "wrote it, or start over deliberately with 'cpu-tracker ledger reset --reason TEXT'",
-            )
+    path = layout.public_file
+    release_id = (storage.read_json(path) or {}).get("release_id")
+    if isinstance(release_id, str) and (ledger is None or not ledger.knows(release_id)):
+        raise LedgerCorruptError(
+            str(layout.ledger),
+            f"the release in {path} ({release_id}) is not in this ledger: it was restored from an "
+            "older copy, replaced, or another cpu-tracker publishes there; restore the ledger that "
+            "wrote it, or start over deliberately with 'cpu-tracker ledger reset --reason TEXT'",
+        )
 
 
 # Refusals end a cycle without a release and leave the daemon running; anything else propagates.
