@@ -10,7 +10,6 @@ reason and logged once per peer and reason; they never stop the pass or change i
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,7 +20,6 @@ from typing import Any
 
 from cpu_tracker_daemon import __version__, dashboard, metrics, storage
 from cpu_tracker_daemon.config import Config
-from cpu_tracker_daemon.errors import OutputError
 from cpu_tracker_daemon.estimate import Estimate, estimate
 from cpu_tracker_daemon.peers import PeerRelease, Skipped, peer_names, read_release
 
@@ -148,10 +146,7 @@ class Aggregator:
         directory = output_dir(self.config)
         root = self.config.syftbox.dir
         assert root is not None
-        try:  # reached from the SyftBox folder without following a symlink, like every output
-            os.close(storage.open_dir(directory, root, storage.PUBLIC_DIR_MODE))
-        except OSError as exc:
-            raise OutputError(str(directory), exc.strerror or str(exc)) from None
+        storage.ensure_dir(directory, root)  # from the SyftBox folder, following no symlink
         owner = self.config.syftbox.email
         perms = directory / storage.SYFT_PERM_NAME
         if storage.read_text(perms) != public_permissions_text(owner):

@@ -24,10 +24,8 @@ request after the listing gets a refusal, not a larger grant.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import math
-import os
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -37,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from cpu_tracker_daemon import storage
-from cpu_tracker_daemon.errors import OutputError, UsageError
+from cpu_tracker_daemon.errors import UsageError
 from cpu_tracker_daemon.ledger import CAPS, Decision, Ledger
 
 REQUEST_SCHEMA = "cpu-tracker/budget-request"
@@ -113,7 +111,7 @@ def requests_permissions_text(owner: str, readers: Iterable[str]) -> str:
 def ensure_requests_dir(layout: storage.Layout) -> Path:
     """Create ``requests/`` (and, under SyftBox, its permission file); return it."""
     directory = layout.requests_dir
-    _make_dir(directory, layout.root)
+    storage.ensure_dir(directory, layout.root)
     if layout.syft_owner is not None:
         target = directory / storage.SYFT_PERM_NAME
         text = requests_permissions_text(layout.syft_owner, layout.syft_readers)
@@ -351,20 +349,10 @@ def response_record(decision: Decision) -> dict[str, Any]:
     }
 
 
-def _make_dir(directory: Path, root: Path) -> None:
-    """Create ``directory`` below ``root`` without following a symlink; raise OutputError."""
-    try:
-        os.close(storage.open_dir(directory, root, storage.PUBLIC_DIR_MODE))
-    except OSError as exc:
-        symlink = exc.errno in (errno.ELOOP, errno.ENOTDIR)
-        why = "a symlink (or a file) in its path; nothing is written through one" if symlink else None
-        raise OutputError(str(directory), why or exc.strerror or str(exc)) from None
-
-
 def write_response(layout: storage.Layout, decision: Decision) -> Path:
     """The answer, in the requester's own folder, which only it (and the owner) can read."""
     folder = ensure_requests_dir(layout) / decision.requester
-    _make_dir(folder, layout.root)
+    storage.ensure_dir(folder, layout.root)
     target = folder / f"{decision.request_id}{RESPONSE_SUFFIX}"
     storage.write_json(target, response_record(decision), storage.PUBLIC_FILE_MODE, under=layout.root)
     return target

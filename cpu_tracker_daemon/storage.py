@@ -142,6 +142,16 @@ def open_dir(directory: Path, under: Path, mode: int | None = None) -> int:
     return fd
 
 
+def ensure_dir(directory: Path, root: Path, mode: int = PUBLIC_DIR_MODE) -> None:
+    """Create ``directory`` below ``root`` without following a symlink; raise OutputError."""
+    try:
+        os.close(open_dir(directory, root, mode))
+    except OSError as exc:
+        symlink = exc.errno in (errno.ELOOP, errno.ENOTDIR)
+        why = "a symlink (or a file) in its path; nothing is written through one" if symlink else None
+        raise OutputError(str(directory), why or exc.strerror or str(exc)) from None
+
+
 def _refuse_private_in_public(layout: Layout) -> str | None:
     if layout.output_root is None or layout.syft_owner is None:
         return None
