@@ -464,14 +464,13 @@ class Ledger:
         if self.version < 3:
             return None
         with self._guard() as conn:
-            row = conn.execute(
-                "SELECT unit, samples, interval_seconds, lower, upper FROM promises ORDER BY id LIMIT 1"
-            ).fetchone()
-        return None if row is None else Promise(*row)
+            return _recorded_promise(conn)
 
     def check_promise(self, promise: Promise) -> None:
         """Raise PromiseChangedError if ``promise`` is not the one the ledger has recorded."""
-        recorded = self.promise()
+        self._refuse_other(self.promise(), promise)
+
+    def _refuse_other(self, recorded: Promise | None, promise: Promise) -> None:
         if recorded is not None and recorded != promise:
             raise PromiseChangedError(str(self.path), recorded.describe(), promise.describe())
 
@@ -624,10 +623,9 @@ class Ledger:
             return after
 
     def _hold_promise(self, conn: sqlite3.Connection, promise: Promise, now: datetime) -> None:
-        row = conn.execute(
-            "SELECT unit, samples, interval_seconds, lower, upper FROM promises ORDER BY id LIMIT 1"
-        ).fetchone()
-        if row is None:
+        """Record ``promise`` with the ledger's first release under schema 3; refuse any other."""
+        recorded = _recorded_promise(conn)
+        if recorded is None:
             conn.execute(
                 "INSERT INTO promises (unit, samples, interval_seconds, lower, upper, at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -640,8 +638,8 @@ class Ledger:
                     now.isoformat(),
                 ),
             )
-        elif Promise(*row) != promise:
-            raise PromiseChangedError(str(self.path), Promise(*row).describe(), promise.describe())
+        else:
+            self._refuse_other(recorded, promise)
 
     def _hold_period(self, conn: sqlite3.Connection, caps: Caps, now: datetime) -> None:
         (recorded,) = conn.execute("SELECT MAX(window_hours) FROM periods").fetchone()
@@ -741,6 +739,13 @@ class Ledger:
         total = float(base) + float(granted) + delta
         if total > MAX_TOTAL_DELTA:
             raise DeltaCapError(cap, total, MAX_TOTAL_DELTA)
+
+
+def _recorded_promise(conn: sqlite3.Connection) -> Promise | None:
+    row = conn.execute(
+        "SELECT unit, samples, interval_seconds, lower, upper FROM promises ORDER BY id LIMIT 1"
+    ).fetchone()
+    return None if row is None else Promise(*row)
 
 
 def open_ledger(
