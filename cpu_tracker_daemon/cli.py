@@ -313,9 +313,8 @@ def _become_state_owner(state_dir: Path) -> None:
 
 def _once(config: Config, force: bool) -> int:
     import signal
-    import threading
 
-    from cpu_tracker_daemon import storage
+    from cpu_tracker_daemon import signals, storage
     from cpu_tracker_daemon.daemon import claim_state, configure_logging
     from cpu_tracker_daemon.logs import get_logger
     from cpu_tracker_daemon.sampling import PsutilCpuSource
@@ -324,13 +323,7 @@ def _once(config: Config, force: bool) -> int:
     configure_logging(config)
     log = get_logger("cpu_tracker.once")
     layout = storage.layout_for(config)
-    stop = threading.Event()
-
-    def on_stop(signum: int, frame: object) -> None:
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, on_stop)
+    stop = signals.stop_on((signal.SIGTERM, signal.SIGINT))
     with claim_state(layout):
         tracker = Tracker(config=config, layout=layout, cpu=PsutilCpuSource(), log=log, stop=stop)
         result = tracker.cycle(force=force)

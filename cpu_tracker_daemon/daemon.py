@@ -1,6 +1,7 @@
 """The long-running process: lock, signals, scheduler, reload, notify. No business logic.
 
-Signal handlers only record what arrived and wake the main loop; the main thread acts on it.
+Signal handlers only record what arrived and wake the main loop (through :mod:`signals`, whose
+primitives take no lock a handler could find held); the main thread acts on it.
 Likewise the job thread never calls the scheduler (``shutdown(wait=True)`` holds the scheduler's
 locks while it waits for the job, so a job that called back in would deadlock): it hands its
 result to the main thread, which does all rescheduling. The main thread is woken by the
@@ -16,7 +17,6 @@ import errno
 import fcntl
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from cpu_tracker_daemon import logs, storage
+from cpu_tracker_daemon import logs, signals, storage
 from cpu_tracker_daemon.config import Config, config_path_from, load_config
 from cpu_tracker_daemon.errors import AnotherInstanceError, ConfigError, CpuTrackerError
 from cpu_tracker_daemon.notify import Notifier
@@ -122,8 +122,8 @@ class Daemon:
         self._environ = environ
         self._clock = clock
         self._cpu = cpu
-        self._stop = threading.Event()
-        self._wake = threading.Event()
+        self._stop = signals.Flag()  # set by handlers, the job thread on a fatal error, and shutdown
+        self._wake = signals.Wakeup()
         self._reload_requested = False
         self._fatal: CpuTrackerError | None = None
         self._log = logs.get_logger("cpu_tracker.daemon")
@@ -154,11 +154,11 @@ class Daemon:
 
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
         self._stop.set()
-        self._wake.set()
+        self._wake.post()
 
     def _on_hup(self, signum: int, frame: FrameType | None) -> None:
         self._reload_requested = True
-        self._wake.set()
+        self._wake.post()
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self._on_stop)
@@ -203,8 +203,7 @@ class Daemon:
         interval = self._notifier.watchdog_interval
         offset = self._wall_offset()
         while not self._stop.is_set():
-            self._wake.wait(min(interval or 60.0, 60.0, max(self._config.schedule.every_seconds, 1.0)))
-            self._wake.clear()
+            self._wait_for_wake(min(interval or 60.0, 60.0, max(self._config.schedule.every_seconds, 1.0)))
             # The scheduler runs on the wall clock: after the clock is set back by hours, it would
             # wait those hours. Compare the wall clock with the monotonic one and re-plan.
             jumped = self._wall_offset() - offset
@@ -219,6 +218,9 @@ class Daemon:
                 self._after_cycle(finished)
             if interval and self._scheduler.running:
                 self._notifier.send(WATCHDOG="1")
+
+    def _wait_for_wake(self, timeout: float) -> None:
+        self._wake.wait(timeout)
 
     def _wall_offset(self) -> float:
         return self._clock().timestamp() - time.monotonic()
@@ -262,7 +264,7 @@ class Daemon:
     def _on_job_done(self, event: Any) -> None:
         """In the job thread, once the scheduler has counted the run out: wake the main loop."""
         if event.job_id == JOB_ID:
-            self._wake.set()
+            self._wake.post()
 
     def _schedule_aggregator(self, config: Config) -> None:
         """Add, change or remove the aggregation job to match ``config``."""
@@ -320,7 +322,7 @@ class Daemon:
         except CpuTrackerError as exc:  # the ledger cannot be trusted: stop, fail closed
             self._fatal = exc
             self._stop.set()
-            self._wake.set()
+            self._wake.post()
             return
         except Exception:  # noqa: BLE001 - a bug in one cycle must not kill the schedule
             self._log.exception("cycle.crashed")

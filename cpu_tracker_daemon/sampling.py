@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from cpu_tracker_daemon.errors import Interrupted
+from cpu_tracker_daemon.signals import StopRequest
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def sample_window(
     cpu: CpuSource,
     samples: int,
     interval_seconds: float,
-    stop: threading.Event,
+    stop: StopRequest,
     clock: Callable[[], datetime],
     monotonic: Callable[[], float] = time.monotonic,
 ) -> Window:

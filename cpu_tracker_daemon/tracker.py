@@ -11,7 +11,6 @@ The order is the privacy argument:
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -44,6 +43,7 @@ from cpu_tracker_daemon.ledger import (
 from cpu_tracker_daemon.privacy import RandomLike, add_noise, calibrate, load_mechanisms, statistic
 from cpu_tracker_daemon.records import private_record, public_record
 from cpu_tracker_daemon.sampling import CpuSource, sample_window
+from cpu_tracker_daemon.signals import Flag, StopRequest
 from cpu_tracker_daemon.storage import Layout
 
 Clock = Callable[[], datetime]
@@ -169,7 +169,7 @@ class Tracker:
     log: Any
     clock: Clock = utc_now
     random_state: RandomLike = None
-    stop: threading.Event = field(default_factory=threading.Event)
+    stop: StopRequest = field(default_factory=Flag)
     monotonic: Callable[[], float] = time.monotonic
     spacing: Spacing | None = None  # the daemon's: real time between its releases
     boot: BootClock = boot_clock
