@@ -2,7 +2,7 @@
 
 Outputs go to the aggregator's own datasite, ``datasites/<email>/public/cpu_tracker/``, each
 written atomically: ``aggregate.json`` (the latest estimate), ``history.json`` (a bounded rolling
-history), ``index.html`` (the dashboard) and a ``syft.pub.yaml`` that makes them public. Nothing
+history), ``index.html`` (the dashboard) and permission files that make them public. Nothing
 there names a peer unless ``[aggregator] publish_peers`` is set. Bad peer files are counted by
 reason and logged once per peer and reason; they never stop the pass or change its result.
 """
@@ -18,10 +18,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cpu_tracker_daemon import __version__, dashboard, metrics, storage
+from cpu_tracker_daemon import __version__, dashboard, metrics, permissions, storage
 from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.estimate import Estimate, estimate
-from cpu_tracker_daemon.peers import PeerRelease, Skipped, peer_names, read_release
+from cpu_tracker_daemon.peers import UNPARSEABLE, PeerRelease, Skipped, peer_names, read_release
 
 SCHEMA = "cpu-tracker/aggregate"
 HISTORY_SCHEMA = "cpu-tracker/aggregate-history"
@@ -30,6 +30,7 @@ AGGREGATE_NAME = "aggregate.json"
 HISTORY_NAME = "history.json"
 DASHBOARD_NAME = "index.html"
 
+REREAD_PAUSE_SECONDS = 0.5  # once per pass, when some release did not parse
 Clock = Callable[[], datetime]
 
 
@@ -41,13 +42,6 @@ def output_dir(config: Config) -> Path:
     sb = config.syftbox
     assert sb.dir is not None
     return sb.dir / "datasites" / sb.email / "public" / storage.APP_DIR
-
-
-def public_permissions_text(owner: str) -> str:
-    return storage.syft_yaml(
-        "Written by cpu-tracker: the network aggregate is public.",
-        [storage.SyftRule("**", admin=(owner,), read=("*",))],
-    )
 
 
 @dataclass
@@ -75,7 +69,32 @@ class Aggregator:
     config: Config
     log: Any
     clock: Clock = _utc_now
+    sleep: Callable[[float], None] = time.sleep
     _logged: set[tuple[str, str]] = field(default_factory=set)
+
+    def _read(
+        self,
+        datasites: Path,
+        peer: str,
+        now: datetime,
+        max_age: timedelta,
+        accepted: list[PeerRelease],
+        skipped: Counter[str],
+        unsettled: list[str] | None,
+    ) -> None:
+        """Read one peer into ``accepted`` or ``skipped``; one that does not parse goes to
+        ``unsettled`` instead, when given, to be read again."""
+        try:
+            accepted.append(read_release(datasites, peer, now, max_age))
+        except Skipped as why:
+            reason = str(why)
+            if reason == UNPARSEABLE and unsettled is not None:
+                unsettled.append(peer)
+                return
+            skipped[reason] += 1
+            if reason != "no release" and (peer, reason) not in self._logged:
+                self._logged.add((peer, reason))
+                self.log.warning("peer.skipped", peer=peer, reason=reason)
 
     def run_pass(self) -> PassResult:
         started = time.monotonic()
@@ -87,15 +106,13 @@ class Aggregator:
         max_age = timedelta(seconds=agg.max_age_seconds)
         accepted: list[PeerRelease] = []
         skipped: Counter[str] = Counter()
+        unsettled: list[str] = []
         for peer in peer_names(datasites):
-            try:
-                accepted.append(read_release(datasites, peer, now, max_age))
-            except Skipped as why:
-                reason = str(why)
-                skipped[reason] += 1
-                if reason != "no release" and (peer, reason) not in self._logged:
-                    self._logged.add((peer, reason))
-                    self.log.warning("peer.skipped", peer=peer, reason=reason)
+            self._read(datasites, peer, now, max_age, accepted, skipped, unsettled)
+        if unsettled:  # the 0.4 client writes received files in place: give them one more look
+            self.sleep(REREAD_PAUSE_SECONDS)
+            for peer in unsettled:
+                self._read(datasites, peer, now, max_age, accepted, skipped, None)
         est = (
             estimate([r.cpu for r in accepted], [r.noise_stddev for r in accepted], agg.max_weight_ratio)
             if accepted
@@ -147,12 +164,8 @@ class Aggregator:
         root = self.config.syftbox.dir
         assert root is not None
         storage.ensure_dir(directory, root)  # from the SyftBox folder, following no symlink
-        owner = self.config.syftbox.email
-        perms = directory / storage.SYFT_PERM_NAME
-        if storage.read_text(perms) != public_permissions_text(owner):
-            storage.atomic_write(
-                perms, public_permissions_text(owner).encode(), storage.PUBLIC_FILE_MODE, root
-            )
+        # Its own permission files: public/'s, which the client writes, may not exist yet.
+        permissions.ensure(directory, permissions.public_folder(self.config.syftbox.email), root)
         history = self._history(directory)
         est = record["estimate"]
         if est is not None:

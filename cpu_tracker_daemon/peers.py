@@ -42,6 +42,9 @@ _CONFIG_NAME = {recorded: name for name, recorded in MECHANISM_NAMES.items()}
 _STDDEV_TOLERANCE = 1e-6  # relative: a declared noise this far from what its parameters imply is refused
 
 
+UNPARSEABLE = "not UTF-8 JSON"  # also what a file still being written in place reads as
+
+
 class Skipped(Exception):
     """A peer file that does not count; str() is the reason, short and stable."""
 
@@ -64,9 +67,13 @@ def release_path(datasites: Path, peer: str) -> Path:
 
 
 def peer_names(datasites: Path) -> Iterator[str]:
-    """The entries of the datasites directory, sorted; validation happens per peer."""
+    """The folders (and links, which are refused per peer) of the datasites directory, sorted.
+
+    Files there (SyftBox's own ``_.syftignore``, say) are the tree's, not peers.
+    """
     try:
-        names = sorted(entry.name for entry in os.scandir(datasites))
+        with os.scandir(datasites) as entries:
+            names = sorted(e.name for e in entries if e.is_symlink() or e.is_dir(follow_symlinks=False))
     except (FileNotFoundError, NotADirectoryError):
         return iter(())
     return iter(names)
@@ -80,7 +87,7 @@ def read_release(datasites: Path, peer: str, now: datetime, max_age: timedelta) 
     try:
         doc = storage.strict_json(data)
     except ValueError:
-        raise Skipped("not UTF-8 JSON") from None
+        raise Skipped(UNPARSEABLE) from None
     return _validate(doc, peer, now, max_age)
 
 

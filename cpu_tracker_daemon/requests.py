@@ -4,9 +4,10 @@ A reader named in ``[syftbox] readers`` (the aggregator, say) writes
 ``requests/<its email>/<request_id>.request.json``; the owner lists, approves or denies it with
 ``cpu-tracker budget requests|approve|deny``, and the answer goes to
 ``requests/<its email>/<request_id>.response.json``, which that requester alone can read. The
-directory's ``syft.pub.yaml`` lets each reader write request files in its own folder and nowhere
-else, so a request's folder is the identity that wrote it: one whose ``requester`` names anyone
-else is refused (as in SyftBox's RPC convention, where the sender's folder binds a request).
+directory's permission files (``syft.pub.yaml`` and ``syftperm.yaml``) let each reader write
+request files in its own folder and nowhere else, so a request's folder is the identity that
+wrote it: one whose ``requester`` names anyone else is refused (as in SyftBox's RPC
+convention, where the sender's folder binds a request).
 
 Request files come from other machines and are hostile until proven otherwise: no symlinks,
 size-capped before parsing, strict UTF-8 JSON with exactly the known keys, finite numbers in
@@ -34,7 +35,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cpu_tracker_daemon import storage
+from cpu_tracker_daemon import permissions, storage
 from cpu_tracker_daemon.errors import UsageError
 from cpu_tracker_daemon.ledger import CAPS, Decision, Ledger
 
@@ -92,31 +93,29 @@ class Scan:
     skipped: Counter[str] = field(default_factory=Counter)
 
 
-def requests_permissions_text(owner: str, readers: Iterable[str]) -> str:
-    """``requests/syft.pub.yaml``: each reader may write request files in its own folder and read
-    the answers there; nothing else, and nobody else's."""
-    rules = []
+def requests_folder(owner: str, readers: Iterable[str]) -> permissions.Folder:
+    """``requests/``: each reader may write request files in its own folder and read the answers
+    there; nothing else, and nobody else's (terminal: the release folder's readers stop here)."""
+    rules: list[permissions.Rule] = []
     for reader in readers:
         rules += [
-            storage.SyftRule(f"{reader}/*{REQUEST_SUFFIX}", admin=(owner,), write=(reader,), read=(reader,)),
-            storage.SyftRule(f"{reader}/*{RESPONSE_SUFFIX}", admin=(owner,), read=(reader,)),
+            permissions.Rule(f"{reader}/*{REQUEST_SUFFIX}", write=(reader,)),
+            permissions.Rule(f"{reader}/*{RESPONSE_SUFFIX}", read=(reader,)),
         ]
-    return storage.syft_yaml(
+    return permissions.Folder(
+        owner,
         "Written by cpu-tracker: each reader may write budget requests in its own folder and read answers.",
-        rules,
+        tuple(rules),
         terminal=True,
     )
 
 
 def ensure_requests_dir(layout: storage.Layout) -> Path:
-    """Create ``requests/`` (and, under SyftBox, its permission file); return it."""
+    """Create ``requests/`` (and, under SyftBox, its permission files); return it."""
     directory = layout.requests_dir
     storage.ensure_dir(directory, layout.root)
     if layout.syft_owner is not None:
-        target = directory / storage.SYFT_PERM_NAME
-        text = requests_permissions_text(layout.syft_owner, layout.syft_readers)
-        if storage.read_text(target) != text:
-            storage.atomic_write(target, text.encode(), storage.PUBLIC_FILE_MODE, under=layout.root)
+        permissions.ensure(directory, requests_folder(layout.syft_owner, layout.syft_readers), layout.root)
     return directory
 
 

@@ -31,7 +31,6 @@ PUBLIC_NAME = "cpu_tracker.json"
 PRIVATE_NAME = "cpu_tracker.json"
 LEDGER_NAME = "ledger.sqlite3"
 LOCK_NAME = "cpu-tracker.lock"
-SYFT_PERM_NAME = "syft.pub.yaml"
 APP_DIR = "cpu_tracker"
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
@@ -75,10 +74,6 @@ class Layout:
     def requests_dir(self) -> Path:
         """Where readers drop budget requests and find the owner's answers."""
         return self.public_dir / "requests"
-
-    @property
-    def syft_permissions(self) -> Path | None:
-        return self.public_dir / SYFT_PERM_NAME if self.syft_owner else None
 
 
 def layout_for(config: Config) -> Layout:
@@ -362,42 +357,6 @@ def write_json(path: Path, record: dict[str, Any], mode: int, under: Path | None
     atomic_write(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(), mode, under)
 
 
-@dataclass(frozen=True)
-class SyftRule:
-    """One rule of a SyftBox ``syft.pub.yaml``: who administers, writes and reads what matches."""
-
-    pattern: str
-    admin: tuple[str, ...]
-    write: tuple[str, ...] = ()
-    read: tuple[str, ...] = ()
-
-
-def syft_yaml(comment: str, rules: Iterable[SyftRule], terminal: bool = False) -> str:
-    """A ``syft.pub.yaml`` with ``rules``, in the flow style SyftBox writes."""
-
-    def flow(items: Iterable[str]) -> str:
-        return "[" + ", ".join(json.dumps(i) for i in items) + "]"
-
-    lines = [f"# {comment}", f"terminal: {'true' if terminal else 'false'}", "rules:"]
-    for rule in rules:
-        lines += [
-            f"  - pattern: {json.dumps(rule.pattern)}",
-            "    access:",
-            f"      admin: {flow(rule.admin)}",
-            f"      write: {flow(rule.write)}",
-            f"      read: {flow(rule.read)}",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def syft_permissions_text(owner: str, readers: Iterable[str]) -> str:
-    """The member's output: the readers may read, the owner administers, nobody writes."""
-    return syft_yaml(
-        "Written by cpu-tracker: only the listed readers may read this app's output.",
-        [SyftRule("**", admin=(owner,), read=tuple(readers))],
-    )
-
-
 def read_untrusted(path: Path, max_bytes: int, dir_fd: int | None = None) -> bytes:
     """At most ``max_bytes`` of a file another machine wrote: never through a symlink, never a FIFO.
 
@@ -431,18 +390,6 @@ def strict_json(data: bytes) -> Any:
         return json.loads(data.decode("utf-8"), parse_constant=no_constant)
     except (UnicodeDecodeError, RecursionError) as exc:
         raise ValueError(str(exc)) from None
-
-
-def ensure_syft_permissions(layout: Layout) -> bool:
-    """Write the permission file when it is missing or differs; return whether it was written."""
-    target = layout.syft_permissions
-    if target is None or layout.syft_owner is None:
-        return False
-    text = syft_permissions_text(layout.syft_owner, layout.syft_readers)
-    if read_text(target) == text:
-        return False
-    atomic_write(target, text.encode(), PUBLIC_FILE_MODE, under=layout.root)
-    return True
 
 
 def read_text(path: Path) -> str | None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cpu_tracker_daemon import metrics, requests, storage
+from cpu_tracker_daemon import metrics, permissions, requests, storage
 from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.errors import (
     BudgetExhaustedError,
@@ -378,8 +378,10 @@ class Tracker:
             self.log.warning("metrics.write_failed", detail=str(exc))
 
     def _write_public(self, record: dict[str, Any]) -> None:
-        storage.ensure_syft_permissions(self.layout)
-        if self.layout.syft_owner is not None:  # where readers can reach it, offer a requests/ box
+        owner = self.layout.syft_owner
+        if owner is not None:  # readers may read it; offer them a requests/ box beside it
+            folder = permissions.release_folder(owner, self.layout.syft_readers)
+            permissions.ensure(self.layout.public_dir, folder, self.layout.root)
             requests.ensure_requests_dir(self.layout)
         storage.write_json(self.layout.public_file, record, storage.PUBLIC_FILE_MODE, under=self.layout.root)
 

@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 
-from cpu_tracker_daemon.aggregate import AGGREGATE_NAME, DASHBOARD_NAME, HISTORY_NAME, Aggregator, output_dir
+from cpu_tracker_daemon.aggregate import (
+    AGGREGATE_NAME,
+    DASHBOARD_NAME,
+    HISTORY_NAME,
+    REREAD_PAUSE_SECONDS,
+    Aggregator,
+    output_dir,
+)
 from cpu_tracker_daemon.cli import EXIT_CONFIG, main
 from cpu_tracker_daemon.config import load_config
 from cpu_tracker_daemon.estimate import CLIP_SIGMAS
@@ -123,6 +130,39 @@ class TestPass:
             (fields["peer"], fields["reason"]) for _, event, fields in log.calls if event == "peer.skipped"
         ]
         assert len(warned) == len(set(warned)) == 5
+
+    def test_the_trees_own_files_are_not_peers(self, tree: Path, tmp_path: Path) -> None:
+        """SyftBox's ``_.syftignore`` and any other file beside the datasites are not peers, and a
+        datasite without our app is counted as having no release but not warned about."""
+        datasites = tree / "datasites"
+        (datasites / "_.syftignore").write_text("*.tmp\n")
+        (datasites / "notes.txt").write_text("x")
+        (datasites / "bystander@example.org" / "public").mkdir(parents=True)
+        log = RecordingLog()
+        record = run_pass(tmp_path, tree, log)
+        assert record["estimate"]["peers"] == 5
+        assert record["skipped"] == {"no release": 1}
+        assert [event for level, event, _ in log.calls if level == "warning"] == []
+
+    def test_a_release_being_written_is_read_again_once(self, tree: Path, tmp_path: Path) -> None:
+        """The 0.4 client writes a received file in place: those found empty or cut short are read
+        again once, after one pause for the whole pass, before they are skipped."""
+        datasites = tree / "datasites"
+        whole = release_path(datasites, MEMBERS[0]).read_bytes()
+        release_path(datasites, MEMBERS[0]).write_bytes(whole[: len(whole) // 2])
+        release_path(datasites, MEMBERS[1]).write_bytes(b"")
+        pauses: list[float] = []
+
+        def pause(seconds: float) -> None:  # the client finishes one file while we wait
+            pauses.append(seconds)
+            release_path(datasites, MEMBERS[0]).write_bytes(whole)
+
+        config = load_config(aggregator_config(tmp_path, tree))
+        result = Aggregator(config, RecordingLog(), sleep=pause).run_pass()
+        assert result.estimate is not None
+        assert result.estimate.peers == 4
+        assert result.skipped == {"not UTF-8 JSON": 1}
+        assert pauses == [REREAD_PAUSE_SECONDS]
 
     def test_each_problem_is_logged_once(self, tree: Path, tmp_path: Path) -> None:
         """A second pass over the same bad files logs nothing new."""

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cpu_tracker_daemon import requests
+from cpu_tracker_daemon import permissions, requests
 from cpu_tracker_daemon.cli import EXIT_USAGE, main
 from tests.conftest import write_config
 
@@ -281,7 +281,7 @@ def test_permission_file_lets_each_reader_write_requests_in_its_own_folder_only(
     """requests/syft.pub.yaml: each reader writes *.request.json in its own folder and reads the
     answers there; it writes nothing else, and cannot read or write another reader's folder."""
     other = "analyst@example.org"
-    text = requests.requests_permissions_text("me@example.org", [READER, other])
+    text = permissions.pub_yaml(requests.requests_folder("me@example.org", [READER, other]))
     rules = text.split("  - pattern: ")[1:]
     assert [r.split("\n")[0] for r in rules] == [
         f'"{READER}/*.request.json"', f'"{READER}/*.response.json"',
@@ -301,9 +301,9 @@ def test_syftbox_member_offers_a_request_box_end_to_end(
     config = str(write_config(tmp_path, {"syftbox": {"dir": str(sb), "email": "me@example.org"}}))
     assert main(["--config", config, "once"]) == 0
     box = sb / "datasites" / "me@example.org" / "app_data" / "cpu_tracker" / "requests"
-    assert (box / "syft.pub.yaml").read_text() == requests.requests_permissions_text(
-        "me@example.org", [READER]
-    )
+    folder = requests.requests_folder("me@example.org", [READER])
+    assert (box / "syft.pub.yaml").read_text() == permissions.pub_yaml(folder)
+    assert (box / "syftperm.yaml").read_text() == permissions.perm_yaml(folder)
     drop(box, request_doc(created_at=datetime.now(UTC).isoformat(), cap="window", epsilon=2.0))
     assert main(["--config", config, "budget", "requests"]) == 0
     assert main(["--config", config, "budget", "approve", "req-0001-abc"]) == 0

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from cpu_tracker_daemon import permissions
 from cpu_tracker_daemon.config import load_config
 from cpu_tracker_daemon.errors import ConfigError, OutputError
 from cpu_tracker_daemon.storage import (
     atomic_write,
-    ensure_syft_permissions,
     filesystem_type,
     layout_for,
     prepare,
@@ -82,7 +82,8 @@ class TestLayout:
         assert "datasites" not in layout.private_file.parts
 
     def test_permission_file_grants_read_to_readers_admin_to_owner(self, tmp_path: Path) -> None:
-        """syft.pub.yaml lists the readers under read, the owner under admin, nobody under write."""
+        """syft.pub.yaml lists the readers under read, the owner under admin, nobody under write;
+        syftperm.yaml gives each reader read and nothing more."""
         cfg = tmp_path / "c.toml"
         cfg.write_text(
             f'[paths]\ndata_dir = "{tmp_path / "d"}"\n'
@@ -91,12 +92,17 @@ class TestLayout:
         )
         layout = layout_for(load_config(cfg))
         prepare(layout)
-        assert ensure_syft_permissions(layout) is True
+        folder = permissions.release_folder("me@example.org", layout.syft_readers)
+        assert permissions.ensure(layout.public_dir, folder, layout.root) is True
         text = (layout.public_dir / "syft.pub.yaml").read_text()
         assert 'read: ["agg@example.org", "b@example.org"]' in text
         assert 'admin: ["me@example.org"]' in text
         assert "write: []" in text
-        assert ensure_syft_permissions(layout) is False  # unchanged: not rewritten
+        assert (layout.public_dir / "syftperm.yaml").read_text().splitlines()[1:] == [
+            '- {path: "**", user: "agg@example.org", permissions: [read]}',
+            '- {path: "**", user: "b@example.org", permissions: [read]}',
+        ]
+        assert permissions.ensure(layout.public_dir, folder, layout.root) is False  # unchanged
 
     def test_not_a_directory_is_a_config_error(self, tmp_path: Path) -> None:
         """A data_dir under a regular file is reported as a config problem naming the key."""

@@ -1,0 +1,335 @@
+"""cpu-tracker on a real SyftBox network: PyPI's syftbox 0.4 server and five sync clients.
+
+Three members release to one aggregator; an outsider is on the network too. Our CLI runs on
+top of each client's sync folder exactly as a user's would, and every check below reads what the
+real server let through. The SyftBox packages are installed in their own venv on first use
+(about a minute); where they cannot be installed the module skips and says why, and in CI
+(``CPU_TRACKER_REQUIRE_SYFTBOX=1``) that skip is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cpu_tracker_daemon import requests
+from tests import syftbox_network
+from tests.conftest import run_cli, write_config
+from tests.syftbox_network import Network, wait_until
+
+pytestmark = pytest.mark.slow
+
+MEMBERS = ("m1@example.org", "m2@example.org", "m3@example.org")
+AGGREGATOR = "agg@example.org"
+OUTSIDER = "eve@example.org"
+APP = Path("app_data") / "cpu_tracker"
+RELEASE = APP / "cpu_tracker.json"
+AGGREGATE = Path("public") / "cpu_tracker" / "aggregate.json"
+
+
+@pytest.fixture(scope="module")
+def syftbox_bin() -> Path:
+    try:
+        return syftbox_network.install()
+    except RuntimeError as exc:
+        if os.environ.get("CPU_TRACKER_REQUIRE_SYFTBOX") == "1":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def network(syftbox_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    net = Network(syftbox_bin, tmp_path_factory.mktemp("syftbox"))
+    try:
+        net.start_server()
+        for email in (*MEMBERS, AGGREGATOR, OUTSIDER):
+            net.add_client(email)
+        net.wait_ready()
+        yield net
+    finally:
+        net.stop()
+
+
+@pytest.fixture(scope="module")
+def configs(network: Network, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each member's config (readers: the aggregator) and the aggregator's."""
+    out: dict[str, Path] = {}
+    for email in MEMBERS:
+        box = network.clients[email].box
+        syftbox = {"dir": str(box), "email": email, "readers": [AGGREGATOR]}
+        out[email] = write_config(tmp_path_factory.mktemp(email), {"syftbox": syftbox})
+    box = network.clients[AGGREGATOR].box
+    out[AGGREGATOR] = write_config(
+        tmp_path_factory.mktemp("aggregator"),
+        {"syftbox": {"dir": str(box), "email": AGGREGATOR}, "aggregator": {"enabled": True}},
+    )
+    return out
+
+
+def readable_json(path: Path) -> dict[str, Any] | None:
+    """The file's JSON object once the client has finished writing it (it writes in place)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+@pytest.fixture(scope="module")
+def released(network: Network, configs: dict[str, Path]) -> dict[str, float]:
+    """Each member releases once; seconds until its release was readable at the aggregator."""
+    latency: dict[str, float] = {}
+    for email in MEMBERS:
+        done = run_cli("--config", str(configs[email]), "once")
+        assert done.returncode == 0, done.stderr
+        published = time.monotonic()
+        mine = readable_json(network.clients[email].datasite() / RELEASE)
+        assert mine is not None
+        arrived = network.clients[AGGREGATOR].datasite(email) / RELEASE
+        wait_until(
+            f"{email}'s release reaches the aggregator",
+            lambda a=arrived, r=mine["release_id"]: (readable_json(a) or {}).get("release_id") == r,
+        )
+        latency[email] = time.monotonic() - published
+    return latency
+
+
+class TestReleases:
+    def test_a_release_reaches_the_aggregator(self, released: dict[str, float]) -> None:
+        """Every member's release is at the aggregator, byte for byte, within seconds."""
+        assert sorted(MEMBERS) == sorted(released)
+        print("delivery latency, s:", {k: round(v, 2) for k, v in released.items()})
+
+    def test_the_outsider_never_gets_a_release(self, network: Network, released: dict[str, float]) -> None:
+        """The outsider is not a reader: after the aggregator has everything, and a few more sync
+        rounds, the outsider's copy of each member's datasite still has no release."""
+        time.sleep(3)
+        outsider = network.clients[OUTSIDER]
+        for email in MEMBERS:
+            assert not (outsider.datasite(email) / RELEASE).exists(), email
+
+    def test_the_private_record_never_leaves_its_machine(
+        self, network: Network, released: dict[str, float]
+    ) -> None:
+        """Nothing on the server holds the raw value or comes from a private folder."""
+        files = network.server_files()
+        assert any(p.name == "cpu_tracker.json" for p in files)  # the check can see releases
+        for path in files:
+            assert "private" not in path.relative_to(network.server_data).parts, path
+            if path.suffix == ".json":
+                assert "cpu_raw" not in path.read_text(errors="replace"), path
+
+    def test_temp_files_are_never_uploaded(self, network: Network, released: dict[str, float]) -> None:
+        """Our atomic writes go through ``*.tmp`` files; none reaches the server."""
+        assert not [p for p in network.server_files() if p.name.endswith(".tmp")]
+
+
+class TestAggregate:
+    @pytest.fixture(scope="class")
+    def aggregate(
+        self, network: Network, configs: dict[str, Path], released: dict[str, float]
+    ) -> dict[str, Any]:
+        done = run_cli("--config", str(configs[AGGREGATOR]), "aggregate", "--json")
+        assert done.returncode == 0, done.stderr
+        return dict(json.loads(done.stdout))
+
+    def test_aggregate_counts_every_member(self, aggregate: dict[str, Any]) -> None:
+        """The pass over the aggregator's synced tree counts the three members and no one else."""
+        assert aggregate["estimate"]["peers"] == 3
+
+    def test_the_aggregate_reaches_everyone(self, network: Network, aggregate: dict[str, Any]) -> None:
+        """The aggregate is public: every member and the outsider receive it."""
+        for email in (*MEMBERS, OUTSIDER):
+            path = network.clients[email].datasite(AGGREGATOR) / AGGREGATE
+            wait_until(f"the aggregate reaches {email}", lambda p=path: readable_json(p))
+
+
+def request_doc(requester: str, request_id: str) -> dict[str, Any]:
+    return {
+        "schema": requests.REQUEST_SCHEMA,
+        "schema_version": 1,
+        "request_id": request_id,
+        "requester": requester,
+        "cap": "lifetime",
+        "epsilon": 2.0,
+        "delta": 0.0,
+        "reason": "network report",
+        "created_at": datetime.now(UTC).isoformat(),
+    }
+
+
+def send_request(network: Network, sender: str, member: str, request_id: str) -> Path:
+    """Write a request where ``sender`` would: in its synced copy of ``member``'s requests box."""
+    folder = network.clients[sender].datasite(member) / APP / "requests" / sender
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{request_id}{requests.REQUEST_SUFFIX}"
+    path.write_text(json.dumps(request_doc(sender, request_id)))
+    return path
+
+
+class TestBudgetRequests:
+    def test_a_request_and_its_answer_travel(
+        self, network: Network, configs: dict[str, Path], released: dict[str, float]
+    ) -> None:
+        """The aggregator asks a member for budget; the member lists and approves it; the answer
+        reaches the aggregator."""
+        member = MEMBERS[0]
+        sent = time.monotonic()
+        send_request(network, AGGREGATOR, member, "net-req-0001")
+        box = network.clients[member].datasite() / APP / "requests" / AGGREGATOR
+        wait_until("the request reaches the member", lambda: readable_json(box / "net-req-0001.request.json"))
+        there = time.monotonic() - sent
+        listed = run_cli("--config", str(configs[member]), "budget", "requests")
+        assert listed.returncode == 0, listed.stderr
+        assert "net-req-0001" in listed.stdout
+        approved = run_cli("--config", str(configs[member]), "budget", "approve", "net-req-0001")
+        assert approved.returncode == 0, approved.stderr
+        answered = time.monotonic()
+        answer = network.clients[AGGREGATOR].datasite(member) / APP / "requests" / AGGREGATOR
+        response = wait_until(
+            "the answer reaches the aggregator",
+            lambda: readable_json(answer / "net-req-0001.response.json"),
+        )
+        assert response["decision"] == "approved"
+        print(f"request latency {there:.2f} s, answer latency {time.monotonic() - answered:.2f} s")
+
+    def test_the_outsiders_request_is_refused(self, network: Network, released: dict[str, float]) -> None:
+        """An outsider's request file, in its own folder of a member's box, never reaches the
+        member: the server refuses the upload."""
+        member = MEMBERS[1]
+        send_request(network, OUTSIDER, member, "eve-req-0001")
+        send_request(network, AGGREGATOR, member, "agg-req-0002")  # a control that does arrive
+        box = network.clients[member].datasite() / APP / "requests"
+        wait_until(
+            "the control request arrives",
+            lambda: readable_json(box / AGGREGATOR / "agg-req-0002.request.json"),
+        )
+        time.sleep(3)
+        assert not (box / OUTSIDER).exists()
+
+    def test_a_reader_cannot_write_into_another_readers_folder(
+        self, network: Network, released: dict[str, float]
+    ) -> None:
+        """The aggregator writing a request under the outsider's name is refused by the server."""
+        member = MEMBERS[2]
+        folder = network.clients[AGGREGATOR].datasite(member) / APP / "requests" / OUTSIDER
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "forged-0001.request.json").write_text(json.dumps(request_doc(OUTSIDER, "forged-0001")))
+        send_request(network, AGGREGATOR, member, "agg-req-0003")
+        box = network.clients[member].datasite() / APP / "requests"
+        wait_until(
+            "the control request arrives",
+            lambda: readable_json(box / AGGREGATOR / "agg-req-0003.request.json"),
+        )
+        time.sleep(3)
+        assert not (box / OUTSIDER).exists()
+
+
+# -- both generations' permission engines agree with one table ---------------------------------
+
+READER_B = "b@example.org"
+OWNER = MEMBERS[0]
+BOX = f"{OWNER}/app_data/cpu_tracker"
+# (user, path under datasites/, access, allowed): the rules a member's tree must enforce.
+PROBES: tuple[tuple[str, str, str, bool], ...] = (
+    (AGGREGATOR, f"{BOX}/cpu_tracker.json", "read", True),
+    (READER_B, f"{BOX}/cpu_tracker.json", "read", True),
+    (OUTSIDER, f"{BOX}/cpu_tracker.json", "read", False),
+    (AGGREGATOR, f"{BOX}/cpu_tracker.json", "write", False),
+    (AGGREGATOR, f"{BOX}/planted.json", "write", False),
+    (AGGREGATOR, f"{BOX}/requests/{AGGREGATOR}/r-1.request.json", "write", True),
+    (AGGREGATOR, f"{BOX}/requests/{AGGREGATOR}/r-1.request.json", "read", True),
+    (READER_B, f"{BOX}/requests/{AGGREGATOR}/r-1.request.json", "write", False),
+    (READER_B, f"{BOX}/requests/{AGGREGATOR}/r-1.request.json", "read", False),
+    (OUTSIDER, f"{BOX}/requests/{OUTSIDER}/r-2.request.json", "write", False),
+    (AGGREGATOR, f"{BOX}/requests/{AGGREGATOR}/r-1.response.json", "read", True),
+    (AGGREGATOR, f"{BOX}/requests/{AGGREGATOR}/r-1.response.json", "write", False),
+    (READER_B, f"{BOX}/requests/{AGGREGATOR}/r-1.response.json", "read", False),
+    (AGGREGATOR, f"{BOX}/requests/{AGGREGATOR}/notes.txt", "write", False),
+    (AGGREGATOR, f"{BOX}/requests/syft.pub.yaml", "write", False),
+    (AGGREGATOR, f"{BOX}/requests/syftperm.yaml", "write", False),
+    (AGGREGATOR, f"{BOX}/syftperm.yaml", "write", False),
+    (OUTSIDER, f"{AGGREGATOR}/public/cpu_tracker/aggregate.json", "read", True),
+    (MEMBERS[1], f"{AGGREGATOR}/public/cpu_tracker/aggregate.json", "read", True),
+    (OUTSIDER, f"{AGGREGATOR}/public/cpu_tracker/aggregate.json", "write", False),
+)
+
+# syftbox 0.4's own engine, as its server applies it: rules from every syftperm.yaml above the
+# path, the deepest and latest last (permfile depth * 1000 + priority), create and write needing
+# read, the datasite's owner always allowed.
+ENGINE_04 = """
+import json, sys
+from pathlib import Path
+import yaml
+from syftbox.lib.permissions import ComputedPermission, PermissionType, SyftPermission
+
+datasites, probes = Path(sys.argv[1]), json.loads(sys.argv[2])
+rules = []
+for file in datasites.rglob("syftperm.yaml"):
+    perm = SyftPermission.from_rule_dicts(file.relative_to(datasites), yaml.safe_load(file.read_text()))
+    rules.extend(perm.rules)
+rules.sort(key=lambda r: r.depth * 1000 + r.priority)
+out = []
+for user, path, access in probes:
+    p = ComputedPermission.from_user_rules_and_path(rules=rules, user=user, path=Path(path))
+    if access == "read":
+        out.append(p.has_permission(PermissionType.READ))
+    else:
+        out.append(p.has_permission(PermissionType.CREATE) and p.has_permission(PermissionType.WRITE))
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def permission_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A member's tree after one release with two readers, and an aggregator's after one pass."""
+    box = tmp_path_factory.mktemp("tree") / "SyftBox"
+    syftbox = {"dir": str(box), "email": OWNER, "readers": [AGGREGATOR, READER_B]}
+    member = write_config(tmp_path_factory.mktemp("member"), {"syftbox": syftbox})
+    assert run_cli("--config", str(member), "once").returncode == 0
+    assert (box / "datasites" / OWNER / APP / "requests" / "syftperm.yaml").is_file()
+    aggregator = write_config(
+        tmp_path_factory.mktemp("agg"),
+        {"syftbox": {"dir": str(box), "email": AGGREGATOR}, "aggregator": {"enabled": True}},
+    )
+    done = run_cli("--config", str(aggregator), "aggregate")
+    assert done.returncode == 0, done.stderr
+    return box / "datasites"
+
+
+class TestPermissionEngines:
+    def test_the_go_clients_engine_enforces_the_table(self, permission_tree: Path) -> None:
+        """syft.pub.yaml, through syft-permissions (the Go client's ACL engine ported to Python)."""
+        from syft_permissions import AccessLevel, ACLRequest, ACLService, User
+
+        got = []
+        for user, path, access, _ in PROBES:
+            owner, rest = path.split("/", 1)
+            service = ACLService(owner=owner)
+            service.load_permissions_from_filesystem(permission_tree / owner)
+            level = AccessLevel.READ if access == "read" else AccessLevel.WRITE
+            got.append(service.can_access(ACLRequest(path=rest, level=level, user=User(id=user))))
+        assert [p[3] for p in PROBES] == got
+
+    def test_syftbox_04s_engine_enforces_the_same_table(
+        self, syftbox_bin: Path, permission_tree: Path
+    ) -> None:
+        """syftperm.yaml, through syftbox 0.4's own permission code in its own venv."""
+        probes = json.dumps([p[:3] for p in PROBES])
+        done = subprocess.run(
+            [str(syftbox_bin / "python"), "-c", ENGINE_04, str(permission_tree), probes],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert [p[3] for p in PROBES] == json.loads(done.stdout)
