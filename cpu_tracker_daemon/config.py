@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import os
 import re
@@ -241,6 +242,32 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError([f"config file {path} is not valid TOML ({exc}); fix the syntax there"]) from None
 
 
+SYFTBOX_CLIENT_CONFIG_ENV = "SYFTBOX_CLIENT_CONFIG_PATH"  # set by the SyftBox client for its apps
+
+
+def _with_client_datasite(table: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """``[syftbox]`` as given; when it sets neither dir nor email and the SyftBox client runs us
+    as an app, the datasite and email of that client's config (zero configuration)."""
+    where = environ.get(SYFTBOX_CLIENT_CONFIG_ENV, "")
+    if not where or "dir" in table or "email" in table:
+        return table
+    path = Path(where)
+    fix = "fix that file, or set [syftbox] dir and email in cpu-tracker's config file"
+    try:
+        client = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(
+            [f"the SyftBox client config {path} cannot be read ({exc.strerror}); {fix}"]
+        ) from None
+    except ValueError:
+        raise ConfigError([f"the SyftBox client config {path} is not JSON; {fix}"]) from None
+    data_dir = client.get("data_dir") if isinstance(client, dict) else None
+    email = client.get("email") if isinstance(client, dict) else None
+    if not isinstance(data_dir, str) or not data_dir or not isinstance(email, str) or not email:
+        raise ConfigError([f"the SyftBox client config {path} names no data_dir and email; {fix}"])
+    return {**table, "dir": Path(data_dir).expanduser(), "email": email}
+
+
 def parse_config(
     raw: Mapping[str, Any], source: Path | None = None, environ: Mapping[str, str] = os.environ
 ) -> Config:
@@ -281,7 +308,7 @@ def parse_config(
             schedule=ScheduleConfig(**values["schedule"]),
             privacy=PrivacyConfig(**values["privacy"]),
             budget=BudgetConfig(**values["budget"]),
-            syftbox=SyftboxConfig(**values["syftbox"]),
+            syftbox=SyftboxConfig(**_with_client_datasite(values["syftbox"], environ)),
             logging=LoggingConfig(**values["logging"]),
             aggregator=AggregatorConfig(**values["aggregator"]),
             prometheus=PrometheusConfig(**values["prometheus"]),

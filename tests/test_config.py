@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import tomllib
 from pathlib import Path
 
@@ -141,6 +142,51 @@ class TestDiscovery:
         assert config.logging.file == Path("/var/log/ct/cpu-tracker.log")
         config = parse_config(raw, source=tmp_path / "c.toml", environ={"HOME": str(tmp_path)})
         assert config.logging.file == tmp_path / "cpu-tracker.log"
+
+
+class TestSyftboxApp:
+    """Run as a SyftBox app, the datasite and email come from the client's own config."""
+
+    def client_config(self, tmp_path: Path, doc: object) -> dict[str, str]:
+        path = tmp_path / "client.json"
+        path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+        return {"HOME": str(tmp_path), "SYFTBOX_CLIENT_CONFIG_PATH": str(path)}
+
+    def test_zero_configuration_takes_the_clients_datasite(self, tmp_path: Path) -> None:
+        """No [syftbox] table: dir and email are the client's data_dir and email."""
+        environ = self.client_config(
+            tmp_path, {"data_dir": str(tmp_path / "SyftBox"), "email": "me@example.org", "server_url": "x"}
+        )
+        sb = load_config(None, environ).syftbox
+        assert (tmp_path / "SyftBox", "me@example.org") == (sb.dir, sb.email)
+
+    def test_a_syftbox_table_wins_over_the_client(self, tmp_path: Path) -> None:
+        """A config file that sets [syftbox] is used as written."""
+        environ = self.client_config(tmp_path, {"data_dir": "/elsewhere", "email": "other@example.org"})
+        raw = {"syftbox": {"dir": str(tmp_path / "mine"), "email": "me@example.org"}}
+        assert parse_config(raw, environ=environ).syftbox.email == "me@example.org"
+
+    @pytest.mark.parametrize(
+        ("doc", "says"),
+        [
+            ("{not json", "is not JSON"),
+            ({"email": "me@example.org"}, "names no data_dir and email"),
+            ([], "names no"),
+        ],
+    )
+    def test_a_bad_client_config_is_one_line(self, tmp_path: Path, doc: object, says: str) -> None:
+        """A client config that is not JSON or lacks data_dir/email is a ConfigError naming it."""
+        with pytest.raises(ConfigError) as err:
+            load_config(None, self.client_config(tmp_path, doc))
+        assert says in str(err.value)
+        assert "client.json" in str(err.value)
+        assert "\n" not in str(err.value)
+
+    def test_a_missing_client_config_is_one_line(self, tmp_path: Path) -> None:
+        """A client config that is not there is a ConfigError saying it cannot be read."""
+        environ = {"HOME": str(tmp_path), "SYFTBOX_CLIENT_CONFIG_PATH": str(tmp_path / "gone.json")}
+        with pytest.raises(ConfigError, match="cannot be read"):
+            load_config(None, environ)
 
 
 class TestBadInput:
