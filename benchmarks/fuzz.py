@@ -166,13 +166,12 @@ def _release(mechanism: str) -> dict[str, object]:
 
 
 def _request() -> dict[str, object]:
-    from cpu_tracker_daemon.requests import REQUEST_SCHEMA
+    from cpu_tracker_daemon.requests import request_message
 
-    return {
-        "schema": REQUEST_SCHEMA, "schema_version": 1, "request_id": REQUEST_ID, "requester": READER,
-        "cap": "lifetime", "epsilon": 5.0, "delta": 0.0, "reason": "one more week of network load",
-        "created_at": (NOW - timedelta(hours=1)).isoformat(),
-    }  # fmt: skip
+    return request_message(
+        REQUEST_ID, READER, "syft://member@example.org/app_data/cpu_tracker/rpc/budget", "lifetime", 5.0,
+        "one more week of network load", NOW - timedelta(hours=1), NOW + timedelta(days=3),
+    )  # fmt: skip
 
 
 class PropertyBroken(Exception):
@@ -224,7 +223,7 @@ def one_input(target: str, work: Path) -> Callable[[bytes], None]:
 
         return check
 
-    box = work / "requests" / READER  # a request is read from its requester's own folder
+    box = work / "rpc" / "budget" / READER  # a request is read from its sender's own folder
     box.mkdir(parents=True, exist_ok=True)
     path = box / f"{REQUEST_ID}{requests.REQUEST_SUFFIX}"
 

@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="machine-readable output")
     plan = bsub.add_parser("plan", help="cost of one release, releases left under each cap, and when")
     plan.add_argument("--json", action="store_true", help="machine-readable output")
-    pending = bsub.add_parser("requests", help="budget requests that readers dropped in requests/")
+    pending = bsub.add_parser("requests", help="budget requests that readers sent to rpc/budget/")
     pending.add_argument("--json", action="store_true", help="machine-readable output")
     approve = bsub.add_parser("approve", help="grant a pending request; the requester can read the answer")
     approve.add_argument("request_id", metavar="ID")
@@ -527,7 +527,9 @@ def _budget_requests(config: Config, as_json: bool) -> int:
     if ledger is not None:
         with ledger:
             decided = ledger.decisions()
-    found = requests.scan(layout.requests_dir, config.syftbox.readers, decided, now)
+    found = requests.scan(
+        layout.requests_dir, config.syftbox.readers, decided, now, requests.endpoint_url(layout)
+    )
     requests.remember_listed(layout, found.pending, now)
     if as_json:
         print(

@@ -1,20 +1,26 @@
-"""Budget requests: files that readers drop into ``requests/``, and the owner's answers.
+"""Budget requests over SyftBox's RPC convention, and the owner's answers.
 
-A reader named in ``[syftbox] readers`` (the aggregator, say) writes
-``requests/<its email>/<request_id>.request.json``; the owner lists, approves or denies it with
-``cpu-tracker budget requests|approve|deny``, and the answer goes to
-``requests/<its email>/<request_id>.response.json``, which that requester alone can read. The
-directory's permission files (``syft.pub.yaml`` and ``syftperm.yaml``) let each reader write
+A reader named in ``[syftbox] readers`` (the aggregator, say) writes a syft-rpc request,
+``app_data/cpu_tracker/rpc/budget/<its email>/<id>.request``, into the member's datasite; the
+owner lists, approves or denies it with ``cpu-tracker budget requests|approve|deny``, and the
+answer goes beside it as ``<id>.response``, which that requester alone can read. The layout and
+the message shape are syft-rpc's (``id, sender, url, method, headers, body, created, expires``;
+a response adds ``status_code``; ``body`` is base64), so a syft-rpc client can ask, and the Go
+client syncs ``*.request`` and ``*.response`` files at once rather than on its 5 s sweep. The
+request's body is a JSON object: ``schema``, ``schema_version``, ``cap``, ``epsilon``,
+``delta`` (optional) and ``reason``.
+
+The folder's permission files (``syft.pub.yaml`` and ``syftperm.yaml``) let each reader create
 request files in its own folder and nowhere else, so a request's folder is the identity that
-wrote it: one whose ``requester`` names anyone else is refused (as in SyftBox's RPC
-convention, where the sender's folder binds a request).
+wrote it: one whose ``sender`` names anyone else is refused, and so is one addressed to another
+member's endpoint (a request copied from elsewhere).
 
 Request files come from other machines and are hostile until proven otherwise: no symlinks,
 size-capped before parsing, strict UTF-8 JSON with exactly the known keys, finite numbers in
-range, a requester who is a listed reader, a file name that matches the id, a timestamp that is
-timezone-aware and not in the future. A bad file is skipped with a reason and never raises.
-Replays (an id already decided, kept in the ledger) and duplicates (the same ask under another
-id, pending or already decided) are not pending.
+range, a sender who is a listed reader, a file name that matches the id, times that are
+timezone-aware, created not in the future and not yet expired. A bad file is skipped with a
+reason and never raises. Replays (an id already decided, kept in the ledger) and duplicates (the
+same ask under another id, pending or already decided) are not pending.
 
 An approval grants exactly what the owner was shown: ``budget requests`` keeps what it listed
 (each file's amounts and SHA-256) in the state directory, and ``budget approve ID`` reads that one
@@ -24,8 +30,11 @@ request after the listing gets a refusal, not a larger grant.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import hashlib
+import json
 import math
 import re
 from collections import Counter
@@ -41,9 +50,12 @@ from cpu_tracker_daemon.ledger import CAPS, Decision, Ledger
 
 REQUEST_SCHEMA = "cpu-tracker/budget-request"
 RESPONSE_SCHEMA = "cpu-tracker/budget-response"
-REQUEST_SUFFIX = ".request.json"
-RESPONSE_SUFFIX = ".response.json"
-MAX_BYTES = 4096
+REQUEST_SUFFIX = ".request"  # syft-rpc's names
+RESPONSE_SUFFIX = ".response"
+ENDPOINT = ("rpc", "budget")  # below the app's folder
+METHOD = "POST"
+ANSWER_EXPIRES = timedelta(days=30)
+MAX_BYTES = 8192
 MAX_EPSILON = 1000.0
 MAX_DELTA = 1e-4  # the ledger refuses more (ledger.MAX_TOTAL_DELTA)
 MAX_REASON = 500
@@ -51,18 +63,10 @@ MAX_FILES = 100_000  # request files read at most; a bound on work, not on one r
 MAX_PER_REQUESTER = 100  # valid pending requests listed per requester, oldest first
 CLOCK_SKEW = timedelta(minutes=5)
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{7,63}$")
-_KEYS = {
-    "schema",
-    "schema_version",
-    "request_id",
-    "requester",
-    "cap",
-    "epsilon",
-    "delta",
-    "reason",
-    "created_at",
-}
-_REQUIRED = _KEYS - {"delta"}
+_MESSAGE_KEYS = {"id", "sender", "url", "method", "headers", "body", "created", "expires"}
+_MESSAGE_REQUIRED = _MESSAGE_KEYS - {"headers"}
+_BODY_KEYS = {"schema", "schema_version", "cap", "epsilon", "delta", "reason"}
+_BODY_REQUIRED = _BODY_KEYS - {"delta"}
 
 
 class Rejected(Exception):
@@ -78,6 +82,7 @@ class Request:
     delta: float
     reason: str
     created_at: str
+    expires: str = ""
     digest: str = ""  # SHA-256 of the file's bytes
 
     @property
@@ -94,7 +99,7 @@ class Scan:
 
 
 def requests_folder(owner: str, readers: Iterable[str]) -> permissions.Folder:
-    """``requests/``: each reader may write request files in its own folder and read the answers
+    """``rpc/budget/``: each reader may write request files in its own folder and read the answers
     there; nothing else, and nobody else's (terminal: the release folder's readers stop here)."""
     rules: list[permissions.Rule] = []
     for reader in readers:
@@ -111,7 +116,7 @@ def requests_folder(owner: str, readers: Iterable[str]) -> permissions.Folder:
 
 
 def ensure_requests_dir(layout: storage.Layout) -> Path:
-    """Create ``requests/`` (and, under SyftBox, its permission files); return it."""
+    """Create the endpoint's folder (and, under SyftBox, its permission files); return it."""
     directory = layout.requests_dir
     storage.ensure_dir(directory, layout.root)
     if layout.syft_owner is not None:
@@ -119,7 +124,40 @@ def ensure_requests_dir(layout: storage.Layout) -> Path:
     return directory
 
 
-def parse(path: Path, readers: Iterable[str], now: datetime) -> Request:
+def endpoint_url(layout: storage.Layout) -> str | None:
+    """The syft URL a request to this member must be addressed to (None outside SyftBox)."""
+    if layout.syft_owner is None:
+        return None
+    return f"syft://{layout.syft_owner}/app_data/{storage.APP_DIR}/{'/'.join(ENDPOINT)}"
+
+
+def request_message(
+    request_id: str,
+    sender: str,
+    url: str,
+    cap: str,
+    epsilon: float,
+    reason: str,
+    created: datetime,
+    expires: datetime,
+    delta: float = 0.0,
+) -> dict[str, Any]:
+    """A budget request as a syft-rpc ``SyftRequest``: what a reader writes as ``<id>.request``."""
+    ask = {"schema": REQUEST_SCHEMA, "schema_version": 1, "cap": cap, "epsilon": epsilon}
+    ask |= {"delta": delta, "reason": reason}
+    return {
+        "id": request_id,
+        "sender": sender,
+        "url": url,
+        "method": METHOD,
+        "headers": {"content-type": "application/json"},
+        "body": base64.b64encode(json.dumps(ask).encode()).decode(),
+        "created": created.isoformat(),
+        "expires": expires.isoformat(),
+    }
+
+
+def parse(path: Path, readers: Iterable[str], now: datetime, url: str | None = None) -> Request:
     """Read and validate one request file; raise :class:`Rejected` naming what is wrong."""
     try:
         data = storage.read_untrusted(path, MAX_BYTES)
@@ -129,47 +167,77 @@ def parse(path: Path, readers: Iterable[str], now: datetime) -> Request:
         doc = storage.strict_json(data)
     except ValueError:
         raise Rejected("not UTF-8 JSON") from None
-    request = _validate(doc, path.name, set(readers), now)
+    request = _validate(doc, path.name, set(readers), now, url)
     if request.requester != path.parent.name:
-        raise Rejected("requester is not the owner of its folder")
+        raise Rejected("sender is not the owner of its folder")
     return dataclasses.replace(request, digest=hashlib.sha256(data).hexdigest())
 
 
-def _validate(doc: Any, filename: str, readers: set[str], now: datetime) -> Request:
+def _validate(doc: Any, filename: str, readers: set[str], now: datetime, url: str | None) -> Request:
     if not isinstance(doc, dict):
         raise Rejected("not a JSON object")
     keys = set(doc)
-    if not keys <= _KEYS or not keys >= _REQUIRED:
+    if not keys <= _MESSAGE_KEYS or not keys >= _MESSAGE_REQUIRED:
         raise Rejected("unexpected or missing keys")
-    if doc["schema"] != REQUEST_SCHEMA or doc["schema_version"] != 1:
-        raise Rejected("unknown schema")
-    request_id, requester, cap, reason = doc["request_id"], doc["requester"], doc["cap"], doc["reason"]
+    request_id, requester = doc["id"], doc["sender"]
     if not (isinstance(request_id, str) and _ID.match(request_id)):
-        raise Rejected("bad request_id")
+        raise Rejected("bad id")
     if filename != f"{request_id}{REQUEST_SUFFIX}":
-        raise Rejected("file name does not match request_id")
+        raise Rejected("file name does not match id")
     if not isinstance(requester, str) or requester not in readers:
-        raise Rejected("requester is not a listed reader")
+        raise Rejected("sender is not a listed reader")
+    if doc["method"] != METHOD or not isinstance(doc["url"], str) or (url is not None and doc["url"] != url):
+        raise Rejected("not addressed to this member's budget endpoint")
+    headers = doc.get("headers", {})
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise Rejected("bad headers")
+    created = _time(doc["created"], "created")
+    expires = _time(doc["expires"], "expires")
+    if created > now + CLOCK_SKEW:
+        raise Rejected("created is in the future")
+    if expires <= now:
+        raise Rejected("expired")
+    ask = _body(doc["body"])
+    cap, reason = ask["cap"], ask["reason"]
     if cap not in CAPS:
         raise Rejected("bad cap")
-    epsilon = _number(doc["epsilon"])
-    delta = _number(doc.get("delta", 0.0))
+    epsilon = _number(ask["epsilon"])
+    delta = _number(ask.get("delta", 0.0))
     if not 0 < epsilon <= MAX_EPSILON:
         raise Rejected("epsilon out of range")
     if not 0 <= delta <= MAX_DELTA:
         raise Rejected("delta out of range")
     if not (isinstance(reason, str) and 0 < len(reason.strip()) <= MAX_REASON and reason.isprintable()):
         raise Rejected("bad reason")
-    created_at = doc["created_at"]
+    return Request(
+        request_id, requester, cap, epsilon, delta, reason.strip(), created.isoformat(), expires.isoformat()
+    )
+
+
+def _time(value: Any, name: str) -> datetime:
     try:
-        created = datetime.fromisoformat(created_at) if isinstance(created_at, str) else None
+        when = datetime.fromisoformat(value) if isinstance(value, str) else None
     except ValueError:
-        created = None
-    if created is None or created.tzinfo is None:
-        raise Rejected("created_at is not a timezone-aware time")
-    if created > now + CLOCK_SKEW:
-        raise Rejected("created_at is in the future")
-    return Request(request_id, requester, cap, epsilon, delta, reason.strip(), created.isoformat())
+        when = None
+    if when is None or when.tzinfo is None:
+        raise Rejected(f"{name} is not a timezone-aware time")
+    return when
+
+
+def _body(value: Any) -> dict[str, Any]:
+    """The ask inside a request's base64 body: a JSON object of exactly the known keys."""
+    try:
+        ask = storage.strict_json(base64.b64decode(value, validate=True)) if isinstance(value, str) else None
+    except (ValueError, binascii.Error):
+        ask = None
+    if not isinstance(ask, dict):
+        raise Rejected("body is not a base64 JSON object")
+    keys = set(ask)
+    if not keys <= _BODY_KEYS or not keys >= _BODY_REQUIRED:
+        raise Rejected("unexpected or missing keys in the body")
+    if ask["schema"] != REQUEST_SCHEMA or ask["schema_version"] != 1:
+        raise Rejected("unknown schema")
+    return ask
 
 
 def _number(value: Any) -> float:
@@ -183,7 +251,11 @@ def _decided_ask(d: Decision) -> tuple[str, str, float, float, str]:
 
 
 def scan(
-    directory: Path, readers: Iterable[str], decided: Iterable[str] | dict[str, Decision], now: datetime
+    directory: Path,
+    readers: Iterable[str],
+    decided: Iterable[str] | dict[str, Decision],
+    now: datetime,
+    url: str | None = None,
 ) -> Scan:
     """Sort every request file into pending, already decided, or skipped (counted by reason).
 
@@ -212,7 +284,7 @@ def scan(
     valid = []
     for path in paths:
         try:
-            valid.append(parse(path, readers, now))
+            valid.append(parse(path, readers, now, url))
         except Rejected as why:
             result.skipped[str(why)] += 1
     per_requester: Counter[str] = Counter()
@@ -298,7 +370,7 @@ def _read_one(layout: storage.Layout, readers: Iterable[str], request_id: str, n
     if not found:
         raise UsageError(missing)
     try:
-        return parse(found[0], readers, now)
+        return parse(found[0], readers, now, endpoint_url(layout))
     except Rejected as why:
         raise UsageError(f"{missing} ({why})") from None
 
@@ -332,6 +404,7 @@ def listed(layout: storage.Layout) -> dict[str, Any]:
 
 
 def response_record(decision: Decision) -> dict[str, Any]:
+    """The answer's body: what was decided and, when approved, exactly what was granted."""
     return {
         "schema": RESPONSE_SCHEMA,
         "schema_version": 1,
@@ -348,10 +421,28 @@ def response_record(decision: Decision) -> dict[str, Any]:
     }
 
 
+def response_message(layout: storage.Layout, decision: Decision) -> dict[str, Any]:
+    """The answer as a syft-rpc ``SyftResponse``: 200 for an approval, 403 for a denial."""
+    decided = datetime.fromisoformat(decision.decided_at)
+    body = json.dumps(response_record(decision), sort_keys=True).encode()
+    return {
+        "id": decision.request_id,
+        "sender": layout.syft_owner or "",
+        "url": endpoint_url(layout) or "",
+        "headers": {"content-type": "application/json"},
+        "body": base64.b64encode(body).decode(),
+        "created": decision.decided_at,
+        "expires": (decided + ANSWER_EXPIRES).isoformat(),
+        "status_code": 200 if decision.decision == "approved" else 403,
+    }
+
+
 def write_response(layout: storage.Layout, decision: Decision) -> Path:
     """The answer, in the requester's own folder, which only it (and the owner) can read."""
     folder = ensure_requests_dir(layout) / decision.requester
     storage.ensure_dir(folder, layout.root)
     target = folder / f"{decision.request_id}{RESPONSE_SUFFIX}"
-    storage.write_json(target, response_record(decision), storage.PUBLIC_FILE_MODE, under=layout.root)
+    storage.write_json(
+        target, response_message(layout, decision), storage.PUBLIC_FILE_MODE, under=layout.root
+    )
     return target

@@ -72,8 +72,8 @@ class Layout:
 
     @property
     def requests_dir(self) -> Path:
-        """Where readers drop budget requests and find the owner's answers."""
-        return self.public_dir / "requests"
+        """Where readers drop budget requests and find the owner's answers (syft-rpc's layout)."""
+        return self.public_dir / "rpc" / "budget"
 
 
 def layout_for(config: Config) -> Layout:

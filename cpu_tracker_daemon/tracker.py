@@ -379,7 +379,7 @@ class Tracker:
 
     def _write_public(self, record: dict[str, Any]) -> None:
         owner = self.layout.syft_owner
-        if owner is not None:  # readers may read it; offer them a requests/ box beside it
+        if owner is not None:  # readers may read it; offer them the budget endpoint beside it
             folder = permissions.release_folder(owner, self.layout.syft_readers)
             permissions.ensure(self.layout.public_dir, folder, self.layout.root)
             requests.ensure_requests_dir(self.layout)

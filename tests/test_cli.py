@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cpu_tracker_daemon import discrete
+from cpu_tracker_daemon import discrete, requests
 from cpu_tracker_daemon.accounting import gaussian_epsilon
 from cpu_tracker_daemon.cli import EXIT_CODES, main
 from tests.conftest import cli_env, run_cli, write_config
@@ -411,18 +411,18 @@ class TestSymlinks:
     def test_requests_folder_linked_elsewhere_gets_no_answer_written_through_it(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """requests/ linked out of the tree: the owner's answer is refused (exit 8), not written there."""
+        """rpc/budget/ linked out of the tree: the owner's answer is refused (exit 8), not written there."""
         config, sb = self.syftbox(tmp_path)
         assert main(["--config", config, "once"]) == 0
-        box = sb / "datasites" / "me@example.org" / "app_data" / "cpu_tracker" / "requests"
+        box = sb / "datasites" / "me@example.org" / "app_data" / "cpu_tracker" / "rpc" / "budget"
         outside = tmp_path / "outside"
         (outside / "aggregator@openmined.org").mkdir(parents=True)
-        request = {
-            "schema": "cpu-tracker/budget-request", "schema_version": 1, "request_id": "req-0001-abc",
-            "requester": "aggregator@openmined.org", "cap": "lifetime", "epsilon": 1.0,
-            "reason": "r", "created_at": datetime.now(UTC).isoformat(),
-        }  # fmt: skip
-        (outside / "aggregator@openmined.org" / "req-0001-abc.request.json").write_text(json.dumps(request))
+        now = datetime.now(UTC)
+        request = requests.request_message(
+            "req-0001-abc", "aggregator@openmined.org", "syft://me@example.org/app_data/cpu_tracker/rpc/budget",
+            "lifetime", 1.0, "r", now, now + timedelta(days=1),
+        )  # fmt: skip
+        (outside / "aggregator@openmined.org" / "req-0001-abc.request").write_text(json.dumps(request))
         for child in box.iterdir():
             if child.is_dir():
                 child.rmdir()
@@ -432,7 +432,7 @@ class TestSymlinks:
         box.symlink_to(outside)
         capsys.readouterr()
         assert main(["--config", config, "budget", "deny", "req-0001-abc", "--reason", "no"]) != 0
-        assert not (outside / "aggregator@openmined.org" / "req-0001-abc.response.json").exists()
+        assert not (outside / "aggregator@openmined.org" / "req-0001-abc.response").exists()
 
     def test_a_symlinked_lock_file_truncates_nothing(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]

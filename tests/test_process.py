@@ -322,17 +322,25 @@ def test_a_file_system_without_locks_is_a_configuration_error(tmp_path: Path) ->
 def test_concurrent_approve_and_deny_of_one_request_never_crash(tmp_path: Path) -> None:
     """Losers of a concurrent approve/deny got "internal error". Eight real processes race on one
     request: each exits 0 or 2 (the documented refusal), none crashes, one decision stands."""
-    from datetime import UTC, datetime
+    from datetime import UTC, datetime, timedelta
+
+    from cpu_tracker_daemon.requests import request_message
 
     config = str(write_config(tmp_path))
-    box = tmp_path / "data" / "public" / "requests" / "aggregator@openmined.org"
+    box = tmp_path / "data" / "public" / "rpc" / "budget" / "aggregator@openmined.org"
     box.mkdir(parents=True)
-    request = {
-        "schema": "cpu-tracker/budget-request", "schema_version": 1, "request_id": "race-0001",
-        "requester": "aggregator@openmined.org", "cap": "lifetime", "epsilon": 1.0, "reason": "r",
-        "created_at": datetime.now(UTC).isoformat(),
-    }  # fmt: skip
-    (box / "race-0001.request.json").write_text(json.dumps(request))
+    now = datetime.now(UTC)
+    request = request_message(
+        "race-0001",
+        "aggregator@openmined.org",
+        "syft://-",
+        "lifetime",
+        1.0,
+        "r",
+        now,
+        now + timedelta(days=1),
+    )
+    (box / "race-0001.request").write_text(json.dumps(request))
     assert run_cli("--config", config, "budget", "requests").returncode == 0
     approve, deny = ["approve", "race-0001"], ["deny", "race-0001", "--reason", "no"]
     procs = [start_cli("--config", config, "budget", *(approve if n % 2 else deny)) for n in range(8)]

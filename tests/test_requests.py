@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -21,49 +22,85 @@ NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 READER = "aggregator@openmined.org"
 
 
-def request_doc(**overrides: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {
+_BODY = ("schema", "schema_version", "cap", "epsilon", "delta", "reason")
+_RENAMED = {"request_id": "id", "requester": "sender", "created_at": "created"}
+FAR = datetime(2100, 1, 1, tzinfo=UTC)
+
+
+def request_doc(omit: str | None = None, body: Any = None, **overrides: Any) -> dict[str, Any]:
+    """A syft-rpc request a reader would send; ``overrides`` name message or body fields (the
+    ask's ``cap``, ``epsilon``, ... go into the base64 body), ``omit`` drops one."""
+    ask: dict[str, Any] = {
         "schema": requests.REQUEST_SCHEMA,
         "schema_version": 1,
-        "request_id": "req-0001-abc",
-        "requester": READER,
         "cap": "lifetime",
         "epsilon": 5.0,
         "delta": 0.0,
         "reason": "quarterly network report",
-        "created_at": (NOW - timedelta(hours=1)).isoformat(),
     }
-    doc.update(overrides)
+    doc = requests.request_message(
+        "req-0001-abc", READER, "syft://me@example.org/app_data/cpu_tracker/rpc/budget",
+        cap="lifetime", epsilon=5.0, reason=ask["reason"], created=NOW - timedelta(hours=1), expires=FAR,
+    )  # fmt: skip
+    for key, value in overrides.items():
+        if key in _BODY:
+            ask[key] = value
+        else:
+            doc[_RENAMED.get(key, key)] = value
+    ask.pop(omit or "", None)
+    doc.pop(omit or "", None)
+    doc["body"] = body if body is not None else base64.b64encode(json.dumps(ask).encode()).decode()
     return doc
 
 
 def drop(
     directory: Path, doc: Any, name: str | None = None, raw: bytes | None = None, folder: str | None = None
 ) -> Path:
-    """Write a request file where its requester would: in ``requests/<requester>/``."""
-    requester = doc.get("requester") if isinstance(doc, dict) else None
-    folder = folder or (requester if isinstance(requester, str) and "@" in requester else READER)
+    """Write a request file where its sender would: in ``rpc/budget/<sender>/``."""
+    sender = doc.get("sender") if isinstance(doc, dict) else None
+    folder = folder or (sender if isinstance(sender, str) and "@" in sender else READER)
     directory = directory / folder
     directory.mkdir(parents=True, exist_ok=True)
-    request_id = doc.get("request_id", "x") if isinstance(doc, dict) else "x"
+    request_id = doc.get("id", "x") if isinstance(doc, dict) else "x"
     path = directory / (name or f"{request_id}{requests.REQUEST_SUFFIX}")
     path.write_bytes(raw if raw is not None else json.dumps(doc).encode())
     return path
 
 
+def answer(path: Path) -> dict[str, Any]:
+    """The decision inside a syft-rpc response file."""
+    message = json.loads(path.read_text())
+    body = json.loads(base64.b64decode(message["body"]))
+    assert message["status_code"] == (200 if body["decision"] == "approved" else 403)
+    return dict(body)
+
+
 HOSTILE: dict[str, tuple[Any, str]] = {
     "not an object": ([1, 2], "not a JSON object"),
     "extra key": (request_doc(admin=True), "unexpected or missing keys"),
-    "missing key": ({k: v for k, v in request_doc().items() if k != "reason"}, "unexpected or missing keys"),
+    "missing key": (request_doc(omit="expires"), "unexpected or missing keys"),
+    "extra key in the body": (
+        request_doc(body=base64.b64encode(b'{"admin": 1}').decode()),
+        "unexpected or missing keys in the body",
+    ),
+    "missing key in the body": (request_doc(omit="reason"), "unexpected or missing keys in the body"),
+    "body not base64": (request_doc(body="{not base64}"), "body is not a base64 JSON object"),
+    "body not an object": (
+        request_doc(body=base64.b64encode(b"[1]").decode()),
+        "body is not a base64 JSON object",
+    ),
+    "other method": (request_doc(method="GET"), "not addressed to this member's budget endpoint"),
+    "expired": (request_doc(expires=(NOW - timedelta(seconds=1)).isoformat()), "expired"),
+    "headers not text": (request_doc(headers={"x": 1}), "bad headers"),
     "other schema": (request_doc(schema="cpu-tracker/release"), "unknown schema"),
     "future version": (request_doc(schema_version=2), "unknown schema"),
-    "id with slash": (request_doc(request_id="../../etc/x"), "bad request_id"),
-    "id too short": (request_doc(request_id="abc"), "bad request_id"),
+    "id with slash": (request_doc(request_id="../../etc/x"), "bad id"),
+    "id too short": (request_doc(request_id="abc"), "bad id"),
     "stranger in its own folder": (
         request_doc(requester="mallory@evil.example"),
         "not a listed reader's folder",
     ),
-    "requester not text": (request_doc(requester=["a"]), "requester is not a listed reader"),
+    "requester not text": (request_doc(requester=["a"]), "sender is not a listed reader"),
     "bad cap": (request_doc(cap="everything"), "bad cap"),
     "epsilon zero": (request_doc(epsilon=0), "epsilon out of range"),
     "epsilon negative": (request_doc(epsilon=-5), "epsilon out of range"),
@@ -74,11 +111,11 @@ HOSTILE: dict[str, tuple[Any, str]] = {
     "empty reason": (request_doc(reason="   "), "bad reason"),
     "control characters": (request_doc(reason="ok\x1b[2Jgone"), "bad reason"),
     "reason too long": (request_doc(reason="x" * 600), "bad reason"),
-    "naive time": (request_doc(created_at="2026-06-01T11:00:00"), "created_at is not a timezone-aware time"),
-    "not a time": (request_doc(created_at="yesterday"), "created_at is not a timezone-aware time"),
+    "naive time": (request_doc(created_at="2026-06-01T11:00:00"), "created is not a timezone-aware time"),
+    "not a time": (request_doc(created_at="yesterday"), "created is not a timezone-aware time"),
     "from the future": (
         request_doc(created_at=(NOW + timedelta(hours=3)).isoformat()),
-        "created_at is in the future",
+        "created is in the future",
     ),
 }
 
@@ -118,9 +155,7 @@ class TestHostileFiles:
     def test_file_name_must_match_the_id(self, tmp_path: Path) -> None:
         """A request cannot claim another file's id."""
         drop(tmp_path, request_doc(), name=f"other-id-0001{requests.REQUEST_SUFFIX}")
-        assert dict(requests.scan(tmp_path, [READER], [], NOW).skipped) == {
-            "file name does not match request_id": 1
-        }
+        assert dict(requests.scan(tmp_path, [READER], [], NOW).skipped) == {"file name does not match id": 1}
 
     def test_duplicates_and_replays_are_not_pending(self, tmp_path: Path) -> None:
         """The same ask under a second id is a duplicate; an id already decided is a replay."""
@@ -164,13 +199,13 @@ class TestIdentity:
         found = requests.scan(tmp_path, [READER, other], [], NOW)
         assert (found.pending, dict(found.skipped)) == (
             [],
-            {"requester is not the owner of its folder": 1, "not in its requester's folder": 1},
+            {"sender is not the owner of its folder": 1, "not in its requester's folder": 1},
         )
 
 
 class TestApproveAndDeny:
     def box(self, tmp_path: Path) -> Path:
-        return tmp_path / "data" / "public" / "requests"
+        return tmp_path / "data" / "public" / "rpc" / "budget"
 
     def test_approve_grants_once_and_answers(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -183,8 +218,8 @@ class TestApproveAndDeny:
         assert [r["request_id"] for r in listed["pending"]] == ["req-0001-abc"]
         assert main(["--config", config, "budget", "approve", "req-0001-abc", "--reason", "ok"]) == 0
         capsys.readouterr()
-        answer = json.loads((self.box(tmp_path) / READER / "req-0001-abc.response.json").read_text())
-        assert (answer["decision"], answer["granted"]) == (
+        got = answer(self.box(tmp_path) / READER / "req-0001-abc.response")
+        assert (got["decision"], got["granted"]) == (
             "approved",
             {"cap": "lifetime", "epsilon": 5.0, "delta": 0.0},
         )
@@ -204,8 +239,8 @@ class TestApproveAndDeny:
         config = str(write_config(tmp_path))
         drop(self.box(tmp_path), request_doc(created_at=datetime.now(UTC).isoformat()))
         assert main(["--config", config, "budget", "deny", "req-0001-abc", "--reason", "too much"]) == 0
-        answer = json.loads((self.box(tmp_path) / READER / "req-0001-abc.response.json").read_text())
-        assert (answer["decision"], answer["note"], answer["granted"]) == ("denied", "too much", None)
+        got = answer(self.box(tmp_path) / READER / "req-0001-abc.response")
+        assert (got["decision"], got["note"], got["granted"]) == ("denied", "too much", None)
         assert main(["--config", config, "budget", "approve", "req-0001-abc"]) == EXIT_USAGE
         assert "already denied" in capsys.readouterr().err
 
@@ -222,7 +257,7 @@ class TestApproveAndDeny:
         drop(self.box(tmp_path), request_doc(created_at=created, epsilon=1000.0, delta=1e-4))
         assert main(["--config", config, "budget", "approve", "req-0001-abc"]) == EXIT_USAGE
         assert "changed after 'cpu-tracker budget requests' listed it" in capsys.readouterr().err
-        assert not (self.box(tmp_path) / READER / "req-0001-abc.response.json").exists()
+        assert not (self.box(tmp_path) / READER / "req-0001-abc.response").exists()
         assert main(["--config", config, "budget", "show", "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["grants"] == []
 
@@ -264,7 +299,7 @@ class TestApproveAndDeny:
         drop(box, request_doc(request_id="zz-0001-abc", created_at=datetime.now(UTC).isoformat()))
         assert main(["--config", config, "budget", "requests"]) == 0
         assert main(["--config", config, "budget", "approve", "zz-0001-abc"]) == 0
-        assert json.loads((box / READER / "zz-0001-abc.response.json").read_text())["decision"] == "approved"
+        assert answer(box / READER / "zz-0001-abc.response")["decision"] == "approved"
 
     def test_unknown_request_is_a_usage_error(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -278,14 +313,14 @@ class TestApproveAndDeny:
 
 
 def test_permission_file_lets_each_reader_write_requests_in_its_own_folder_only() -> None:
-    """requests/syft.pub.yaml: each reader writes *.request.json in its own folder and reads the
+    """rpc/budget/syft.pub.yaml: each reader writes *.request in its own folder and reads the
     answers there; it writes nothing else, and cannot read or write another reader's folder."""
     other = "analyst@example.org"
     text = permissions.pub_yaml(requests.requests_folder("me@example.org", [READER, other]))
     rules = text.split("  - pattern: ")[1:]
     assert [r.split("\n")[0] for r in rules] == [
-        f'"{READER}/*.request.json"', f'"{READER}/*.response.json"',
-        f'"{other}/*.request.json"', f'"{other}/*.response.json"',
+        f'"{READER}/*.request"', f'"{READER}/*.response"',
+        f'"{other}/*.request"', f'"{other}/*.response"',
     ]  # fmt: skip
     assert f'write: ["{READER}"]' in rules[0]
     assert f'read: ["{READER}"]' in rules[1]
@@ -296,16 +331,20 @@ def test_permission_file_lets_each_reader_write_requests_in_its_own_folder_only(
 def test_syftbox_member_offers_a_request_box_end_to_end(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A SyftBox member's release creates requests/ with its permissions; a reader's ask is answered there."""
+    """A SyftBox member's release creates rpc/budget/ with its permissions; a reader's ask,
+    addressed to this member's endpoint, is answered there; one addressed elsewhere is not listed."""
     sb = tmp_path / "SyftBox"
     config = str(write_config(tmp_path, {"syftbox": {"dir": str(sb), "email": "me@example.org"}}))
     assert main(["--config", config, "once"]) == 0
-    box = sb / "datasites" / "me@example.org" / "app_data" / "cpu_tracker" / "requests"
+    box = sb / "datasites" / "me@example.org" / "app_data" / "cpu_tracker" / "rpc" / "budget"
     folder = requests.requests_folder("me@example.org", [READER])
     assert (box / "syft.pub.yaml").read_text() == permissions.pub_yaml(folder)
     assert (box / "syftperm.yaml").read_text() == permissions.perm_yaml(folder)
     drop(box, request_doc(created_at=datetime.now(UTC).isoformat(), cap="window", epsilon=2.0))
+    elsewhere = "syft://other@example.org/app_data/cpu_tracker/rpc/budget"
+    drop(box, request_doc(request_id="req-0002-abc", url=elsewhere, created_at=datetime.now(UTC).isoformat()))
     assert main(["--config", config, "budget", "requests"]) == 0
+    assert "skipped, not addressed to this member's budget endpoint: 1" in capsys.readouterr().out
     assert main(["--config", config, "budget", "approve", "req-0001-abc"]) == 0
     assert "granted epsilon 2 to the window cap" in capsys.readouterr().out
-    assert json.loads((box / READER / "req-0001-abc.response.json").read_text())["decision"] == "approved"
+    assert answer(box / READER / "req-0001-abc.response")["decision"] == "approved"

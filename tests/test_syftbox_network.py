@@ -9,12 +9,13 @@ real server let through. The SyftBox packages are installed in their own venv on
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -132,15 +133,14 @@ class TestReleases:
         assert not [p for p in network.server_files() if p.name.endswith(".tmp")]
 
 
-class TestAggregate:
-    @pytest.fixture(scope="class")
-    def aggregate(
-        self, network: Network, configs: dict[str, Path], released: dict[str, float]
-    ) -> dict[str, Any]:
-        done = run_cli("--config", str(configs[AGGREGATOR]), "aggregate", "--json")
-        assert done.returncode == 0, done.stderr
-        return dict(json.loads(done.stdout))
+@pytest.fixture(scope="module")
+def aggregate(network: Network, configs: dict[str, Path], released: dict[str, float]) -> dict[str, Any]:
+    done = run_cli("--config", str(configs[AGGREGATOR]), "aggregate", "--json")
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
 
+
+class TestAggregate:
     def test_aggregate_counts_every_member(self, aggregate: dict[str, Any]) -> None:
         """The pass over the aggregator's synced tree counts the three members and no one else."""
         assert aggregate["estimate"]["peers"] == 3
@@ -152,26 +152,26 @@ class TestAggregate:
             wait_until(f"the aggregate reaches {email}", lambda p=path: readable_json(p))
 
 
-def request_doc(requester: str, request_id: str) -> dict[str, Any]:
-    return {
-        "schema": requests.REQUEST_SCHEMA,
-        "schema_version": 1,
-        "request_id": request_id,
-        "requester": requester,
-        "cap": "lifetime",
-        "epsilon": 2.0,
-        "delta": 0.0,
-        "reason": "network report",
-        "created_at": datetime.now(UTC).isoformat(),
-    }
+ENDPOINT = APP / "rpc" / "budget"
 
 
-def send_request(network: Network, sender: str, member: str, request_id: str) -> Path:
-    """Write a request where ``sender`` would: in its synced copy of ``member``'s requests box."""
-    folder = network.clients[sender].datasite(member) / APP / "requests" / sender
+def request_doc(sender: str, member: str, request_id: str) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    url = f"syft://{member}/{ENDPOINT.as_posix()}"
+    return requests.request_message(
+        request_id, sender, url, "lifetime", 2.0, "network report", now, now + timedelta(hours=1)
+    )
+
+
+def send_request(
+    network: Network, sender: str, member: str, request_id: str, folder_of: str | None = None
+) -> Path:
+    """Write a request where ``sender`` would: in its synced copy of ``member``'s endpoint, in the
+    folder of its own name (or, to forge, of ``folder_of``'s)."""
+    folder = network.clients[sender].datasite(member) / ENDPOINT / (folder_of or sender)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{request_id}{requests.REQUEST_SUFFIX}"
-    path.write_text(json.dumps(request_doc(sender, request_id)))
+    path.write_text(json.dumps(request_doc(folder_of or sender, member, request_id)))
     return path
 
 
@@ -184,8 +184,8 @@ class TestBudgetRequests:
         member = MEMBERS[0]
         sent = time.monotonic()
         send_request(network, AGGREGATOR, member, "net-req-0001")
-        box = network.clients[member].datasite() / APP / "requests" / AGGREGATOR
-        wait_until("the request reaches the member", lambda: readable_json(box / "net-req-0001.request.json"))
+        box = network.clients[member].datasite() / ENDPOINT / AGGREGATOR
+        wait_until("the request reaches the member", lambda: readable_json(box / "net-req-0001.request"))
         there = time.monotonic() - sent
         listed = run_cli("--config", str(configs[member]), "budget", "requests")
         assert listed.returncode == 0, listed.stderr
@@ -193,12 +193,13 @@ class TestBudgetRequests:
         approved = run_cli("--config", str(configs[member]), "budget", "approve", "net-req-0001")
         assert approved.returncode == 0, approved.stderr
         answered = time.monotonic()
-        answer = network.clients[AGGREGATOR].datasite(member) / APP / "requests" / AGGREGATOR
+        answer = network.clients[AGGREGATOR].datasite(member) / ENDPOINT / AGGREGATOR
         response = wait_until(
             "the answer reaches the aggregator",
-            lambda: readable_json(answer / "net-req-0001.response.json"),
+            lambda: readable_json(answer / "net-req-0001.response"),
         )
-        assert response["decision"] == "approved"
+        assert response["status_code"] == 200
+        assert json.loads(base64.b64decode(response["body"]))["decision"] == "approved"
         print(f"request latency {there:.2f} s, answer latency {time.monotonic() - answered:.2f} s")
 
     def test_the_outsiders_request_is_refused(self, network: Network, released: dict[str, float]) -> None:
@@ -207,10 +208,10 @@ class TestBudgetRequests:
         member = MEMBERS[1]
         send_request(network, OUTSIDER, member, "eve-req-0001")
         send_request(network, AGGREGATOR, member, "agg-req-0002")  # a control that does arrive
-        box = network.clients[member].datasite() / APP / "requests"
+        box = network.clients[member].datasite() / ENDPOINT
         wait_until(
             "the control request arrives",
-            lambda: readable_json(box / AGGREGATOR / "agg-req-0002.request.json"),
+            lambda: readable_json(box / AGGREGATOR / "agg-req-0002.request"),
         )
         time.sleep(3)
         assert not (box / OUTSIDER).exists()
@@ -220,14 +221,12 @@ class TestBudgetRequests:
     ) -> None:
         """The aggregator writing a request under the outsider's name is refused by the server."""
         member = MEMBERS[2]
-        folder = network.clients[AGGREGATOR].datasite(member) / APP / "requests" / OUTSIDER
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "forged-0001.request.json").write_text(json.dumps(request_doc(OUTSIDER, "forged-0001")))
+        send_request(network, AGGREGATOR, member, "forged-0001", folder_of=OUTSIDER)
         send_request(network, AGGREGATOR, member, "agg-req-0003")
-        box = network.clients[member].datasite() / APP / "requests"
+        box = network.clients[member].datasite() / ENDPOINT
         wait_until(
             "the control request arrives",
-            lambda: readable_json(box / AGGREGATOR / "agg-req-0003.request.json"),
+            lambda: readable_json(box / AGGREGATOR / "agg-req-0003.request"),
         )
         time.sleep(3)
         assert not (box / OUTSIDER).exists()
@@ -238,6 +237,7 @@ class TestBudgetRequests:
 READER_B = "b@example.org"
 OWNER = MEMBERS[0]
 BOX = f"{OWNER}/app_data/cpu_tracker"
+RPC = f"{BOX}/rpc/budget"
 # (user, path under datasites/, access, allowed): the rules a member's tree must enforce.
 PROBES: tuple[tuple[str, str, str, bool], ...] = (
     (AGGREGATOR, f"{BOX}/cpu_tracker.json", "read", True),
@@ -245,17 +245,17 @@ PROBES: tuple[tuple[str, str, str, bool], ...] = (
     (OUTSIDER, f"{BOX}/cpu_tracker.json", "read", False),
     (AGGREGATOR, f"{BOX}/cpu_tracker.json", "write", False),
     (AGGREGATOR, f"{BOX}/planted.json", "write", False),
-    (AGGREGATOR, f"{BOX}/requests/{AGGREGATOR}/r-1.request.json", "write", True),
-    (AGGREGATOR, f"{BOX}/requests/{AGGREGATOR}/r-1.request.json", "read", True),
-    (READER_B, f"{BOX}/requests/{AGGREGATOR}/r-1.request.json", "write", False),
-    (READER_B, f"{BOX}/requests/{AGGREGATOR}/r-1.request.json", "read", False),
-    (OUTSIDER, f"{BOX}/requests/{OUTSIDER}/r-2.request.json", "write", False),
-    (AGGREGATOR, f"{BOX}/requests/{AGGREGATOR}/r-1.response.json", "read", True),
-    (AGGREGATOR, f"{BOX}/requests/{AGGREGATOR}/r-1.response.json", "write", False),
-    (READER_B, f"{BOX}/requests/{AGGREGATOR}/r-1.response.json", "read", False),
-    (AGGREGATOR, f"{BOX}/requests/{AGGREGATOR}/notes.txt", "write", False),
-    (AGGREGATOR, f"{BOX}/requests/syft.pub.yaml", "write", False),
-    (AGGREGATOR, f"{BOX}/requests/syftperm.yaml", "write", False),
+    (AGGREGATOR, f"{RPC}/{AGGREGATOR}/r-1.request", "write", True),
+    (AGGREGATOR, f"{RPC}/{AGGREGATOR}/r-1.request", "read", True),
+    (READER_B, f"{RPC}/{AGGREGATOR}/r-1.request", "write", False),
+    (READER_B, f"{RPC}/{AGGREGATOR}/r-1.request", "read", False),
+    (OUTSIDER, f"{RPC}/{OUTSIDER}/r-2.request", "write", False),
+    (AGGREGATOR, f"{RPC}/{AGGREGATOR}/r-1.response", "read", True),
+    (AGGREGATOR, f"{RPC}/{AGGREGATOR}/r-1.response", "write", False),
+    (READER_B, f"{RPC}/{AGGREGATOR}/r-1.response", "read", False),
+    (AGGREGATOR, f"{RPC}/{AGGREGATOR}/notes.txt", "write", False),
+    (AGGREGATOR, f"{RPC}/syft.pub.yaml", "write", False),
+    (AGGREGATOR, f"{RPC}/syftperm.yaml", "write", False),
     (AGGREGATOR, f"{BOX}/syftperm.yaml", "write", False),
     (OUTSIDER, f"{AGGREGATOR}/public/cpu_tracker/aggregate.json", "read", True),
     (MEMBERS[1], f"{AGGREGATOR}/public/cpu_tracker/aggregate.json", "read", True),
@@ -295,7 +295,7 @@ def permission_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     syftbox = {"dir": str(box), "email": OWNER, "readers": [AGGREGATOR, READER_B]}
     member = write_config(tmp_path_factory.mktemp("member"), {"syftbox": syftbox})
     assert run_cli("--config", str(member), "once").returncode == 0
-    assert (box / "datasites" / OWNER / APP / "requests" / "syftperm.yaml").is_file()
+    assert (box / "datasites" / OWNER / APP / "rpc" / "budget" / "syftperm.yaml").is_file()
     aggregator = write_config(
         tmp_path_factory.mktemp("agg"),
         {"syftbox": {"dir": str(box), "email": AGGREGATOR}, "aggregator": {"enabled": True}},
