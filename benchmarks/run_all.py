@@ -30,6 +30,7 @@ FULL = [
     ("timing side channel of the public record", ["side_channel.py", "--releases", "60"]),
     ("one lying peer against the network estimate", ["robustness.py", "--trials", "2000"]),
     ("aggregation at scale", ["aggregate_scale.py"]),
+    ("delivery over a real SyftBox network", ["syftbox_latency.py", "--releases", "20", "--requests", "5"]),
     ("kill -9 fault injection", ["faults.py", "--kills", "200"]),
     ("soak, 30 minutes at 1 s", ["soak.py", "--minutes", "30"]),
     ("soak, 10 minutes at 1 s, stopped now and then", ["soak.py", "--minutes", "10", "--stall"]),
