@@ -131,7 +131,9 @@ def dictionary(target: str) -> str:
         tokens = _TOKENS["config"]
     else:
         document = _release("laplace") if target == "peer" else _request()
-        names = sorted(requests._KEYS) if target == "request" else _keys(document)
+        names = (
+            sorted(requests._MESSAGE_KEYS | requests._BODY_KEYS) if target == "request" else _keys(document)
+        )
         tokens = _TOKENS["json"]
     entries = [*tokens, *names, *(f'"{n}"' for n in names)]
     return "".join(f"{json.dumps(e)}\n" for e in entries)
