@@ -147,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     reset.add_argument("--reason", required=True, help="why (kept in the new ledger and the trace)")
+    lsub.add_parser(
+        "verify",
+        help="check the whole ledger now (every page, schema, triggers, running counts); exit 4 if unsound",
+        description=(
+            "The full verification the daemon runs when it starts: SQLite's quick_check over every "
+            "page, the schema, the append-only triggers, and the running release counts against "
+            "the spends. Read-only; it never repairs anything."
+        ),
+    )
 
     config = sub.add_parser("config", help="check or show the effective configuration")
     csub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION", parser_class=_Parser)
@@ -271,6 +280,8 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path | None, env: 
     if args.command == "status":
         return _status(config, path, as_json=args.json)
     if args.command == "ledger":
+        if args.ledger_command == "verify":
+            return _ledger_verify(config)
         return _ledger_reset(config, args.reason)
     if args.command == "budget":
         if args.budget_command == "grant":
@@ -440,6 +451,23 @@ def _grant(config: Config, epsilon: float, reason: str, cap: str, delta: float) 
         f"granted epsilon {epsilon:g}{f' and delta {delta:g}' if delta else ''} to the {cap} cap: "
         f"now epsilon {chosen.limit:g} at delta {chosen.delta:g}, {chosen.remaining:.3g} left"
     )
+    return EXIT_OK
+
+
+def _ledger_verify(config: Config) -> int:
+    from cpu_tracker_daemon import storage
+    from cpu_tracker_daemon.ledger import open_ledger
+    from cpu_tracker_daemon.tracker import caps_for
+
+    layout = storage.layout_for(config)
+    now = datetime.now(UTC)
+    ledger = open_ledger(layout.ledger, caps_for(config), now, create=False, full=True)
+    if ledger is None:
+        print(f"no ledger at {layout.ledger} yet; the first release creates it")
+        return EXIT_OK
+    with ledger:
+        releases = ledger.status(caps_for(config), now).releases
+        print(f"ledger {layout.ledger} is sound: schema {ledger.version}, {releases} releases")
     return EXIT_OK
 
 

@@ -43,8 +43,8 @@ from cpu_tracker_daemon.errors import (
 )
 from cpu_tracker_daemon.storage import fsync_dir, make_dirs_durably
 
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = ("1", "2", "3")
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = ("1", "2", "3", "4")
 APPLICATION_ID = 0x43505554  # "CPUT"
 CAPS = ("lifetime", "window")
 _TOLERANCE = 1e-9
@@ -142,6 +142,13 @@ CREATE TABLE acknowledged (
 CREATE INDEX spends_by_boot ON spends (boot_id, boot_seconds);
 """
 _TABLES_3 = {"periods", "promises", "acknowledged"}
+
+# Schema 4 = schema 3 plus the lifetime counts by kind of release after each spend, kept on its
+# guarantee row: the lifetime cap is then read from the newest row, not summed over the history,
+# so a release costs the same at 100,000 releases as at 100. A full verification recomputes them.
+_SCHEMA_4 = """
+ALTER TABLE guarantees ADD COLUMN counts TEXT;
+"""
 
 
 def _append_only(tables: tuple[str, ...]) -> str:
@@ -383,7 +390,11 @@ class Ledger:
         with self._guard() as conn:
             return self._status(conn, caps, now.timestamp())
 
-    def _status(self, conn: sqlite3.Connection, caps: Caps, now_ts: float) -> BudgetStatus:
+    def _status(
+        self, conn: sqlite3.Connection, caps: Caps, now_ts: float, lifetime: list[Any] | None = None
+    ) -> BudgetStatus:
+        """The budget now; ``lifetime`` (rows of mechanism, epsilon, delta, count) when the caller
+        already has the lifetime counts (a spend being reserved is not on a guarantee yet)."""
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         granted = {cap: [0.0, 0.0] for cap in CAPS}
         for cap, epsilon, delta in conn.execute(
@@ -394,10 +405,8 @@ class Ledger:
             granted[cap] = [float(epsilon), float(delta)]
         window_hours = self._window_hours(conn, caps)
         window_seconds = window_hours * 3600.0
-        # Grouped by kind, so the cost does not grow with the length of the history.
-        lifetime = conn.execute(
-            "SELECT mechanism, epsilon, delta, COUNT(*) FROM spends GROUP BY mechanism, epsilon, delta"
-        ).fetchall()
+        if lifetime is None:
+            lifetime = self._lifetime_counts(conn)
         if self.version >= 3:
             # A spend is in the rolling period while the wall clock says so, or, within the boot
             # it was made in, while the time since boot says so: a clock set forward never
@@ -415,7 +424,7 @@ class Ledger:
                 "GROUP BY mechanism, epsilon, delta",
                 (now_ts - window_seconds,),
             ).fetchall()
-        (last_ts,) = conn.execute("SELECT MAX(reserved_ts) FROM spends").fetchone()
+        (last_ts,) = conn.execute("SELECT MAX(reserved_ts) FROM spends").fetchone()  # by its index
         anchor = conn.execute("SELECT anchor_ts FROM cooldown WHERE id = 1").fetchone()
 
         def cap_status(name: str, epsilon: float, delta: float, rows: list[Any]) -> CapStatus:
@@ -448,6 +457,24 @@ class Ledger:
             cooldown_anchor_ts=float(anchor[0]) if anchor else None,
             window_hours=window_hours,
         )
+
+    def _lifetime_counts(self, conn: sqlite3.Connection) -> list[Any]:
+        """How many releases of each kind were ever made: from the newest guarantee, which carries
+        them (schema 4), or, before the first spend that stored them, counted over the history."""
+        if self.version >= 4:
+            row = conn.execute("SELECT counts FROM guarantees ORDER BY rowid DESC LIMIT 1").fetchone()
+            if row is not None and row[0] is not None:
+                running = _parse_counts(row[0])
+                # Spends are append-only, so their largest rowid is how many there are: a cheap
+                # check that the running counts cover every spend.
+                (spends,) = conn.execute("SELECT MAX(rowid) FROM spends").fetchone()
+                if running is None or sum(item[3] for item in running) != spends:
+                    raise LedgerCorruptError(
+                        str(self.path),
+                        "its running release counts do not cover its spends, so it cannot be trusted",
+                    )
+                return running
+        return _counted_lifetime(conn)
 
     def _window_hours(self, conn: sqlite3.Connection, caps: Caps) -> float:
         """The rolling period: the configured one, or the longest ever recorded if that is longer.
@@ -501,7 +528,14 @@ class Ledger:
             return [float(ts) for (ts,) in rows]
 
     def unfinished(self) -> list[Unfinished]:
-        """Reserved releases with no terminal outcome, oldest first."""
+        """Reserved releases with no terminal outcome, oldest first.
+
+        Only spends after the newest settled one are looked at, found through the outcomes' and
+        spends' indexes, so the cost does not grow with the history. That is exact because a
+        cycle settles every unfinished release before it reserves a new one (the instance lock
+        keeps a second writer out): an unfinished release is always newer than the newest
+        settled one.
+        """
         with self._guard() as conn:
             rows = conn.execute(
                 """
@@ -511,7 +545,12 @@ class Ledger:
                        (SELECT payload FROM outcomes o WHERE o.release_id = s.release_id
                         AND o.status = 'drawn' ORDER BY o.id DESC LIMIT 1) AS payload
                 FROM spends s
-                WHERE NOT EXISTS (
+                WHERE s.rowid > COALESCE((
+                    SELECT sp.rowid FROM spends sp WHERE sp.release_id = (
+                        SELECT o.release_id FROM outcomes o
+                        WHERE o.status IN ('published', 'abandoned', 'superseded')
+                        ORDER BY o.id DESC LIMIT 1)), 0)
+                AND NOT EXISTS (
                     SELECT 1 FROM outcomes o WHERE o.release_id = s.release_id
                     AND o.status IN ('published', 'abandoned', 'superseded'))
                 ORDER BY s.reserved_ts
@@ -587,7 +626,8 @@ class Ledger:
             if promise is not None and self.version >= 3:
                 self._hold_promise(conn, promise, now)
                 self._hold_period(conn, caps, now)
-            before = self._status(conn, caps, now_ts)
+            lifetime = self._lifetime_counts(conn)
+            before = self._status(conn, caps, now_ts, lifetime)
             event = event_of(spend.mechanism, spend.epsilon, spend.delta)
             blocking = before.first_blocking(event)
             if blocking is not None:
@@ -615,11 +655,13 @@ class Ledger:
                 "ON CONFLICT (id) DO UPDATE SET anchor_ts = max(anchor_ts, excluded.anchor_ts)",
                 (min(planned_ts, now_ts),),
             )
-            after = self._status(conn, caps, now_ts)
-            conn.execute(
-                "INSERT INTO guarantees VALUES (?, ?, ?, ?)",
-                (spend.release_id, after.lifetime.spent, after.lifetime.delta, after.lifetime.method),
-            )
+            counts = _plus_one(lifetime, (spend.mechanism, spend.epsilon, spend.delta))
+            after = self._status(conn, caps, now_ts, counts)
+            row = (spend.release_id, after.lifetime.spent, after.lifetime.delta, after.lifetime.method)
+            if self.version >= 4:
+                conn.execute("INSERT INTO guarantees VALUES (?, ?, ?, ?, ?)", (*row, json.dumps(counts)))
+            else:
+                conn.execute("INSERT INTO guarantees VALUES (?, ?, ?, ?)", row)
             return after
 
     def _hold_promise(self, conn: sqlite3.Connection, promise: Promise, now: datetime) -> None:
@@ -741,6 +783,32 @@ class Ledger:
             raise DeltaCapError(cap, total, MAX_TOTAL_DELTA)
 
 
+def _counted_lifetime(conn: sqlite3.Connection) -> list[Any]:
+    """Releases of each kind, counted over the whole history (the full recomputation)."""
+    rows = conn.execute(
+        "SELECT mechanism, epsilon, delta, COUNT(*) FROM spends GROUP BY mechanism, epsilon, delta "
+        "ORDER BY mechanism, epsilon, delta"
+    ).fetchall()
+    return [tuple(row) for row in rows]
+
+
+def _parse_counts(text: str) -> list[Any] | None:
+    """The running counts as stored (a JSON list of [mechanism, epsilon, delta, count]), or None."""
+    try:
+        rows = [tuple(item) for item in json.loads(text)]
+    except (ValueError, TypeError):
+        return None
+    ok = all(len(r) == 4 and isinstance(r[0], str) and isinstance(r[3], int) and r[3] > 0 for r in rows)
+    return rows if ok else None
+
+
+def _plus_one(rows: list[Any], kind: tuple[str, float, float]) -> list[Any]:
+    """``rows`` (mechanism, epsilon, delta, count) with one more release of ``kind``, sorted."""
+    counts = {tuple(row[:3]): int(row[3]) for row in rows}
+    counts[kind] = counts.get(kind, 0) + 1
+    return [(*k, n) for k, n in sorted(counts.items())]
+
+
 def _recorded_promise(conn: sqlite3.Connection) -> Promise | None:
     row = conn.execute(
         "SELECT unit, samples, interval_seconds, lower, upper FROM promises ORDER BY id LIMIT 1"
@@ -756,12 +824,19 @@ def open_ledger(
     create: bool = True,
     boot: BootClock | None = None,
     timeout: float = LOCK_TIMEOUT_SECONDS,
+    full: bool = True,
 ) -> Ledger | None:
     """Open and verify the ledger at ``path``; create it when missing and ``create`` is set.
 
     Returns None when it is missing and ``create`` is false. Never modifies an existing file
     that fails verification: it raises :class:`LedgerCorruptError` instead. An older schema is
     migrated in one transaction when opened for writing, and read as it is otherwise.
+
+    Every open checks the file (owner, mode, links), its application id, tables, schema version,
+    base caps and append-only triggers, at a cost that does not grow with the history. ``full``
+    also runs SQLite's ``quick_check`` over every page and recomputes the lifetime counts from
+    the spends: the daemon does that when it starts (and ``ledger verify`` on demand), not in
+    each cycle, where it would cost more the longer the history.
     """
     if not path.exists():
         if not create:
@@ -772,7 +847,7 @@ def open_ledger(
     # a read-only open would fail with "attempt to write a readonly database" until a writer came.
     journal = path.with_name(path.name + "-journal")
     hot = not create and journal.exists() and journal.stat().st_size > 0 and os.access(path, os.W_OK)
-    conn, version = _connect_verified(path, readonly=not create and not hot, timeout=timeout)
+    conn, version = _connect_verified(path, readonly=not create and not hot, timeout=timeout, full=full)
     if version < SCHEMA_VERSION and create:
         _migrate(conn, path, now)
         version = SCHEMA_VERSION
@@ -780,11 +855,13 @@ def open_ledger(
 
 
 def _migrate(conn: sqlite3.Connection, path: Path, now: datetime) -> None:
-    """Schema 1 or 2 to 3 in one transaction; a failure leaves the file as it was.
+    """Schema 1, 2 or 3 to 4 in one transaction; a failure leaves the file as it was.
 
     1 to 2: delta grants, the guarantees and requests tables, delta caps of 0 (a schema-1
     ledger was created under pure epsilon-DP). 2 to 3: the recorded rolling period, the privacy
-    promise, acknowledged releases and each spend's boot (empty for the spends before it).
+    promise, acknowledged releases and each spend's boot (empty for the spends before it). 3 to
+    4: the running counts on each guarantee (empty before it: the first spend after the
+    migration counts the history once).
     """
     try:
         conn.execute("BEGIN IMMEDIATE")
@@ -798,6 +875,8 @@ def _migrate(conn: sqlite3.Connection, path: Path, now: datetime) -> None:
                 rows += [("base_lifetime_delta", "0.0"), ("base_window_delta", "0.0")]
             if version in ("1", "2"):
                 script += _SCHEMA_3 + _append_only(tuple(sorted(_TABLES_3)))
+            if version in ("1", "2", "3"):
+                script += _SCHEMA_4
                 for statement in _statements(script):
                     conn.execute(statement)
                 conn.execute("DROP TRIGGER meta_no_update")  # the one deliberate change to meta
@@ -860,7 +939,7 @@ def _check_file(path: Path) -> None:
 
 
 def _connect_verified(
-    path: Path, readonly: bool, timeout: float = LOCK_TIMEOUT_SECONDS
+    path: Path, readonly: bool, timeout: float = LOCK_TIMEOUT_SECONDS, full: bool = True
 ) -> tuple[sqlite3.Connection, int]:
     _check_file(path)
     uri = path.resolve().as_uri() + ("?mode=ro" if readonly else "?mode=rw")
@@ -869,7 +948,7 @@ def _connect_verified(
     except sqlite3.Error as exc:
         raise LedgerUnavailableError(str(path), str(exc)) from None
     try:
-        version = _verify(conn, path)
+        version = _verify(conn, path, full)
         # EXTRA: in DELETE mode the journal's directory is also synced after the journal is
         # unlinked, so a commit is durable before anything that depends on it is written, on
         # any POSIX file system (FULL leaves the unlink to the file system's ordering).
@@ -887,14 +966,15 @@ def _connect_verified(
     return conn, version
 
 
-def _verify(conn: sqlite3.Connection, path: Path) -> int:
+def _verify(conn: sqlite3.Connection, path: Path, full: bool = True) -> int:
     """Check that this is a sound cpu-tracker ledger; return its schema version."""
     (app_id,) = conn.execute("PRAGMA application_id").fetchone()
     if app_id != APPLICATION_ID:
         raise LedgerCorruptError(str(path), "not a cpu-tracker ledger (foreign application id)")
-    (check,) = conn.execute("PRAGMA quick_check").fetchone()
-    if check != "ok":
-        raise LedgerCorruptError(str(path), f"integrity check failed: {check}")
+    if full:
+        (check,) = conn.execute("PRAGMA quick_check").fetchone()
+        if check != "ok":
+            raise LedgerCorruptError(str(path), f"integrity check failed: {check}")
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if not tables >= _TABLES:
         raise LedgerCorruptError(str(path), f"missing tables {sorted(_TABLES - tables)}")
@@ -907,7 +987,7 @@ def _verify(conn: sqlite3.Connection, path: Path) -> int:
             str(path), f"schema version {version!r}, this cpu-tracker reads {', '.join(READABLE_VERSIONS)}"
         )
     expected = (set() if version == "1" else {"guarantees", "requests"}) | (
-        _TABLES_3 if version == "3" else set()
+        _TABLES_3 if version in ("3", "4") else set()
     )
     if not tables >= expected:
         raise LedgerCorruptError(str(path), f"missing tables {sorted(expected - tables)}")
@@ -926,13 +1006,27 @@ def _verify(conn: sqlite3.Connection, path: Path) -> int:
                 raise LedgerCorruptError(str(path), f"meta.{key} is missing or not a number") from None
             if not 0 <= value < 1:
                 raise LedgerCorruptError(str(path), f"meta.{key} is not in [0, 1)")
+    if full and version == "4":
+        _check_counts(conn, path)
     return int(version)
+
+
+def _check_counts(conn: sqlite3.Connection, path: Path) -> None:
+    """The newest guarantee's running counts must be what the spends add up to."""
+    row = conn.execute("SELECT counts FROM guarantees ORDER BY rowid DESC LIMIT 1").fetchone()
+    if row is None or row[0] is None:
+        return  # no spend since the migration: there is nothing running to check
+    if _parse_counts(row[0]) != _counted_lifetime(conn):
+        raise LedgerCorruptError(
+            str(path), "its running release counts disagree with its spends, so it cannot be trusted"
+        )
 
 
 _APPEND_ONLY_BY_VERSION = {
     "1": ("spends", "outcomes", "grants", "meta"),
     "2": ("spends", "outcomes", "grants", "meta", "guarantees", "requests"),
     "3": ("spends", "outcomes", "grants", "meta", "guarantees", "requests", *sorted(_TABLES_3)),
+    "4": ("spends", "outcomes", "grants", "meta", "guarantees", "requests", *sorted(_TABLES_3)),
 }
 
 
@@ -962,7 +1056,8 @@ def _create(path: Path, caps: Caps, now: datetime) -> None:
             tmp.unlink()
         conn = sqlite3.connect(tmp, isolation_level=None)
         try:
-            conn.executescript("BEGIN;" + _SCHEMA + _SCHEMA_2 + _SCHEMA_3 + _APPEND_ONLY + "COMMIT;")
+            schema = _SCHEMA + _SCHEMA_2 + _SCHEMA_3 + _SCHEMA_4 + _APPEND_ONLY
+            conn.executescript("BEGIN;" + schema + "COMMIT;")
             conn.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)",
                 [

@@ -41,7 +41,7 @@ class Snapshot:
 def snapshot(config: Config, now: datetime) -> Snapshot:
     layout = storage.layout_for(config)
     caps = caps_for(config)
-    ledger = open_ledger(layout.ledger, caps, now, create=False)
+    ledger = open_ledger(layout.ledger, caps, now, create=False, full=False)  # a read: the cheap checks
     if ledger is None:
         status, grants, times = BudgetStatus.fresh(caps), [], []
     else:

@@ -175,18 +175,25 @@ class Tracker:
     boot: BootClock = boot_clock
     hold_seconds: float | None = None  # None: publish_hold(config); a test with a fake clock sets 0
     lock_timeout: float = LOCK_TIMEOUT_SECONDS  # how long to wait for another process's ledger lock
+    full_check: bool = True  # every open runs the full verification; the daemon's cycles need not
 
     @property
     def every(self) -> timedelta:
         return timedelta(seconds=self.config.schedule.every_seconds)
 
-    def open_ledger(self) -> Ledger:
-        """The ledger, verified, with the config's privacy promise checked against it; a missing
-        one is created, unless an output shows that another ledger wrote here."""
+    def open_ledger(self, full: bool | None = None) -> Ledger:
+        """The ledger, verified (fully when ``full``, by default ``full_check``), with the config's
+        privacy promise checked against it; a missing one is created, unless an output shows
+        that another ledger wrote here."""
         if not self.layout.ledger.exists():
             check_outputs(None, self.layout)
         ledger = open_ledger(
-            self.layout.ledger, caps_for(self.config), self.clock(), boot=self.boot, timeout=self.lock_timeout
+            self.layout.ledger,
+            caps_for(self.config),
+            self.clock(),
+            boot=self.boot,
+            timeout=self.lock_timeout,
+            full=self.full_check if full is None else full,
         )
         assert ledger is not None  # created when missing
         try:

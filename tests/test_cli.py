@@ -467,3 +467,47 @@ def test_root_does_not_write_into_a_tree_another_user_owns(
     assert main(["--config", config, "once"]) == 3
     assert "refusing to write as root into" in capsys.readouterr().err
     assert list(sb.iterdir()) == []
+
+
+class TestLedgerVerify:
+    def forge(self, data: Path) -> None:
+        """Append a spend with running counts of the right total and the wrong kind."""
+        with closing(sqlite3.connect(data / "ledger.sqlite3", isolation_level=None)) as conn:
+            columns = "release_id, reserved_ts, reserved_at, window_start, window_end, epsilon, delta"
+            conn.execute(
+                f"INSERT INTO spends ({columns}, mechanism, unit, sensitivity) "
+                "VALUES ('forged', 0, '', '', '', 1.0, 0.0, 'discrete_laplace', 'window', 100.0)"
+            )
+            (mechanism, epsilon) = conn.execute("SELECT mechanism, epsilon FROM spends LIMIT 1").fetchone()
+            forged = json.dumps([[mechanism, epsilon / 10, 0.0, 2]])
+            conn.execute("INSERT INTO guarantees VALUES ('forged', 0.1, 0.0, 'sum', ?)", (forged,))
+
+    def test_verify_says_sound_and_refuses_forged_counts(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """``ledger verify`` runs the full check: a sound ledger is exit 0 with its size; running
+        counts forged to make releases look cheaper are exit 4 with one line."""
+        config = str(write_config(tmp_path))
+        assert main(["--config", config, "ledger", "verify"]) == 0
+        assert "no ledger" in capsys.readouterr().out
+        assert main(["--config", config, "once"]) == 0
+        capsys.readouterr()
+        assert main(["--config", config, "ledger", "verify"]) == 0
+        assert "is sound: schema 4, 1 releases" in capsys.readouterr().out
+        self.forge(tmp_path / "data")
+        assert main(["--config", config, "status"]) == 0  # a read takes the cheap checks only
+        capsys.readouterr()
+        assert main(["--config", config, "ledger", "verify"]) == 4
+        err = capsys.readouterr().err
+        assert "running release counts disagree" in err
+        assert err.count("\n") == 1
+
+    def test_the_daemon_verifies_everything_when_it_starts(self, tmp_path: Path) -> None:
+        """The cycles open the ledger cheaply; the daemon's start is where the full check runs,
+        so a forged ledger stops it there with exit 4."""
+        config = str(write_config(tmp_path))
+        assert run_cli("--config", config, "once").returncode == 0
+        self.forge(tmp_path / "data")
+        done = run_cli("--config", config, "run", timeout=60)
+        assert done.returncode == 4
+        assert "running release counts disagree" in done.stderr

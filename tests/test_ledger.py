@@ -483,7 +483,7 @@ class TestMigration:
         assert path.read_bytes() == before
 
     def test_schema_1_is_migrated_once_keeping_history_and_pure_caps(self, tmp_path: Path) -> None:
-        """Opening it for writing migrates to schema 3: history kept, delta caps 0, meta still append-only."""
+        """Opening it for writing migrates to schema 4: history kept, delta caps 0, meta still append-only."""
         path = tmp_path / "ledger.sqlite3"
         make_schema_1_ledger(path)
         caps = Caps(3.0, 2.0, 24.0, lifetime_delta=1e-6, window_delta=1e-6)
@@ -491,11 +491,11 @@ class TestMigration:
         assert ledger is not None
         with ledger:
             status = ledger.status(caps, T0 + timedelta(days=1))
-            assert ledger.version == 3
+            assert ledger.version == 4
         assert (status.releases, status.lifetime.limit, status.lifetime.delta) == (1, 4.0, 0.0)
         conn = sqlite3.connect(path)
         meta = dict(conn.execute("SELECT key, value FROM meta"))
-        assert (meta["schema_version"], meta["base_lifetime_delta"]) == ("3", "0.0")
+        assert (meta["schema_version"], meta["base_lifetime_delta"]) == ("4", "0.0")
         with pytest.raises(sqlite3.IntegrityError):
             conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
         again = open_ledger(path, caps, T0 + timedelta(days=2))  # a second open changes nothing
@@ -524,12 +524,119 @@ class TestMigration:
         )
         conn.close()
         with open_ledger(path, CAPS, T0, boot=no_boot) as ledger:  # type: ignore[union-attr]
-            assert ledger.version == 3
+            assert ledger.version == 4
             assert ledger.knows("old")
             ledger.reserve(spend(1), CAPS, T0, None, PROMISE)
             assert ledger.status(CAPS, T0).releases == 2
             assert ledger.promise() == PROMISE
         with closing(sqlite3.connect(path)) as check:
-            assert check.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
+            assert check.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("4",)
             with pytest.raises(sqlite3.IntegrityError):
                 check.execute("DELETE FROM promises")
+
+
+BIG = Caps(
+    lifetime_epsilon=1e6, window_epsilon=1e6, window_hours=24.0, lifetime_delta=1e-5, window_delta=1e-5
+)
+KINDS = (("discrete_laplace", 0.5, 0.0), ("discrete_laplace", 1.0, 0.0), ("discrete_gaussian", 1.0, 1e-7))
+
+
+def kind_spend(n: int, kind: tuple[str, float, float], at: datetime) -> Spend:
+    mechanism, epsilon, delta = kind
+    return Spend(f"k{n}", at, at + timedelta(seconds=1), epsilon, delta, mechanism, "window", 100.0)
+
+
+def sneak_spend(conn: sqlite3.Connection, release_id: str) -> None:
+    """A spend written straight into the file, not through reserve (INSERT is what append-only allows)."""
+    columns = "release_id, reserved_ts, reserved_at, window_start, window_end, epsilon, delta, mechanism"
+    conn.execute(
+        f"INSERT INTO spends ({columns}, unit, sensitivity) "
+        "VALUES (?, 0, '', '', '', 1.0, 0.0, 'discrete_laplace', 'window', 100.0)",
+        (release_id,),
+    )
+
+
+class TestConstantCost:
+    """The lifetime cap is read from running counts on the newest guarantee, not summed over the
+    history; settling unfinished releases looks only past the newest settled one."""
+
+    @settings(max_examples=25, deadline=None)
+    @given(st.lists(st.sampled_from(KINDS), min_size=1, max_size=30))
+    def test_running_counts_are_a_full_recount(self, kinds: list[tuple[str, float, float]]) -> None:
+        """After any sequence of spends of mixed kinds, the running counts equal a recount over
+        the spends, and the budget they give is the one a full recount gives."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as directory, fresh(Path(directory), BIG) as ledger:
+            for n, kind in enumerate(kinds):
+                at = T0 + timedelta(minutes=n)
+                ledger.reserve(kind_spend(n, kind, at), BIG, at, None, PROMISE)
+            conn = ledger._conn
+            assert module._counted_lifetime(conn) == ledger._lifetime_counts(conn)
+            now = T0 + timedelta(minutes=len(kinds))
+            running = ledger._status(conn, BIG, now.timestamp())
+            recounted = ledger._status(conn, BIG, now.timestamp(), module._counted_lifetime(conn))
+            assert recounted == running
+
+    def test_a_migrated_ledger_counts_its_history_once(self, tmp_path: Path) -> None:
+        """A schema-3 ledger's spends have no running counts: the first spend after migration
+        counts them, and every spend after that carries them on."""
+        with fresh(tmp_path, BIG) as ledger:
+            for n in range(3):
+                ledger.reserve(kind_spend(n, KINDS[0], T0), BIG, T0, None, PROMISE)
+        with closing(sqlite3.connect(tmp_path / "ledger.sqlite3")) as conn:
+            nulls = conn.execute("SELECT COUNT(*) FROM guarantees WHERE counts IS NULL").fetchone()
+        assert nulls == (0,)
+        with closing(sqlite3.connect(tmp_path / "ledger.sqlite3", isolation_level=None)) as conn:
+            # As schema 3 left it: guarantees without counts (an INSERT, which append-only allows).
+            sneak_spend(conn, "old")
+            conn.execute("INSERT INTO guarantees VALUES ('old', 4.0, 0.0, 'sum', NULL)")
+        with fresh(tmp_path, BIG) as ledger:
+            assert ledger.status(BIG, T0).releases == 4  # counted over the history
+            ledger.reserve(kind_spend(9, KINDS[1], T0), BIG, T0, None, PROMISE)
+            assert ledger._lifetime_counts(ledger._conn) == module._counted_lifetime(ledger._conn)
+            assert ledger.status(BIG, T0).releases == 5
+
+    def test_counts_that_do_not_cover_the_spends_fail_closed(self, tmp_path: Path) -> None:
+        """A spend written beside the running counts (not through reserve) is noticed by the next
+        read, cheap as it is: the ledger is refused, not trusted."""
+        with fresh(tmp_path, BIG) as ledger:
+            ledger.reserve(kind_spend(1, KINDS[0], T0), BIG, T0, None, PROMISE)
+        with closing(sqlite3.connect(tmp_path / "ledger.sqlite3", isolation_level=None)) as conn:
+            sneak_spend(conn, "sneaked")
+        cheap = open_ledger(tmp_path / "ledger.sqlite3", BIG, T0, boot=no_boot, full=False)
+        assert cheap is not None
+        with cheap, pytest.raises(LedgerCorruptError, match="do not cover its spends"):
+            cheap.status(BIG, T0)
+
+    def test_forged_counts_pass_the_cheap_open_and_fail_the_full_one(self, tmp_path: Path) -> None:
+        """Counts forged to the right total but the wrong kinds (one cheap 0.5 for a costly 1.0):
+        the per-cycle open cannot tell, the full verification (the daemon's start, ``ledger
+        verify``) refuses the ledger."""
+        path = tmp_path / "ledger.sqlite3"
+        with fresh(tmp_path, BIG) as ledger:
+            ledger.reserve(kind_spend(1, KINDS[1], T0), BIG, T0, None, PROMISE)
+        with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+            sneak_spend(conn, "forged")
+            forged = '[["discrete_laplace", 0.5, 0.0, 2]]'
+            conn.execute("INSERT INTO guarantees VALUES ('forged', 0.5, 0.0, 'sum', ?)", (forged,))
+        cheap = open_ledger(path, BIG, T0, boot=no_boot, full=False)
+        assert cheap is not None
+        cheap.close()
+        with pytest.raises(LedgerCorruptError, match="running release counts disagree"):
+            open_ledger(path, BIG, T0, boot=no_boot)
+
+    def test_an_unfinished_release_after_a_long_history_is_found(self, tmp_path: Path) -> None:
+        """500 settled releases, then one reserved and drawn but never published (a crash): it is
+        the one unfinished release found, with its payload."""
+        with fresh(tmp_path, BIG) as ledger:
+            for n in range(500):
+                at = T0 + timedelta(seconds=n)
+                ledger.reserve(kind_spend(n, KINDS[0], at), BIG, at, None, PROMISE)
+                ledger.record(f"k{n}", "drawn", at, {"n": n})
+                ledger.record(f"k{n}", "published" if n % 7 else "abandoned", at)
+            late = T0 + timedelta(hours=1)
+            ledger.reserve(kind_spend(999, KINDS[0], late), BIG, late, None, PROMISE)
+            ledger.record("k999", "drawn", late, {"n": 999})
+            found = ledger.unfinished()
+        assert [(u.release_id, u.status, u.payload) for u in found] == [("k999", "drawn", {"n": 999})]

@@ -1,0 +1,200 @@
+"""What one release costs in ledger work, and what the commands cost, as the history grows.
+
+    python benchmarks/ledger_scale.py [--sizes 1000,10000,100000] [--cycles 20]
+
+For each size, a ledger with that many published releases is built through the project's own
+API (``open_ledger``, ``reserve``, ``record``; the build alone runs with ``synchronous = OFF``
+so it takes seconds, not hours). Then, with the file as the daemon finds it, ``--cycles`` times
+the ledger work of one cycle, in this process and timed in CPU seconds: open and verify, the
+output check (``knows``), settling unfinished releases, the cooldown, ``reserve``, and the two
+outcomes. Each step is timed on its own too. Last, the wall time of ``cpu-tracker status``,
+``status --json``, ``budget show``, ``budget plan`` and ``--help`` beside ``python -c pass``
+(medians of 5 runs). Prints Markdown tables; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cpu_tracker_daemon.config import load_config  # noqa: E402
+from cpu_tracker_daemon.ledger import Ledger, Spend, open_ledger  # noqa: E402
+from cpu_tracker_daemon.privacy import calibrate  # noqa: E402
+from cpu_tracker_daemon.tracker import caps_for, promise_for  # noqa: E402
+
+EVERY = 1.0  # seconds between the built releases
+CONFIG = """[paths]
+data_dir = "{data}"
+[sampling]
+samples = 5
+interval_seconds = 0.02
+[schedule]
+every_seconds = 1
+[budget]
+lifetime_epsilon = 1e9
+window_epsilon = 1e9
+"""
+
+
+def spend(at: datetime, epsilon: float, mechanism: str, sensitivity: float) -> Spend:
+    return Spend(
+        release_id=uuid.uuid4().hex,
+        window_start=at,
+        window_end=at + timedelta(seconds=0.5),
+        epsilon=epsilon,
+        delta=0.0,
+        mechanism=mechanism,
+        unit="window",
+        sensitivity=sensitivity,
+        planned_start=at,
+    )
+
+
+def build(data: Path, size: int) -> tuple[Path, datetime]:
+    """A ledger of ``size`` published releases, one second apart, ending now."""
+    config_path = data / "bench.toml"
+    config_path.write_text(CONFIG.format(data=data))
+    config = load_config(config_path, {"HOME": str(data)})
+    cal = calibrate(config.privacy, config.sampling.samples)
+    caps, promise = caps_for(config), promise_for(config)
+    start = datetime.now(UTC) - timedelta(seconds=size * EVERY + 10)
+    ledger = open_ledger(data / "ledger.sqlite3", caps, start)
+    assert ledger is not None
+    with ledger:
+        ledger._conn.execute("PRAGMA synchronous = OFF")  # the build only: the timed work is not
+        for i in range(size):
+            at = start + timedelta(seconds=i * EVERY)
+            s = spend(at, cal.epsilon, cal.mechanism, cal.sensitivity)
+            ledger.reserve(s, caps, at, EVERY, promise)
+            ledger.record(s.release_id, "drawn", at, {"release_id": s.release_id})
+            ledger.record(s.release_id, "published", at)
+    return config_path, start + timedelta(seconds=size * EVERY)
+
+
+def cycle_steps(config_path: Path) -> dict[str, Callable[[], object]]:
+    """The ledger work of one cycle, step by step, as the tracker does it."""
+    config = load_config(config_path, {"HOME": str(config_path.parent)})
+    cal = calibrate(config.privacy, config.sampling.samples)
+    caps, promise = caps_for(config), promise_for(config)
+    path = config.paths.data_dir / "ledger.sqlite3"
+    state: dict[str, object] = {}
+
+    def opened() -> Ledger:
+        ledger = state["ledger"]
+        assert isinstance(ledger, Ledger)
+        return ledger
+
+    def open_() -> None:
+        ledger = open_ledger(path, caps, datetime.now(UTC))
+        assert ledger is not None
+        ledger.check_promise(promise)
+        state["ledger"] = ledger
+
+    def reserve() -> None:
+        now = datetime.now(UTC)
+        s = spend(now, cal.epsilon, cal.mechanism, cal.sensitivity)
+        state["spend"] = s
+        opened().reserve(s, caps, now, None, promise)
+
+    def outcomes() -> None:
+        release_id = state["spend"].release_id  # type: ignore[attr-defined]
+        opened().record(release_id, "drawn", datetime.now(UTC), {"release_id": release_id})
+        opened().record(release_id, "published", datetime.now(UTC))
+
+    return {
+        "open and verify": open_,
+        "output check (knows)": lambda: opened().knows("0" * 32),
+        "settle unfinished": lambda: opened().unfinished(),
+        "cooldown": lambda: opened().cooldown_anchor(datetime.now(UTC)),
+        "reserve": reserve,
+        "record drawn + published": outcomes,
+        "close": lambda: opened().close(),
+    }
+
+
+def time_cycles(config_path: Path, cycles: int) -> dict[str, float]:
+    """Median CPU milliseconds of each step, and of the whole cycle, over ``cycles`` cycles."""
+    per_step: dict[str, list[float]] = {}
+    totals: list[float] = []
+    for _ in range(cycles):
+        steps = cycle_steps(config_path)
+        total = 0.0
+        for name, step in steps.items():
+            before = time.process_time()
+            step()
+            spent = (time.process_time() - before) * 1000
+            per_step.setdefault(name, []).append(spent)
+            total += spent
+        totals.append(total)
+    result = {name: statistics.median(values) for name, values in per_step.items()}
+    result["one cycle's ledger work"] = statistics.median(totals)
+    return result
+
+
+def wall(command: list[str], runs: int = 5) -> float:
+    times = []
+    for _ in range(runs):
+        before = time.perf_counter()
+        subprocess.run(command, capture_output=True, check=False)
+        times.append(time.perf_counter() - before)
+    return statistics.median(times)
+
+
+COMMANDS = {
+    "status": ["status"],
+    "status --json": ["status", "--json"],
+    "budget show": ["budget", "show"],
+    "budget plan": ["budget", "plan"],
+    "--help": ["--help"],
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--cycles", type=int, default=20)
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    cycle_rows: dict[int, dict[str, float]] = {}
+    command_rows: dict[int, dict[str, float]] = {}
+    build_seconds: dict[int, float] = {}
+    baseline = wall([sys.executable, "-c", "pass"])
+    for size in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            before = time.monotonic()
+            config_path, _ = build(Path(tmp), size)
+            build_seconds[size] = time.monotonic() - before
+            cycle_rows[size] = time_cycles(config_path, args.cycles)
+            cli = [sys.executable, "-m", "cpu_tracker_daemon", "--config", str(config_path)]
+            command_rows[size] = {name: wall(cli + extra) for name, extra in COMMANDS.items()}
+    head = " | ".join(f"{s:,} releases" for s in sizes)
+    print(f"ledger work of one cycle, CPU ms (median of {args.cycles} cycles):\n")
+    print(f"| step | {head} |")
+    print("| --- |" + " --- |" * len(sizes))
+    for name in cycle_rows[sizes[0]]:
+        print(f"| {name} | " + " | ".join(f"{cycle_rows[s][name]:.2f}" for s in sizes) + " |")
+    print(f"\ncommand wall time, s (median of 5), and its multiple of `python -c pass` ({baseline:.3f} s):\n")
+    print(f"| command | {head} |")
+    print("| --- |" + " --- |" * len(sizes))
+    for name in COMMANDS:
+        cells = [f"{command_rows[s][name]:.3f} ({command_rows[s][name] / baseline:.1f}x)" for s in sizes]
+        print(f"| `{name}` | " + " | ".join(cells) + " |")
+    print("\n(building the ledgers: " + ", ".join(f"{s:,} in {build_seconds[s]:.0f} s" for s in sizes) + ")")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
