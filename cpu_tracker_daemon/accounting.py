@@ -119,8 +119,12 @@ def compose(events: Events, delta: float) -> Guarantee:
     return min(candidates, key=lambda g: (g.epsilon, g.delta))
 
 
+@functools.lru_cache(maxsize=256)
 def zcdp_epsilon(rho: float, delta: float) -> float:
-    """The epsilon at which rho-zCDP gives (epsilon, delta)-DP (CKS 2020, Prop. 12), minimised over alpha."""
+    """The epsilon at which rho-zCDP gives (epsilon, delta)-DP (CKS 2020, Prop. 12), minimised over alpha.
+
+    Cached: a reserve asks it of the same budget several times (before, with and after a spend).
+    """
     if rho <= 0:
         return 0.0
     if not 0 < delta < 1:

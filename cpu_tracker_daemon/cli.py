@@ -433,8 +433,8 @@ def _budget_plan(config: Config, as_json: bool) -> int:
 
 def _grant(config: Config, epsilon: float, reason: str, cap: str, delta: float) -> int:
     from cpu_tracker_daemon import storage
+    from cpu_tracker_daemon.budget import caps_for
     from cpu_tracker_daemon.ledger import open_ledger
-    from cpu_tracker_daemon.tracker import caps_for
 
     if not reason.strip():
         raise UsageError("--reason must say why the budget is raised; it is kept in the ledger")
@@ -456,8 +456,8 @@ def _grant(config: Config, epsilon: float, reason: str, cap: str, delta: float) 
 
 def _ledger_verify(config: Config) -> int:
     from cpu_tracker_daemon import storage
+    from cpu_tracker_daemon.budget import caps_for
     from cpu_tracker_daemon.ledger import open_ledger
-    from cpu_tracker_daemon.tracker import caps_for
 
     layout = storage.layout_for(config)
     now = datetime.now(UTC)
@@ -473,9 +473,9 @@ def _ledger_verify(config: Config) -> int:
 
 def _ledger_reset(config: Config, reason: str) -> int:
     from cpu_tracker_daemon import storage
+    from cpu_tracker_daemon.budget import caps_for
     from cpu_tracker_daemon.daemon import claim_state
     from cpu_tracker_daemon.reset import reset_ledger
-    from cpu_tracker_daemon.tracker import caps_for
 
     if not reason.strip():
         raise UsageError("--reason must say why the budget starts over; it is kept with the new ledger")
@@ -545,8 +545,8 @@ def _service(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def _budget_requests(config: Config, as_json: bool) -> int:
     from cpu_tracker_daemon import requests, storage
+    from cpu_tracker_daemon.budget import caps_for
     from cpu_tracker_daemon.ledger import Decision, open_ledger
-    from cpu_tracker_daemon.tracker import caps_for
 
     layout = storage.layout_for(config)
     now = datetime.now(UTC)
@@ -594,8 +594,8 @@ def _budget_requests(config: Config, as_json: bool) -> int:
 
 def _budget_decide(config: Config, request_id: str, decision: str, note: str) -> int:
     from cpu_tracker_daemon import requests, storage
+    from cpu_tracker_daemon.budget import caps_for
     from cpu_tracker_daemon.ledger import open_ledger
-    from cpu_tracker_daemon.tracker import caps_for
 
     layout = storage.layout_for(config)
     storage.prepare(layout)

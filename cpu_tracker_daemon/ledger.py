@@ -553,7 +553,7 @@ class Ledger:
                 AND NOT EXISTS (
                     SELECT 1 FROM outcomes o WHERE o.release_id = s.release_id
                     AND o.status IN ('published', 'abandoned', 'superseded'))
-                ORDER BY s.reserved_ts
+                ORDER BY s.rowid -- the order reserved; by rowid, so the range above is a search
                 """
             ).fetchall()
         result = []

@@ -8,7 +8,6 @@ stops or enables a service: the command it prints does that.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -119,6 +118,8 @@ def installed_executable(python: str = sys.executable) -> Path:
     beside = Path(python).parent / APP_NAME
     if beside.is_file() and os.access(beside, os.X_OK):
         return beside.absolute()
+    import shutil  # here, not at the top: the CLI's parser imports this module for MANAGERS
+
     found = shutil.which(APP_NAME)
     if found:
         return Path(found).absolute()
@@ -341,6 +342,8 @@ def _read(path: Path) -> str:
 
 def _give(directory: Path, owner: str) -> None:
     try:
+        import shutil
+
         shutil.chown(directory, user=owner)
     except LookupError:
         raise ServiceError(f"there is no user {owner} to own {directory}; create it first") from None
@@ -351,6 +354,7 @@ def _content(plan: Plan, path: Path) -> str:
 
 
 def _make_system_user(root: Path, conf: Path) -> None:
+    import shutil
     import subprocess
 
     tool = shutil.which("systemd-sysusers")

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cpu_tracker_daemon import metrics, permissions, requests, storage
+from cpu_tracker_daemon.budget import caps_for, promise_for
 from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.errors import (
     BudgetExhaustedError,
@@ -33,9 +34,7 @@ from cpu_tracker_daemon.ledger import (
     LOCK_TIMEOUT_SECONDS,
     BootClock,
     BudgetStatus,
-    Caps,
     Ledger,
-    Promise,
     Spend,
     boot_clock,
     open_ledger,
@@ -43,51 +42,16 @@ from cpu_tracker_daemon.ledger import (
 from cpu_tracker_daemon.privacy import RandomLike, add_noise, calibrate, load_mechanisms, statistic
 from cpu_tracker_daemon.records import private_record, public_record
 from cpu_tracker_daemon.sampling import CpuSource, sample_window
+from cpu_tracker_daemon.schedule import due_at, nominal_start, publish_hold
 from cpu_tracker_daemon.signals import Flag, StopRequest
 from cpu_tracker_daemon.storage import Layout
 
 Clock = Callable[[], datetime]
 WAIT_GRACE_SECONDS = 1.0  # real time a cooldown wait may run over, for a wall clock being slewed
-PUBLISH_HOLD_SECONDS = 1.0  # the public file is written this long after the planned window's end
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def due_at(anchor_ts: float | None, every: timedelta, now: datetime) -> datetime:
-    """When the next window may start: ``every`` after the anchor, and never before now."""
-    if anchor_ts is None:
-        return now
-    return max(datetime.fromtimestamp(anchor_ts, UTC) + every, now)
-
-
-def nominal_start(anchor_ts: float | None, every: timedelta, now: datetime) -> datetime:
-    """The published start of a window beginning now: a point of the schedule, never a reading
-    of how late this cycle ran. ``every`` after the anchor when the cycle keeps up; otherwise now
-    floored to the second. Never before the cooldown allows, never after now."""
-    floored = now.replace(microsecond=0)
-    if anchor_ts is None:
-        return floored
-    return max(datetime.fromtimestamp(anchor_ts, UTC) + every, floored)
-
-
-def publish_hold(config: Config) -> float:
-    """How long after the planned window's end the public file is written: long enough that a
-    busy machine's late end and slower writes are done by then (they show otherwise), short
-    enough to leave the next window its time. 1 s at the defaults."""
-    slack = config.schedule.every_seconds - config.sampling.window_seconds
-    return min(PUBLISH_HOLD_SECONDS, max(slack, 0.0) / 2)
-
-
-def caps_for(config: Config) -> Caps:
-    b = config.budget
-    return Caps(b.lifetime_epsilon, b.window_epsilon, b.window_hours, b.lifetime_delta, b.window_delta)
-
-
-def promise_for(config: Config) -> Promise:
-    s, p = config.sampling, config.privacy
-    return Promise(p.unit, s.samples, s.interval_seconds, p.lower, p.upper)
 
 
 def check_outputs(ledger: Ledger | None, layout: Layout) -> None:
