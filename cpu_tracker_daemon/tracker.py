@@ -202,6 +202,8 @@ class Tracker:
         if outcome in ("budget_exhausted", "cooldown"):
             remaining = ledger.status(caps_for(self.config), self.clock()).remaining
             due = self.next_due(ledger)
+            if isinstance(exc, CooldownError):  # the process's own spacing may say later
+                due = max(due, datetime.fromisoformat(exc.due_at))
         return CycleResult(
             outcome=outcome,
             duration_seconds=self.monotonic() - started,

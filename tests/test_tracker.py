@@ -25,7 +25,7 @@ from cpu_tracker_daemon.config import Config, load_config
 from cpu_tracker_daemon.sampling import PsutilCpuSource, Reading
 from cpu_tracker_daemon.schedule import publish_hold
 from cpu_tracker_daemon.storage import layout_for, prepare
-from cpu_tracker_daemon.tracker import WAIT_GRACE_SECONDS, CycleLog, Tracker
+from cpu_tracker_daemon.tracker import WAIT_GRACE_SECONDS, CycleLog, Spacing, Tracker
 from tests.conftest import FakeClock, FakeCpu, log_events, write_config
 
 
@@ -144,6 +144,22 @@ class TestRelease:
         assert len(outcomes(tracker)) == 2
         clock.advance(0.6)
         assert tracker.cycle().outcome == "released"
+
+    def test_a_cooldown_from_the_monotonic_spacing_is_due_when_the_spacing_says(
+        self, tmp_path: Path, clock: FakeClock
+    ) -> None:
+        """CI, 2026-12-01: the ledger's cooldown counts from the planned start (floored to the
+        second), the process's spacing from the real one. When the real start was late by more
+        than the allowed wait, the spacing refused while the ledger said "due now", and the
+        daemon, told the next run was due now, cycled every 2 ms until the gap closed. The
+        refusal's due time is now the later of the two."""
+        tracker, _ = make_tracker(tmp_path, clock)
+        spacing = Spacing(last_window_start=100.0)
+        tracker = dataclasses.replace(tracker, spacing=spacing, monotonic=lambda: 100.5)
+        result = tracker.cycle(max_wait=0.1)
+        assert result.outcome == "cooldown"
+        assert result.next_due_at is not None
+        assert result.next_due_at >= clock() + timedelta(seconds=0.5)
 
     def test_force_skips_cooldown_not_budget(self, tmp_path: Path, clock: FakeClock) -> None:
         """--force releases inside the cooldown but still stops at the budget cap."""
