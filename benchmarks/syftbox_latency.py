@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cpu_tracker_daemon import requests  # noqa: E402
+from cpu_tracker_daemon.storage import read_json  # noqa: E402
 from tests.conftest import render_toml  # noqa: E402
 from tests.syftbox_network import Client, Network, install, wait_until  # noqa: E402
 
@@ -46,16 +47,8 @@ def cli(config: Path, *args: str) -> None:
         raise SystemExit(f"cpu-tracker {' '.join(args)} exited {done.returncode}: {done.stderr.strip()}")
 
 
-def readable(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def release_id(path: Path) -> Any:
-    return (readable(path) or {}).get("release_id")
+    return (read_json(path) or {}).get("release_id")
 
 
 def row(name: str, values: list[float]) -> str:
@@ -83,7 +76,7 @@ def release_latencies(member: Client, agg: Client, config: Path, count: int) -> 
         time.sleep(1.05)  # the cooldown
         cli(config, "once")
         done = time.monotonic()
-        mine = readable(member.datasite() / RELEASE)
+        mine = read_json(member.datasite() / RELEASE)
         assert mine is not None
         want = mine["release_id"]
         wait_until("a release at the aggregator", lambda w=want: release_id(arrived) == w, every=0.02)
@@ -108,13 +101,13 @@ def request_latencies(
         (outbox / f"{request_id}.request").write_text(json.dumps(message))
         sent = time.monotonic()
         inbox = member.datasite() / ENDPOINT / AGGREGATOR / f"{request_id}.request"
-        wait_until("a request at the member", lambda p=inbox: readable(p), every=0.02)
+        wait_until("a request at the member", lambda p=inbox: read_json(p), every=0.02)
         there.append(time.monotonic() - sent)
         cli(config, "budget", "requests")
         cli(config, "budget", "approve", request_id)
         answered = time.monotonic()
         answer = outbox / f"{request_id}.response"
-        wait_until("the answer at the aggregator", lambda p=answer: readable(p), every=0.02)
+        wait_until("the answer at the aggregator", lambda p=answer: read_json(p), every=0.02)
         back.append(time.monotonic() - answered)
     return there, back
 

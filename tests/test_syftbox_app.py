@@ -108,28 +108,26 @@ class TestGoClient:
         assert (app["app"] / ".venv" / "bin" / "cpu-tracker").exists()
 
 
+def run_sh(app: dict[str, Path], timeout: float) -> subprocess.CompletedProcess[bytes]:
+    """``sh run.sh`` as the 0.4 client runs it: from the app's folder, waited for."""
+    return subprocess.run(
+        ["sh", "run.sh"],
+        check=False,
+        cwd=app["app"],
+        env=client_env(app, go=False),
+        capture_output=True,
+        timeout=timeout,
+    )
+
+
 class TestPythonClient:
     def test_each_run_is_one_cycle_and_a_cooldown_is_success(self, app: dict[str, Path]) -> None:
         """Under the 0.4 client each run of ``sh run.sh`` is one cycle; when the cooldown has not
         elapsed it returns 0 at once rather than failing every few seconds."""
-        first = subprocess.run(
-            ["sh", "run.sh"],
-            check=False,
-            cwd=app["app"],
-            env=client_env(app, go=False),
-            capture_output=True,
-            timeout=600,
-        )
+        first = run_sh(app, timeout=600)  # the first run sets the venv up
         assert first.returncode == 0, first.stderr.decode()[-2000:]
         started = time.monotonic()
-        again = subprocess.run(
-            ["sh", "run.sh"],
-            check=False,
-            cwd=app["app"],
-            env=client_env(app, go=False),
-            capture_output=True,
-            timeout=60,
-        )
+        again = run_sh(app, timeout=60)
         assert again.returncode == 0, again.stderr.decode()[-2000:]
         assert b"cooldown" in again.stdout + again.stderr
         assert time.monotonic() - started < 10

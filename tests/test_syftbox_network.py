@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from cpu_tracker_daemon import requests
+from cpu_tracker_daemon.storage import read_json  # None until the client has written it whole
 from tests import syftbox_network
 from tests.conftest import run_cli, write_config
 from tests.syftbox_network import Network, wait_until
@@ -75,15 +76,6 @@ def configs(network: Network, tmp_path_factory: pytest.TempPathFactory) -> dict[
     return out
 
 
-def readable_json(path: Path) -> dict[str, Any] | None:
-    """The file's JSON object once the client has finished writing it (it writes in place)."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 @pytest.fixture(scope="module")
 def released(network: Network, configs: dict[str, Path]) -> dict[str, float]:
     """Each member releases once; seconds until its release was readable at the aggregator."""
@@ -92,12 +84,12 @@ def released(network: Network, configs: dict[str, Path]) -> dict[str, float]:
         done = run_cli("--config", str(configs[email]), "once")
         assert done.returncode == 0, done.stderr
         published = time.monotonic()
-        mine = readable_json(network.clients[email].datasite() / RELEASE)
+        mine = read_json(network.clients[email].datasite() / RELEASE)
         assert mine is not None
         arrived = network.clients[AGGREGATOR].datasite(email) / RELEASE
         wait_until(
             f"{email}'s release reaches the aggregator",
-            lambda a=arrived, r=mine["release_id"]: (readable_json(a) or {}).get("release_id") == r,
+            lambda a=arrived, r=mine["release_id"]: (read_json(a) or {}).get("release_id") == r,
         )
         latency[email] = time.monotonic() - published
     return latency
@@ -149,7 +141,7 @@ class TestAggregate:
         """The aggregate is public: every member and the outsider receive it."""
         for email in (*MEMBERS, OUTSIDER):
             path = network.clients[email].datasite(AGGREGATOR) / AGGREGATE
-            wait_until(f"the aggregate reaches {email}", lambda p=path: readable_json(p))
+            wait_until(f"the aggregate reaches {email}", lambda p=path: read_json(p))
 
 
 ENDPOINT = APP / "rpc" / "budget"
@@ -175,6 +167,16 @@ def send_request(
     return path
 
 
+def assert_never_arrives(network: Network, member: str, folder: str, control: str) -> None:
+    """Nothing reaches ``member``'s ``folder`` of its endpoint: the aggregator's request
+    ``control``, sent after it, arrives, and a few sync rounds later that folder is still absent."""
+    send_request(network, AGGREGATOR, member, control)
+    box = network.clients[member].datasite() / ENDPOINT
+    wait_until("the control request arrives", lambda: read_json(box / AGGREGATOR / f"{control}.request"))
+    time.sleep(3)
+    assert not (box / folder).exists()
+
+
 class TestBudgetRequests:
     def test_a_request_and_its_answer_travel(
         self, network: Network, configs: dict[str, Path], released: dict[str, float]
@@ -185,7 +187,7 @@ class TestBudgetRequests:
         sent = time.monotonic()
         send_request(network, AGGREGATOR, member, "net-req-0001")
         box = network.clients[member].datasite() / ENDPOINT / AGGREGATOR
-        wait_until("the request reaches the member", lambda: readable_json(box / "net-req-0001.request"))
+        wait_until("the request reaches the member", lambda: read_json(box / "net-req-0001.request"))
         there = time.monotonic() - sent
         listed = run_cli("--config", str(configs[member]), "budget", "requests")
         assert listed.returncode == 0, listed.stderr
@@ -196,7 +198,7 @@ class TestBudgetRequests:
         answer = network.clients[AGGREGATOR].datasite(member) / ENDPOINT / AGGREGATOR
         response = wait_until(
             "the answer reaches the aggregator",
-            lambda: readable_json(answer / "net-req-0001.response"),
+            lambda: read_json(answer / "net-req-0001.response"),
         )
         assert response["status_code"] == 200
         assert json.loads(base64.b64decode(response["body"]))["decision"] == "approved"
@@ -207,14 +209,7 @@ class TestBudgetRequests:
         member: the server refuses the upload."""
         member = MEMBERS[1]
         send_request(network, OUTSIDER, member, "eve-req-0001")
-        send_request(network, AGGREGATOR, member, "agg-req-0002")  # a control that does arrive
-        box = network.clients[member].datasite() / ENDPOINT
-        wait_until(
-            "the control request arrives",
-            lambda: readable_json(box / AGGREGATOR / "agg-req-0002.request"),
-        )
-        time.sleep(3)
-        assert not (box / OUTSIDER).exists()
+        assert_never_arrives(network, member, OUTSIDER, control="agg-req-0002")
 
     def test_a_reader_cannot_write_into_another_readers_folder(
         self, network: Network, released: dict[str, float]
@@ -222,14 +217,7 @@ class TestBudgetRequests:
         """The aggregator writing a request under the outsider's name is refused by the server."""
         member = MEMBERS[2]
         send_request(network, AGGREGATOR, member, "forged-0001", folder_of=OUTSIDER)
-        send_request(network, AGGREGATOR, member, "agg-req-0003")
-        box = network.clients[member].datasite() / ENDPOINT
-        wait_until(
-            "the control request arrives",
-            lambda: readable_json(box / AGGREGATOR / "agg-req-0003.request"),
-        )
-        time.sleep(3)
-        assert not (box / OUTSIDER).exists()
+        assert_never_arrives(network, member, OUTSIDER, control="agg-req-0003")
 
 
 # -- both generations' permission engines agree with one table ---------------------------------
