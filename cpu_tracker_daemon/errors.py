@@ -6,6 +6,7 @@ Only :mod:`cpu_tracker_daemon.cli` turns these into exit codes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 def one_line(text: str) -> str:
@@ -17,6 +18,19 @@ def one_line(text: str) -> str:
 
 class CpuTrackerError(Exception):
     """Base class; str() is one sentence a user can act on."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as its message and fields, not its constructor's arguments (which differ by
+        # type): an error from a worker process must reach the parent intact, or
+        # multiprocessing's result thread dies on it and the pool waits forever.
+        return (_rebuild, (type(self), self.args, dict(vars(self))))
+
+
+def _rebuild(cls: type[CpuTrackerError], args: tuple[Any, ...], fields: dict[str, Any]) -> CpuTrackerError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    vars(error).update(fields)
+    return error
 
 
 class UsageError(CpuTrackerError):

@@ -43,8 +43,8 @@ from cpu_tracker_daemon.errors import (
 )
 from cpu_tracker_daemon.storage import fsync_dir, make_dirs_durably
 
-SCHEMA_VERSION = 4
-READABLE_VERSIONS = ("1", "2", "3", "4")
+SCHEMA_VERSION = 5
+READABLE_VERSIONS = ("1", "2", "3", "4", "5")
 APPLICATION_ID = 0x43505554  # "CPUT"
 CAPS = ("lifetime", "window")
 _TOLERANCE = 1e-9
@@ -150,6 +150,23 @@ _SCHEMA_4 = """
 ALTER TABLE guarantees ADD COLUMN counts TEXT;
 """
 
+# Schema 5 = schema 4 plus each spend's planned window start, on the wall clock and on the boot
+# clock: the rolling period counts a release by when its window was planned to start, a point of
+# the schedule, so a schedule that exactly fills the window cap keeps every slot (stamped when
+# reserved, after the window, the oldest spend had not yet left when the next window began).
+_SCHEMA_5 = """
+ALTER TABLE spends ADD COLUMN planned_ts REAL;
+ALTER TABLE spends ADD COLUMN planned_boot_seconds REAL;
+CREATE INDEX spends_by_plan ON spends (planned_ts);
+CREATE INDEX spends_by_boot_plan ON spends (boot_id, planned_boot_seconds);
+"""
+# The spends from before schema 5 count from when they were reserved, which is later than their
+# plan: they stay in the rolling period a window longer, never shorter.
+_PLANNED_FROM_RESERVED = "UPDATE spends SET planned_ts = reserved_ts, planned_boot_seconds = boot_seconds"
+# Two clocks that run at one rate still disagree by rounding and by small steps (NTP at boot):
+# the boot clock's test frees a spend this much sooner than exact; the wall clock's is exact.
+BOOT_SLACK_SECONDS = 1.0
+
 
 def _append_only(tables: tuple[str, ...]) -> str:
     return "".join(
@@ -165,6 +182,7 @@ _APPEND_ONLY = _append_only(
     ("spends", "outcomes", "grants", "meta", "guarantees", "requests", "periods", "promises", "acknowledged")
 )
 _META_NO_UPDATE = _append_only(("meta",)).split("CREATE TRIGGER meta_no_delete")[0].strip()
+_SPENDS_NO_UPDATE = _append_only(("spends",)).split("CREATE TRIGGER spends_no_delete")[0].strip()
 
 
 # Which boot this is and how long since it began (suspend included, where the OS can say):
@@ -296,6 +314,7 @@ class Spend:
     unit: str
     sensitivity: float
     planned_start: datetime | None = None  # the published start; the cooldown counts from it
+    planned_boot_seconds: float | None = None  # the boot clock at the planned start (None: at reserve)
 
 
 @dataclass(frozen=True)
@@ -386,15 +405,26 @@ class Ledger:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def status(self, caps: Caps, now: datetime) -> BudgetStatus:
+    def status(self, caps: Caps, now: datetime, at: datetime | None = None) -> BudgetStatus:
+        """The budget now, with the rolling period ending ``at`` (a window's planned start) if given."""
         with self._guard() as conn:
-            return self._status(conn, caps, now.timestamp())
+            end = None if at is None else (at.timestamp(), None)
+            return self._status(conn, caps, now.timestamp(), at=end)
 
     def _status(
-        self, conn: sqlite3.Connection, caps: Caps, now_ts: float, lifetime: list[Any] | None = None
+        self,
+        conn: sqlite3.Connection,
+        caps: Caps,
+        now_ts: float,
+        lifetime: list[Any] | None = None,
+        at: tuple[float, float | None] | None = None,
     ) -> BudgetStatus:
         """The budget now; ``lifetime`` (rows of mechanism, epsilon, delta, count) when the caller
-        already has the lifetime counts (a spend being reserved is not on a guarantee yet)."""
+        already has the lifetime counts (a spend being reserved is not on a guarantee yet).
+
+        The rolling period ends now, or ``at``: the planned start of the window being checked, on
+        the wall clock and on the boot clock (None: as far from the boot clock's now as from the
+        wall clock's). It holds each release that was planned to start within it."""
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         granted = {cap: [0.0, 0.0] for cap in CAPS}
         for cap, epsilon, delta in conn.execute(
@@ -407,10 +437,21 @@ class Ledger:
         window_seconds = window_hours * 3600.0
         if lifetime is None:
             lifetime = self._lifetime_counts(conn)
-        if self.version >= 3:
+        if self.version >= 5:
             # A spend is in the rolling period while the wall clock says so, or, within the boot
             # it was made in, while the time since boot says so: a clock set forward never
             # empties the period faster than real time.
+            boot_id, boot_now = self._boot()
+            end_ts, end_boot = (now_ts, boot_now) if at is None else at
+            if end_boot is None:
+                end_boot = boot_now + (end_ts - now_ts)
+            window = conn.execute(
+                "SELECT mechanism, epsilon, delta, COUNT(*) FROM spends "
+                "WHERE planned_ts > ? OR (boot_id = ? AND planned_boot_seconds > ?) "
+                "GROUP BY mechanism, epsilon, delta",
+                (end_ts - window_seconds, boot_id, end_boot - window_seconds + BOOT_SLACK_SECONDS),
+            ).fetchall()
+        elif self.version >= 3:
             boot_id, boot_now = self._boot()
             window = conn.execute(
                 "SELECT mechanism, epsilon, delta, COUNT(*) FROM spends "
@@ -520,10 +561,13 @@ class Ledger:
             )
 
     def spend_times(self, after: float) -> list[float]:
-        """When each spend reserved after ``after`` (a timestamp) was reserved, oldest first."""
+        """When each window planned after ``after`` (a timestamp) was planned to start (before
+        schema 5: reserved), oldest first: the times the rolling period counts."""
+        column = "planned_ts" if self.version >= 5 else "reserved_ts"
         with self._guard() as conn:
             rows = conn.execute(
-                "SELECT reserved_ts FROM spends WHERE reserved_ts > ? ORDER BY reserved_ts", (after,)
+                f"SELECT {column} FROM spends WHERE {column} > ? ORDER BY {column}",  # noqa: S608 - a column name of ours
+                (after,),
             )
             return [float(ts) for (ts,) in rows]
 
@@ -627,7 +671,9 @@ class Ledger:
                 self._hold_promise(conn, promise, now)
                 self._hold_period(conn, caps, now)
             lifetime = self._lifetime_counts(conn)
-            before = self._status(conn, caps, now_ts, lifetime)
+            boot = self._boot()
+            planned_boot = boot[1] if spend.planned_boot_seconds is None else spend.planned_boot_seconds
+            before = self._status(conn, caps, now_ts, lifetime, at=(planned_ts, planned_boot))
             event = event_of(spend.mechanism, spend.epsilon, spend.delta)
             blocking = before.first_blocking(event)
             if blocking is not None:
@@ -645,7 +691,9 @@ class Ledger:
                 spend.sensitivity,
             ]
             if self.version >= 3:
-                values += list(self._boot())
+                values += list(boot)
+            if self.version >= 5:
+                values += [planned_ts, planned_boot]
             marks = ", ".join("?" * len(values))
             conn.execute(f"INSERT INTO spends VALUES ({marks})", values)  # noqa: S608 - placeholders only
             # A window that starts after now straddled a clock set back: it anchors at now, not in
@@ -656,7 +704,7 @@ class Ledger:
                 (min(planned_ts, now_ts),),
             )
             counts = _plus_one(lifetime, (spend.mechanism, spend.epsilon, spend.delta))
-            after = self._status(conn, caps, now_ts, counts)
+            after = self._status(conn, caps, now_ts, counts, at=(planned_ts, planned_boot))
             row = (spend.release_id, after.lifetime.spent, after.lifetime.delta, after.lifetime.method)
             if self.version >= 4:
                 conn.execute("INSERT INTO guarantees VALUES (?, ?, ?, ?, ?)", (*row, json.dumps(counts)))
@@ -855,13 +903,14 @@ def open_ledger(
 
 
 def _migrate(conn: sqlite3.Connection, path: Path, now: datetime) -> None:
-    """Schema 1, 2 or 3 to 4 in one transaction; a failure leaves the file as it was.
+    """Schema 1, 2, 3 or 4 to 5 in one transaction; a failure leaves the file as it was.
 
     1 to 2: delta grants, the guarantees and requests tables, delta caps of 0 (a schema-1
     ledger was created under pure epsilon-DP). 2 to 3: the recorded rolling period, the privacy
     promise, acknowledged releases and each spend's boot (empty for the spends before it). 3 to
     4: the running counts on each guarantee (empty before it: the first spend after the
-    migration counts the history once).
+    migration counts the history once). 4 to 5: each spend's planned start, taken to be when it
+    was reserved for the spends before it (later than planned: they count longer, not shorter).
     """
     try:
         conn.execute("BEGIN IMMEDIATE")
@@ -877,8 +926,14 @@ def _migrate(conn: sqlite3.Connection, path: Path, now: datetime) -> None:
                 script += _SCHEMA_3 + _append_only(tuple(sorted(_TABLES_3)))
             if version in ("1", "2", "3"):
                 script += _SCHEMA_4
+            if version in ("1", "2", "3", "4"):
+                script += _SCHEMA_5
                 for statement in _statements(script):
                     conn.execute(statement)
+                # The one deliberate change to spends: the new columns, from what each recorded.
+                conn.execute("DROP TRIGGER spends_no_update")
+                conn.execute(_PLANNED_FROM_RESERVED)
+                conn.execute(_SPENDS_NO_UPDATE)
                 conn.execute("DROP TRIGGER meta_no_update")  # the one deliberate change to meta
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
                 conn.execute(_META_NO_UPDATE)
@@ -987,7 +1042,7 @@ def _verify(conn: sqlite3.Connection, path: Path, full: bool = True) -> int:
             str(path), f"schema version {version!r}, this cpu-tracker reads {', '.join(READABLE_VERSIONS)}"
         )
     expected = (set() if version == "1" else {"guarantees", "requests"}) | (
-        _TABLES_3 if version in ("3", "4") else set()
+        _TABLES_3 if version in ("3", "4", "5") else set()
     )
     if not tables >= expected:
         raise LedgerCorruptError(str(path), f"missing tables {sorted(expected - tables)}")
@@ -1006,7 +1061,7 @@ def _verify(conn: sqlite3.Connection, path: Path, full: bool = True) -> int:
                 raise LedgerCorruptError(str(path), f"meta.{key} is missing or not a number") from None
             if not 0 <= value < 1:
                 raise LedgerCorruptError(str(path), f"meta.{key} is not in [0, 1)")
-    if full and version == "4":
+    if full and version in ("4", "5"):
         _check_counts(conn, path)
     return int(version)
 
@@ -1027,6 +1082,7 @@ _APPEND_ONLY_BY_VERSION = {
     "2": ("spends", "outcomes", "grants", "meta", "guarantees", "requests"),
     "3": ("spends", "outcomes", "grants", "meta", "guarantees", "requests", *sorted(_TABLES_3)),
     "4": ("spends", "outcomes", "grants", "meta", "guarantees", "requests", *sorted(_TABLES_3)),
+    "5": ("spends", "outcomes", "grants", "meta", "guarantees", "requests", *sorted(_TABLES_3)),
 }
 
 
@@ -1056,7 +1112,7 @@ def _create(path: Path, caps: Caps, now: datetime) -> None:
             tmp.unlink()
         conn = sqlite3.connect(tmp, isolation_level=None)
         try:
-            schema = _SCHEMA + _SCHEMA_2 + _SCHEMA_3 + _SCHEMA_4 + _APPEND_ONLY
+            schema = _SCHEMA + _SCHEMA_2 + _SCHEMA_3 + _SCHEMA_4 + _SCHEMA_5 + _APPEND_ONLY
             conn.executescript("BEGIN;" + schema + "COMMIT;")
             conn.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)",

@@ -18,7 +18,7 @@ from cpu_tracker_daemon.budget import caps_for
 from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.ledger import BudgetStatus, CapStatus, Grant, open_ledger
 from cpu_tracker_daemon.privacy import Calibration, calibrate
-from cpu_tracker_daemon.schedule import due_at
+from cpu_tracker_daemon.schedule import due_at, nominal_start
 
 
 @dataclass(frozen=True)
@@ -30,26 +30,42 @@ class Snapshot:
     calibration: Calibration
     status: BudgetStatus
     grants: list[Grant]
-    spend_times: list[float]  # reserved_ts of the spends in the rolling window, oldest first
+    spend_times: list[float]  # planned starts of the spends in the rolling period, oldest first
     ledger_exists: bool
 
     @property
     def next_due(self) -> datetime:
-        every = timedelta(seconds=self.config.schedule.every_seconds)
-        return due_at(self.status.cooldown_anchor_ts, every, self.now)
+        return due_at(self.status.cooldown_anchor_ts, self._every, self.now)
+
+    @property
+    def next_start(self) -> datetime:
+        """The planned start of the next window: where the rolling period it is checked in ends."""
+        return next_start(self.status.cooldown_anchor_ts, self._every, self.now)
+
+    @property
+    def _every(self) -> timedelta:
+        return timedelta(seconds=self.config.schedule.every_seconds)
+
+
+def next_start(anchor_ts: float | None, every: timedelta, now: datetime) -> datetime:
+    return nominal_start(anchor_ts, every, due_at(anchor_ts, every, now))
 
 
 def snapshot(config: Config, now: datetime) -> Snapshot:
+    """The ledger as the next release will meet it: its rolling period ends at that release's
+    planned start, as the daemon's check does, so a report never calls paused what will release."""
     layout = storage.layout_for(config)
     caps = caps_for(config)
     ledger = open_ledger(layout.ledger, caps, now, create=False, full=False)  # a read: the cheap checks
     if ledger is None:
         status, grants, times = BudgetStatus.fresh(caps), [], []
     else:
+        every = timedelta(seconds=config.schedule.every_seconds)
         with ledger:
-            status = ledger.status(caps, now)
+            start = next_start(ledger.status(caps, now).cooldown_anchor_ts, every, now)
+            status = ledger.status(caps, now, at=start)
             grants = ledger.grants()
-            times = ledger.spend_times(now.timestamp() - caps.window_hours * 3600.0)
+            times = ledger.spend_times(start.timestamp() - status.window_hours * 3600.0)
     return Snapshot(
         config=config,
         now=now,
@@ -128,9 +144,9 @@ def plan(snap: Snapshot) -> dict[str, Any]:
     """
     event = snap.calibration.event
     every = snap.config.schedule.every_seconds
-    window_seconds = snap.config.budget.window_hours * 3600.0
+    window_seconds = snap.status.window_hours * 3600.0
     status = snap.status
-    start = snap.next_due.timestamp()
+    start = snap.next_start.timestamp()
     lifetime_left = _lifetime_left(status.lifetime, event)
     window_pause = _window_pause(status.window, event, snap.spend_times, start, every, window_seconds)
     caps: dict[str, Any] = {
@@ -148,7 +164,7 @@ def plan(snap: Snapshot) -> dict[str, Any]:
     return {
         "per_release": per_release(snap.calibration),
         "every_seconds": every,
-        "next_due_at": snap.next_due.isoformat(),
+        "next_due_at": snap.next_start.isoformat(),
         "releases_remaining": binding,
         "exhausted_at": _at(start, every, binding),
         "caps": caps,

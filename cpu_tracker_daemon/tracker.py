@@ -170,6 +170,9 @@ class Tracker:
     def next_due(self, ledger: Ledger) -> datetime:
         """When the next release may start (now, if one is already due)."""
         now = self.clock()
+        return due_at(self._anchor(ledger, now), self.every, now)
+
+    def _anchor(self, ledger: Ledger, now: datetime) -> float | None:
         anchor, skewed = ledger.cooldown_anchor(now)
         if skewed:
             self.log.warning(
@@ -177,7 +180,7 @@ class Tracker:
                 detail="the last release is dated in the future; treating it as now",
                 anchor=now.isoformat(),
             )
-        return due_at(anchor, self.every, now)
+        return anchor
 
     def cycle(self, *, force: bool = False, max_wait: float = 0.0) -> CycleResult:
         """Run one cycle. Ledger corruption propagates; every other refusal is in the result."""
@@ -252,8 +255,12 @@ class Tracker:
         config, caps = self.config, caps_for(self.config)
         calibration = calibrate(config.privacy, config.sampling.samples)
         # Checked before the cooldown wait, so the window starts as the cooldown ends; reserve()
-        # checks the caps again, atomically, before anything is released.
-        blocking = ledger.status(caps, self.clock()).first_blocking(calibration.event)
+        # checks the caps again, atomically, before anything is released. The rolling period is
+        # the one that ends at the planned start of the window this cycle would run.
+        now = self.clock()
+        anchor = self._anchor(ledger, now)
+        candidate = now.replace(microsecond=0) if force else nominal_start(anchor, self.every, now)
+        blocking = ledger.status(caps, now, at=candidate).first_blocking(calibration.event)
         if blocking is not None:
             raise BudgetExhaustedError(blocking.name, blocking.spent, blocking.limit, calibration.epsilon)
         load_mechanisms(calibration.mechanism)
@@ -273,11 +280,15 @@ class Tracker:
         # The published window is the planned one, fixed before sampling: how late a busy
         # machine starts, ends and writes must not show in what is published.
         now = self.clock()
+        _, boot_now = self.boot()
         planned = (
             now.replace(microsecond=0)
             if force
             else nominal_start(ledger.cooldown_anchor(now)[0], self.every, now)
         )
+        # The boot clock at the planned start: the plan is at most a second before now (a step
+        # of the wall clock cannot stretch that, so cannot shorten the period on the boot clock).
+        planned_boot = boot_now - min(max((now - planned).total_seconds(), 0.0), 1.0)
         window_started = self.monotonic()
         window = sample_window(
             self.cpu,
@@ -299,6 +310,7 @@ class Tracker:
             unit=calibration.unit,
             sensitivity=calibration.sensitivity,
             planned_start=planned,
+            planned_boot_seconds=planned_boot,
         )
         after: BudgetStatus = ledger.reserve(
             spend, caps, self.clock(), None if force else config.schedule.every_seconds, promise_for(config)

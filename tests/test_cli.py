@@ -158,9 +158,14 @@ class TestStatusAndBudget:
 
     def test_once_then_status_then_grant(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """After releases up to the cap, once exits 7; a grant with a reason lets the next one through."""
-        config = str(write_config(tmp_path, {"budget": {"lifetime_epsilon": 1.0, "window_epsilon": 1.0}}))
+        config = str(
+            write_config(
+                tmp_path,
+                {"schedule": {"every_seconds": 60}, "budget": {"lifetime_epsilon": 1, "window_epsilon": 1}},
+            )
+        )
         assert main(["--config", config, "once"]) == 0
-        assert main(["--config", config, "once"]) == 6  # cooldown
+        assert main(["--config", config, "once"]) == 6  # cooldown (at 1 s, a late start could miss it)
         assert main(["--config", config, "once", "--force"]) == 0
         assert main(["--config", config, "once", "--force"]) == 7
         err = capsys.readouterr().err
@@ -493,7 +498,7 @@ class TestLedgerVerify:
         assert main(["--config", config, "once"]) == 0
         capsys.readouterr()
         assert main(["--config", config, "ledger", "verify"]) == 0
-        assert "is sound: schema 4, 1 releases" in capsys.readouterr().out
+        assert "is sound: schema 5, 1 releases" in capsys.readouterr().out
         self.forge(tmp_path / "data")
         assert main(["--config", config, "status"]) == 0  # a read takes the cheap checks only
         capsys.readouterr()

@@ -19,6 +19,7 @@ from cpu_tracker_daemon.errors import (
     BudgetExhaustedError,
     CooldownError,
     LedgerCorruptError,
+    LedgerUnavailableError,
     PromiseChangedError,
 )
 from cpu_tracker_daemon.ledger import BootClock, Caps, Ledger, Promise, Spend, open_ledger
@@ -282,11 +283,15 @@ def _reserve_many(path: str, worker: int, count: int) -> int:
     ok = 0
     with ledger:
         for n in range(count):
-            try:
-                ledger.reserve(spend(worker * 1000 + n, epsilon=0.5), Caps(10.0, 10.0, 24.0), T0, None)
-                ok += 1
-            except BudgetExhaustedError:
-                pass
+            for _ in range(5):  # a lock held past the timeout is a refusal the next cycle retries
+                try:
+                    ledger.reserve(spend(worker * 1000 + n, epsilon=0.5), Caps(10.0, 10.0, 24.0), T0, None)
+                    ok += 1
+                except BudgetExhaustedError:
+                    pass
+                except LedgerUnavailableError:
+                    continue
+                break
     return ok
 
 
@@ -483,7 +488,8 @@ class TestMigration:
         assert path.read_bytes() == before
 
     def test_schema_1_is_migrated_once_keeping_history_and_pure_caps(self, tmp_path: Path) -> None:
-        """Opening it for writing migrates to schema 4: history kept, delta caps 0, meta still append-only."""
+        """Opening it for writing migrates to the current schema: history kept, delta caps 0, meta
+        still append-only."""
         path = tmp_path / "ledger.sqlite3"
         make_schema_1_ledger(path)
         caps = Caps(3.0, 2.0, 24.0, lifetime_delta=1e-6, window_delta=1e-6)
@@ -491,17 +497,53 @@ class TestMigration:
         assert ledger is not None
         with ledger:
             status = ledger.status(caps, T0 + timedelta(days=1))
-            assert ledger.version == 4
+            assert ledger.version == module.SCHEMA_VERSION
         assert (status.releases, status.lifetime.limit, status.lifetime.delta) == (1, 4.0, 0.0)
         conn = sqlite3.connect(path)
         meta = dict(conn.execute("SELECT key, value FROM meta"))
-        assert (meta["schema_version"], meta["base_lifetime_delta"]) == ("4", "0.0")
+        assert (meta["schema_version"], meta["base_lifetime_delta"]) == (str(module.SCHEMA_VERSION), "0.0")
         with pytest.raises(sqlite3.IntegrityError):
             conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
         again = open_ledger(path, caps, T0 + timedelta(days=2))  # a second open changes nothing
         assert again is not None
         again.close()
         conn.close()
+
+    def test_schema_4_spends_count_from_when_they_were_reserved(self, tmp_path: Path) -> None:
+        """Schema 5 counts the rolling period by each window's planned start. A schema-4 spend
+        knew only when it was reserved (later than its plan): migrated, it counts from then, so it
+        stays in the period no shorter than before; the file verifies and spends stay append-only."""
+        path = tmp_path / "ledger.sqlite3"
+        conn = sqlite3.connect(path, isolation_level=None)
+        script = (
+            module._SCHEMA + module._SCHEMA_2 + module._SCHEMA_3 + module._SCHEMA_4
+            + module._append_only(module._APPEND_ONLY_BY_VERSION["4"])
+        )  # fmt: skip
+        conn.executescript(f"BEGIN;{script}COMMIT;")
+        conn.executemany(
+            "INSERT INTO meta VALUES (?, ?)",
+            [("schema_version", "4"), ("created_at", T0.isoformat()), ("base_lifetime_epsilon", "3.0"),
+             ("base_window_epsilon", "2.0"), ("base_lifetime_delta", "1e-06"),
+             ("base_window_delta", "1e-06")],
+        )  # fmt: skip
+        reserved = T0 + timedelta(seconds=50)
+        conn.execute(
+            "INSERT INTO spends VALUES "
+            "('old', ?, ?, ?, ?, 1.0, 0.0, 'discrete_laplace', 'window', 100.0, 'b', 7.0)",
+            (reserved.timestamp(), reserved.isoformat(), T0.isoformat(), T0.isoformat()),
+        )
+        conn.close()
+        with open_ledger(path, CAPS, T0, boot=no_boot) as ledger:  # type: ignore[union-attr]
+            assert ledger.version == module.SCHEMA_VERSION
+        with closing(sqlite3.connect(path)) as check:
+            row = check.execute("SELECT planned_ts, planned_boot_seconds FROM spends").fetchone()
+            assert row == (reserved.timestamp(), 7.0)
+            with pytest.raises(sqlite3.IntegrityError):
+                check.execute("UPDATE spends SET planned_ts = 0")
+        day = CAPS.window_hours * 3600
+        with open_ledger(path, CAPS, T0, boot=no_boot, create=False) as ledger:  # type: ignore[union-attr]
+            assert ledger.status(CAPS, T0, at=T0 + timedelta(seconds=day + 49)).window.releases == 1
+            assert ledger.status(CAPS, T0, at=T0 + timedelta(seconds=day + 50)).window.releases == 0
 
     def test_schema_2_from_the_last_release_is_migrated_in_one_transaction(self, tmp_path: Path) -> None:
         """A ledger as the previous version wrote it (schema 2) gains the period, promise,
@@ -524,13 +566,15 @@ class TestMigration:
         )
         conn.close()
         with open_ledger(path, CAPS, T0, boot=no_boot) as ledger:  # type: ignore[union-attr]
-            assert ledger.version == 4
+            assert ledger.version == module.SCHEMA_VERSION
             assert ledger.knows("old")
             ledger.reserve(spend(1), CAPS, T0, None, PROMISE)
             assert ledger.status(CAPS, T0).releases == 2
             assert ledger.promise() == PROMISE
         with closing(sqlite3.connect(path)) as check:
-            assert check.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("4",)
+            assert check.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+                str(module.SCHEMA_VERSION),
+            )
             with pytest.raises(sqlite3.IntegrityError):
                 check.execute("DELETE FROM promises")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import json
 import random
 import sqlite3
@@ -14,7 +15,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -406,3 +407,82 @@ class TestCycleLog:
         assert line["epsilon_spent"] == 0.5
         assert line["epsilon_remaining"] == 99.5
         assert line["duration_seconds"] >= 0
+
+
+@dataclass
+class JitteryCpu:
+    """A machine whose readings each take a random few milliseconds more than planned."""
+
+    clock: FakeClock
+    rng: random.Random
+
+    def read(self) -> Reading:
+        self.clock.advance(self.rng.uniform(0.0, 0.01))
+        return Reading(busy=0.25, total=1.0)
+
+
+class TestRollingCapAtTheSchedule:
+    """The defaults spend 0.5 an hour under a cap of 12 per rolling 24 h: 24 releases fill it
+    exactly. Here scaled to 10 s and a 240 s period (the same 24 slots per period)."""
+
+    SCALED: ClassVar[dict[str, dict[str, Any]]] = {
+        "schedule": {"every_seconds": 10},
+        "budget": {"window_epsilon": 12, "window_hours": 240 / 3600},
+    }
+
+    def scaled_tracker(self, tmp_path: Path, clock: FakeClock) -> Tracker:
+        tracker, _ = make_tracker(tmp_path, clock, overrides=self.SCALED)
+        booted = clock.now
+        return dataclasses.replace(
+            tracker,
+            cpu=JitteryCpu(clock, random.Random(3)),
+            stop=AdvancingStop(clock),
+            boot=lambda: ("boot-a", 5000.0 + (clock.now - booted).total_seconds()),
+        )
+
+    def test_a_schedule_that_exactly_fills_the_rolling_cap_never_loses_a_release(
+        self, tmp_path: Path, clock: FakeClock
+    ) -> None:
+        """The 25th cycle met a cap that had not yet freed the first spend (stamped when it was
+        reserved, after its window, and checked before the next window began): budget.exhausted,
+        and one slot lost every period. The rolling cap now counts releases by their planned
+        window starts, which the schedule spaces exactly, so every slot releases."""
+        tracker = self.scaled_tracker(tmp_path, clock)
+        results = [tracker.cycle(max_wait=11) for _ in range(60)]
+        assert [r.outcome for r in results] == ["released"] * 60
+        starts = [datetime.fromisoformat(json.loads(p)["window"]["start"]) for p in self.payloads(tracker)]
+        assert {(b - a).total_seconds() for a, b in itertools.pairwise(starts)} == {10.0}
+
+    def test_one_more_than_the_cap_holds_is_still_refused(self, tmp_path: Path, clock: FakeClock) -> None:
+        """The cap is not loosened: a release forced in beside the schedule makes 25 in a period,
+        and the scheduled one after it is refused."""
+        tracker = self.scaled_tracker(tmp_path, clock)
+        assert [tracker.cycle(max_wait=11).outcome for _ in range(3)] == ["released"] * 3
+        assert tracker.cycle(force=True).outcome == "released"
+        outcomes_seen = [tracker.cycle(max_wait=11).outcome for _ in range(30)]
+        assert "budget_exhausted" in outcomes_seen
+
+    def test_budget_plan_agrees_with_the_daemon_fresh_and_mid_run(
+        self, tmp_path: Path, clock: FakeClock
+    ) -> None:
+        """'budget plan' said "no limit at this schedule" on a fresh state and "5 more, then
+        paused" mid-run, while the daemon lost a slot a day. Fresh and mid-run it now says what
+        the daemon does: the rolling cap never stops this schedule."""
+        from cpu_tracker_daemon import report
+
+        tracker = self.scaled_tracker(tmp_path, clock)
+
+        def window_pause() -> int | None:
+            planned = report.plan(report.snapshot(tracker.config, clock.now))
+            return planned["caps"]["window"]["releases_remaining"]  # type: ignore[no-any-return]
+
+        assert window_pause() is None
+        for _ in range(30):
+            assert tracker.cycle(max_wait=11).outcome == "released"
+            assert window_pause() is None
+
+    @staticmethod
+    def payloads(tracker: Tracker) -> list[str]:
+        with closing(sqlite3.connect(tracker.layout.ledger)) as conn:
+            rows = conn.execute("SELECT payload FROM outcomes WHERE status = 'drawn' ORDER BY id").fetchall()
+        return [payload for (payload,) in rows]
