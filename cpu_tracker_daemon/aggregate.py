@@ -20,7 +20,7 @@ from typing import Any
 
 from cpu_tracker_daemon import __version__, dashboard, metrics, permissions, storage
 from cpu_tracker_daemon.config import Config
-from cpu_tracker_daemon.estimate import Estimate, estimate
+from cpu_tracker_daemon.estimate import TARGET_HALF_WIDTH, Estimate, estimate, reading
 from cpu_tracker_daemon.peers import UNPARSEABLE, PeerRelease, Skipped, peer_names, read_release
 
 SCHEMA = "cpu-tracker/aggregate"
@@ -135,18 +135,9 @@ class Aggregator:
             "generator": f"cpu-tracker {__version__}",
         }
         if est is not None:
-            record["estimate"] = {
-                "mean": est.mean,
-                "standard_error": est.standard_error,
-                "ci95": [est.ci_low, est.ci_high],
-                "peers": est.peers,
-                "between_peer_sd": est.between_peer_sd,
-                "max_weight_share": est.max_weight_share,
-                "max_influence": est.max_influence,
-                "clipped": est.clipped,
-                "oldest_release": min(r.timestamp for r in accepted).astimezone(UTC).isoformat(),
-                "newest_release": max(r.timestamp for r in accepted).astimezone(UTC).isoformat(),
-            }
+            record["estimate"] = estimate_record(
+                est, min(r.timestamp for r in accepted), max(r.timestamp for r in accepted)
+            )
         if self.config.aggregator.publish_peers:
             record["peers"] = [
                 {
@@ -193,13 +184,7 @@ class Aggregator:
             metrics.write_textfile(
                 textfile_dir,
                 metrics.NETWORK_FILE,
-                metrics.network_text(
-                    est["mean"] if est else None,
-                    (est["ci95"][0], est["ci95"][1]) if est else None,
-                    est["peers"] if est else 0,
-                    record["skipped"],
-                    now.timestamp(),
-                ),
+                metrics.network_text(est, record["skipped"], now.timestamp()),
             )
 
     def _history(self, directory: Path) -> list[dict[str, Any]]:
@@ -215,6 +200,32 @@ class Aggregator:
             self.log.warning("history.set_aside", path=str(aside), detail="unreadable history; starting anew")
             return []
         return entries
+
+
+def estimate_record(est: Estimate, oldest: datetime, newest: datetime) -> dict[str, Any]:
+    """The estimate as the aggregate publishes it: unbiased, and as a person may read it."""
+    seen = reading(est)
+    return {
+        "mean": est.mean,
+        "standard_error": est.standard_error,
+        "ci95": [est.ci_low, est.ci_high],
+        "peers": est.peers,
+        "between_peer_sd": est.between_peer_sd,
+        "max_weight_share": est.max_weight_share,
+        "max_influence": est.max_influence,
+        "clipped": est.clipped,
+        "informative": seen.informative,
+        "reading": {
+            "mean": seen.mean,
+            "ci95": [seen.ci_low, seen.ci_high],
+            "clipped": seen.clipped,
+            "half_width": seen.half_width,
+            "target_half_width": TARGET_HALF_WIDTH,
+            "members_for_target": seen.members_for_target,
+        },
+        "oldest_release": oldest.astimezone(UTC).isoformat(),
+        "newest_release": newest.astimezone(UTC).isoformat(),
+    }
 
 
 def _entry_ok(entry: Any) -> bool:

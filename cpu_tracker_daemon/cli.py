@@ -622,6 +622,7 @@ def _aggregate(config: Config, as_json: bool) -> int:
     from cpu_tracker_daemon import logs, storage
     from cpu_tracker_daemon.aggregate import Aggregator, output_dir
     from cpu_tracker_daemon.daemon import AGGREGATE_LOCK, InstanceLock
+    from cpu_tracker_daemon.dashboard import headline
     from cpu_tracker_daemon.logs import get_logger
 
     if config.syftbox.dir is None:
@@ -636,13 +637,12 @@ def _aggregate(config: Config, as_json: bool) -> int:
     if as_json:
         print(json.dumps(result.record, indent=2))
         return EXIT_OK
-    est = result.estimate
+    est = result.record["estimate"]
     where = output_dir(config)
     if est is None:
         print(f"no valid peer releases; skipped: {dict(result.skipped) or 'none'}; wrote {where}")
     else:
-        print(
-            f"network CPU {est.mean:.1f}% (95% interval {est.ci_low:.1f} to {est.ci_high:.1f}) from "
-            f"{est.peers} peers; skipped: {dict(result.skipped) or 'none'}; wrote {where}"
-        )
+        value, detail = headline(est)
+        print(f"network CPU: {value} ({detail}) from {est['peers']} peers")
+        print(f"skipped: {dict(result.skipped) or 'none'}; wrote {where}")
     return EXIT_OK

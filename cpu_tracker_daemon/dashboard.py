@@ -17,6 +17,11 @@ from typing import Any
 WIDTH, HEIGHT = 720, 260
 PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 48, 16, 16, 32
 REFRESH_SECONDS = 60
+LOWER, UPPER = 0.0, 100.0  # the percentages a CPU load can be
+
+
+def _in_range(value: float) -> float:
+    return min(max(float(value), LOWER), UPPER)
 
 
 def _scale(values: Sequence[float], lo: float, hi: float, out_lo: float, out_hi: float) -> list[float]:
@@ -41,11 +46,11 @@ def chart_svg(history: Sequence[Mapping[str, Any]]) -> str:
             f'<text x="{WIDTH / 2}" y="{HEIGHT / 2}" text-anchor="middle">no data yet</text></svg>'
         )
     times = [datetime.fromisoformat(h["computed_at"]).timestamp() for h in history]
-    means = [float(h["mean"]) for h in history]
-    lows = [float(h["ci95_low"]) for h in history]
-    highs = [float(h["ci95_high"]) for h in history]
-    y_lo = min(0.0, *lows)
-    y_hi = max(100.0, *highs)
+    # Drawn within what a CPU load can be: an interval past 0 or 100% is cut at the axis.
+    means = [_in_range(h["mean"]) for h in history]
+    lows = [_in_range(h["ci95_low"]) for h in history]
+    highs = [_in_range(h["ci95_high"]) for h in history]
+    y_lo, y_hi = LOWER, UPPER
     t_lo, t_hi = min(times), max(times)
     xs = _scale(times, t_lo, t_hi if t_hi > t_lo else t_lo + 1, PAD_LEFT, WIDTH - PAD_RIGHT)
 
@@ -96,13 +101,31 @@ footer{margin-top:1.5rem;font-size:.8rem;color:#57606a}
 """
 
 
+def headline(est: Mapping[str, Any]) -> tuple[str, str]:
+    """The big line and the one under it: the estimate within 0-100%, or, when its interval is
+    too wide to mean anything, that in words, with the network size that would do."""
+    seen = est["reading"]
+    low, high = seen["ci95"]
+    if est["informative"]:
+        clipped = " (clipped to the 0\u2013100% a load can be)" if seen["clipped"] else ""
+        return f"{seen['mean']:.1f}%", f"95% interval {low:.1f}% to {high:.1f}%{clipped}"
+    members = est["peers"]
+    figures = f"the estimate is {seen['mean']:.0f}% and its interval {low:.0f}% to {high:.0f}%"
+    within = f"Clipped to 0\u2013100%, {figures}" if seen["clipped"] else figures.capitalize()
+    return (
+        "Too uncertain to read",
+        f"With {members} member{'s' if members != 1 else ''} the noise leaves a 95% interval of "
+        f"\u00b1{seen['half_width']:.0f} points. {within}. About {seen['members_for_target']:,} "
+        f"members, or a larger epsilon per release, give \u00b1{seen['target_half_width']:g} points.",
+    )
+
+
 def render(record: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> str:
     """The whole page for the latest aggregate ``record`` and its ``history``."""
     est = record.get("estimate")
     if est:
-        value = f"{est['mean']:.1f}%"
-        interval = f"95% interval {est['ci95'][0]:.1f}% to {est['ci95'][1]:.1f}%"
-        peers = f"{est['peers']} peer{'s' if est['peers'] != 1 else ''}"
+        value, interval = headline(est)
+        peers = f"{est['peers']:,} peer{'s' if est['peers'] != 1 else ''}"
     else:
         value, interval, peers = "no data", "no valid peer releases yet", "0 peers"
     computed = html.escape(str(record.get("computed_at", ""))[:19].replace("T", " ") + " UTC")

@@ -87,6 +87,48 @@ def estimate(
     )
 
 
+# An interval wider than a quarter of the range on each side (+-25 points at 0-100%) spans most
+# of what a CPU load can be: it tells a reader nothing they did not know.
+INFORMATIVE_FRACTION = 0.25
+TARGET_HALF_WIDTH = 5.0  # points: the precision the advice aims at
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What a person may read from an estimate. The estimate itself stays unbiased (it may lie
+    outside the range, as noise does); what is shown lies within it and says when it was clipped."""
+
+    mean: float
+    ci_low: float
+    ci_high: float
+    clipped: bool  # any of the three was outside [lower, upper]
+    informative: bool  # the interval is narrow enough to say something
+    half_width: float  # of the 95% interval, before clipping
+    members_for_target: int  # about how many members like these give +-TARGET_HALF_WIDTH
+
+
+def reading(est: Estimate, lower: float = 0.0, upper: float = 100.0) -> Reading:
+    """Clip ``est`` to [lower, upper] for display, and judge whether it is worth reading.
+
+    With the members' weights equal the variance of the mean is (sigma^2 + tau^2) / N, so N
+    (half width / target)^2 members give the target; a larger epsilon shrinks sigma instead."""
+
+    def clip(value: float) -> float:
+        return min(max(value, lower), upper)
+
+    half = (est.ci_high - est.ci_low) / 2
+    shown = (clip(est.mean), clip(est.ci_low), clip(est.ci_high))
+    return Reading(
+        mean=shown[0],
+        ci_low=shown[1],
+        ci_high=shown[2],
+        clipped=shown != (est.mean, est.ci_low, est.ci_high),
+        informative=half <= INFORMATIVE_FRACTION * (upper - lower),
+        half_width=half,
+        members_for_target=max(est.peers, math.ceil(est.peers * (half / TARGET_HALF_WIDTH) ** 2)),
+    )
+
+
 def _dersimonian_laird(values: Sequence[float], variances: Sequence[float]) -> float:
     """The method-of-moments estimate of the between-peer variance (0 when it cannot be told)."""
     n = len(values)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from cpu_tracker_daemon import storage
 
@@ -75,21 +76,34 @@ def member_text(
     )
 
 
-def network_text(
-    mean: float | None,
-    ci: tuple[float, float] | None,
-    peers: int,
-    skipped: Mapping[str, int],
-    computed_at: float,
-) -> str:
+def network_text(estimate: Mapping[str, Any] | None, skipped: Mapping[str, int], computed_at: float) -> str:
+    """The aggregate record's ``estimate`` (None: no peers) as Prometheus gauges."""
     parts = []
-    if mean is not None and ci is not None:
+    peers = 0
+    if estimate is not None:
+        peers = estimate["peers"]
+        low, high = estimate["ci95"]
+        seen = estimate["reading"]
         parts += [
-            gauge("cpu_tracker_network_cpu_percent", "Estimated network mean CPU busy.", [({}, mean)]),
+            gauge(
+                "cpu_tracker_network_cpu_percent",
+                "Estimated network mean CPU busy (unbiased: noise may take it outside 0-100).",
+                [({}, estimate["mean"])],
+            ),
             gauge(
                 "cpu_tracker_network_cpu_ci95_percent",
                 "95% interval of the network mean.",
-                [({"bound": "low"}, ci[0]), ({"bound": "high"}, ci[1])],
+                [({"bound": "low"}, low), ({"bound": "high"}, high)],
+            ),
+            gauge(
+                "cpu_tracker_network_cpu_in_range_percent",
+                "The network mean clipped to 0-100, as a dashboard shows it.",
+                [({}, seen["mean"])],
+            ),
+            gauge(
+                "cpu_tracker_network_estimate_informative",
+                "1 if the 95% interval is within +-25 points, narrow enough to read; 0 if not.",
+                [({}, 1.0 if estimate["informative"] else 0.0)],
             ),
         ]
     parts += [

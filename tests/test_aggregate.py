@@ -213,7 +213,12 @@ class TestCommand:
         """`cpu-tracker aggregate --json` prints only the record on stdout."""
         config = aggregator_config(tmp_path, tree)
         assert main(["--config", str(config), "aggregate", "--json"]) == 0
-        assert json.loads(capsys.readouterr().out)["estimate"]["peers"] == 5
+        est = json.loads(capsys.readouterr().out)["estimate"]
+        assert est["peers"] == 5
+        # five members at the defaults' noise: +-248 points, too wide to read, and it says so
+        assert est["informative"] is False
+        assert 0.0 <= est["reading"]["ci95"][0] <= est["reading"]["ci95"][1] <= 100.0
+        assert est["reading"]["members_for_target"] > 5
 
     def test_aggregate_needs_a_syftbox_tree(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """Without [syftbox] there are no peers to read: exit 3 with one line."""

@@ -8,6 +8,7 @@ import re
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,8 +68,8 @@ def test_chromium_renders_the_value_and_the_chart(page: Path, tmp_path: Path) ->
     data = json.loads(
         re.search(r'<script type="application/json" id="data">(.*?)</script>', dom, re.S).group(1)
     )  # type: ignore[union-attr]
-    latest = data["latest"]["estimate"]
-    assert f"{latest['mean']:.1f}%" in re.search(r'id="mean">([^<]*)<', dom).group(1)  # type: ignore[union-attr]
+    assert data["latest"]["estimate"]["informative"] is False  # three members at the defaults' noise
+    assert re.search(r'id="mean">([^<]*)<', dom).group(1) == "Too uncertain to read"  # type: ignore[union-attr]
     assert "3 peers" in dom
     points = re.search(r'<polyline id="line" points="([^"]+)"', dom).group(1).split()  # type: ignore[union-attr]
     assert len(points) == 6
@@ -85,3 +86,85 @@ def test_empty_history_renders_a_placeholder() -> None:
     text = dashboard.render({"estimate": None, "computed_at": "2026-01-01T00:00:00+00:00"}, [])
     assert "no data yet" in text
     assert "no valid peer releases yet" in text
+
+
+def members_record(n: int, hour: int = 0) -> dict[str, Any]:
+    """The aggregate record of ``n`` members at the defaults (true load 40%, the defaults' noise)
+    at ``hour``, computed by the aggregator's own estimate and record."""
+    import random
+
+    from cpu_tracker_daemon.aggregate import estimate_record
+    from cpu_tracker_daemon.estimate import estimate
+
+    rng = random.Random(hour)
+    sigma = 282.84
+    values = [40.0 + rng.gauss(0.0, sigma) for _ in range(n)]
+    est = estimate(values, [sigma] * n)
+    now = datetime(2026, 12, 1, hour, 0, tzinfo=UTC)
+    return {"computed_at": now.isoformat(), "estimate": estimate_record(est, now, now), "skipped": {}}
+
+
+def test_an_uninformative_estimate_is_said_in_words_not_as_a_number() -> None:
+    """With 20 members the page headlined "155.8%" with an interval of 30.8% to 280.8%. It now
+    says the estimate is too uncertain to read, shows only figures within 0-100% and says they
+    were clipped, and names the number of members that would give +-5 points."""
+    record = {
+        "computed_at": "2026-12-01T12:00:00+00:00",
+        "estimate": {
+            "mean": 155.8, "standard_error": 63.8, "ci95": [30.8, 280.8], "peers": 20,
+            "informative": False,
+            "reading": {"mean": 100.0, "ci95": [30.8, 100.0], "clipped": True, "half_width": 125.0,
+                        "target_half_width": 5.0, "members_for_target": 12_500},
+        },
+    }  # fmt: skip
+    page = dashboard.render(record, [])
+    headline = re.search(r'id="mean">([^<]*)<', page).group(1)  # type: ignore[union-attr]
+    assert "%" not in headline
+    assert "too uncertain" in headline.lower()
+    assert "155.8" not in page.split('<script type="application/json"')[0]
+    assert "280.8" not in page.split('<script type="application/json"')[0]
+    assert "12,500 members" in page
+    assert "clipped" in page
+
+
+def test_the_chart_stays_within_0_and_100_percent() -> None:
+    """The y axis ran to 280%: the band is drawn clipped to the range, with ticks 0 to 100."""
+    history = [
+        {"computed_at": f"2026-12-01T{h:02d}:00:00+00:00", "mean": 155.8, "ci95_low": -40.0,
+         "ci95_high": 280.8, "peers": 20}
+        for h in range(3)
+    ]  # fmt: skip
+    svg = dashboard.chart_svg(history)
+    ticks = [float(t) for t in re.findall(r">(-?[\d.]+)%</text>", svg)]
+    assert (min(ticks), max(ticks)) == (0.0, 100.0)
+
+
+@needs_chromium
+@pytest.mark.parametrize("members", [3, 20, 1000])
+def test_chromium_shows_what_each_network_size_can_tell(members: int, tmp_path: Path) -> None:
+    """At 3 and 20 members the defaults' noise leaves nothing to read, and the page says so with
+    the figure that would; at 1,000 it shows the estimate and its interval within 0-100%."""
+    records = [members_record(members, hour) for hour in range(12)]
+    history = [
+        {"computed_at": r["computed_at"], "mean": r["estimate"]["mean"], "ci95_low": r["estimate"]["ci95"][0],
+         "ci95_high": r["estimate"]["ci95"][1], "peers": members}
+        for r in records
+    ]  # fmt: skip
+    record = records[-1]
+    path = tmp_path / "index.html"
+    path.write_text(dashboard.render(record, history))
+    dom = browser.dump_dom(path)
+    headline = re.search(r'id="mean">([^<]*)<', dom).group(1)  # type: ignore[union-attr]
+    interval = re.search(r'id="interval">([^<]*)<', dom).group(1)  # type: ignore[union-attr]
+    shown = [float(x) for x in re.findall(r"(?<![\d.])(-?\d+(?:\.\d+)?)%", headline + " " + interval)]
+    assert all(0.0 <= x <= 100.0 for x in shown), (headline, interval)
+    if members < 1000:
+        assert "too uncertain" in headline.lower()
+        assert "members" in interval
+    else:
+        assert headline.endswith("%")
+    shot = browser.screenshot(path, tmp_path / f"dashboard-{members}.png")
+    assert shot.stat().st_size > 10_000
+    keep = os.environ.get("CPU_TRACKER_SCREENSHOT_DIR")
+    if keep:
+        shutil.copy(shot, Path(keep) / shot.name)

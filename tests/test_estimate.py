@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from cpu_tracker_daemon.estimate import estimate
+from cpu_tracker_daemon.estimate import estimate, reading
 
 
 class TestEstimate:
@@ -91,3 +91,34 @@ class TestCoverage:
             est = estimate(noisy.tolist(), stddev.tolist())
             covered += est.ci_low <= target <= est.ci_high
         assert 0.92 <= covered / trials <= 0.98, covered / trials
+
+
+class TestReading:
+    """What a person may read from an estimate: within 0-100%, and whether it says anything."""
+
+    def test_twenty_members_at_the_defaults_are_too_uncertain_and_say_what_would_do(self) -> None:
+        """The dashboard headlined "155.8%" (95% interval 30.8 to 280.8) for 20 members at the
+        defaults. The reading clips to the range, says so, calls it uninformative, and names the
+        number of members that gives +-5 points."""
+        est = estimate([155.8] * 20, [282.84] * 20)
+        seen = reading(est)
+        assert (seen.mean, seen.ci_high, seen.clipped, seen.informative) == (100.0, 100.0, True, False)
+        assert seen.ci_low == pytest.approx(est.ci_low)
+        # the standard error falls as 1 / sqrt(N): N (half width / 5)^2 members give +-5
+        assert seen.members_for_target == math.ceil(20 * (seen.half_width / 5.0) ** 2)
+        assert 12_000 < seen.members_for_target < 13_000
+
+    def test_a_thousand_members_are_read_as_they_are(self) -> None:
+        """At 1,000 members the interval is +-17.5 points: informative, nothing clipped."""
+        est = estimate([40.0] * 1000, [282.84] * 1000)
+        seen = reading(est)
+        assert (seen.mean, seen.clipped, seen.informative) == (pytest.approx(40.0), False, True)
+        assert seen.half_width == pytest.approx(1.96 * 282.84 / math.sqrt(1000), rel=1e-3)
+
+    @pytest.mark.parametrize("mean", [-30.0, 130.0])
+    def test_an_estimate_outside_the_range_is_clipped_even_when_narrow(self, mean: float) -> None:
+        """Noise can push a narrow estimate past 0 or 100 too: shown at the bound, marked clipped."""
+        seen = reading(estimate([mean] * 1000, [10.0] * 1000))
+        assert seen.mean in (0.0, 100.0)
+        assert (seen.clipped, seen.informative) == (True, True)
+        assert 0.0 <= seen.ci_low <= seen.ci_high <= 100.0

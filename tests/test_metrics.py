@@ -17,6 +17,11 @@ from cpu_tracker_daemon import metrics
 from cpu_tracker_daemon.cli import main
 from tests.conftest import write_config
 
+NARROW = {
+    "mean": 41.0, "ci95": [30.0, 52.0], "peers": 7, "informative": True,
+    "reading": {"mean": 41.0, "ci95": [30.0, 52.0], "clipped": False},
+}  # fmt: skip
+
 
 def families(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     """Parsed with prometheus_client's own parser: name -> {sorted labels: value}."""
@@ -49,10 +54,24 @@ class TestTextfiles:
 
     def test_network_file_escapes_labels(self) -> None:
         """Skip reasons become label values, escaped so any text parses."""
-        text = metrics.network_text(41.0, (30.0, 52.0), 7, {'odd "reason"\\ here\n': 2}, 1.8e9)
+        text = metrics.network_text(NARROW, {'odd "reason"\\ here\n': 2}, 1.8e9)
         parsed = families(text)
         assert parsed["cpu_tracker_network_peers_skipped"] == {(("reason", 'odd "reason"\\ here\n'),): 2.0}
         assert parsed["cpu_tracker_network_cpu_ci95_percent"][(("bound", "high"),)] == 52.0
+
+    def test_the_network_file_says_whether_the_estimate_can_be_read(self) -> None:
+        """Prometheus got the raw 155.8% with nothing to tell it apart from a real load. The file
+        now says whether the estimate is informative, and gives it within 0-100% beside the raw one."""
+        wide = {**NARROW, "mean": 155.8, "ci95": [30.8, 280.8], "informative": False,
+                "reading": {"mean": 100.0, "ci95": [30.8, 100.0], "clipped": True}}  # fmt: skip
+        parsed = families(metrics.network_text(wide, {}, 1.8e9))
+        assert parsed["cpu_tracker_network_estimate_informative"][()] == 0.0
+        assert parsed["cpu_tracker_network_cpu_in_range_percent"][()] == 100.0
+        assert parsed["cpu_tracker_network_cpu_percent"][()] == 155.8
+        assert (
+            families(metrics.network_text(NARROW, {}, 1.8e9))["cpu_tracker_network_estimate_informative"][()]
+            == 1.0
+        )
 
     def test_temp_name_is_never_read_as_a_textfile(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
