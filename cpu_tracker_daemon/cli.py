@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from cpu_tracker_daemon import __version__
-from cpu_tracker_daemon.config import Config, as_dict, config_path_from, load_config, to_toml
+from cpu_tracker_daemon.config import (
+    LOG_FORMATS,
+    Config,
+    as_dict,
+    config_origin,
+    config_path_from,
+    load_config,
+    to_toml,
+)
 from cpu_tracker_daemon.errors import (
     AnotherInstanceError,
     BudgetExhaustedError,
@@ -108,7 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    sub.add_parser("run", help="run the daemon in the foreground (for systemd and launchd)")
+    run = sub.add_parser(
+        "run",
+        help="run the daemon in the foreground (for systemd and launchd)",
+        description=(
+            "Run the daemon in the foreground until SIGTERM or Ctrl-C (exit 0); SIGHUP reloads the "
+            "configuration. It samples for the configured window, publishes one noisy mean, and "
+            "repeats every schedule.every_seconds while the privacy budget lasts."
+        ),
+    )
+    run.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="log lines for people (console) or machines (json); default: the config's "
+        "logging.format, auto: console on a terminal, JSON under systemd, launchd and pipes",
+    )
     once = sub.add_parser("once", help="run one release cycle now")
     once.add_argument("--force", action="store_true", help="skip the cooldown (never the budget)")
     status = sub.add_parser("status", help="last release, next due time, budget, paths")
@@ -241,10 +263,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if args.command == "service":
             return _service(args, env)
         path = config_path_from(args.config, env)
-        config = load_config(path, env)
+        config = load_config(path, env, config_origin(args.config, env))
         return _dispatch(args, config, path, env)
     except CpuTrackerError as exc:
-        print(f"cpu-tracker: {one_line(str(exc))}", file=sys.stderr)
+        first, *rest = (one_line(line) for line in exc.lines())
+        print("\n".join([f"cpu-tracker: {first}", *rest]), file=sys.stderr)
         return exit_code_for(exc)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
@@ -271,7 +294,7 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path | None, env: 
     if args.command == "run":
         from cpu_tracker_daemon.daemon import run_daemon
 
-        run_daemon(config, path, env)
+        run_daemon(config, path, env, log_format=args.log_format)
         return EXIT_OK
     if args.command == "once":
         return _once(config, force=args.force)
@@ -326,7 +349,8 @@ def _once(config: Config, force: bool) -> int:
     import signal
 
     from cpu_tracker_daemon import signals, storage
-    from cpu_tracker_daemon.daemon import claim_state, configure_logging
+    from cpu_tracker_daemon.daemon import configure_logging
+    from cpu_tracker_daemon.instance import claim_state
     from cpu_tracker_daemon.logs import get_logger
     from cpu_tracker_daemon.sampling import PsutilCpuSource
     from cpu_tracker_daemon.tracker import CycleLog, Tracker
@@ -346,21 +370,32 @@ def _once(config: Config, force: bool) -> int:
 
 
 def _status(config: Config, path: Path | None, as_json: bool) -> int:
-    from cpu_tracker_daemon import report
+    from cpu_tracker_daemon import report, storage, timewords
+    from cpu_tracker_daemon.instance import holder
 
-    snap = report.snapshot(config, datetime.now(UTC))
+    now = datetime.now(UTC)
+    snap = report.snapshot(config, now)
     view = report.budget_view(snap)
     view["config"] = str(path) if path else "embedded defaults"
+    pid = holder(storage.layout_for(config).lock)
+    view["daemon"] = {"running": pid is not None, "pid": pid}
     if as_json:
         print(json.dumps(view, indent=2))
         return EXIT_OK
     b = view["budget"]
     life, win = b["caps"]["lifetime"], b["caps"]["window"]
     c = snap.calibration
+    last = view["last_release_at"]
     lines = [
         f"cpu-tracker {__version__} (config: {view['config']})",
-        f"last release:  {view['last_release_at'] or 'never'}",
-        f"next due:      {view['next_due_at']}",
+        "daemon:        "
+        + (
+            f"running (pid {pid})"
+            if pid is not None
+            else "not running (start it: 'cpu-tracker run', or as a service: 'cpu-tracker service install')"
+        ),
+        f"last release:  {timewords.moment(datetime.fromisoformat(last), now) if last else 'never'}",
+        f"next due:      {timewords.moment(snap.next_due, now)}",
         f"releases:      {view['releases']}, each {c.mechanism} epsilon {c.epsilon:.3g}"
         + (f" delta {c.delta:g}" if c.delta else "")
         + f" (privacy unit: {c.unit})",
@@ -369,9 +404,7 @@ def _status(config: Config, path: Path | None, as_json: bool) -> int:
         f"               last {win['hours']:g} h {_num(win['spent'])} of {win['limit']:g} spent, "
         f"{win['remaining']:.3g} left",
     ]
-    if not view["ledger_exists"]:
-        lines.append("ledger:        not created yet (the first cycle creates it)")
-    elif not b["releases_possible_now"]:
+    if not b["releases_possible_now"] and view["ledger_exists"]:
         lines.append(
             "               PAUSED: the next release does not fit; "
             "'cpu-tracker budget grant EPSILON --reason TEXT' resumes releases"
@@ -379,7 +412,8 @@ def _status(config: Config, path: Path | None, as_json: bool) -> int:
     lines += [
         f"public:        {view['paths']['public']}",
         f"private:       {view['paths']['private']}",
-        f"ledger:        {view['paths']['ledger']}",
+        f"ledger:        {view['paths']['ledger']}"
+        + ("" if view["ledger_exists"] else " (not created yet: the first cycle creates it)"),
     ]
     print("\n".join(lines))
     return EXIT_OK
@@ -474,7 +508,7 @@ def _ledger_verify(config: Config) -> int:
 def _ledger_reset(config: Config, reason: str) -> int:
     from cpu_tracker_daemon import storage
     from cpu_tracker_daemon.budget import caps_for
-    from cpu_tracker_daemon.daemon import claim_state
+    from cpu_tracker_daemon.instance import claim_state
     from cpu_tracker_daemon.reset import reset_ledger
 
     if not reason.strip():
@@ -528,7 +562,7 @@ def _service(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         removed = service.uninstall(target, root, args.force, service.render(target))
         print(f"removed {removed}; stop the service first if it still runs: {target.undo_command(uid)}")
         return EXIT_OK
-    plan = service.plan_install(target, root, uid)
+    plan = service.plan_install(target, root, uid, force=args.force)
     if args.dry_run:
         print(f"would write {plan.definition}:\n{plan.text}", end="")
         for directory, mode, owner in plan.directories:
@@ -621,8 +655,8 @@ def _budget_decide(config: Config, request_id: str, decision: str, note: str) ->
 def _aggregate(config: Config, as_json: bool) -> int:
     from cpu_tracker_daemon import logs, storage
     from cpu_tracker_daemon.aggregate import Aggregator, output_dir
-    from cpu_tracker_daemon.daemon import AGGREGATE_LOCK, InstanceLock
     from cpu_tracker_daemon.dashboard import headline
+    from cpu_tracker_daemon.instance import AGGREGATE_LOCK, InstanceLock
     from cpu_tracker_daemon.logs import get_logger
 
     if config.syftbox.dir is None:

@@ -30,7 +30,7 @@ MECHANISMS = ("laplace", "gaussian", "snapping")
 DEFAULT_EPSILON = 0.5
 MIN_EPSILON, MAX_EPSILON = 1e-6, 1000.0  # beyond these the noise is meaningless or no noise at all
 MAX_SIGMA = 1e9  # percentage points
-LOG_FORMATS = ("json", "console")
+LOG_FORMATS = ("auto", "json", "console")  # auto: console on a terminal, JSON elsewhere
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_READERS = ("aggregator@openmined.org",)
 _EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
@@ -91,7 +91,7 @@ class SyftboxConfig:
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    format: str = "json"
+    format: str = "auto"
     level: str = "info"
     file: Path | None = None
 
@@ -214,32 +214,56 @@ def config_path_from(cli_path: str | None, environ: Mapping[str, str] = os.envir
     return candidate if os.path.lexists(candidate) else None
 
 
-def load_config(path: Path | None, environ: Mapping[str, str] = os.environ) -> Config:
-    """Read ``path`` (or nothing) over the embedded defaults; raise ConfigError listing all problems."""
+def load_config(
+    path: Path | None, environ: Mapping[str, str] = os.environ, origin: str = "--config"
+) -> Config:
+    """Read ``path`` (or nothing) over the embedded defaults; raise ConfigError listing all problems.
+    ``origin`` is where the path came from (see :func:`config_origin`), for the messages."""
     raw: dict[str, Any] = {}
     if path is not None:
-        raw = _read_toml(path)
+        raw = _read_toml(path, origin)
     return parse_config(raw, source=path, environ=environ)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def config_origin(cli_path: str | None, environ: Mapping[str, str] = os.environ) -> str:
+    """Who named the config file :func:`config_path_from` chose: ``--config``, the environment
+    variable, or the default location."""
+    if cli_path:
+        return "--config"
+    return f"${CONFIG_ENV}" if environ.get(CONFIG_ENV, "") else "the default location"
+
+
+def _read_toml(path: Path, origin: str = "--config") -> dict[str, Any]:
+    named = f"config file {path}" if origin == "--config" else f"config file {path} (from {origin})"
+    drop = f"unset {CONFIG_ENV}" if origin.startswith("$") else "drop --config"
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError([f"config file {path} does not exist; create it or drop --config"]) from None
+        raise ConfigError([f"{named} does not exist; create it or {drop}"]) from None
     except IsADirectoryError:
-        raise ConfigError([f"config file {path} is a directory; name a TOML file"]) from None
-    except OSError as exc:
+        raise ConfigError([f"{named} is a directory; name a TOML file"]) from None
+    except NotADirectoryError:
+        blocker = _file_above(path)
         raise ConfigError(
-            [f"config file {path} cannot be read ({exc.strerror}); fix its permissions"]
+            [f"{named} cannot be read: {blocker} is a file, not a directory; fix the path or {drop}"]
         ) from None
+    except OSError as exc:
+        raise ConfigError([f"{named} cannot be read ({exc.strerror}); fix its permissions"]) from None
     try:
         text = data.decode("utf-8")
         return tomllib.loads(text)
     except UnicodeDecodeError:
-        raise ConfigError([f"config file {path} is not UTF-8 text; save it as UTF-8 TOML"]) from None
+        raise ConfigError([f"{named} is not UTF-8 text; save it as UTF-8 TOML"]) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"config file {path} is not valid TOML ({exc}); fix the syntax there"]) from None
+        raise ConfigError([f"{named} is not valid TOML ({exc}); fix the syntax there"]) from None
+
+
+def _file_above(path: Path) -> Path:
+    """The first parent of ``path`` that exists and is not a directory."""
+    for parent in reversed(path.parents):
+        if parent.exists() and not parent.is_dir():
+            return parent
+    return path.parent
 
 
 SYFTBOX_CLIENT_CONFIG_ENV = "SYFTBOX_CLIENT_CONFIG_PATH"  # set by the SyftBox client for its apps
@@ -298,9 +322,12 @@ def parse_config(
             else:
                 values[section][key] = converted
 
-    if problems:
-        raise ConfigError(problems)
-
+    # The values that are well-formed are checked too, so one run reports every problem.
+    syftbox = values["syftbox"]
+    try:
+        syftbox = _with_client_datasite(syftbox, environ)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
     try:
         config = Config(
             paths=PathsConfig(data_dir=values["paths"].pop("data_dir", None) or default_data_dir(environ)),
@@ -308,7 +335,7 @@ def parse_config(
             schedule=ScheduleConfig(**values["schedule"]),
             privacy=PrivacyConfig(**values["privacy"]),
             budget=BudgetConfig(**values["budget"]),
-            syftbox=SyftboxConfig(**_with_client_datasite(values["syftbox"], environ)),
+            syftbox=SyftboxConfig(**syftbox),
             logging=LoggingConfig(**values["logging"]),
             aggregator=AggregatorConfig(**values["aggregator"]),
             prometheus=PrometheusConfig(**values["prometheus"]),
@@ -318,9 +345,11 @@ def parse_config(
         raise ConfigError([str(exc)]) from None
     privacy = config.privacy
     if privacy.epsilon is not None and privacy.sigma is not None:
-        raise ConfigError(["set privacy.epsilon or privacy.sigma, not both; remove one of them"])
+        problems.append("set privacy.epsilon or privacy.sigma, not both; remove one of them")
+        privacy = dataclasses.replace(privacy, sigma=None)
     if privacy.epsilon is None and privacy.sigma is None:
-        config = dataclasses.replace(config, privacy=dataclasses.replace(privacy, epsilon=DEFAULT_EPSILON))
+        privacy = dataclasses.replace(privacy, epsilon=DEFAULT_EPSILON)
+    config = dataclasses.replace(config, privacy=privacy)
     problems.extend(_check(config))
     if problems:
         raise ConfigError(problems)

@@ -13,98 +13,51 @@ APScheduler 3.11 runs the cycle on one worker thread (``max_instances=1``, ``coa
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import signal
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from cpu_tracker_daemon import logs, signals, storage
+from cpu_tracker_daemon import logs, signals, storage, timewords
 from cpu_tracker_daemon.config import Config, config_path_from, load_config
 from cpu_tracker_daemon.errors import AnotherInstanceError, ConfigError, CpuTrackerError
+from cpu_tracker_daemon.instance import AGGREGATE_LOCK, InstanceLock, claim_state
 from cpu_tracker_daemon.notify import Notifier
 from cpu_tracker_daemon.privacy import calibrate, load_mechanisms
 from cpu_tracker_daemon.sampling import CpuSource, PsutilCpuSource
+from cpu_tracker_daemon.schedule import publish_hold
 from cpu_tracker_daemon.tracker import Clock, CycleLog, CycleResult, Spacing, Tracker, utc_now
 
 JOB_ID = "release"
 CLOCK_JUMP_SECONDS = 5.0  # a wall-clock step larger than this, against the monotonic clock, re-plans
 ALIGN_TOLERANCE = timedelta(milliseconds=1)  # a planned run this close to its target stays
 AGGREGATE_JOB_ID = "aggregate"
-AGGREGATE_LOCK = "aggregate.lock"
 
 
-class InstanceLock:
-    """An exclusive ``flock`` on the state directory's lock file, held for the process's life."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        try:  # never through a link: a planted one would truncate whatever it points at
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise ConfigError(
-                    [f"the lock file {self.path} is a symlink, which is never opened; remove it"]
-                ) from None
-            raise
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown pid"
-            os.close(fd)
-            raise AnotherInstanceError(str(self.path), f"pid {holder}") from None
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno != errno.ENOLCK:
-                raise
-            raise ConfigError(
-                [
-                    f"the file system of {self.path.parent} offers no file locks (ENOLCK: NFS without "
-                    "lockd?), so a second daemon could not be kept out; put paths.data_dir on a local disk"
-                ]
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> InstanceLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+def configure_logging(config: Config, log_format: str | None = None) -> None:
+    """The config's logging, with ``log_format`` (``run --log-format``) over its format."""
+    logs.configure(log_format or config.logging.format, config.logging.level, config.logging.file)
 
 
-@contextmanager
-def claim_state(layout: storage.Layout) -> Iterator[None]:
-    """Create and check the directories, take the instance lock, then clear stale temp files.
-
-    In this order: a bad directory is a config error before any lock file is made, and temp
-    files are removed only once no other instance can be writing them.
-    """
-    storage.prepare(layout)
-    storage.require_local(layout.state_dir)
-    with InstanceLock(layout.lock):
-        storage.remove_stale_temps(storage.output_dirs(layout))
-        yield
-
-
-def configure_logging(config: Config) -> None:
-    logs.configure(config.logging.format, config.logging.level, config.logging.file)
+def start_summary(config: Config, first_run: datetime, now: datetime, paused: str | None) -> str:
+    """The daemon's first words to a person: what it does next, and when a release lands."""
+    if paused is not None:
+        return (
+            f"paused: the {paused} cap has no room for another release; "
+            "'cpu-tracker budget grant EPSILON --reason TEXT' resumes releases"
+        )
+    window = config.sampling.window_seconds
+    release_at = first_run + timedelta(seconds=window + publish_hold(config))
+    if (first_run - now).total_seconds() <= 1:
+        return f"sampling for {window:g} s; first release at {timewords.local(release_at, now)}"
+    return (
+        f"in cooldown; next release {timewords.relative(release_at, now)} "
+        f"(at {timewords.local(release_at, now)})"
+    )
 
 
 class Daemon:
@@ -117,8 +70,10 @@ class Daemon:
         environ: Mapping[str, str] = os.environ,
         cpu: CpuSource | None = None,
         clock: Clock = utc_now,
+        log_format: str | None = None,
     ) -> None:
         self._config_path = config_path
+        self._log_format = log_format  # run --log-format: kept over the config's across reloads
         self._environ = environ
         self._clock = clock
         self._cpu = cpu
@@ -178,9 +133,12 @@ class Daemon:
             load_mechanisms(calibrate(self._config.privacy, self._config.sampling.samples).mechanism)
             with self._tracker.open_ledger(full=True) as ledger:  # all of it, before promising anything
                 first_run = self._tracker.next_due(ledger)
+                blocking = self._tracker.blocking_cap(ledger)
             self._start_scheduler(first_run)
+            paused = None if blocking is None else blocking.name
             self._log.info(
                 "daemon.started",
+                summary=start_summary(self._config, first_run, self._clock(), paused),
                 pid=os.getpid(),
                 config=str(self._config_path) if self._config_path else "embedded defaults",
                 public=str(self._layout.public_file),
@@ -391,7 +349,7 @@ class Daemon:
             self._log.error("config.reload_failed", detail=str(exc), kept="the running configuration")
             self._notifier.send(READY="1")
             return
-        configure_logging(config)
+        configure_logging(config, self._log_format)
         self._config = config
         self._tracker = self._make_tracker(config)
         job = self._scheduler.get_job(JOB_ID)
@@ -412,9 +370,14 @@ def _hm(when: datetime) -> str:
     return when.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def run_daemon(config: Config, config_path: Path | None, environ: Mapping[str, str] = os.environ) -> None:
+def run_daemon(
+    config: Config,
+    config_path: Path | None,
+    environ: Mapping[str, str] = os.environ,
+    log_format: str | None = None,
+) -> None:
     """Entry point for ``cpu-tracker run``: configure logs, handle signals, run until stopped."""
-    configure_logging(config)
-    daemon = Daemon(config, config_path, environ)
+    configure_logging(config, log_format)
+    daemon = Daemon(config, config_path, environ, log_format=log_format)
     daemon.install_signal_handlers()
     daemon.run()

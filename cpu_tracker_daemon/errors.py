@@ -19,6 +19,10 @@ def one_line(text: str) -> str:
 class CpuTrackerError(Exception):
     """Base class; str() is one sentence a user can act on."""
 
+    def lines(self) -> list[str]:
+        """What the command prints: one line."""
+        return [str(self)]
+
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickled as its message and fields, not its constructor's arguments (which differ by
         # type): an error from a worker process must reach the parent intact, or
@@ -54,6 +58,12 @@ class ConfigError(CpuTrackerError):
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = [one_line(problem) for problem in problems]
         super().__init__("invalid configuration: " + "; ".join(self.problems))
+
+    def lines(self) -> list[str]:
+        """For a terminal: one line, or a header and one line per problem."""
+        if len(self.problems) == 1:
+            return [str(self)]
+        return [f"invalid configuration ({len(self.problems)} problems):"] + [f"  {p}" for p in self.problems]
 
 
 class LedgerCorruptError(CpuTrackerError):

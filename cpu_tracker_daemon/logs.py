@@ -1,9 +1,11 @@
 """Logging: the only ``structlog.configure``.
 
-One JSON object a line on stdout (and, if configured, a file that survives logrotate: a
-``WatchedFileHandler`` reopens it when it is moved). Tracebacks are rendered without local
-variables, so a pre-noise value can never reach a log through one. The standard library's
-loggers, APScheduler's among them, go through the same formatter at WARNING.
+On a terminal, lines a person reads (format ``auto``, the default; an event's ``summary`` field
+is its text there); otherwise, under systemd, launchd or a pipe, one JSON object a line on
+stdout (and, if configured, a file that survives logrotate: a ``WatchedFileHandler`` reopens it
+when it is moved; the file is JSON unless ``console`` is chosen outright). Tracebacks are
+rendered without local variables, so a pre-noise value can never reach a log through one. The
+standard library's loggers, APScheduler's among them, go through the same formatter at WARNING.
 """
 
 from __future__ import annotations
@@ -31,12 +33,20 @@ _SHARED: list[Any] = [
 ]
 
 
-def _formatter(fmt: str) -> logging.Formatter:
+def _for_people(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """An event with a ``summary`` is that sentence on a terminal; its fields stay in the JSON."""
+    summary = event.get("summary")
+    if summary is None:
+        return event
+    return {key: event[key] for key in ("timestamp", "level", "logger") if key in event} | {"event": summary}
+
+
+def _formatter(fmt: str, colors: bool = False) -> logging.Formatter:
     if fmt == "console":
         renderer: Any = structlog.dev.ConsoleRenderer(
-            colors=False, exception_formatter=structlog.dev.plain_traceback
+            colors=colors, exception_formatter=structlog.dev.plain_traceback
         )
-        tail: list[Any] = [renderer]
+        tail: list[Any] = [_for_people, renderer]
     else:
         tail = [
             structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
@@ -67,18 +77,23 @@ class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
 def configure(
     fmt: str = "json", level: str = "info", file: Path | None = None, stream: TextIO | None = None
 ) -> None:
-    """(Re)configure logging; safe to call again on SIGHUP."""
+    """(Re)configure logging; safe to call again on SIGHUP. ``fmt`` is json, console or auto
+    (console when ``stream``, stdout by default, is a terminal)."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
         root.removeHandler(handler)
         handler.close()
-    formatter = _formatter(fmt)
-    handlers: list[logging.Handler] = [_StdoutHandler(stream or sys.stdout)]
+    out = stream or sys.stdout
+    terminal = _is_terminal(out)
+    console = _StdoutHandler(out)
+    console.setFormatter(_formatter(resolve(fmt, out), colors=terminal and "NO_COLOR" not in os.environ))
+    handlers: list[logging.Handler] = [console]
     if file is not None:
         file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.handlers.WatchedFileHandler(file, encoding="utf-8"))
+        to_file = logging.handlers.WatchedFileHandler(file, encoding="utf-8")
+        to_file.setFormatter(_formatter("console" if fmt == "console" else "json"))
+        handlers.append(to_file)
     for handler in handlers:
-        handler.setFormatter(formatter)
         setattr(handler, _HANDLER_MARK, True)
         root.addHandler(handler)
     root.setLevel(_LEVELS[level])
@@ -89,6 +104,20 @@ def configure(
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
+
+
+def resolve(fmt: str, stream: TextIO) -> str:
+    """The format ``auto`` stands for on ``stream``: console on a terminal, JSON elsewhere."""
+    if fmt != "auto":
+        return fmt
+    return "console" if _is_terminal(stream) else "json"
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or unusual stream
+        return False
 
 
 def get_logger(name: str = "cpu_tracker") -> Any:

@@ -7,6 +7,7 @@ stops or enables a service: the command it prints does that.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Mapping
@@ -56,6 +57,7 @@ class Target:
     executable: Path
     home: Path
     environ: Mapping[str, str]
+    opened: tuple[str, ...] = ()  # sandbox lines --force replaced (see hidden_from_service)
 
     @property
     def label(self) -> str:
@@ -229,7 +231,13 @@ def _systemd_unit(target: Target) -> str:
     else:
         lines += [f"ConfigurationDirectory={APP_NAME}"]
     lines += ["UMask=0077", ""]
-    text = "\n".join(lines) + "\n" + (_SYSTEMD_HARDENING if system else _SYSTEMD_USER_HARDENING)
+    hardening = _SYSTEMD_HARDENING
+    for line in target.opened:
+        key = line.split("=", 1)[0]
+        hardening = "".join(
+            f"{line}\n" if old.startswith(f"{key}=") else old for old in hardening.splitlines(keepends=True)
+        )
+    text = "\n".join(lines) + "\n" + (hardening if system else _SYSTEMD_USER_HARDENING)
     wanted = "multi-user.target" if system else "default.target"
     return text + f"\n[Install]\nWantedBy={wanted}\n"
 
@@ -278,7 +286,58 @@ def _under(root: Path, path: Path) -> Path:
     return root / path.relative_to("/")
 
 
-def plan_install(target: Target, root: Path, uid: int) -> Plan:
+# What the system unit's sandbox hides from the service, and the line that would open it.
+_HIDDEN = (
+    (Path("/home"), "ProtectHome=yes", "ProtectHome=read-only"),
+    (Path("/root"), "ProtectHome=yes", "ProtectHome=read-only"),
+    (Path("/run/user"), "ProtectHome=yes", "ProtectHome=read-only"),
+    (Path("/tmp"), "PrivateTmp=yes", "PrivateTmp=no"),  # noqa: S108 - a path named, not used
+    (Path("/var/tmp"), "PrivateTmp=yes", "PrivateTmp=no"),  # noqa: S108
+)
+
+
+def hidden_from_service(executable: Path, root: Path) -> list[tuple[Path, Path, str, str]]:
+    """What the system service must run that its sandbox hides: the executable and, for a
+    script, its interpreter (a venv's python links to the one it was made from), each with the
+    hidden directory, the line hiding it and the line that would open it."""
+    exe = _under(root, executable)
+    chain = [executable]
+    if root == Path("/"):
+        chain.append(Path(os.path.realpath(executable)))
+    try:
+        with exe.open("rb") as f:
+            first = f.readline(512)
+    except OSError:
+        first = b""
+    if first.startswith(b"#!") and first[2:].split():
+        interpreter = Path(first[2:].split()[0].decode(errors="replace"))
+        chain.append(interpreter)
+        if root == Path("/"):
+            chain.append(Path(os.path.realpath(interpreter)))
+    found = []
+    for path in dict.fromkeys(chain):
+        for prefix, hiding, opening in _HIDDEN:
+            if path.is_relative_to(prefix):
+                found.append((path, prefix, hiding, opening))
+    return found
+
+
+def plan_install(target: Target, root: Path, uid: int, force: bool = False) -> Plan:
+    if target.manager == "systemd" and target.scope == "system":
+        hidden = hidden_from_service(target.executable, root)
+        if hidden and not force:
+            path, prefix, hiding, opening = hidden[0]
+            raise ServiceError(
+                f"the system service could not start {path}: it is under {prefix}, which its unit "
+                f"hides ({hiding}), and the service's own user may not enter it either (systemd "
+                "would fail with 203/EXEC); install into /opt/cpu-tracker with a system python as "
+                "the README shows and pass --executable /opt/cpu-tracker/bin/cpu-tracker, or pass "
+                f"--force to write the unit with {opening} (the {SYSTEM_USER} user must then be "
+                "able to read that path)"
+            )
+        opened = tuple(dict.fromkeys(opening for _, _, _, opening in hidden))
+        if opened:
+            target = dataclasses.replace(target, opened=opened)
     directories: list[tuple[Path, int, str | None]] = [
         (_under(root, target.directories["CONFIGURATION_DIRECTORY"]), 0o755, None)
     ]

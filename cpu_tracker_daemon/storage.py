@@ -160,13 +160,33 @@ def _refuse_private_in_public(layout: Layout) -> str | None:
     return None
 
 
+def _file_in_the_way(directory: Path, name: str, reported: set[Path], problems: list[str]) -> bool:
+    """Whether a file where ``directory`` or one of its parents should be stops it being made;
+    the first directory it stops is reported, naming the file, and the ones below it are not."""
+    probe = directory
+    while not os.path.lexists(probe) and probe.parent != probe:
+        probe = probe.parent
+    if probe.is_dir():
+        return False
+    if probe not in reported:
+        reported.add(probe)
+        problems.append(
+            f"{name} {directory} cannot be made: {probe} is a file, not a directory; "
+            "choose another path, or move that file"
+        )
+    return True
+
+
 def check_creatable(layout: Layout) -> None:
     """Without writing anything, raise ConfigError for each directory that could not be made.
 
     A directory passes if it exists writable, or its nearest existing ancestor is.
     """
-    problems = []
+    problems: list[str] = []
+    blockers: set[Path] = set()
     for directory, _, name, _ in _directories(layout):
+        if _file_in_the_way(directory, name, blockers, problems):
+            continue
         probe = directory
         while not probe.exists() and probe.parent != probe:
             probe = probe.parent
@@ -185,8 +205,11 @@ def prepare(layout: Layout) -> None:
     is written.
     """
     refuse_foreign_tree(layout)
-    problems = []
+    problems: list[str] = []
+    blockers: set[Path] = set()
     for directory, mode, name, root in _directories(layout):
+        if _file_in_the_way(directory, name, blockers, problems):
+            continue
         try:
             make_dirs_durably(root, PRIVATE_DIR_MODE if root == layout.state_dir else PUBLIC_DIR_MODE)
             fd = open_dir(directory, root, mode)

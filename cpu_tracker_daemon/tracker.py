@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cpu_tracker_daemon import metrics, permissions, requests, storage
+from cpu_tracker_daemon import metrics, permissions, requests, storage, timewords
 from cpu_tracker_daemon.budget import caps_for, promise_for
 from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.errors import (
@@ -29,11 +29,13 @@ from cpu_tracker_daemon.errors import (
     LedgerCorruptError,
     LedgerUnavailableError,
     OutputError,
+    one_line,
 )
 from cpu_tracker_daemon.ledger import (
     LOCK_TIMEOUT_SECONDS,
     BootClock,
     BudgetStatus,
+    CapStatus,
     Ledger,
     Spend,
     boot_clock,
@@ -108,6 +110,22 @@ class CycleResult:
             "next_due_at": self.next_due_at.isoformat() if self.next_due_at else None,
             "recovered": self.recovered,
         }
+
+    def summary(self, now: datetime) -> str:
+        """The cycle in a sentence, for a terminal."""
+        nxt = (
+            f"; next window {timewords.relative(self.next_due_at, now)} "
+            f"(at {timewords.local(self.next_due_at, now)})"
+            if self.next_due_at is not None
+            else ""
+        )
+        if self.outcome == "released":
+            left = "" if self.epsilon_remaining is None else f" ({self.epsilon_remaining:.3g} left)"
+            return f"released epsilon {self.epsilon_spent:g}{left}{nxt}"
+        if self.outcome == "cooldown":
+            return f"in cooldown{nxt}"
+        detail = one_line(str(self.error)) if self.error is not None else self.outcome
+        return f"{self.outcome.replace('_', ' ')}: {detail}"
 
 
 @dataclass
@@ -236,6 +254,15 @@ class Tracker:
                 self.log.info("release.recovered", release_id=item.release_id)
         return republished
 
+    def blocking_cap(self, ledger: Ledger, force: bool = False) -> CapStatus | None:
+        """The cap the next release would not fit under, if any. The rolling period is the one
+        that ends at the planned start of the window the next cycle would run."""
+        now = self.clock()
+        anchor = self._anchor(ledger, now)
+        candidate = now.replace(microsecond=0) if force else nominal_start(anchor, self.every, now)
+        event = calibrate(self.config.privacy, self.config.sampling.samples).event
+        return ledger.status(caps_for(self.config), now, at=candidate).first_blocking(event)
+
     def _wait_until(self, due: datetime, at_most: float) -> bool:
         """Wait until the wall clock reads ``due``, but for no more than ``at_most`` real seconds:
         a clock set back by hours during the wait must not hold the cycle for hours. Returns
@@ -252,15 +279,11 @@ class Tracker:
     def _release(
         self, ledger: Ledger, started: float, force: bool, max_wait: float, recovered: int
     ) -> CycleResult:
-        config, caps = self.config, caps_for(self.config)
+        config = self.config
         calibration = calibrate(config.privacy, config.sampling.samples)
         # Checked before the cooldown wait, so the window starts as the cooldown ends; reserve()
-        # checks the caps again, atomically, before anything is released. The rolling period is
-        # the one that ends at the planned start of the window this cycle would run.
-        now = self.clock()
-        anchor = self._anchor(ledger, now)
-        candidate = now.replace(microsecond=0) if force else nominal_start(anchor, self.every, now)
-        blocking = ledger.status(caps, now, at=candidate).first_blocking(calibration.event)
+        # checks the caps again, atomically, before anything is released.
+        blocking = self.blocking_cap(ledger, force)
         if blocking is not None:
             raise BudgetExhaustedError(blocking.name, blocking.spent, blocking.limit, calibration.epsilon)
         load_mechanisms(calibration.mechanism)
@@ -313,7 +336,11 @@ class Tracker:
             planned_boot_seconds=planned_boot,
         )
         after: BudgetStatus = ledger.reserve(
-            spend, caps, self.clock(), None if force else config.schedule.every_seconds, promise_for(config)
+            spend,
+            caps_for(config),
+            self.clock(),
+            None if force else config.schedule.every_seconds,
+            promise_for(config),
         )
         if self.spacing is not None:
             self.spacing.last_window_start = window_started
@@ -390,4 +417,6 @@ class CycleLog:
         elif result.outcome == "ledger_unavailable":
             self._log.error("ledger.unavailable", detail=str(result.error))
         level = "info" if result.outcome in ("released", "cooldown", "interrupted") else "warning"
-        getattr(self._log, level)("cycle.finished", **result.log_fields())
+        fields = result.log_fields()
+        fields["summary"] = result.summary(utc_now())
+        getattr(self._log, level)("cycle.finished", **fields)

@@ -303,3 +303,53 @@ class TestProperties:
             return
         with contextlib.suppress(ConfigError):
             parse_config(raw, environ={"HOME": "/h"})
+
+
+class TestEveryProblemAtOnce:
+    """What a newcomer's first bad config got: one problem at a time, joined on one line."""
+
+    def test_an_unknown_key_no_longer_hides_the_value_errors(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """An unknown key hid every value error behind it. Now every problem is reported in one
+        run, one per line under a header line, and the exit code is 3."""
+        from cpu_tracker_daemon.cli import EXIT_CONFIG, main
+
+        path = tmp_path / "c.toml"
+        path.write_text('[sampling]\nsamples = -3\ncolour = "red"\n[schedule]\nevery_seconds = "x"\n')
+        assert main(["--config", str(path), "status"]) == EXIT_CONFIG
+        err = capsys.readouterr().err.splitlines()
+        assert err[0] == "cpu-tracker: invalid configuration (3 problems):"
+        assert any("sampling.colour" in line for line in err[1:])
+        assert any("schedule.every_seconds" in line for line in err[1:])
+        assert any("sampling.samples must be at least 1" in line for line in err[1:])
+        assert len(err) == 4
+
+    def test_a_file_in_the_path_is_named(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """data_dir under a regular file said "not writable (Not a directory)" three times, once
+        per directory. It now names the file in the way, once."""
+        from cpu_tracker_daemon.cli import EXIT_CONFIG, main
+
+        blocker = tmp_path / "notes.txt"
+        blocker.write_text("mine\n")
+        path = tmp_path / "c.toml"
+        path.write_text(f'[paths]\ndata_dir = "{blocker / "state"}"\n')
+        for command in (["once"], ["config", "check"]):
+            assert main(["--config", str(path), *command]) == EXIT_CONFIG
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1, err
+            assert f"{blocker} is a file, not a directory" in err
+        assert blocker.read_text() == "mine\n"
+
+    def test_a_path_from_the_environment_says_so(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A missing file named by $CPU_TRACKER_CONFIG said "drop --config", which was not given."""
+        from cpu_tracker_daemon.cli import EXIT_CONFIG, main
+
+        missing = tmp_path / "nowhere.toml"
+        assert main(["status"], {"CPU_TRACKER_CONFIG": str(missing), "HOME": str(tmp_path)}) == EXIT_CONFIG
+        err = capsys.readouterr().err
+        assert "$CPU_TRACKER_CONFIG" in err
+        assert "unset CPU_TRACKER_CONFIG" in err
+        assert "--config" not in err

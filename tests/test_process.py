@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import re
+import select
 import shutil
 import signal
 import sqlite3
@@ -350,3 +353,103 @@ def test_concurrent_approve_and_deny_of_one_request_never_crash(tmp_path: Path) 
     with sqlite3.connect(tmp_path / "data" / "ledger.sqlite3") as conn:
         assert conn.execute("SELECT COUNT(*) FROM requests").fetchone() == (1,)
     conn.close()
+
+
+def run_on_a_terminal(args: list[str], seconds: float) -> str:
+    """Run the real command with a pseudo-terminal as stdout and stderr for ``seconds``, then
+    SIGINT it (Ctrl-C); return what a person would have seen."""
+    import pty
+
+    main_fd, term = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cpu_tracker_daemon", *args],
+        stdin=subprocess.DEVNULL, stdout=term, stderr=term, env=cli_env(), close_fds=True,
+    )  # fmt: skip
+    os.close(term)
+    seen = b""
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([main_fd], [], [], 0.2)
+            if ready:
+                try:
+                    seen += os.read(main_fd, 65536)
+                except OSError:
+                    break
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+        with contextlib.suppress(OSError):
+            while select.select([main_fd], [], [], 0.2)[0]:
+                chunk = os.read(main_fd, 65536)
+                if not chunk:
+                    break
+                seen += chunk
+    finally:
+        os.close(main_fd)
+    assert proc.returncode == 0
+    return seen.decode(errors="replace")
+
+
+class TestTerminal:
+    def test_on_a_terminal_the_daemon_talks_like_a_person(self, tmp_path: Path) -> None:
+        """JSON lines on a terminal were hard to read. On a tty the log is the console format and
+        the first line says what happens next: "sampling for ... s; first release at HH:MM"."""
+        config = str(write_config(tmp_path, {"schedule": {"every_seconds": 5}}))
+        seen = run_on_a_terminal(["--config", config, "run"], 4)
+        lines = [line for line in seen.splitlines() if line.strip()]
+        assert lines, seen
+        assert not any(line.lstrip().startswith("{") for line in lines), seen
+        assert re.search(r"sampling for 0\.1 s; first release at \d\d:\d\d", seen), seen
+
+    def test_a_flag_chooses_json_on_a_terminal_and_pipes_get_json(self, tmp_path: Path) -> None:
+        """--log-format json gives JSON even on a terminal; a pipe gets JSON by default."""
+        config = str(write_config(tmp_path, {"schedule": {"every_seconds": 5}}))
+        seen = run_on_a_terminal(["--config", config, "run", "--log-format", "json"], 3)
+        events = log_events(seen.replace("\r\n", "\n"))
+        assert events, seen
+        assert events[0]["event"] == "daemon.started"
+        assert "sampling for" in str(events[0]["summary"])
+        piped = start_cli("--config", config, "run")
+        started = wait_for_event(piped, "daemon.started")[-1]
+        piped.send_signal(signal.SIGTERM)
+        piped.communicate(timeout=20)
+        assert started["event"] == "daemon.started"
+
+    def test_a_start_in_cooldown_says_when_the_next_release_comes(self, tmp_path: Path) -> None:
+        """Started inside the cooldown: "in cooldown; next release in 28 min (at 10:36)"."""
+        config = str(write_config(tmp_path, {"schedule": {"every_seconds": 3600}}))
+        assert run_cli("--config", config, "once").returncode == 0
+        seen = run_on_a_terminal(["--config", config, "run"], 3)
+        assert re.search(r"in cooldown; next release in (59|60) min \(at \d\d:\d\d\)", seen), seen
+
+
+class TestStatus:
+    def test_status_says_whether_the_daemon_runs_and_when_things_happen(self, tmp_path: Path) -> None:
+        """status gave UTC times only and could not say whether a daemon ran. It now names the pid
+        holding the lock, and gives each time relative and in local time beside the UTC one."""
+        config = str(write_config(tmp_path, {"schedule": {"every_seconds": 600}}))
+        proc = start_cli("--config", config, "run")
+        try:
+            wait_for_event(proc, "cycle.finished")
+            shown = run_cli("--config", config, "status")
+            as_json = json.loads(run_cli("--config", config, "status", "--json").stdout)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=20)
+        assert f"running (pid {proc.pid})" in shown.stdout
+        assert as_json["daemon"] == {"running": True, "pid": proc.pid}
+        assert re.search(r"last release: +\d+ s ago, at \d\d:\d\d local \(20", shown.stdout), shown.stdout
+        assert re.search(r"next due: +in (9|10) min, at \d\d:\d\d local \(20", shown.stdout), shown.stdout
+        after = run_cli("--config", config, "status")
+        assert "daemon:        not running" in after.stdout
+        assert json.loads(run_cli("--config", config, "status", "--json").stdout)["daemon"] == {
+            "running": False,
+            "pid": None,
+        }
+
+    def test_a_fresh_state_names_the_ledger_once(self, tmp_path: Path) -> None:
+        """Before the first release status printed a "ledger:" line twice."""
+        shown = run_cli("--config", str(write_config(tmp_path)), "status")
+        assert shown.returncode == 0
+        assert shown.stdout.count("ledger:") == 1, shown.stdout
+        assert "not created yet" in shown.stdout

@@ -245,6 +245,59 @@ class TestInstall:
         assert any(line.startswith("cpu-tracker:") for line in passwd)
         assert (tmp_path / "etc/cpu-tracker").is_dir()
 
+    @pytest.mark.parametrize(
+        ("executable", "interpreter", "hidden", "relaxed"),
+        [
+            ("/home/alice/cpu-tracker/.venv/bin/cpu-tracker", None, "/home", "ProtectHome=read-only"),
+            ("/opt/cpu-tracker/bin/cpu-tracker", "/root/.pyenv/versions/3.11.7/bin/python3.11", "/root",
+             "ProtectHome=read-only"),
+            ("/tmp/venv/bin/cpu-tracker", None, "/tmp", "PrivateTmp=no"),
+        ],
+    )  # fmt: skip
+    def test_a_system_unit_that_could_not_start_its_executable_is_refused(
+        self,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        executable: str,
+        interpreter: str | None,
+        hidden: str,
+        relaxed: str,
+    ) -> None:
+        """The quick start's venv under /home (or a venv whose python is pyenv's under /root, or
+        one in /tmp) got a unit with ProtectHome=yes (PrivateTmp=yes): systemctl start failed with
+        203/EXEC every 30 s. Install now refuses with the fix, writing nothing; --force writes
+        the unit with the sandbox opened just there."""
+        exe = tmp_path / executable.lstrip("/")
+        exe.parent.mkdir(parents=True)
+        exe.write_text(f"#!{interpreter or exe.parent / 'python'}\nimport sys\n")
+        args = [
+            "service",
+            "install",
+            "systemd",
+            "--system",
+            "--root",
+            str(tmp_path),
+            "--executable",
+            executable,
+        ]
+        unit = tmp_path / "etc/systemd/system/cpu-tracker.service"
+        code, _, err = run_main(*args, home=Path("/root"), capsys=capsys)
+        assert code == cli.EXIT_SERVICE
+        assert err.count("\n") == 1
+        assert hidden in err
+        assert "/opt/cpu-tracker" in err
+        assert "--force" in err
+        assert not unit.exists()
+        code, _, err = run_main(*args, "--force", home=Path("/root"), capsys=capsys)
+        if code != 0 and "sysusers" in err:
+            pytest.skip("systemd-sysusers is not installed")
+        assert code == 0, err
+        text = unit.read_text()
+        assert relaxed in text
+        assert text.count("ProtectHome=") == 1
+        assert text.count("PrivateTmp=") == 1
+        assert ("ProtectHome=yes" in text) == (relaxed != "ProtectHome=read-only")
+
     def test_uninstall_removes_only_an_unchanged_file(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:

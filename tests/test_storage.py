@@ -109,7 +109,7 @@ class TestLayout:
         (tmp_path / "file").write_text("")
         cfg = tmp_path / "c.toml"
         cfg.write_text(f'[paths]\ndata_dir = "{tmp_path / "file" / "sub"}"\n')
-        with pytest.raises(ConfigError, match=r"paths.data_dir .* is not writable"):
+        with pytest.raises(ConfigError, match=r"paths.data_dir .* cannot be made: .*file is a file"):
             prepare(layout_for(load_config(cfg)))
 
     def test_stale_temps_are_removed_outputs_kept(self, tmp_path: Path) -> None:
