@@ -145,16 +145,24 @@ def build_parser() -> argparse.ArgumentParser:
     pending = bsub.add_parser("requests", help="budget requests that readers sent to rpc/budget/")
     pending.add_argument("--json", action="store_true", help="machine-readable output")
     approve = bsub.add_parser("approve", help="grant a pending request; the requester can read the answer")
-    approve.add_argument("request_id", metavar="ID")
+    approve.add_argument("request_id", metavar="ID", help="the request's id, as 'budget requests' lists it")
     approve.add_argument("--reason", default="", help="a note for the requester")
     deny = bsub.add_parser("deny", help="refuse a pending request; the requester can read the answer")
-    deny.add_argument("request_id", metavar="ID")
+    deny.add_argument("request_id", metavar="ID", help="the request's id, as 'budget requests' lists it")
     deny.add_argument("--reason", required=True, help="why (sent to the requester)")
     grant = bsub.add_parser("grant", help="raise a cap; recorded in the ledger with the reason")
-    grant.add_argument("epsilon", type=_positive_float, metavar="EPSILON")
+    grant.add_argument("epsilon", type=_positive_float, metavar="EPSILON", help="how much to add to the cap")
     grant.add_argument("--reason", required=True, help="why (kept in the ledger's history)")
-    grant.add_argument("--cap", choices=("lifetime", "window"), default="lifetime")
+    grant.add_argument(
+        "--cap",
+        choices=("lifetime", "window"),
+        default="lifetime",
+        help="the cap to raise: all history (default) or the rolling period",
+    )
     grant.add_argument("--delta", type=_probability, default=0.0, help="also raise the cap's delta by this")
+    grant.add_argument(
+        "--yes", action="store_true", help="do not ask before a grant that more than doubles the cap"
+    )
 
     ledger = sub.add_parser("ledger", help="the privacy ledger itself")
     lsub = ledger.add_subparsers(dest="ledger_command", required=True, metavar="ACTION", parser_class=_Parser)
@@ -182,12 +190,37 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="check or show the effective configuration")
     csub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION", parser_class=_Parser)
     csub.add_parser("check", help="validate the configuration and the directories it names")
+    init = csub.add_parser(
+        "init",
+        help="write a commented starter config (every key at its default, commented out)",
+        description=(
+            "Write a starter config.toml where cpu-tracker looks for it (--config PATH, else "
+            "$CPU_TRACKER_CONFIG, else ~/.config/cpu-tracker/config.toml, or /etc/cpu-tracker/ with "
+            "--system): every key, commented out at its default, with a line on what it does."
+        ),
+    )
+    init.add_argument("--force", action="store_true", help="replace a config file that exists")
+    init.add_argument("--stdout", action="store_true", help="print it instead of writing a file")
     cshow = csub.add_parser("show", help="the effective configuration, defaults filled in")
     cshow.add_argument("--json", action="store_true", help="JSON instead of TOML")
     aggregate = sub.add_parser("aggregate", help="one aggregation pass over the SyftBox tree's releases")
     aggregate.add_argument("--json", action="store_true", help="print the aggregate record")
     _add_service_parser(sub)
+    _describe(parser)
     return parser
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """A subcommand's --help opens with what it does: its line in the parent's list, unless it
+    has a longer description of its own."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            lines = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, child in action.choices.items():
+                if not child.description and lines.get(name):
+                    text = str(lines[name])
+                    child.description = text[0].upper() + text[1:] + "."
+                _describe(child)
 
 
 def _add_service_parser(sub: Any) -> None:
@@ -262,6 +295,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             env = {**env, **{name: str(path) for name, path in system_dirs().items()}}
         if args.command == "service":
             return _service(args, env)
+        if args.command == "config" and args.config_command == "init":  # before a config exists
+            return _config_init(args, env)
         path = config_path_from(args.config, env)
         config = load_config(path, env, config_origin(args.config, env))
         return _dispatch(args, config, path, env)
@@ -308,7 +343,7 @@ def _dispatch(args: argparse.Namespace, config: Config, path: Path | None, env: 
         return _ledger_reset(config, args.reason)
     if args.command == "budget":
         if args.budget_command == "grant":
-            return _grant(config, args.epsilon, args.reason, args.cap, args.delta)
+            return _grant(config, args.epsilon, args.reason, args.cap, args.delta, args.yes)
         if args.budget_command == "plan":
             return _budget_plan(config, as_json=args.json)
         if args.budget_command == "requests":
@@ -465,7 +500,7 @@ def _budget_plan(config: Config, as_json: bool) -> int:
     return EXIT_OK
 
 
-def _grant(config: Config, epsilon: float, reason: str, cap: str, delta: float) -> int:
+def _grant(config: Config, epsilon: float, reason: str, cap: str, delta: float, yes: bool = False) -> int:
     from cpu_tracker_daemon import storage
     from cpu_tracker_daemon.budget import caps_for
     from cpu_tracker_daemon.ledger import open_ledger
@@ -478,6 +513,13 @@ def _grant(config: Config, epsilon: float, reason: str, cap: str, delta: float) 
     ledger = open_ledger(layout.ledger, caps_for(config), now, create=True)
     assert ledger is not None
     with ledger:
+        before = ledger.status(caps_for(config), now)
+        limit = (before.lifetime if cap == "lifetime" else before.window).limit
+        if epsilon > limit and not yes:
+            _confirm(
+                f"a grant of epsilon {epsilon:g} more than doubles the {cap} cap "
+                f"(epsilon {limit:g} now, {limit + epsilon:g} after)"
+            )
         ledger.grant(cap, epsilon, reason.strip(), _who(), now, delta)
         status = ledger.status(caps_for(config), now)
     chosen = status.lifetime if cap == "lifetime" else status.window
@@ -486,6 +528,19 @@ def _grant(config: Config, epsilon: float, reason: str, cap: str, delta: float) 
         f"now epsilon {chosen.limit:g} at delta {chosen.delta:g}, {chosen.remaining:.3g} left"
     )
     return EXIT_OK
+
+
+def _confirm(what: str) -> None:
+    """Ask on a terminal; refuse elsewhere (a script says --yes). Declining is a usage error."""
+    if not sys.stdin.isatty():
+        raise UsageError(f"{what}; pass --yes to confirm it")
+    print(f"{what}. Type yes to grant it: ", end="", file=sys.stderr, flush=True)
+    try:
+        answer = input()
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() != "yes":
+        raise UsageError("not granted; nothing was changed")
 
 
 def _ledger_verify(config: Config) -> int:
@@ -533,6 +588,29 @@ def _who() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return f"uid {os.getuid()}"
+
+
+def _config_init(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from cpu_tracker_daemon.config import CONFIG_FILE, user_config_dir
+    from cpu_tracker_daemon.starter import starter_toml, write_starter
+
+    if args.stdout:
+        print(starter_toml(env), end="")
+        return EXIT_OK
+    path = config_path_from(args.config, env)
+    if path is None:  # nothing there yet: where the next command will look
+        service_dir = env.get("CONFIGURATION_DIRECTORY", "")
+        path = (Path(service_dir.split(":")[0]) if service_dir else user_config_dir(env)) / CONFIG_FILE
+    try:
+        write_starter(path, args.force, env)
+    except FileExistsError:
+        raise ConfigError(
+            [f"config file {path} already exists; edit it, or pass --force to replace it with the starter"]
+        ) from None
+    except OSError as exc:
+        raise ConfigError([f"cannot write {path} ({exc.strerror or exc}); choose another --config"]) from None
+    print(f"wrote {path}: every key at its default, commented out; edit it, then 'cpu-tracker config check'")
+    return EXIT_OK
 
 
 def _config_check(config: Config, path: Path | None) -> int:

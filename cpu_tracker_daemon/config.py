@@ -128,7 +128,7 @@ class Config:
 
 
 # The schema: section -> key -> kind (int, float, str, path, emails); defaults live in the dataclasses.
-_SCHEMA: dict[str, dict[str, str]] = {
+KEYS: dict[str, dict[str, str]] = {
     "paths": {"data_dir": "path"},
     "sampling": {"samples": "int", "interval_seconds": "float"},
     "schedule": {"every_seconds": "float"},
@@ -297,19 +297,19 @@ def parse_config(
 ) -> Config:
     """Validate a parsed TOML document and build the Config; raise ConfigError listing all problems."""
     problems: list[str] = []
-    values: dict[str, dict[str, Any]] = {section: {} for section in _SCHEMA}
+    values: dict[str, dict[str, Any]] = {section: {} for section in KEYS}
     base = source.parent if source is not None else Path.cwd()
     logs_dir = environ.get("LOGS_DIRECTORY", "")
 
     for section, table in raw.items():
-        if section not in _SCHEMA:
-            problems.append(_unknown(section, list(_SCHEMA), "section"))
+        if section not in KEYS:
+            problems.append(_unknown(section, list(KEYS), "section"))
             continue
         if not isinstance(table, dict):
             problems.append(f"[{section}] must be a table; write it as a [{section}] header")
             continue
         for key, value in table.items():
-            kinds = _SCHEMA[section]
+            kinds = KEYS[section]
             name = f"{section}.{key}"
             if key not in kinds:
                 problems.append(_unknown(name, [f"{section}.{k}" for k in kinds]))
@@ -535,7 +535,7 @@ def _one_release_fits(config: Config) -> list[str]:
 def as_dict(config: Config) -> dict[str, dict[str, Any]]:
     """The effective configuration as plain TOML-able values (paths as strings, unset as "")."""
     out: dict[str, dict[str, Any]] = {}
-    for section in _SCHEMA:
+    for section in KEYS:
         obj = getattr(config, section)
         table: dict[str, Any] = {}
         for f in dataclasses.fields(obj):
@@ -556,16 +556,16 @@ def to_toml(config: Config) -> str:
     lines: list[str] = []
     for section, table in as_dict(config).items():
         lines.append(f"[{section}]")
-        lines.extend(f"{key} = {_toml_value(value)}" for key, value in table.items() if value != "")
+        lines.extend(f"{key} = {toml_value(value)}" for key, value in table.items() if value != "")
         lines.append("")
     return "\n".join(lines)
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -519,3 +523,93 @@ class TestLedgerVerify:
         done = run_cli("--config", config, "run", timeout=60)
         assert done.returncode == 4
         assert "running release counts disagree" in done.stderr
+
+
+def grant_on_a_terminal(config: str, answer: str, *extra: str) -> tuple[int, str]:
+    """`budget grant` with a pseudo-terminal as stdin and stderr, answering ``answer``."""
+    import pty
+    import select
+
+    main_fd, term = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cpu_tracker_daemon", "--config", config, "budget", "grant", *extra],
+        stdin=term, stdout=subprocess.PIPE, stderr=term, env=cli_env(), text=True,
+    )  # fmt: skip
+    os.close(term)
+    seen = b""
+    try:
+        while b"Type yes" not in seen and select.select([main_fd], [], [], 20)[0]:
+            seen += os.read(main_fd, 4096)
+        os.write(main_fd, answer.encode() + b"\n")
+        proc.wait(timeout=30)
+        with contextlib.suppress(OSError):
+            while select.select([main_fd], [], [], 0.5)[0]:
+                chunk = os.read(main_fd, 4096)
+                if not chunk:
+                    break
+                seen += chunk
+    finally:
+        os.close(main_fd)
+    return proc.returncode, seen.decode(errors="replace")
+
+
+class TestGrantConfirmation:
+    def test_a_grant_that_more_than_doubles_a_cap_asks_first(self, tmp_path: Path) -> None:
+        """`budget grant 500` on a cap of 100 went through at once: a typo of a few digits could
+        give away the budget. On a terminal it asks; "no" changes nothing; "yes" grants."""
+        config = str(write_config(tmp_path))
+        code, seen = grant_on_a_terminal(config, "no", "500", "--reason", "typo?")
+        assert code == 2, seen
+        assert "more than doubles the lifetime cap (epsilon 100 now, 600 after)" in seen
+        assert "not granted" in seen
+        assert not (tmp_path / "data" / "ledger.sqlite3").exists() or grants(tmp_path) == []
+        code, seen = grant_on_a_terminal(config, "yes", "500", "--reason", "quarterly review")
+        assert code == 0, seen
+        assert grants(tmp_path) == [("lifetime", 500.0)]
+
+    def test_without_a_terminal_it_needs_yes(self, tmp_path: Path) -> None:
+        """A script cannot answer: it is refused with the flag to pass, and --yes grants."""
+        config = str(write_config(tmp_path))
+        refused = run_cli("--config", config, "budget", "grant", "500", "--reason", "x")
+        assert refused.returncode == 2
+        assert "pass --yes" in refused.stderr
+        assert refused.stderr.count("\n") == 1
+        assert run_cli("--config", config, "budget", "grant", "500", "--reason", "x", "--yes").returncode == 0
+        assert run_cli("--config", config, "budget", "grant", "50", "--reason", "small").returncode == 0
+        assert grants(tmp_path) == [("lifetime", 500.0), ("lifetime", 50.0)]
+
+
+def grants(tmp_path: Path) -> list[tuple[str, float]]:
+    with closing(sqlite3.connect(tmp_path / "data" / "ledger.sqlite3")) as conn:
+        return conn.execute("SELECT cap, epsilon FROM grants ORDER BY id").fetchall()
+
+
+def every_subparser() -> list[tuple[str, Any]]:
+    import argparse
+
+    from cpu_tracker_daemon.cli import build_parser
+
+    found: list[tuple[str, Any]] = []
+
+    def walk(prefix: str, parser: argparse.ArgumentParser) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    found.append((f"{prefix} {name}".strip(), child))
+                    walk(f"{prefix} {name}", child)
+
+    walk("", build_parser())
+    return found
+
+
+@pytest.mark.parametrize(("name", "parser"), every_subparser(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_subcommand_help_says_what_it_does_and_what_each_option_means(name: str, parser: Any) -> None:
+    """`run --help` printed a bare usage line. Each command's --help now has a description, and
+    every option and argument a line of its own."""
+    assert parser.description, f"'{name} --help' has no description"
+    for action in parser._actions:
+        if action.dest in ("help",) or action.help == "==SUPPRESS==":
+            continue
+        if action.__class__.__name__ == "_SubParsersAction":
+            continue
+        assert action.help, f"'{name} --help': {action.option_strings or action.dest} has no help"

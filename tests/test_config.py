@@ -353,3 +353,46 @@ class TestEveryProblemAtOnce:
         assert "$CPU_TRACKER_CONFIG" in err
         assert "unset CPU_TRACKER_CONFIG" in err
         assert "--config" not in err
+
+
+class TestStarter:
+    def test_config_init_writes_a_commented_file_that_changes_nothing(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """There was no documented way to start a config. `config init` writes one where the
+        next command looks, with every key commented out at its default: loaded, it is the defaults."""
+        from cpu_tracker_daemon.cli import EXIT_CONFIG, main
+        from cpu_tracker_daemon.config import KEYS, as_dict, load_config, parse_config
+
+        env = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+        assert main(["config", "init"], env) == 0
+        written = tmp_path / "xdg" / "cpu-tracker" / "config.toml"
+        assert str(written) in capsys.readouterr().out
+        text = written.read_text()
+        for section, keys in KEYS.items():
+            assert f"[{section}]" in text
+            assert all(f"# {key} = " in text for key in keys)
+        assert as_dict(load_config(written, env)) == as_dict(parse_config({}, environ=env))
+        assert main(["config", "check"], env) == 0  # found there, and sound
+        assert str(written) in capsys.readouterr().out
+        written.write_text("[sampling]\nsamples = 7\n")
+        assert main(["config", "init"], env) == EXIT_CONFIG
+        assert "--force" in capsys.readouterr().err
+        assert written.read_text() == "[sampling]\nsamples = 7\n"
+        assert main(["config", "init", "--force"], env) == 0
+        assert "# samples = 50" in written.read_text()
+
+    @pytest.mark.parametrize("skip", ["sigma", "epsilon"])
+    def test_uncommenting_the_values_gives_a_valid_config(self, tmp_path: Path, skip: str) -> None:
+        """Every commented value is one the config accepts, the examples too (all of them at
+        once but one of epsilon and sigma, which exclude each other)."""
+        from cpu_tracker_daemon.config import parse_config
+        from cpu_tracker_daemon.starter import starter_toml
+
+        lines = [
+            line[2:]
+            if line.startswith("# ") and " = " in line and not line.startswith(f"# {skip} =")
+            else line
+            for line in starter_toml({}).splitlines()
+        ]
+        parse_config(tomllib.loads("\n".join(lines)), source=tmp_path / "c.toml", environ={})
