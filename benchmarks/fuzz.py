@@ -127,7 +127,7 @@ def dictionary(target: str) -> str:
     from cpu_tracker_daemon import config, requests
 
     if target == "config":
-        names = [*config._SCHEMA, *(k for keys in config._SCHEMA.values() for k in keys)]
+        names = [*config.KEYS, *(k for keys in config.KEYS.values() for k in keys)]
         tokens = _TOKENS["config"]
     else:
         document = _release("laplace") if target == "peer" else _request()

@@ -384,7 +384,7 @@ def _once(config: Config, force: bool) -> int:
     import signal
 
     from cpu_tracker_daemon import signals, storage
-    from cpu_tracker_daemon.daemon import configure_logging
+    from cpu_tracker_daemon.daemon import configure_logging, lands_after
     from cpu_tracker_daemon.instance import claim_state
     from cpu_tracker_daemon.logs import get_logger
     from cpu_tracker_daemon.sampling import PsutilCpuSource
@@ -397,7 +397,7 @@ def _once(config: Config, force: bool) -> int:
     with claim_state(layout):
         tracker = Tracker(config=config, layout=layout, cpu=PsutilCpuSource(), log=log, stop=stop)
         result = tracker.cycle(force=force)
-    CycleLog(log)(result)
+    CycleLog(log, lands_after(config))(result)
     if result.error is not None:
         print(f"cpu-tracker: {one_line(str(result.error))}", file=sys.stderr)
         return exit_code_for(result.error)

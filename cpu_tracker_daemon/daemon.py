@@ -43,6 +43,11 @@ def configure_logging(config: Config, log_format: str | None = None) -> None:
     logs.configure(log_format or config.logging.format, config.logging.level, config.logging.file)
 
 
+def lands_after(config: Config) -> float:
+    """Seconds from a window's start to its public file."""
+    return config.sampling.window_seconds + publish_hold(config)
+
+
 def start_summary(config: Config, first_run: datetime, now: datetime, paused: str | None) -> str:
     """The daemon's first words to a person: what it does next, and when a release lands."""
     if paused is not None:
@@ -51,7 +56,7 @@ def start_summary(config: Config, first_run: datetime, now: datetime, paused: st
             "'cpu-tracker budget grant EPSILON --reason TEXT' resumes releases"
         )
     window = config.sampling.window_seconds
-    release_at = first_run + timedelta(seconds=window + publish_hold(config))
+    release_at = first_run + timedelta(seconds=lands_after(config))
     if (first_run - now).total_seconds() <= 1:
         return f"sampling for {window:g} s; first release at {timewords.local(release_at, now)}"
     return (
@@ -83,7 +88,7 @@ class Daemon:
         self._fatal: CpuTrackerError | None = None
         self._log = logs.get_logger("cpu_tracker.daemon")
         self._notifier = Notifier(environ)
-        self._cycle_log = CycleLog(self._log)
+        self._cycle_log = CycleLog(self._log, lands_after(config))
         self._last: CycleResult | None = None
         self._finished: CycleResult | None = None  # handed from the job thread to the main loop
         self._config = config
@@ -156,7 +161,7 @@ class Daemon:
             if self._fatal is not None:
                 self._log.error("daemon.failed", detail=str(self._fatal))
                 raise self._fatal
-            self._log.info("daemon.stopped")
+            self._log.info("daemon.stopped", summary="stopped; nothing is lost, the next start carries on")
 
     def _loop(self) -> None:
         interval = self._notifier.watchdog_interval

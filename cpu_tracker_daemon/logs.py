@@ -16,6 +16,7 @@ import logging
 import logging.handlers
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -34,7 +35,10 @@ _SHARED: list[Any] = [
 
 
 def _for_people(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
-    """An event with a ``summary`` is that sentence on a terminal; its fields stay in the JSON."""
+    """On a terminal: the local time of day, and an event with a ``summary`` as that sentence
+    (its fields stay in the JSON)."""
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        event["timestamp"] = datetime.fromisoformat(event["timestamp"]).astimezone().strftime("%H:%M:%S")
     summary = event.get("summary")
     if summary is None:
         return event

@@ -111,17 +111,15 @@ class CycleResult:
             "recovered": self.recovered,
         }
 
-    def summary(self, now: datetime) -> str:
-        """The cycle in a sentence, for a terminal."""
-        nxt = (
-            f"; next window {timewords.relative(self.next_due_at, now)} "
-            f"(at {timewords.local(self.next_due_at, now)})"
-            if self.next_due_at is not None
-            else ""
-        )
+    def summary(self, now: datetime, publish_after: float = 0.0) -> str:
+        """The cycle in a sentence, for a terminal; the next release lands ``publish_after``
+        seconds after its window starts."""
+        nxt = ""
+        if self.next_due_at is not None:
+            lands = self.next_due_at + timedelta(seconds=publish_after)
+            nxt = f"; next release {timewords.relative(lands, now)} (at {timewords.local(lands, now)})"
         if self.outcome == "released":
-            left = "" if self.epsilon_remaining is None else f" ({self.epsilon_remaining:.3g} left)"
-            return f"released epsilon {self.epsilon_spent:g}{left}{nxt}"
+            return f"released a value (epsilon {self.epsilon_spent:g}){nxt}"
         if self.outcome == "cooldown":
             return f"in cooldown{nxt}"
         detail = one_line(str(self.error)) if self.error is not None else self.outcome
@@ -401,9 +399,10 @@ class Tracker:
 class CycleLog:
     """Logs one canonical line per cycle, and ``budget.exhausted`` once per exhaustion."""
 
-    def __init__(self, log: Any) -> None:
+    def __init__(self, log: Any, publish_after: float = 0.0) -> None:
         self._log = log
         self._exhausted = False
+        self._publish_after = publish_after  # from a window's start to its public file
 
     def __call__(self, result: CycleResult) -> None:
         if result.outcome == "budget_exhausted":
@@ -418,5 +417,5 @@ class CycleLog:
             self._log.error("ledger.unavailable", detail=str(result.error))
         level = "info" if result.outcome in ("released", "cooldown", "interrupted") else "warning"
         fields = result.log_fields()
-        fields["summary"] = result.summary(utc_now())
+        fields["summary"] = result.summary(utc_now(), self._publish_after)
         getattr(self._log, level)("cycle.finished", **fields)
