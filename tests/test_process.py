@@ -438,7 +438,9 @@ class TestStatus:
             proc.communicate(timeout=20)
         assert f"running (pid {proc.pid})" in shown.stdout
         assert as_json["daemon"] == {"running": True, "pid": proc.pid}
-        assert re.search(r"last release: +(now|\d+ s ago), at \d\d:\d\d local \(20", shown.stdout), shown.stdout
+        assert re.search(r"last release: +(now|\d+ s ago), at \d\d:\d\d local \(20", shown.stdout), (
+            shown.stdout
+        )
         assert re.search(r"next due: +in (9|10) min, at \d\d:\d\d local \(20", shown.stdout), shown.stdout
         after = run_cli("--config", config, "status")
         assert "daemon:        not running" in after.stdout

@@ -1,0 +1,163 @@
+"""Secure aggregation's core: exact noise shares, masks that cancel, shares that rebuild, and
+the rounds end to end with dropouts, with the real cryptography (docs/secure-aggregation.md)."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+
+import pytest
+
+from cpu_tracker_daemon.discrete import laplace_pmf, laplace_variance
+from cpu_tracker_daemon.secagg import masks, noise, shares
+from cpu_tracker_daemon.secagg.protocol import Member, ProtocolError, Roster, Survivors, unmask
+from cpu_tracker_daemon.secagg.simulate import one_round
+
+
+def chi_square_p(observed: Counter[int], pmf: dict[int, float], draws: int) -> float:
+    """The p-value of a chi-square goodness-of-fit test, bins below 5 expected merged into the tails."""
+    from scipy.stats import chi2
+
+    keys = sorted(pmf)
+    bins: list[tuple[float, int]] = []
+    expected = count = 0.0
+    for k in keys:
+        expected += pmf[k] * draws
+        count += observed.get(k, 0)
+        if expected >= 5:
+            bins.append((expected, int(count)))
+            expected = count = 0.0
+    rest = draws - sum(c for _, c in bins)
+    tail = draws * (1 - sum(pmf.values())) + expected
+    if tail > 0:
+        bins.append((tail, rest))
+    stat = sum((c - e) ** 2 / e for e, c in bins)
+    return float(chi2.sf(stat, len(bins) - 1))
+
+
+class TestNoise:
+    def test_negative_binomial_has_its_exact_distribution(self) -> None:
+        """NB(0.3, 0.6) drawn as a Poisson number of logarithmic variables matches the exact
+        pmf Gamma(k + r) / (k! Gamma(r)) (1 - q)^r q^k (seeded; chi-square p > 0.001)."""
+        r, q, draws = 0.3, 0.6, 40_000
+        rng = random.Random(7)
+        seen = Counter(noise.negative_binomial(r, q, rng) for _ in range(draws))
+        pmf = {
+            k: math.exp(math.lgamma(k + r) - math.lgamma(k + 1) - math.lgamma(r)) * (1 - q) ** r * q**k
+            for k in range(60)
+        }
+        assert chi_square_p(seen, pmf, draws) > 0.001
+
+    @pytest.mark.parametrize(("scale", "members"), [(3.0, 5), (8.0, 40)])
+    def test_shares_of_the_members_add_up_to_discrete_laplace(self, scale: float, members: int) -> None:
+        """The sum of ``members`` shares is discrete Laplace of ``scale``: its pmf (chi-square)
+        and its variance 2a/(1-a)^2."""
+        rng = random.Random(11)
+        draws = 20_000
+        sums = [sum(noise.share(scale, members, rng) for _ in range(members)) for _ in range(draws)]
+        pmf = {k: laplace_pmf(k, scale) for k in range(-200, 201)}
+        assert chi_square_p(Counter(sums), pmf, draws) > 0.001
+        variance = sum(x * x for x in sums) / draws
+        assert variance == pytest.approx(laplace_variance(scale), rel=0.06)
+
+    def test_calibration_leaves_enough_noise_with_beta_dropped(self) -> None:
+        """Calibrated for beta = 0.2 among 100, any 80 members' shares carry the whole noise."""
+        assert noise.calibrated_members(100, 0.2) == 80
+        assert noise.calibrated_members(101, 0.2) == 81
+        assert noise.calibrated_members(3, 0.0) == 3
+        with pytest.raises(ValueError, match="beta"):
+            noise.calibrated_members(10, 1.0)
+
+
+class TestMasks:
+    def test_pairwise_masks_cancel_and_self_masks_do_not(self) -> None:
+        keys = {name: masks.new_key() for name in ("a", "b", "c", "d")}
+        total = 0
+        for me, key in keys.items():
+            for peer, other in keys.items():
+                if peer != me:
+                    seed = masks.agreed(key, masks.public_bytes(other), "r1", "mask")
+                    assert seed == masks.agreed(other, masks.public_bytes(key), "r1", "mask")
+                    total += masks.pairwise(me, peer, seed)
+        assert total % masks.MODULUS == 0
+        assert masks.agreed(keys["a"], masks.public_bytes(keys["b"]), "r2", "mask") != masks.agreed(
+            keys["a"], masks.public_bytes(keys["b"]), "r1", "mask"
+        )
+        assert masks.signed(masks.MODULUS - 5) == -5
+        assert masks.signed(7) == 7
+
+
+class TestShares:
+    def test_any_threshold_rebuilds_fewer_do_not(self) -> None:
+        secret = bytes(range(32))
+        parts = shares.split(secret, 3, 5)
+        assert shares.combine(parts[:3]) == shares.combine(parts[2:]) == secret
+        assert shares.combine(parts[:2]) != secret
+
+    def test_a_sealed_share_opens_only_for_its_round_sender_and_recipient(self) -> None:
+        alice, bob = masks.new_key(), masks.new_key()
+        box = shares.seal(alice, masks.public_bytes(bob), "r1", "alice", "bob", b"share")
+        assert shares.unseal(bob, masks.public_bytes(alice), "r1", "alice", "bob", box) == b"share"
+        for round_id, sender in (("r2", "alice"), ("r1", "mallory")):
+            with pytest.raises(shares.ShareError):
+                shares.unseal(bob, masks.public_bytes(alice), round_id, sender, "bob", box)
+
+
+class TestRounds:
+    @pytest.mark.parametrize(("n", "dropped"), [(5, 0), (12, 2), (60, 0), (60, 12)])
+    def test_the_aggregator_gets_exactly_the_noisy_sum(self, n: int, dropped: int) -> None:
+        """All present, or members dropping after they shared (up to beta): the masks cancel or
+        are removed, and the sum is exactly the present members' values plus their noise."""
+        done = one_round(n, dropped, 0.2, 20_000.0, random.Random(3))
+        assert done.total == done.expected
+        assert len(done.survivors.present) == n - dropped
+        if n > 16:
+            assert len(done.roster.neighbours(done.roster.members[0])) < n - 1  # the sparse graph
+
+    def test_a_masked_value_alone_says_nothing_of_the_value(self) -> None:
+        """Two members with the same value and noise send unrelated masked values."""
+        a, b = Member("a@example.org"), Member("b@example.org")
+        roster = Roster("r", ("a@example.org", "b@example.org"), 0.0, 20_000.0)
+        keys = {"a@example.org": a.public(), "b@example.org": b.public()}
+        a.share(roster, keys)
+        b.share(roster, keys)
+        shared = frozenset(keys)
+        assert a.masked(roster, keys, shared, 5000, 0) != b.masked(roster, keys, shared, 5000, 0)
+
+    def test_too_few_survivors_reveal_nothing(self) -> None:
+        """Below the calibration the noise would be too little: a member refuses to reveal."""
+        members = {f"m{i}@example.org": Member(f"m{i}@example.org") for i in range(10)}
+        roster = Roster("r", tuple(sorted(members)), 0.2, 20_000.0)
+        keys = {name: m.public() for name, m in members.items()}
+        boxes = {name: m.share(roster, keys) for name, m in members.items()}
+        me = roster.members[0]
+        inbox = {sender: box[me] for sender, box in boxes.items() if me in box}
+        few = Survivors(frozenset(members), frozenset(roster.members[:7]))
+        with pytest.raises(ProtocolError, match="fewer than the 8"):
+            members[me].reveal(roster, keys, few, inbox)
+        outside = Survivors(frozenset(members) | {"x@example.org"}, frozenset(roster.members))
+        with pytest.raises(ProtocolError, match="outside the round"):
+            members[me].reveal(roster, keys, outside, inbox)
+
+    def test_a_garbage_share_is_caught_not_believed(self) -> None:
+        """One neighbour reveals a wrong share: the aggregator's two subsets disagree, and it
+        aborts rather than publish a wrong sum."""
+        members = {f"m{i}@example.org": Member(f"m{i}@example.org") for i in range(6)}
+        roster = Roster("r", tuple(sorted(members)), 0.0, 20_000.0)
+        keys = {name: m.public() for name, m in members.items()}
+        boxes = {name: m.share(roster, keys) for name, m in members.items()}
+        shared = frozenset(members)
+        masked = {name: m.masked(roster, keys, shared, 100, 0) for name, m in members.items()}
+        survivors = Survivors(shared, frozenset(members))
+        reveals = {
+            name: members[name].reveal(
+                roster, keys, survivors, {s: b[name] for s, b in boxes.items() if name in b}
+            )
+            for name in members
+        }
+        liar, victim = roster.members[0], roster.members[1]
+        kind, (index, _) = reveals[liar][victim]
+        reveals[liar] = {**reveals[liar], victim: (kind, (index, bytes(32)))}
+        with pytest.raises(ProtocolError, match="disagree"):
+            unmask(roster, keys, survivors, masked, reveals)
