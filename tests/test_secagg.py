@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from cpu_tracker_daemon import permissions
 from cpu_tracker_daemon.discrete import laplace_pmf, laplace_variance
-from cpu_tracker_daemon.secagg import masks, noise, shares
+from cpu_tracker_daemon.secagg import masks, noise, shares, transport
 from cpu_tracker_daemon.secagg.protocol import Member, ProtocolError, Roster, Survivors, unmask
 from cpu_tracker_daemon.secagg.simulate import one_round
 
@@ -161,3 +166,117 @@ class TestRounds:
         reveals[liar] = {**reveals[liar], victim: (kind, (index, bytes(32)))}
         with pytest.raises(ProtocolError, match="disagree"):
             unmask(roster, keys, survivors, masked, reveals)
+
+
+AGGREGATOR = "aggregator@example.org"
+
+
+def round_over_files(tmp_path: Path, n: int, drop: int) -> tuple[dict[str, Any], int, dict[str, str], Path]:
+    """Members and the aggregator, each in its own thread, exchanging only files in one tree laid
+    out as SyftBox lays it out; ``drop`` members stop after sharing. Returns the aggregator's
+    result, what the present members put in, each member's outcome and the tree's datasites/."""
+    tree = transport.Tree(tmp_path / "SyftBox")
+    names = [f"m{i}@example.org" for i in range(n)]
+    members = {name: Member(name) for name in names}
+    for name, member in members.items():
+        app = tree.root / "datasites" / name / "app_data" / "cpu_tracker"
+        app.mkdir(parents=True)
+        permissions.ensure(app, permissions.release_folder(name, [AGGREGATOR]), tree.root)
+        transport.publish_keys(tree, member)
+    rng = random.Random(5)
+    values = {name: rng.randrange(10_001) for name in names}
+    noises: dict[str, int] = {}
+    spent: list[str] = []
+    dropping = set(names[:drop])
+    outcomes: dict[str, str] = {}
+    clock = transport.Clock(poll=0.02)
+    start = clock.now()
+
+    def noise_for(name: str) -> Callable[[Roster], int]:
+        def draw(roster: Roster) -> int:
+            noises[name] = noise.share(roster.scale, roster.calibrated)
+            return noises[name]
+
+        return draw
+
+    def before(name: str) -> Callable[[], None]:
+        def spend() -> None:
+            spent.append(name)
+            if name in dropping:
+                raise _Dropped
+
+        return spend
+
+    def member(name: str) -> None:
+        try:
+            outcomes[name] = transport.member_round(
+                tree, members[name], AGGREGATOR, "r1", start, 0.5, values[name], noise_for(name),
+                before(name), clock,
+            )  # fmt: skip
+        except _Dropped:
+            outcomes[name] = "dropped"
+
+    threads = [threading.Thread(target=member, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    result = transport.aggregator_round(tree, AGGREGATOR, names, "r1", start, 0.5, 0.2, 20_000.0, clock)
+    for thread in threads:
+        thread.join(timeout=30)
+    expected = sum(values[m] + noises[m] for m in names if m not in dropping)
+    assert sorted(spent) == sorted(names)  # every spend came before its masked value
+    return result, expected, outcomes, tree.root / "datasites"
+
+
+class _Dropped(Exception):
+    pass
+
+
+class TestOverFiles:
+    def test_a_round_over_the_tree_gives_the_exact_noisy_sum(self, tmp_path: Path) -> None:
+        """Six members and the aggregator exchange only files; one member vanishes after it
+        shared: its masks are removed and the result is the other five's values plus noise."""
+        result, expected, outcomes, _ = round_over_files(tmp_path, 6, 1)
+        assert result["aborted"] is None
+        assert (result["sum_units"], result["members"]) == (expected, 5)
+        assert sorted(outcomes.values()) == ["dropped"] + ["revealed"] * 5
+
+    def test_too_many_dropped_aborts_and_nothing_is_revealed(self, tmp_path: Path) -> None:
+        """Three of six gone (beta is 0.2): the aggregator aborts, no member reveals a share."""
+        result, _, outcomes, datasites = round_over_files(tmp_path, 6, 3)
+        assert result["sum_units"] is None
+        assert "fewer than the 5" in result["aborted"]
+        assert not list(datasites.glob("*/app_data/cpu_tracker/secagg/r1/reveal.json"))
+        assert "revealed" not in outcomes.values()
+
+    def test_each_file_is_readable_by_exactly_whom_it_is_for(self, tmp_path: Path) -> None:
+        """The permission files, through the Go client's ACL engine (syft-permissions): sealed
+        shares for the neighbours and the aggregator (not an outsider), masked values and
+        reveals for the aggregator only, the roster for the members, the result and the keys
+        for everyone."""
+        from syft_permissions import AccessLevel, ACLRequest, ACLService, User
+
+        _, _, _, datasites = round_over_files(tmp_path, 3, 0)
+        m0, m1 = "m0@example.org", "m1@example.org"
+        outsider = "someone@example.org"
+        rnd = "app_data/cpu_tracker/secagg/r1"
+        probes = [
+            (m1, m0, f"{rnd}/shares.json", "read", True),
+            (AGGREGATOR, m0, f"{rnd}/shares.json", "read", True),  # sealed: it sees who shared
+            (outsider, m0, f"{rnd}/shares.json", "read", False),
+            (AGGREGATOR, m0, f"{rnd}/masked.json", "read", True),
+            (m1, m0, f"{rnd}/masked.json", "read", False),
+            (AGGREGATOR, m0, f"{rnd}/reveal.json", "read", True),
+            (m1, m0, f"{rnd}/reveal.json", "read", False),
+            (outsider, m0, "app_data/cpu_tracker/secagg/keys.json", "read", True),
+            (m1, m0, f"{rnd}/masked.json", "write", False),
+            (m0, AGGREGATOR, f"{rnd}/roster.json", "read", True),
+            (outsider, AGGREGATOR, f"{rnd}/roster.json", "read", False),
+            (outsider, AGGREGATOR, f"{rnd}/result.json", "read", True),
+        ]
+        got = []
+        for user, owner, path, access, _ in probes:
+            service = ACLService(owner=owner)
+            service.load_permissions_from_filesystem(datasites / owner)
+            level = AccessLevel.READ if access == "read" else AccessLevel.WRITE
+            got.append(service.can_access(ACLRequest(path=path, level=level, user=User(id=user))))
+        assert got == [p[4] for p in probes]

@@ -321,3 +321,98 @@ class TestPermissionEngines:
         )
         assert done.returncode == 0, done.stderr[-2000:]
         assert [p[3] for p in PROBES] == json.loads(done.stdout)
+
+
+class TestSecureAggregation:
+    """One round of secure aggregation between the three members and the aggregator, each
+    reading and writing only its own client's sync folder, over the real server."""
+
+    STEP = 6.0  # seconds a phase may take: several of the clients' sync periods
+
+    @pytest.fixture(scope="class")
+    def secure_round(self, network: Network) -> dict[str, Any]:
+        import random
+        import threading
+
+        from cpu_tracker_daemon.secagg import noise, transport
+        from cpu_tracker_daemon.secagg.protocol import Member, Roster
+
+        trees = {email: transport.Tree(network.clients[email].box) for email in (*MEMBERS, AGGREGATOR)}
+        members = {email: Member(email) for email in MEMBERS}
+        for email, member in members.items():
+            transport.publish_keys(trees[email], member)
+        for reader in (*MEMBERS, AGGREGATOR):
+            for email in MEMBERS:
+                wait_until(
+                    f"{email}'s keys reach {reader}",
+                    lambda r=reader, e=email: transport.read_keys(trees[r], e) is not None,
+                )
+        rng = random.Random(9)
+        values = {email: rng.randrange(10_001) for email in MEMBERS}
+        noises: dict[str, int] = {}
+        outcomes: dict[str, str] = {}
+        started = time.monotonic()
+
+        def member(email: str) -> None:
+            def draw(roster: Roster) -> int:
+                noises[email] = noise.share(roster.scale, roster.calibrated)
+                return noises[email]
+
+            outcomes[email] = transport.member_round(
+                trees[email], members[email], AGGREGATOR, "r1", started, self.STEP, values[email], draw,
+                lambda: None,
+            )  # fmt: skip
+
+        threads = [threading.Thread(target=member, args=(email,)) for email in MEMBERS]
+        for thread in threads:
+            thread.start()
+        result = transport.aggregator_round(
+            trees[AGGREGATOR], AGGREGATOR, MEMBERS, "r1", started, self.STEP, 0.2, 20_000.0
+        )
+        for thread in threads:
+            thread.join(timeout=60)
+        took = time.monotonic() - started
+        import sys as _s
+
+        for who in (*MEMBERS, AGGREGATOR):
+            print(
+                who,
+                sorted(
+                    str(p.relative_to(network.clients[who].box))
+                    for p in network.clients[who].box.rglob("secagg/r1/*.json")
+                ),
+                file=_s.stderr,
+            )
+        time.sleep(3)  # a few more sync rounds, so what should not arrive has had its chance
+        return {
+            "result": result,
+            "expected": sum(values[e] + noises[e] for e in MEMBERS),
+            "outcomes": outcomes,
+            "seconds": took,
+        }
+
+    def test_the_aggregator_reads_the_exact_noisy_sum(self, secure_round: dict[str, Any]) -> None:
+        print("secure round took", round(secure_round["seconds"], 1), "s")
+        assert secure_round["outcomes"] == dict.fromkeys(MEMBERS, "revealed")
+        assert secure_round["result"]["aborted"] is None
+        assert secure_round["result"]["sum_units"] == secure_round["expected"]
+
+    def test_each_file_reached_only_whom_it_is_for(
+        self, network: Network, secure_round: dict[str, Any]
+    ) -> None:
+        """What the real server let through: the sealed shares to the other members and the
+        aggregator, not to the outsider; masked values and reveals to the aggregator alone;
+        the result to everyone, the roster to the members only."""
+        rnd = APP / "secagg" / "r1"
+        for email in MEMBERS:
+            others = [m for m in MEMBERS if m != email]
+            readable = (("shares", [*others, AGGREGATOR]), ("masked", [AGGREGATOR]), ("reveal", [AGGREGATOR]))
+            for name, readers in readable:
+                for client in (*MEMBERS, AGGREGATOR, OUTSIDER):
+                    if client == email:
+                        continue
+                    there = (network.clients[client].datasite(email) / rnd / f"{name}.json").exists()
+                    assert there == (client in readers), (name, email, client)
+        result = network.clients[OUTSIDER].datasite(AGGREGATOR) / rnd / "result.json"
+        wait_until("the result reaches the outsider", result.exists)
+        assert not (network.clients[OUTSIDER].datasite(AGGREGATOR) / rnd / "roster.json").exists()
