@@ -339,14 +339,6 @@ class TestSecureAggregation:
 
         trees = {email: transport.Tree(network.clients[email].box) for email in (*MEMBERS, AGGREGATOR)}
         members = {email: Member(email) for email in MEMBERS}
-        for email, member in members.items():
-            transport.publish_keys(trees[email], member)
-        for reader in (*MEMBERS, AGGREGATOR):
-            for email in MEMBERS:
-                wait_until(
-                    f"{email}'s keys reach {reader}",
-                    lambda r=reader, e=email: transport.read_keys(trees[r], e) is not None,
-                )
         rng = random.Random(9)
         values = {email: rng.randrange(10_001) for email in MEMBERS}
         noises: dict[str, int] = {}

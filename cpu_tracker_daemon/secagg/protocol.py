@@ -89,6 +89,10 @@ Reveal = tuple[str, shares.Share]  # ("b", share of the self-mask seed) or ("s",
 
 @dataclass
 class Member:
+    """One member's side of the rounds. Its keys are for one round only (:meth:`rekey` before
+    each): the aggregator rebuilds the mask key of a member that drops, and with it and the
+    self-mask seed of a later round could unmask that member, were the key used again."""
+
     name: str
     c_key: X25519PrivateKey = field(default_factory=masks.new_key)
     s_key: X25519PrivateKey = field(default_factory=masks.new_key)
@@ -96,6 +100,11 @@ class Member:
 
     def public(self) -> PublicKeys:
         return PublicKeys(masks.public_bytes(self.c_key), masks.public_bytes(self.s_key))
+
+    def rekey(self) -> PublicKeys:
+        """Fresh key pairs for a new round; the old ones are forgotten."""
+        self.c_key, self.s_key, self._seed = masks.new_key(), masks.new_key(), None
+        return self.public()
 
     def share(self, roster: Roster, keys: Mapping[str, PublicKeys]) -> dict[str, bytes]:
         """Round 2: a fresh self-mask seed; shares of it and of the mask key, one sealed box

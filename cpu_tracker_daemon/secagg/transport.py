@@ -1,10 +1,11 @@
 """The rounds over a SyftBox tree: each message a JSON file in its writer's datasite, readable
 by exactly those who need it (docs/secure-aggregation.md, "Rounds and files").
 
-Everything is under ``datasites/<writer>/app_data/cpu_tracker/secagg/``: a member's
-``keys.json`` (everyone), and per round ``<round>/shares.json`` (its neighbours and, sealed, the aggregator),
-``masked.json`` and ``reveal.json`` (the aggregator); the aggregator's ``<round>/roster.json``,
-``shared.json`` and ``survivors.json`` (the roster's members) and ``result.json`` (everyone).
+Everything is under ``datasites/<writer>/app_data/cpu_tracker/secagg/<round>/``: a member's
+``keys.json`` (everyone: fresh keys every round), ``shares.json`` (its neighbours and, sealed,
+the aggregator), ``masked.json`` and ``reveal.json`` (the aggregator); the aggregator's
+``roster.json``, ``shared.json`` and ``survivors.json`` (the roster's members) and
+``result.json`` (everyone).
 Each phase ends at a deadline fixed from the round's start, never when the last file came.
 Files another machine wrote are read capped, without following links, and checked; one that
 fails is a member that did not take part.
@@ -38,8 +39,8 @@ _ROUND = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
 # When each wait ends, in steps from the round's start: a member waits for the aggregator's next
 # file one step after the aggregator stops collecting the files that file is made from, so a
 # file published at its deadline is still seen. One step must exceed the tree's sync delay.
-MEMBER_WAITS = {"roster": 1, "shared": 3, "inbox": 3, "survivors": 5}
-AGGREGATOR_COLLECTS = {"shares": 2, "masked": 4, "reveal": 6}
+MEMBER_WAITS = {"roster": 2, "shared": 4, "inbox": 4, "survivors": 6}
+AGGREGATOR_COLLECTS = {"keys": 1, "shares": 3, "masked": 5, "reveal": 7}
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,6 @@ class Tree:
 
     def base(self, who: str) -> Path:
         return self.root / "datasites" / who / "app_data" / "cpu_tracker" / "secagg"
-
-    def keys(self, who: str) -> Path:
-        return self.base(who) / "keys.json"
 
     def file(self, who: str, round_id: str, name: str) -> Path:
         if not _ROUND.match(round_id):
@@ -88,16 +86,12 @@ def _write(tree: Tree, owner: str, path: Path, body: dict[str, Any], folder: per
     storage.write_json(path, {"schema": SCHEMA, "kind": kind, **body}, storage.PUBLIC_FILE_MODE, tree.root)
 
 
-def keys_folder(owner: str) -> permissions.Folder:
-    """``secagg/``: the public keys, for everyone (the round folders below have their own files)."""
-    return permissions.Folder(owner, _COMMENT, (permissions.Rule("keys.json", read=(permissions.EVERYONE,)),))
-
-
 def member_folder(owner: str, neighbours: Iterable[str], aggregator: str) -> permissions.Folder:
     """A member's round: the sealed shares for its neighbours and the aggregator (who learns
     from them only that this member shared: each box is sealed for one neighbour, as the
     server relays them in Bonawitz et al.), the rest for the aggregator alone."""
     rules = (
+        permissions.Rule("keys.json", read=(permissions.EVERYONE,)),
         permissions.Rule("shares.json", read=(*neighbours, aggregator)),
         permissions.Rule("masked.json", read=(aggregator,)),
         permissions.Rule("reveal.json", read=(aggregator,)),
@@ -143,13 +137,22 @@ def _wait(clock: Clock, deadline: float, ready: Callable[[], bool]) -> bool:
 # -- keys --------------------------------------------------------------------------------------
 
 
-def publish_keys(tree: Tree, me: Member) -> None:
-    keys = me.public()
-    _write(tree, me.name, tree.keys(me.name), {"c": _b64(keys.c), "s": _b64(keys.s)}, keys_folder(me.name))
+def publish_keys(tree: Tree, me: Member, round_id: str, aggregator: str) -> None:
+    """Round 0: this round's fresh public keys (their folder's grants come with them; the
+    shares' readers are known only once the roster is, so they are granted then)."""
+    keys = me.rekey()
+    path = tree.file(me.name, round_id, "keys")
+    _write(
+        tree,
+        me.name,
+        path,
+        {"round": round_id, "c": _b64(keys.c), "s": _b64(keys.s)},
+        member_folder(me.name, (), aggregator),
+    )
 
 
-def read_keys(tree: Tree, who: str) -> PublicKeys | None:
-    doc = _read(tree.keys(who), "keys", None)
+def read_keys(tree: Tree, who: str, round_id: str) -> PublicKeys | None:
+    doc = _read(tree.file(who, round_id, "keys"), "keys", round_id)
     try:
         keys = PublicKeys(_unb64(doc["c"]), _unb64(doc["s"])) if doc else None
     except (KeyError, ValueError):
@@ -178,85 +181,83 @@ def member_round(
     runs just before the masked value is written (the ledger's spend goes there: it is made
     before anything that depends on the value can be seen)."""
     deadline = _deadlines(start, step, MEMBER_WAITS)
-    roster_doc: dict[str, Any] | None = None
+    publish_keys(tree, me, round_id, aggregator)
 
-    def roster_ready() -> bool:
-        nonlocal roster_doc
-        roster_doc = _read(tree.file(aggregator, round_id, "roster"), "roster", round_id)
-        return roster_doc is not None
+    def from_aggregator(kind: str, until: float) -> dict[str, Any] | None:
+        doc: dict[str, Any] | None = _await(
+            clock, until, lambda: _read(tree.file(aggregator, round_id, kind), kind, round_id)
+        )
+        return doc
 
-    if not _wait(clock, deadline["roster"], roster_ready) or roster_doc is None:
+    roster_doc = from_aggregator("roster", deadline["roster"])
+    if roster_doc is None:
         return "no roster"
     try:
-        roster = Roster(
-            round_id, tuple(roster_doc["members"]), float(roster_doc["beta"]), float(roster_doc["scale"])
-        )
+        members, beta, scale = roster_doc["members"], float(roster_doc["beta"]), float(roster_doc["scale"])
+        roster = Roster(round_id, tuple(members), beta, scale)
     except (KeyError, TypeError, ValueError, ProtocolError):
         return "bad roster"
-    if me.name not in roster.members:
-        return "not in the roster"
-    keys = {who: k for who in roster.members if (k := read_keys(tree, who)) is not None}
+    keys = {who: k for who in roster.members if (k := read_keys(tree, who, round_id)) is not None}
+    if keys.get(me.name) != me.public():
+        return "not in the roster with this round's keys"
     peers = roster.neighbours(me.name)
     if any(p not in keys for p in peers):
         return "a neighbour's keys are missing"
-    boxes = me.share(roster, keys)
     mine = member_folder(me.name, peers, aggregator)
 
     def send(name: str, body: dict[str, Any]) -> None:
         _write(tree, me.name, tree.file(me.name, round_id, name), {"round": round_id, **body}, mine)
 
-    send("shares", {"boxes": {p: _b64(b) for p, b in boxes.items()}})
-
-    shared_doc: dict[str, Any] | None = None
-
-    def shared_ready() -> bool:
-        nonlocal shared_doc
-        shared_doc = _read(tree.file(aggregator, round_id, "shared"), "shared", round_id)
-        return shared_doc is not None
-
-    if not _wait(clock, deadline["shared"], shared_ready) or shared_doc is None:
+    send("shares", {"boxes": {p: _b64(b) for p, b in me.share(roster, keys).items()}})
+    shared_doc = from_aggregator("shared", deadline["shared"])
+    if shared_doc is None:
         return "no list of who shared"
     shared = frozenset(shared_doc.get("shared", ())) & set(roster.members)
-    inbox: dict[str, bytes] = {}
-
-    def inbox_ready() -> bool:
-        for peer in peers:
-            if peer in shared and peer not in inbox:
-                box = _read(tree.file(peer, round_id, "shares"), "shares", round_id)
-                try:
-                    inbox[peer] = _unb64(box["boxes"][me.name]) if box else b""
-                except (KeyError, TypeError, ValueError):
-                    inbox[peer] = b""
-                if not inbox[peer]:
-                    del inbox[peer]
-        return all(p in inbox for p in peers if p in shared)
-
-    if not _wait(clock, deadline["inbox"], inbox_ready):
+    expected = [p for p in peers if p in shared]
+    inbox = _await(clock, deadline["inbox"], lambda: _boxes_for(tree, me.name, round_id, expected))
+    if inbox is None:
         return "a neighbour's shares did not arrive"
     masked = me.masked(roster, keys, shared, value, noise_share(roster))
     before_sending()
     send("masked", {"masked": masked})
-
-    survivors_doc: dict[str, Any] | None = None
-
-    def survivors_ready() -> bool:
-        nonlocal survivors_doc
-        survivors_doc = _read(tree.file(aggregator, round_id, "survivors"), "survivors", round_id)
-        return survivors_doc is not None
-
-    if not _wait(clock, deadline["survivors"], survivors_ready) or survivors_doc is None:
+    survivors_doc = from_aggregator("survivors", deadline["survivors"])
+    if survivors_doc is None:
         return "no survivor list"
     try:
         survivors = Survivors(frozenset(survivors_doc["shared"]), frozenset(survivors_doc["present"]))
         revealed = me.reveal(roster, keys, survivors, inbox)
     except (KeyError, TypeError, ProtocolError, ValueError) as exc:
         return f"refused to reveal: {exc}"
-    body = {
-        about: {"kind": kind, "index": index, "share": _b64(share)}
-        for about, (kind, (index, share)) in revealed.items()
-    }
+    body = {about: {"kind": k, "index": i, "share": _b64(sh)} for about, (k, (i, sh)) in revealed.items()}
     send("reveal", {"reveals": body})
     return "revealed"
+
+
+def _boxes_for(tree: Tree, me: str, round_id: str, senders: Iterable[str]) -> dict[str, bytes] | None:
+    """The sealed share each of ``senders`` wrote for ``me``, or None while one is missing."""
+    inbox = {}
+    for sender in senders:
+        doc = _read(tree.file(sender, round_id, "shares"), "shares", round_id)
+        try:
+            inbox[sender] = _unb64(doc["boxes"][me]) if doc else b""
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not inbox[sender]:
+            return None
+    return inbox
+
+
+def _await(clock: Clock, deadline: float, attempt: Callable[[], Any]) -> Any:
+    """``attempt()`` until it gives something other than None, or None at the deadline."""
+    found = None
+
+    def ready() -> bool:
+        nonlocal found
+        found = attempt()
+        return found is not None
+
+    _wait(clock, deadline, ready)
+    return found
 
 
 # -- the aggregator's round --------------------------------------------------------------------
@@ -275,7 +276,15 @@ def aggregator_round(
 ) -> dict[str, Any]:
     """Run one round for ``members`` (those with keys take part); publish and return the result."""
     deadline = _deadlines(start, step, AGGREGATOR_COLLECTS)
-    keys = {who: k for who in sorted(set(members)) if (k := read_keys(tree, who)) is not None}
+    candidates = sorted(set(members))
+
+    def round_keys() -> dict[str, PublicKeys]:
+        return {who: k for who in candidates if (k := read_keys(tree, who, round_id)) is not None}
+
+    _wait(clock, deadline["keys"], lambda: len(round_keys()) == len(candidates))
+    keys = round_keys()
+    if not keys:
+        return {"round": round_id, "members": 0, "sum_units": None, "aborted": "no member published keys"}
     roster = Roster(round_id, tuple(keys), beta, scale)
     ours = aggregator_folder(me, roster.members)
 
