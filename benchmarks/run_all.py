@@ -32,6 +32,7 @@ FULL = [
     ("aggregation at scale", ["aggregate_scale.py"]),
     ("ledger work as the history grows", ["ledger_scale.py"]),
     ("delivery over a real SyftBox network", ["syftbox_latency.py", "--releases", "20", "--requests", "5"]),
+    ("secure aggregation beside local DP", ["secagg_accuracy.py"]),
     ("kill -9 fault injection", ["faults.py", "--kills", "200"]),
     ("soak, 30 minutes at 1 s", ["soak.py", "--minutes", "30"]),
     ("soak, 10 minutes at 1 s, stopped now and then", ["soak.py", "--minutes", "10", "--stall"]),

@@ -7,7 +7,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from cpu_tracker_daemon.secagg import noise
+from cpu_tracker_daemon.secagg import noise, transport
 from cpu_tracker_daemon.secagg.protocol import Member, Roster, Survivors, unmask
 
 VALUE_UNITS = 10_000  # a member's value: 0 to 100 points on the 0.01 grid
@@ -21,6 +21,7 @@ class Outcome:
     survivors: Survivors
     members_cpu: float  # CPU seconds of all members' rounds together
     aggregator_cpu: float
+    bytes_per_member: float  # what a present member writes in a round: keys, shares, masked, reveal
 
 
 def one_round(n: int, dropped: int, beta: float, scale: float, rng: random.Random) -> Outcome:
@@ -48,6 +49,14 @@ def one_round(n: int, dropped: int, beta: float, scale: float, rng: random.Rando
         for name in survivors.present
     }
     members_cpu = time.process_time() - started
+    round_id = roster.round_id
+    written = [
+        transport.message_bytes(round_id, "keys", transport.keys_body(keys[name]))
+        + transport.message_bytes(round_id, "shares", transport.shares_body(boxes[name]))
+        + transport.message_bytes(round_id, "masked", {"masked": masked[name]})
+        + transport.message_bytes(round_id, "reveal", transport.reveal_body(reveals[name]))
+        for name in survivors.present
+    ]
     started = time.process_time()
     total = unmask(roster, keys, survivors, masked, reveals)
     return Outcome(
@@ -57,4 +66,5 @@ def one_round(n: int, dropped: int, beta: float, scale: float, rng: random.Rando
         survivors=survivors,
         members_cpu=members_cpu,
         aggregator_cpu=time.process_time() - started,
+        bytes_per_member=sum(written) / len(written),
     )

@@ -14,6 +14,7 @@ fails is a member that did not take part.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -208,7 +209,7 @@ def member_round(
     def send(name: str, body: dict[str, Any]) -> None:
         _write(tree, me.name, tree.file(me.name, round_id, name), {"round": round_id, **body}, mine)
 
-    send("shares", {"boxes": {p: _b64(b) for p, b in me.share(roster, keys).items()}})
+    send("shares", shares_body(me.share(roster, keys)))
     shared_doc = from_aggregator("shared", deadline["shared"])
     if shared_doc is None:
         return "no list of who shared"
@@ -228,9 +229,30 @@ def member_round(
         revealed = me.reveal(roster, keys, survivors, inbox)
     except (KeyError, TypeError, ProtocolError, ValueError) as exc:
         return f"refused to reveal: {exc}"
-    body = {about: {"kind": k, "index": i, "share": _b64(sh)} for about, (k, (i, sh)) in revealed.items()}
-    send("reveal", {"reveals": body})
+    send("reveal", reveal_body(revealed))
     return "revealed"
+
+
+def keys_body(keys: PublicKeys) -> dict[str, Any]:
+    return {"c": _b64(keys.c), "s": _b64(keys.s)}
+
+
+def shares_body(boxes: Mapping[str, bytes]) -> dict[str, Any]:
+    return {"boxes": {peer: _b64(box) for peer, box in boxes.items()}}
+
+
+def reveal_body(revealed: Mapping[str, Reveal]) -> dict[str, Any]:
+    return {
+        "reveals": {
+            about: {"kind": k, "index": i, "share": _b64(sh)} for about, (k, (i, sh)) in revealed.items()
+        }
+    }
+
+
+def message_bytes(round_id: str, kind: str, body: dict[str, Any]) -> int:
+    """The size of the file ``_write`` makes of ``body``."""
+    doc = {"schema": SCHEMA, "kind": kind, "round": round_id, **body}
+    return len((json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _boxes_for(tree: Tree, me: str, round_id: str, senders: Iterable[str]) -> dict[str, bytes] | None:
