@@ -412,8 +412,12 @@ def _status(config: Config, path: Path | None, as_json: bool) -> int:
     snap = report.snapshot(config, now)
     view = report.budget_view(snap)
     view["config"] = str(path) if path else "embedded defaults"
-    pid = holder(storage.layout_for(config).lock)
-    view["daemon"] = {"running": pid is not None, "pid": pid}
+    try:
+        pid = holder(storage.layout_for(config).lock)
+        running: bool | None = pid is not None
+    except PermissionError:  # another user's state (the system service's, without sudo)
+        pid, running = None, None
+    view["daemon"] = {"running": running, "pid": pid}
     if as_json:
         print(json.dumps(view, indent=2))
         return EXIT_OK
@@ -426,7 +430,9 @@ def _status(config: Config, path: Path | None, as_json: bool) -> int:
         "daemon:        "
         + (
             f"running (pid {pid})"
-            if pid is not None
+            if running
+            else "unknown (its lock file is another user's; use sudo)"
+            if running is None
             else "not running (start it: 'cpu-tracker run', or as a service: 'cpu-tracker service install')"
         ),
         f"last release:  {timewords.moment(datetime.fromisoformat(last), now) if last else 'never'}",

@@ -84,10 +84,13 @@ def claim_state(layout: storage.Layout) -> Iterator[None]:
 
 
 def holder(path: Path) -> int | None:
-    """The pid of the process holding the lock at ``path``, or None if none does (or the file
-    cannot be read: a status check never takes the lock, so it never stands in the daemon's way)."""
+    """The pid of the process holding the lock at ``path``, or None if none does (a status check
+    never takes the lock for long, so it never stands in the daemon's way). Raises
+    PermissionError when this user may not read the lock file: then nobody here can tell."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except PermissionError:
+        raise
     except OSError:
         return None
     try:

@@ -613,3 +613,37 @@ def test_every_subcommand_help_says_what_it_does_and_what_each_option_means(name
         if action.__class__.__name__ == "_SubParsersAction":
             continue
         assert action.help, f"'{name} --help': {action.option_strings or action.dest} has no help"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="crossing a privilege line needs root")
+def test_status_cannot_tell_for_another_users_lock_and_says_so(tmp_path: Path) -> None:
+    """A lock file this user may not read (the system service's, without sudo) is not "not
+    running": the lock's holder cannot be told, and status says so."""
+    import pwd
+
+    from cpu_tracker_daemon.instance import InstanceLock, holder
+
+    nobody = pwd.getpwnam("nobody")
+    tmp_path.chmod(0o755)
+    lock = tmp_path / ".lock"
+    with InstanceLock(lock):  # held by root, mode 0600
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child reports through the pipe
+            os.close(read)
+            answer = b"?"
+            try:
+                os.setgid(nobody.pw_gid)
+                os.setuid(nobody.pw_uid)
+                answer = str(holder(lock)).encode()
+            except PermissionError:
+                answer = b"denied"
+            finally:
+                os.write(write, answer)
+                os._exit(0)
+        os.close(write)
+        os.waitpid(child, 0)
+        seen = os.read(read, 64)
+        os.close(read)
+        assert holder(lock) == os.getpid()  # root reads it: this process holds it
+    assert seen == b"denied"
