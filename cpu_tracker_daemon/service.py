@@ -17,6 +17,7 @@ from pathlib import Path
 from cpu_tracker_daemon import storage
 from cpu_tracker_daemon.config import APP_NAME, CONFIG_FILE, user_config_dir
 from cpu_tracker_daemon.errors import OutputError, ServiceError
+from cpu_tracker_daemon.exit_codes import NO_RESTART
 
 MANAGERS = ("systemd", "launchd")
 SCOPES = ("system", "user")
@@ -28,9 +29,7 @@ DEFAULT_EXECUTABLE = Path("/opt/cpu-tracker/bin/cpu-tracker")  # the install the
 DEFAULT_HOME = Path("/Users/you")  # for the checked-in launchd agent only
 LOG_FILE = f"{APP_NAME}.log"
 
-# Exit codes a restart cannot fix (cli.EXIT_USAGE, EXIT_CONFIG, EXIT_LEDGER, EXIT_INSTANCE).
-# Kept here as numbers so that rendering does not import the CLI; a test keeps them in step.
-NO_RESTART_EXIT_CODES = (2, 3, 4, 5)
+NO_RESTART_EXIT_CODES = NO_RESTART  # the unit's RestartPreventExitStatus=
 
 
 def system_dirs(platform: str = sys.platform) -> dict[str, Path]:

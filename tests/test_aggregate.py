@@ -19,9 +19,10 @@ from cpu_tracker_daemon.aggregate import (
     Aggregator,
     output_dir,
 )
-from cpu_tracker_daemon.cli import EXIT_CONFIG, main
+from cpu_tracker_daemon.cli import main
 from cpu_tracker_daemon.config import load_config
 from cpu_tracker_daemon.estimate import CLIP_SIGMAS
+from cpu_tracker_daemon.exit_codes import EXIT_CONFIG
 from cpu_tracker_daemon.peers import release_path
 from tests.conftest import log_events, start_cli, write_config
 

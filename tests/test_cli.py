@@ -17,7 +17,8 @@ import pytest
 
 from cpu_tracker_daemon import discrete, requests
 from cpu_tracker_daemon.accounting import gaussian_epsilon
-from cpu_tracker_daemon.cli import EXIT_CODES, main
+from cpu_tracker_daemon.cli import main
+from cpu_tracker_daemon.exit_codes import EXIT_CODES
 from tests.conftest import cli_env, run_cli, write_config
 
 BAD_CONFIGS = {

@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cpu_tracker_daemon import permissions, requests
-from cpu_tracker_daemon.cli import EXIT_USAGE, main
+from cpu_tracker_daemon.cli import main
+from cpu_tracker_daemon.exit_codes import EXIT_USAGE
 from tests.conftest import write_config
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

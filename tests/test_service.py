@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from cpu_tracker_daemon import cli, service
+from cpu_tracker_daemon import cli, exit_codes, service
 from cpu_tracker_daemon.errors import ServiceError
 from tests.conftest import FAST, log_events, render_toml
 
@@ -57,7 +57,12 @@ class TestRender:
 
     def test_no_restart_codes_are_the_cli_codes_a_restart_cannot_fix(self) -> None:
         """RestartPreventExitStatus lists bad arguments, bad config, corrupt ledger, another instance."""
-        expected = (cli.EXIT_USAGE, cli.EXIT_CONFIG, cli.EXIT_LEDGER, cli.EXIT_INSTANCE)
+        expected = (
+            exit_codes.EXIT_USAGE,
+            exit_codes.EXIT_CONFIG,
+            exit_codes.EXIT_LEDGER,
+            exit_codes.EXIT_INSTANCE,
+        )
         assert expected == service.NO_RESTART_EXIT_CODES
         unit = service.render(target("systemd", "system"))
         assert "RestartPreventExitStatus=2 3 4 5\n" in unit
@@ -222,7 +227,7 @@ class TestInstall:
         unit = tmp_path / "home/alice/.config/systemd/user/cpu-tracker.service"
         unit.write_text("# mine\n")
         code, _, err = run_main(*args, home=home, capsys=capsys)
-        assert (code, unit.read_text()) == (cli.EXIT_SERVICE, "# mine\n")
+        assert (code, unit.read_text()) == (exit_codes.EXIT_SERVICE, "# mine\n")
         assert "--force" in err
         assert err.count("\n") == 1
         assert run_main(*args, "--force", home=home, capsys=capsys)[0] == 0
@@ -282,7 +287,7 @@ class TestInstall:
         ]
         unit = tmp_path / "etc/systemd/system/cpu-tracker.service"
         code, _, err = run_main(*args, home=Path("/root"), capsys=capsys)
-        assert code == cli.EXIT_SERVICE
+        assert code == exit_codes.EXIT_SERVICE
         assert err.count("\n") == 1
         assert hidden in err
         assert "/opt/cpu-tracker" in err
@@ -309,12 +314,12 @@ class TestInstall:
         state = tmp_path / "Users/bob/Library/Application Support/cpu-tracker"
         plist.write_text(plist.read_text() + "\n")
         code, _, err = run_main("service", "uninstall", *common, home=home, capsys=capsys)
-        assert (code, plist.exists()) == (cli.EXIT_SERVICE, True)
+        assert (code, plist.exists()) == (exit_codes.EXIT_SERVICE, True)
         code, out, _ = run_main("service", "uninstall", *common, "--force", home=home, capsys=capsys)
         assert (code, plist.exists(), state.is_dir()) == (0, False, True)
         assert "launchctl bootout gui/" in out
         code, _, err = run_main("service", "uninstall", *common, home=home, capsys=capsys)
-        assert code == cli.EXIT_SERVICE
+        assert code == exit_codes.EXIT_SERVICE
         assert "nothing to uninstall" in err
 
     def test_relative_root_is_a_usage_error(self, capsys: pytest.CaptureFixture[str]) -> None:
@@ -330,7 +335,7 @@ class TestInstall:
             home=Path("/h"),
             capsys=capsys,
         )
-        assert (code, err.count("\n")) == (cli.EXIT_USAGE, 1)
+        assert (code, err.count("\n")) == (exit_codes.EXIT_USAGE, 1)
 
 
 def test_service_module_imports_nothing_heavy() -> None:
