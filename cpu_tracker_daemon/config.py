@@ -29,7 +29,7 @@ UNITS = ("window", "sample")
 MECHANISMS = ("laplace", "gaussian", "snapping")
 DEFAULT_EPSILON = 0.5
 MIN_EPSILON, MAX_EPSILON = 1e-6, 1000.0  # beyond these the noise is meaningless or no noise at all
-MAX_SIGMA = 1e9  # percentage points
+MIN_SIGMA, MAX_SIGMA = 0.01, 1e9  # percentage points: below one step of the grid it is no noise
 LOG_FORMATS = ("auto", "json", "console")  # auto: console on a terminal, JSON elsewhere
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_READERS = ("aggregator@openmined.org",)
@@ -470,6 +470,11 @@ def _check_privacy(p: PrivacyConfig) -> list[str]:
         positive("privacy.sigma", p.sigma)
         if math.isfinite(p.sigma) and p.sigma > MAX_SIGMA:
             problems.append(f"privacy.sigma must be at most {MAX_SIGMA:g} (got {p.sigma:g}); lower it")
+        if 0 < p.sigma < MIN_SIGMA:
+            problems.append(
+                f"privacy.sigma must be at least {MIN_SIGMA:g} percentage points, one step of the grid "
+                f"(got {p.sigma:g}); raise it"
+            )
     if p.mechanism == "gaussian" and not 0 < p.delta < 1:
         problems.append(f"privacy.delta must be in (0, 1) for the Gaussian (got {p.delta:g}); use e.g. 1e-6")
     if not 0 <= p.lower <= 100 or not 0 <= p.upper <= 100:

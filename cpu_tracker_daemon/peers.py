@@ -142,7 +142,7 @@ def _validate(doc: Any, peer: str, now: datetime, max_age: timedelta) -> PeerRel
     if doc.get("schema") != SCHEMA:
         raise Skipped("not a cpu-tracker release")
     version = doc.get("schema_version")
-    if isinstance(version, bool) or version not in _MECHANISMS:
+    if not isinstance(version, int) or isinstance(version, bool) or version not in _MECHANISMS:
         raise Skipped("unsupported schema version")
     release_id = doc.get("release_id")
     if not (isinstance(release_id, str) and 0 < len(release_id) <= 64 and release_id.isalnum()):

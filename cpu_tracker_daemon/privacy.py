@@ -170,7 +170,11 @@ def calibrate(privacy: PrivacyConfig, samples: int) -> Calibration:
 def _laplace_scale_for_stddev(stddev: float) -> float:
     """The discrete Laplace scale whose standard deviation is ``stddev`` (grid units)."""
     c = stddev * stddev / 2  # a / (1 - a)^2 = c, solved for a = exp(-1 / scale)
-    a = ((2 * c + 1) - math.sqrt(4 * c + 1)) / (2 * c)
+    # The root ((2c + 1) - sqrt(4c + 1)) / 2c, rationalised: the difference of two nearly equal
+    # numbers cancels to 0 for a tiny stddev, and log(0) has no value.
+    a = 2 * c / ((2 * c + 1) + math.sqrt(4 * c + 1))
+    if a <= 0.0:
+        return 0.0  # no noise to speak of: the epsilon is infinite, which the config check refuses
     return -1.0 / math.log(a)
 
 

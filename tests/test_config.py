@@ -400,3 +400,14 @@ class TestStarter:
             for line in starter_toml({}).splitlines()
         ]
         parse_config(tomllib.loads("\n".join(lines)), source=tmp_path / "c.toml", environ={})
+
+
+@pytest.mark.parametrize("mechanism", ["laplace", "gaussian", "snapping"])
+@pytest.mark.parametrize("sigma", [1e-300, 1e-6, 0.001])
+def test_a_sigma_below_the_grid_is_a_config_error_not_a_crash(mechanism: str, sigma: float) -> None:
+    """CI's fuzzer found `[privacy] sigma = 1e-6` exiting 1 ("internal error: math domain
+    error"): the noise scale's formula cancelled to log(0). Noise finer than the 0.01-point grid
+    is no noise: such a sigma is one config problem naming the key."""
+    with pytest.raises(ConfigError) as info:
+        parse_config({"privacy": {"sigma": sigma, "mechanism": mechanism}}, environ={})
+    assert any("privacy.sigma must be at least 0.01" in p for p in info.value.problems)

@@ -79,6 +79,9 @@ HOSTILE: dict[str, tuple[Any, str]] = {
     "another schema": (release(schema="cpu-tracker/aggregate"), "not a cpu-tracker release"),
     "schema version 3": (release(schema_version=3), "unsupported schema version"),
     "schema version true": (release(schema_version=True), "unsupported schema version"),
+    # CI's fuzzer: a dict here raised TypeError (unhashable) out of the reader, past Skipped.
+    "schema version an object": (release(schema_version={"unit": "window"}), "unsupported schema version"),
+    "schema version a list": (release(schema_version=[2]), "unsupported schema version"),
     "a float mechanism in schema 2": (privacy(mechanism="laplace"), "unknown mechanism"),
     "noise declared 10x what epsilon buys": (
         privacy(noise_stddev=2828.427124451562),

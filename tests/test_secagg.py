@@ -3,6 +3,7 @@ the rounds end to end with dropouts, with the real cryptography (docs/secure-agg
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import threading
@@ -379,3 +380,34 @@ def test_every_round_has_fresh_keys(tmp_path: Path) -> None:
     assert second == me.public()
     assert (first.c, first.s) != (second.c, second.s)
     assert transport.read_keys(tree, me.name, "r3") is None
+
+
+@pytest.mark.parametrize(
+    "roster",
+    [{"members": [{"a": 1}], "beta": 0.2, "scale": 20_000.0}, {"members": "m0", "beta": "x", "scale": 1},
+     {"members": ["m0@example.org"], "beta": 2.0, "scale": 20_000.0}, {}],
+)  # fmt: skip
+def test_a_hostile_roster_ends_the_round_for_the_member_with_a_reason(
+    tmp_path: Path, roster: dict[str, Any]
+) -> None:
+    """Files another machine wrote are checked: a roster of the wrong shape is one outcome
+    ("bad roster"), never an exception out of the member's round."""
+    tree = transport.Tree(tmp_path / "SyftBox")
+    tree.root.mkdir()
+    path = tree.file(AGGREGATOR, "r1", "roster")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"schema": transport.SCHEMA, "kind": "roster", "round": "r1", **roster}))
+    clock = transport.Clock(poll=0.01)
+    outcome = transport.member_round(
+        tree,
+        Member("m0@example.org"),
+        AGGREGATOR,
+        "r1",
+        clock.now(),
+        0.1,
+        5000,
+        lambda r: 0,
+        lambda: None,
+        clock,
+    )
+    assert outcome in ("bad roster", "no roster")

@@ -47,6 +47,8 @@ class Roster:
     def __post_init__(self) -> None:
         if len(set(self.members)) != len(self.members) or not 1 <= len(self.members) <= MAX_MEMBERS:
             raise ProtocolError(f"a roster names 1 to {MAX_MEMBERS} distinct members")
+        if not 0 <= self.beta < 1 or not (math.isfinite(self.scale) and self.scale > 0):
+            raise ProtocolError("a roster's beta is in [0, 1) and its noise scale positive")
 
     @property
     def calibrated(self) -> int:

@@ -195,6 +195,8 @@ def member_round(
         return "no roster"
     try:
         members, beta, scale = roster_doc["members"], float(roster_doc["beta"]), float(roster_doc["scale"])
+        if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+            return "bad roster"
         roster = Roster(round_id, tuple(members), beta, scale)
     except (KeyError, TypeError, ValueError, ProtocolError):
         return "bad roster"
@@ -213,7 +215,7 @@ def member_round(
     shared_doc = from_aggregator("shared", deadline["shared"])
     if shared_doc is None:
         return "no list of who shared"
-    shared = frozenset(shared_doc.get("shared", ())) & set(roster.members)
+    shared = _names(shared_doc.get("shared")) & set(roster.members)
     expected = [p for p in peers if p in shared]
     inbox = _await(clock, deadline["inbox"], lambda: _boxes_for(tree, me.name, round_id, expected))
     if inbox is None:
@@ -225,7 +227,7 @@ def member_round(
     if survivors_doc is None:
         return "no survivor list"
     try:
-        survivors = Survivors(frozenset(survivors_doc["shared"]), frozenset(survivors_doc["present"]))
+        survivors = Survivors(_names(survivors_doc["shared"]), _names(survivors_doc["present"]))
         revealed = me.reveal(roster, keys, survivors, inbox)
     except (KeyError, TypeError, ProtocolError, ValueError) as exc:
         return f"refused to reveal: {exc}"
@@ -253,6 +255,13 @@ def message_bytes(round_id: str, kind: str, body: dict[str, Any]) -> int:
     """The size of the file ``_write`` makes of ``body``."""
     doc = {"schema": SCHEMA, "kind": kind, "round": round_id, **body}
     return len((json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _names(value: Any) -> frozenset[str]:
+    """A list of member names from a file another machine wrote; anything else is empty."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return frozenset()
+    return frozenset(value)
 
 
 def _boxes_for(tree: Tree, me: str, round_id: str, senders: Iterable[str]) -> dict[str, bytes] | None:
