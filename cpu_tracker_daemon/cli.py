@@ -548,16 +548,14 @@ def _who() -> str:
 
 
 def _config_init(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from cpu_tracker_daemon.config import CONFIG_FILE, user_config_dir
+    from cpu_tracker_daemon.config import default_config_path
     from cpu_tracker_daemon.starter import starter_toml, write_starter
 
     if args.stdout:
         print(starter_toml(env), end="")
         return EXIT_OK
-    path = config_path_from(args.config, env)
-    if path is None:  # nothing there yet: where the next command will look
-        service_dir = env.get("CONFIGURATION_DIRECTORY", "")
-        path = (Path(service_dir.split(":")[0]) if service_dir else user_config_dir(env)) / CONFIG_FILE
+    # Nothing there yet: where the next command will look.
+    path = config_path_from(args.config, env) or default_config_path(env)
     try:
         write_starter(path, args.force, env)
     except FileExistsError:

@@ -208,10 +208,16 @@ def config_path_from(cli_path: str | None, environ: Mapping[str, str] = os.envir
     env = environ.get(CONFIG_ENV, "")
     if env:
         return Path(env)
+    candidate = default_config_path(environ)
+    return candidate if os.path.lexists(candidate) else None
+
+
+def default_config_path(environ: Mapping[str, str] = os.environ) -> Path:
+    """Where a config file is looked for when none is named: ``config.toml`` in systemd's
+    ``$CONFIGURATION_DIRECTORY``, else in the per-user configuration directory."""
     service_dir = environ.get("CONFIGURATION_DIRECTORY", "")
     directory = Path(service_dir.split(":")[0]) if service_dir else user_config_dir(environ)
-    candidate = directory / CONFIG_FILE
-    return candidate if os.path.lexists(candidate) else None
+    return directory / CONFIG_FILE
 
 
 def load_config(
