@@ -135,10 +135,11 @@ class Daemon:
                 self._cpu = PsutilCpuSource()
             self._tracker = self._make_tracker(self._config)
             # Snapping pays diffprivlib's import before READY, not inside the first cycle.
-            load_mechanisms(calibrate(self._config.privacy, self._config.sampling.samples).mechanism)
+            calibration = calibrate(self._config.privacy, self._config.sampling.samples)
+            load_mechanisms(calibration.mechanism)
             with self._tracker.open_ledger(full=True) as ledger:  # all of it, before promising anything
                 first_run = self._tracker.next_due(ledger)
-                blocking = self._tracker.blocking_cap(ledger)
+                blocking = self._tracker.blocking_cap(ledger, calibration.event)
             self._start_scheduler(first_run)
             paused = None if blocking is None else blocking.name
             self._log.info(
@@ -149,7 +150,7 @@ class Daemon:
                 public=str(self._layout.public_file),
                 every_seconds=self._config.schedule.every_seconds,
                 first_run_at=first_run.isoformat(),
-                per_release=calibrate(self._config.privacy, self._config.sampling.samples).as_record(),
+                per_release=calibration.as_record(),
             )
             self._notifier.send(READY="1", STATUS=f"started; first release at {_hm(first_run)}")
             try:

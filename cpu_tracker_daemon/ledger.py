@@ -405,6 +405,13 @@ class Ledger:
 
     # -- reading ---------------------------------------------------------------------------
 
+    def anchor_ts(self) -> float | None:
+        """The recorded cooldown anchor, as it stands (read-only: :meth:`cooldown_anchor` is the
+        writer's, which also moves an anchor in the future to now)."""
+        with self._guard() as conn:
+            row = conn.execute("SELECT anchor_ts FROM cooldown WHERE id = 1").fetchone()
+        return None if row is None else float(row[0])
+
     def status(self, caps: Caps, now: datetime, at: datetime | None = None) -> BudgetStatus:
         """The budget now, with the rolling period ending ``at`` (a window's planned start) if given."""
         with self._guard() as conn:

@@ -62,7 +62,7 @@ def snapshot(config: Config, now: datetime) -> Snapshot:
     else:
         every = timedelta(seconds=config.schedule.every_seconds)
         with ledger:
-            start = next_start(ledger.status(caps, now).cooldown_anchor_ts, every, now)
+            start = next_start(ledger.anchor_ts(), every, now)
             status = ledger.status(caps, now, at=start)
             grants = ledger.grants()
             times = ledger.spend_times(start.timestamp() - status.window_hours * 3600.0)

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cpu_tracker_daemon import metrics, permissions, requests, storage, timewords
+from cpu_tracker_daemon.accounting import Event
 from cpu_tracker_daemon.budget import caps_for, promise_for
 from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.errors import (
@@ -252,13 +253,12 @@ class Tracker:
                 self.log.info("release.recovered", release_id=item.release_id)
         return republished
 
-    def blocking_cap(self, ledger: Ledger, force: bool = False) -> CapStatus | None:
-        """The cap the next release would not fit under, if any. The rolling period is the one
-        that ends at the planned start of the window the next cycle would run."""
+    def blocking_cap(self, ledger: Ledger, event: Event, force: bool = False) -> CapStatus | None:
+        """The cap a release costing ``event`` would not fit under, if any. The rolling period
+        is the one that ends at the planned start of the window the next cycle would run."""
         now = self.clock()
         anchor = self._anchor(ledger, now)
         candidate = now.replace(microsecond=0) if force else nominal_start(anchor, self.every, now)
-        event = calibrate(self.config.privacy, self.config.sampling.samples).event
         return ledger.status(caps_for(self.config), now, at=candidate).first_blocking(event)
 
     def _wait_until(self, due: datetime, at_most: float) -> bool:
@@ -281,7 +281,7 @@ class Tracker:
         calibration = calibrate(config.privacy, config.sampling.samples)
         # Checked before the cooldown wait, so the window starts as the cooldown ends; reserve()
         # checks the caps again, atomically, before anything is released.
-        blocking = self.blocking_cap(ledger, force)
+        blocking = self.blocking_cap(ledger, calibration.event, force)
         if blocking is not None:
             raise BudgetExhaustedError(blocking.name, blocking.spent, blocking.limit, calibration.epsilon)
         load_mechanisms(calibration.mechanism)
