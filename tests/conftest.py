@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -92,6 +93,21 @@ def start_cli(
         text=True,
         env=env or cli_env(),
     )
+
+
+def read_rest(fd: int, quiet: float = 0.2) -> bytes:
+    """What is left to read on a pseudo-terminal's main side once the program has exited: until
+    ``quiet`` seconds pass with nothing new, or the terminal is gone."""
+    import select
+
+    seen = b""
+    with contextlib.suppress(OSError):
+        while select.select([fd], [], [], quiet)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            seen += chunk
+    return seen
 
 
 def log_events(text: str) -> list[dict[str, Any]]:

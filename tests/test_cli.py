@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sqlite3
@@ -19,7 +18,7 @@ from cpu_tracker_daemon import discrete, requests
 from cpu_tracker_daemon.accounting import gaussian_epsilon
 from cpu_tracker_daemon.cli import main
 from cpu_tracker_daemon.exit_codes import EXIT_CODES
-from tests.conftest import cli_env, run_cli, write_config
+from tests.conftest import cli_env, read_rest, run_cli, write_config
 
 BAD_CONFIGS = {
     "unknown key": "[sampling]\nsampels = 5\n",
@@ -543,12 +542,7 @@ def grant_on_a_terminal(config: str, answer: str, *extra: str) -> tuple[int, str
             seen += os.read(main_fd, 4096)
         os.write(main_fd, answer.encode() + b"\n")
         proc.wait(timeout=30)
-        with contextlib.suppress(OSError):
-            while select.select([main_fd], [], [], 0.5)[0]:
-                chunk = os.read(main_fd, 4096)
-                if not chunk:
-                    break
-                seen += chunk
+        seen += read_rest(main_fd, 0.5)
     finally:
         os.close(main_fd)
     return proc.returncode, seen.decode(errors="replace")

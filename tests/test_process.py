@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli_env, log_events, run_cli, start_cli, write_config
+from tests.conftest import cli_env, log_events, read_rest, run_cli, start_cli, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -378,12 +377,7 @@ def run_on_a_terminal(args: list[str], seconds: float) -> str:
                     break
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=20)
-        with contextlib.suppress(OSError):
-            while select.select([main_fd], [], [], 0.2)[0]:
-                chunk = os.read(main_fd, 65536)
-                if not chunk:
-                    break
-                seen += chunk
+        seen += read_rest(main_fd)
     finally:
         os.close(main_fd)
     assert proc.returncode == 0
