@@ -26,8 +26,9 @@ LAPLACE = "laplace"  # continuous, as recorded by earlier versions
 GAUSSIAN = "gaussian"  # continuous, as recorded by earlier versions: the only mu-GDP events
 SNAPPING = "snapping"
 DISCRETE_LAPLACE = "discrete_laplace"
+SECURE_DISCRETE_LAPLACE = "secagg_discrete_laplace"  # a share of discrete Laplace, in a secure round
 DISCRETE_GAUSSIAN = "discrete_gaussian"
-PURE = (LAPLACE, SNAPPING, DISCRETE_LAPLACE)  # pure epsilon-DP mechanisms
+PURE = (LAPLACE, SNAPPING, DISCRETE_LAPLACE, SECURE_DISCRETE_LAPLACE)  # pure epsilon-DP mechanisms
 
 
 @dataclass(frozen=True)

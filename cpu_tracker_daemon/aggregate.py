@@ -22,6 +22,7 @@ from cpu_tracker_daemon import __version__, dashboard, metrics, permissions, sto
 from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.estimate import TARGET_HALF_WIDTH, Estimate, estimate, reading
 from cpu_tracker_daemon.peers import UNPARSEABLE, PeerRelease, Skipped, peer_names, read_release
+from cpu_tracker_daemon.secagg import published
 
 SCHEMA = "cpu-tracker/aggregate"
 HISTORY_SCHEMA = "cpu-tracker/aggregate-history"
@@ -38,10 +39,7 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def output_dir(config: Config) -> Path:
-    sb = config.syftbox
-    assert sb.dir is not None
-    return sb.dir / "datasites" / sb.email / "public" / storage.APP_DIR
+output_dir = storage.network_dir
 
 
 @dataclass
@@ -134,6 +132,11 @@ class Aggregator:
             "max_age_seconds": self.config.aggregator.max_age_seconds,
             "generator": f"cpu-tracker {__version__}",
         }
+        # The last secure round's outcome, when this aggregator runs them: beside the local-DP one.
+        if self.config.secure_aggregation.runs_rounds:
+            record["secure"] = published.latest(
+                self.config, now, timedelta(seconds=self.config.aggregator.max_age_seconds)
+            )
         if est is not None:
             record["estimate"] = estimate_record(
                 est, min(r.timestamp for r in accepted), max(r.timestamp for r in accepted)
@@ -184,7 +187,7 @@ class Aggregator:
             metrics.write_textfile(
                 textfile_dir,
                 metrics.NETWORK_FILE,
-                metrics.network_text(est, record["skipped"], now.timestamp()),
+                metrics.network_text(est, record["skipped"], now.timestamp(), record.get("secure")),
             )
 
     def _history(self, directory: Path) -> list[dict[str, Any]]:

@@ -33,6 +33,9 @@ MIN_SIGMA, MAX_SIGMA = 0.01, 1e9  # percentage points: below one step of the gri
 LOG_FORMATS = ("auto", "json", "console")  # auto: console on a terminal, JSON elsewhere
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_READERS = ("aggregator@openmined.org",)
+DEFAULT_BETA, MAX_BETA = 0.2, 0.5  # secure aggregation: the fraction that may drop out or collude
+ROUND_STEPS = 8  # a secure round's steps from its start to the last reveal collected, and one spare
+MAX_ROUND_MEMBERS = 100_000
 _EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 
 
@@ -109,6 +112,23 @@ class AggregatorConfig:
 
 
 @dataclass(frozen=True)
+class SecureAggregationConfig:
+    """Secure aggregation (docs/secure-aggregation.md): ``enabled`` makes this member take part
+    in the rounds ``aggregator`` runs, instead of publishing its own noisy release; ``members``
+    makes this daemon the aggregator that runs them, for those members."""
+
+    enabled: bool = False
+    aggregator: str = ""
+    beta: float = DEFAULT_BETA
+    step_seconds: float = 10.0
+    members: tuple[str, ...] = ()
+
+    @property
+    def runs_rounds(self) -> bool:
+        return bool(self.members)
+
+
+@dataclass(frozen=True)
 class PrometheusConfig:
     textfile_dir: Path | None = None
 
@@ -124,6 +144,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
+    secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
     source: Path | None = None
 
 
@@ -159,6 +180,13 @@ KEYS: dict[str, dict[str, str]] = {
         "max_weight_ratio": "float",
     },
     "prometheus": {"textfile_dir": "path"},
+    "secure_aggregation": {
+        "enabled": "bool",
+        "aggregator": "str",
+        "beta": "float",
+        "step_seconds": "float",
+        "members": "emails",
+    },
 }
 _KIND_HINT = {
     "int": "a whole number",
@@ -345,6 +373,7 @@ def parse_config(
             logging=LoggingConfig(**values["logging"]),
             aggregator=AggregatorConfig(**values["aggregator"]),
             prometheus=PrometheusConfig(**values["prometheus"]),
+            secure_aggregation=SecureAggregationConfig(**values["secure_aggregation"]),
             source=source,
         )
     except TypeError as exc:  # pragma: no cover - the schema and the dataclasses agree
@@ -438,6 +467,7 @@ def _check(config: Config) -> list[str]:
     if not problems:
         problems.extend(_one_release_fits(config))
     problems.extend(_check_aggregator(config))
+    problems.extend(_check_secure_aggregation(config))
     sb = config.syftbox
     if (sb.dir is None) != (not sb.email):
         problems.append("syftbox.dir and syftbox.email go together; set both or neither")
@@ -517,6 +547,52 @@ def _check_aggregator(config: Config) -> list[str]:
         )
     if agg.enabled and config.syftbox.dir is None:
         problems.append("aggregator.enabled needs [syftbox] dir and email: the peers are read from that tree")
+    return problems
+
+
+def _check_secure_aggregation(config: Config) -> list[str]:
+    sa = config.secure_aggregation
+    problems: list[str] = []
+    if not 0 <= sa.beta <= MAX_BETA:
+        problems.append(
+            f"secure_aggregation.beta must be in [0, {MAX_BETA:g}] (got {sa.beta:g}); 0.2 allows a fifth "
+            "of the members to drop out or collude"
+        )
+    if not sa.step_seconds > 0:
+        problems.append(
+            f"secure_aggregation.step_seconds must be greater than 0 (got {sa.step_seconds:g}); "
+            "make it longer than the SyftBox sync delay, e.g. 10"
+        )
+    if not (sa.enabled or sa.runs_rounds):
+        return problems
+    if config.syftbox.dir is None:
+        problems.append("[secure_aggregation] needs [syftbox] dir and email: the rounds run over that tree")
+    if sa.enabled and not sa.aggregator:
+        problems.append(
+            "secure_aggregation.enabled needs secure_aggregation.aggregator: the email that runs the rounds"
+        )
+    elif sa.aggregator and not _EMAIL.match(sa.aggregator):
+        problems.append(f"secure_aggregation.aggregator {sa.aggregator!r} is not an email address")
+    if sa.enabled and config.privacy.mechanism != "laplace":
+        problems.append(
+            'secure_aggregation.enabled needs privacy.mechanism = "laplace": the rounds add discrete '
+            "Laplace noise in shares"
+        )
+    if sa.enabled and config.privacy.unit != "window":
+        problems.append('secure_aggregation.enabled needs privacy.unit = "window"')
+    if len(sa.members) > MAX_ROUND_MEMBERS:
+        problems.append(
+            f"secure_aggregation.members lists {len(sa.members)}; "
+            f"at most {MAX_ROUND_MEMBERS} take part in a round"
+        )
+    window = config.sampling.window_seconds
+    need = window + ROUND_STEPS * sa.step_seconds + 1
+    if sa.step_seconds > 0 and config.schedule.every_seconds < need:
+        problems.append(
+            f"schedule.every_seconds ({config.schedule.every_seconds:g}) leaves no room for a secure round: "
+            f"the window ({window:g} s) and {ROUND_STEPS} steps of {sa.step_seconds:g} s need {need:g}; "
+            "lengthen the schedule or shorten secure_aggregation.step_seconds"
+        )
     return problems
 
 

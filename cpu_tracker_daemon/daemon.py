@@ -17,25 +17,26 @@ import os
 import signal
 import time
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from cpu_tracker_daemon import logs, signals, storage, timewords
 from cpu_tracker_daemon.config import Config, config_path_from, load_config
-from cpu_tracker_daemon.errors import AnotherInstanceError, ConfigError, CpuTrackerError
+from cpu_tracker_daemon.errors import AnotherInstanceError, ConfigError, CpuTrackerError, Interrupted
 from cpu_tracker_daemon.instance import AGGREGATE_LOCK, InstanceLock, claim_state
 from cpu_tracker_daemon.notify import Notifier
 from cpu_tracker_daemon.privacy import calibrate, load_mechanisms
 from cpu_tracker_daemon.sampling import CpuSource, PsutilCpuSource
-from cpu_tracker_daemon.schedule import publish_hold
+from cpu_tracker_daemon.schedule import publish_hold, round_start
 from cpu_tracker_daemon.tracker import Clock, CycleLog, CycleResult, Spacing, Tracker, utc_now
 
 JOB_ID = "release"
 CLOCK_JUMP_SECONDS = 5.0  # a wall-clock step larger than this, against the monotonic clock, re-plans
 ALIGN_TOLERANCE = timedelta(milliseconds=1)  # a planned run this close to its target stays
 AGGREGATE_JOB_ID = "aggregate"
+ROUNDS_JOB_ID = "secure-rounds"
 
 
 def configure_logging(config: Config, log_format: str | None = None) -> None:
@@ -57,11 +58,12 @@ def start_summary(config: Config, first_run: datetime, now: datetime, paused: st
         )
     window = config.sampling.window_seconds
     release_at = first_run + timedelta(seconds=lands_after(config))
+    what = "secure round" if config.secure_aggregation.enabled else "release"
     if (first_run - now).total_seconds() <= 1:
-        return f"sampling for {window:g} s; first release at {timewords.local(release_at, now)}"
+        return f"sampling for {window:g} s; first {what} at {timewords.local(release_at, now)}"
     return (
-        f"in cooldown; next release {timewords.relative(release_at, now)} "
-        f"(at {timewords.local(release_at, now)})"
+        f"{'waiting for the network slot' if what != 'release' else 'in cooldown'}; next {what} "
+        f"{timewords.relative(release_at, now)} (at {timewords.local(release_at, now)})"
     )
 
 
@@ -211,8 +213,8 @@ class Daemon:
 
         self._scheduler = BackgroundScheduler(
             timezone="UTC",
-            # A second worker lets an aggregation pass run during a member's sampling window.
-            executors={"default": ThreadPoolExecutor(max_workers=2)},
+            # More workers let an aggregation pass and a secure round run during a member's window.
+            executors={"default": ThreadPoolExecutor(max_workers=3)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         self._scheduler.add_job(
@@ -224,6 +226,7 @@ class Daemon:
         )
         self._scheduler.add_listener(self._on_job_done, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
         self._schedule_aggregator(self._config)
+        self._schedule_rounds(self._config)
         self._scheduler.start()
 
     def _on_job_done(self, event: Any) -> None:
@@ -273,6 +276,44 @@ class Daemon:
             return
         self._log.info("aggregate.finished", **result.log_fields())
 
+    def _schedule_rounds(self, config: Config) -> None:
+        """Add, change or remove the secure rounds' job: it runs at each slot's round start."""
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        job = self._scheduler.get_job(ROUNDS_JOB_ID)
+        if not config.secure_aggregation.runs_rounds:
+            if job is not None:
+                self._scheduler.remove_job(ROUNDS_JOB_ID)
+            return
+        first = round_start(datetime.fromtimestamp(0, UTC), config)  # slot 0's: the grid's origin
+        trigger = IntervalTrigger(seconds=config.schedule.every_seconds, start_date=first, timezone="UTC")
+        if job is None:
+            self._scheduler.add_job(
+                self._rounds_job, trigger=trigger, id=ROUNDS_JOB_ID, name="cpu-tracker secure round"
+            )
+        else:
+            self._scheduler.modify_job(ROUNDS_JOB_ID, trigger=trigger)
+
+    def _rounds_job(self) -> None:
+        """Run the round that starts now, then refresh the aggregate that shows it."""
+        from cpu_tracker_daemon.secagg import rounds
+
+        config = self._config
+        slot = rounds.current_slot(config, self._clock())
+        try:
+            outcome = rounds.run_round(config, slot, rounds.stop_clock(self._stop), self._clock)
+        except Interrupted:
+            return
+        except CpuTrackerError as exc:
+            self._log.error("secure_round.failed", detail=str(exc))
+            return
+        except Exception:  # noqa: BLE001 - a bug in one round must not kill the schedule
+            self._log.exception("secure_round.crashed")
+            return
+        self._log.info("secure_round.finished", **outcome.log_fields())
+        if config.aggregator.enabled:
+            self._aggregate_job()
+
     @staticmethod
     def _trigger(config: Config) -> Any:
         from apscheduler.triggers.interval import IntervalTrigger
@@ -299,7 +340,8 @@ class Daemon:
         """In the main thread: keep the schedule in step with the cooldown, report status."""
         self._last = result
         if result.next_due_at is not None:
-            self._align(result.next_due_at, may_advance=result.outcome in ("released", "cooldown"))
+            advance = result.outcome in ("released", "cooldown", "round_ended")
+            self._align(result.next_due_at, may_advance=advance)
         self._notify_status()
 
     def _align(self, due: datetime, may_advance: bool) -> None:
@@ -362,6 +404,7 @@ class Daemon:
         next_run = job.next_run_time if job is not None else self._clock()
         self._scheduler.modify_job(JOB_ID, trigger=self._trigger(config), next_run_time=next_run)
         self._schedule_aggregator(config)
+        self._schedule_rounds(config)
         self._log.info("config.reloaded", every_seconds=config.schedule.every_seconds)
         self._notifier.send(READY="1", STATUS="configuration reloaded")
 

@@ -120,6 +120,36 @@ def headline(est: Mapping[str, Any]) -> tuple[str, str]:
     )
 
 
+def secure_lines(secure: Mapping[str, Any]) -> tuple[str, str]:
+    """The secure round's value and the line under it, as the dashboard and the CLI show them."""
+    est = secure.get("estimate")
+    if not est:
+        return (
+            "no estimate",
+            f"round {secure.get('round')} gave none: {secure.get('aborted') or 'no members'}",
+        )
+    seen = est["reading"]
+    low, high = seen["ci95"]
+    members = f"{est['members']:,} member{'s' if est['members'] != 1 else ''}"
+    return (
+        f"{seen['mean']:.2f}%",
+        f"exact 95% interval {low:.2f}% to {high:.2f}%, {members}, round {secure.get('round')}",
+    )
+
+
+def _secure_section(secure: Mapping[str, Any] | None) -> str:
+    if secure is None:
+        return ""
+    value, detail = secure_lines(secure)
+    return (
+        "<h2>Secure aggregation</h2>"
+        f'<div class="value" id="secure-mean">{html.escape(value)}</div>'
+        f'<div class="sub" id="secure-interval">{html.escape(detail)}</div>'
+        '<div class="sub">The members mask their values so that only the sum can be read, and each '
+        "adds a share of one noise draw: the aggregator learns the noisy sum and nothing else.</div>"
+    )
+
+
 def render(record: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> str:
     """The whole page for the latest aggregate ``record`` and its ``history``."""
     est = record.get("estimate")
@@ -142,6 +172,7 @@ def render(record: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> s
         f'<div class="sub" id="interval">{html.escape(interval)}</div>'
         f'<div class="sub" id="peers">{html.escape(peers)}, computed {computed}</div>'
         + chart_svg(history)
+        + _secure_section(record.get("secure"))
         + "<footer>Each member publishes only a noisy mean of its own CPU use; this page averages "
         "them. The band is the 95% interval from the members' declared noise and their spread. "
         f"The page reloads every {REFRESH_SECONDS} s.</footer>"

@@ -160,6 +160,17 @@ class OutputError(CpuTrackerError):
         )
 
 
+class RoundEndedError(CpuTrackerError):
+    """A secure-aggregation round ended before this member's masked value was sent."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(
+            f"the secure round ended before this member's value was sent ({one_line(reason)}); nothing "
+            "was spent, and the member takes part in the next round"
+        )
+
+
 class Interrupted(CpuTrackerError):
     """A stop was requested while a cycle was waiting."""
 

@@ -14,6 +14,7 @@ from cpu_tracker_daemon.errors import (
     LedgerCorruptError,
     LedgerUnavailableError,
     OutputError,
+    RoundEndedError,
     ServiceError,
     UsageError,
 )
@@ -39,7 +40,9 @@ EXIT_CODES: dict[int, str] = {
     EXIT_INSTANCE: "another cpu-tracker already runs on this state directory",
     EXIT_COOLDOWN: "cooldown: schedule.every_seconds has not elapsed since the last release",
     EXIT_BUDGET: "privacy budget exhausted (grant more with 'budget grant')",
-    EXIT_TEMPORARY: "temporary failure: an output or the ledger could not be written",
+    EXIT_TEMPORARY: (
+        "temporary failure: an output or the ledger could not be written, or a secure round ended early"
+    ),
     EXIT_INTERRUPTED: "interrupted by a signal before anything was released",
     EXIT_SERVICE: "service file not written or removed (it exists, or no rights to write there)",
 }
@@ -53,6 +56,7 @@ _ERROR_CODES: dict[type[CpuTrackerError], int] = {
     BudgetExhaustedError: EXIT_BUDGET,
     OutputError: EXIT_TEMPORARY,
     LedgerUnavailableError: EXIT_TEMPORARY,
+    RoundEndedError: EXIT_TEMPORARY,
     Interrupted: EXIT_INTERRUPTED,
     ServiceError: EXIT_SERVICE,
 }

@@ -76,9 +76,15 @@ def member_text(
     )
 
 
-def network_text(estimate: Mapping[str, Any] | None, skipped: Mapping[str, int], computed_at: float) -> str:
-    """The aggregate record's ``estimate`` (None: no peers) as Prometheus gauges."""
-    parts = []
+def network_text(
+    estimate: Mapping[str, Any] | None,
+    skipped: Mapping[str, int],
+    computed_at: float,
+    secure: Mapping[str, Any] | None = None,
+) -> str:
+    """The aggregate record's ``estimate`` (None: no peers) as Prometheus gauges, and its last
+    ``secure`` round's (None: no recent round) beside them."""
+    parts = [] if secure is None else [secure_text(secure)]
     peers = 0
     if estimate is not None:
         peers = estimate["peers"]
@@ -119,6 +125,38 @@ def network_text(estimate: Mapping[str, Any] | None, skipped: Mapping[str, int],
             [({}, computed_at)],
         ),
     ]
+    return "".join(parts)
+
+
+def secure_text(secure: Mapping[str, Any]) -> str:
+    """One secure round's outcome as gauges: the mean and its exact interval when it gave one."""
+    est = secure.get("estimate")
+    parts = [
+        gauge(
+            "cpu_tracker_network_secure_members",
+            "Members whose masked value counted in the last secure round (0 if it aborted).",
+            [({}, secure["members"] if est else 0)],
+        ),
+        gauge(
+            "cpu_tracker_network_secure_round_aborted",
+            "1 if the last secure round published no estimate, 0 if it did.",
+            [({}, 0.0 if est else 1.0)],
+        ),
+    ]
+    if est:
+        low, high = est["ci95"]
+        parts += [
+            gauge(
+                "cpu_tracker_network_secure_cpu_percent",
+                "Network mean CPU busy from the last secure round (noise added once, to the sum).",
+                [({}, est["mean"])],
+            ),
+            gauge(
+                "cpu_tracker_network_secure_cpu_ci95_percent",
+                "The exact 95% interval of the noise around the secure mean.",
+                [({"bound": "low"}, low), ({"bound": "high"}, high)],
+            ),
+        ]
     return "".join(parts)
 
 

@@ -18,7 +18,7 @@ from cpu_tracker_daemon.budget import caps_for
 from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.ledger import BudgetStatus, CapStatus, Grant, open_ledger
 from cpu_tracker_daemon.privacy import Calibration, calibrate
-from cpu_tracker_daemon.schedule import due_at, nominal_start
+from cpu_tracker_daemon.schedule import due_at, grid_late, nominal_start
 
 
 @dataclass(frozen=True)
@@ -35,20 +35,22 @@ class Snapshot:
 
     @property
     def next_due(self) -> datetime:
-        return due_at(self.status.cooldown_anchor_ts, self._every, self.now)
+        return due_at(self.status.cooldown_anchor_ts, self._every, self.now, grid_late(self.config))
 
     @property
     def next_start(self) -> datetime:
         """The planned start of the next window: where the rolling period it is checked in ends."""
-        return next_start(self.status.cooldown_anchor_ts, self._every, self.now)
+        return next_start(self.status.cooldown_anchor_ts, self._every, self.now, grid_late(self.config))
 
     @property
     def _every(self) -> timedelta:
         return timedelta(seconds=self.config.schedule.every_seconds)
 
 
-def next_start(anchor_ts: float | None, every: timedelta, now: datetime) -> datetime:
-    return nominal_start(anchor_ts, every, due_at(anchor_ts, every, now))
+def next_start(
+    anchor_ts: float | None, every: timedelta, now: datetime, late: float | None = None
+) -> datetime:
+    return nominal_start(anchor_ts, every, due_at(anchor_ts, every, now, late), late)
 
 
 def snapshot(config: Config, now: datetime) -> Snapshot:
@@ -62,7 +64,7 @@ def snapshot(config: Config, now: datetime) -> Snapshot:
     else:
         every = timedelta(seconds=config.schedule.every_seconds)
         with ledger:
-            start = next_start(ledger.anchor_ts(), every, now)
+            start = next_start(ledger.anchor_ts(), every, now, grid_late(config))
             status = ledger.status(caps, now, at=start)
             grants = ledger.grants()
             times = ledger.spend_times(start.timestamp() - status.window_hours * 3600.0)

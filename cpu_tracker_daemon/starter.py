@@ -42,6 +42,11 @@ HELP: dict[str, str] = {
     "aggregator.history_length": "passes kept in history.json and the dashboard's chart",
     "aggregator.max_weight_ratio": "no peer weighs more than this multiple of the median peer",
     "prometheus.textfile_dir": "write node_exporter textfiles here",
+    "secure_aggregation.enabled": "take part in the aggregator's secure rounds instead of a local release",
+    "secure_aggregation.aggregator": "the email that runs the rounds",
+    "secure_aggregation.beta": "the fraction of members that may drop out or collude (0 to 0.5)",
+    "secure_aggregation.step_seconds": "one phase of a round; longer than the SyftBox sync delay",
+    "secure_aggregation.members": "on the aggregator: run rounds for these members",
 }
 
 _EXAMPLES = {  # keys with no default: an example value to uncomment
@@ -51,6 +56,7 @@ _EXAMPLES = {  # keys with no default: an example value to uncomment
     "syftbox.email": '"you@example.org"',
     "logging.file": '"cpu-tracker.log"',
     "prometheus.textfile_dir": '"/var/lib/prometheus/node-exporter"',
+    "secure_aggregation.aggregator": '"aggregator@openmined.org"',
 }
 
 

@@ -92,6 +92,14 @@ def layout_for(config: Config) -> Layout:
     return Layout(state_dir=data, public_dir=data / "public", private_dir=data / "private", output_root=data)
 
 
+def network_dir(config: Config) -> Path:
+    """The aggregator's public folder, ``datasites/<email>/public/cpu_tracker/``: the network's
+    estimates and the dashboard."""
+    sb = config.syftbox
+    assert sb.dir is not None
+    return sb.dir / "datasites" / sb.email / "public" / APP_DIR
+
+
 def _directories(layout: Layout) -> tuple[tuple[Path, int, str, Path], ...]:
     """Each directory the daemon writes, with its mode, the name a user knows it by, and the
     configured root it is reached from without following symlinks."""

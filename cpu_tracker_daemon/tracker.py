@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cpu_tracker_daemon import metrics, permissions, requests, storage, timewords
-from cpu_tracker_daemon.accounting import Event
+from cpu_tracker_daemon.accounting import SECURE_DISCRETE_LAPLACE, Event
 from cpu_tracker_daemon.budget import caps_for, promise_for
 from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.errors import (
@@ -30,6 +30,8 @@ from cpu_tracker_daemon.errors import (
     LedgerCorruptError,
     LedgerUnavailableError,
     OutputError,
+    RoundEndedError,
+    UsageError,
     one_line,
 )
 from cpu_tracker_daemon.ledger import (
@@ -42,10 +44,19 @@ from cpu_tracker_daemon.ledger import (
     boot_clock,
     open_ledger,
 )
-from cpu_tracker_daemon.privacy import RandomLike, add_noise, calibrate, load_mechanisms, statistic
+from cpu_tracker_daemon.privacy import (
+    Calibration,
+    RandomLike,
+    Statistic,
+    add_noise,
+    calibrate,
+    load_mechanisms,
+    statistic,
+)
 from cpu_tracker_daemon.records import private_record, public_record
-from cpu_tracker_daemon.sampling import CpuSource, sample_window
-from cpu_tracker_daemon.schedule import due_at, nominal_start, publish_hold
+from cpu_tracker_daemon.sampling import CpuSource, Window, sample_window
+from cpu_tracker_daemon.schedule import due_at, grid_late, nominal_start, publish_hold
+from cpu_tracker_daemon.schedule import round_id as schedule_round_id
 from cpu_tracker_daemon.signals import Flag, StopRequest
 from cpu_tracker_daemon.storage import Layout
 
@@ -84,6 +95,7 @@ _REFUSALS_OUTCOME: dict[type[CpuTrackerError], str] = {
     Interrupted: "interrupted",
     OutputError: "write_failed",
     LedgerUnavailableError: "ledger_unavailable",
+    RoundEndedError: "round_ended",
 }
 _REFUSALS = tuple(_REFUSALS_OUTCOME)
 
@@ -100,9 +112,11 @@ class CycleResult:
     next_due_at: datetime | None = None
     recovered: int = 0
     error: CpuTrackerError | None = None
+    secure_round: str | None = None  # a secure-aggregation member: the round's outcome for it
 
     def log_fields(self) -> dict[str, Any]:
-        return {
+        fields = {} if self.secure_round is None else {"secure_round": self.secure_round}
+        return fields | {
             "outcome": self.outcome,
             "release_id": self.release_id,
             "epsilon_spent": self.epsilon_spent,
@@ -119,6 +133,9 @@ class CycleResult:
         if self.next_due_at is not None:
             lands = self.next_due_at + timedelta(seconds=publish_after)
             nxt = f"; next release {timewords.relative(lands, now)} (at {timewords.local(lands, now)})"
+        if self.outcome == "released" and self.secure_round is not None:
+            detail = f"{self.secure_round}; epsilon {self.epsilon_spent:g}"
+            return f"sent a masked value to the secure round ({detail}){nxt}"
         if self.outcome == "released":
             return f"released a value (epsilon {self.epsilon_spent:g}){nxt}"
         if self.outcome == "cooldown":
@@ -162,6 +179,12 @@ class Tracker:
     def every(self) -> timedelta:
         return timedelta(seconds=self.config.schedule.every_seconds)
 
+    @property
+    def secure(self) -> bool:
+        """A member of secure aggregation: its windows are the network's slots, and each goes to
+        the slot's round instead of a release of its own."""
+        return self.config.secure_aggregation.enabled
+
     def open_ledger(self, full: bool | None = None) -> Ledger:
         """The ledger, verified (fully when ``full``, by default ``full_check``), with the config's
         privacy promise checked against it; a missing one is created, unless an output shows
@@ -187,7 +210,7 @@ class Tracker:
     def next_due(self, ledger: Ledger) -> datetime:
         """When the next release may start (now, if one is already due)."""
         now = self.clock()
-        return due_at(self._anchor(ledger, now), self.every, now)
+        return due_at(self._anchor(ledger, now), self.every, now, grid_late(self.config))
 
     def _anchor(self, ledger: Ledger, now: datetime) -> float | None:
         anchor, skewed = ledger.cooldown_anchor(now)
@@ -219,7 +242,7 @@ class Tracker:
         outcome = _REFUSALS_OUTCOME[type(exc)]
         remaining = None
         due = None
-        if outcome in ("budget_exhausted", "cooldown"):
+        if outcome in ("budget_exhausted", "cooldown", "round_ended"):
             remaining = ledger.status(caps_for(self.config), self.clock()).remaining
             due = self.next_due(ledger)
             if isinstance(exc, CooldownError):  # the process's own spacing may say later
@@ -258,7 +281,11 @@ class Tracker:
         is the one that ends at the planned start of the window the next cycle would run."""
         now = self.clock()
         anchor = self._anchor(ledger, now)
-        candidate = now.replace(microsecond=0) if force else nominal_start(anchor, self.every, now)
+        candidate = (
+            now.replace(microsecond=0)
+            if force
+            else nominal_start(anchor, self.every, now, grid_late(self.config))
+        )
         return ledger.status(caps_for(self.config), now, at=candidate).first_blocking(event)
 
     def _wait_until(self, due: datetime, at_most: float) -> bool:
@@ -278,6 +305,11 @@ class Tracker:
         self, ledger: Ledger, started: float, force: bool, max_wait: float, recovered: int
     ) -> CycleResult:
         config = self.config
+        if force and self.secure:
+            raise UsageError(
+                "--force cannot be used with secure aggregation: a round runs only in its slot of the "
+                "network's schedule; run 'cpu-tracker once' without it to take part in the next one"
+            )
         calibration = calibrate(config.privacy, config.sampling.samples)
         # Checked before the cooldown wait, so the window starts as the cooldown ends; reserve()
         # checks the caps again, atomically, before anything is released.
@@ -305,7 +337,7 @@ class Tracker:
         planned = (
             now.replace(microsecond=0)
             if force
-            else nominal_start(ledger.cooldown_anchor(now)[0], self.every, now)
+            else nominal_start(ledger.cooldown_anchor(now)[0], self.every, now, grid_late(config))
         )
         # The boot clock at the planned start: the plan is at most a second before now (a step
         # of the wall clock cannot stretch that, so cannot shorten the period on the boot clock).
@@ -327,12 +359,16 @@ class Tracker:
             window_end=window.end,
             epsilon=calibration.epsilon,
             delta=calibration.delta,
-            mechanism=calibration.mechanism,
+            mechanism=SECURE_DISCRETE_LAPLACE if self.secure else calibration.mechanism,
             unit=calibration.unit,
             sensitivity=calibration.sensitivity,
             planned_start=planned,
             planned_boot_seconds=planned_boot,
         )
+        if self.secure:
+            return self._take_part(
+                ledger, spend, window, calibration, planned, started, window_started, recovered
+            )
         after: BudgetStatus = ledger.reserve(
             spend,
             caps_for(config),
@@ -368,6 +404,68 @@ class Tracker:
             epsilon_remaining=after.remaining,
             next_due_at=due_at(after.cooldown_anchor_ts, self.every, self.clock()),
             recovered=recovered,
+        )
+
+    def _take_part(
+        self,
+        ledger: Ledger,
+        spend: Spend,
+        window: Window,
+        calibration: Calibration,
+        planned: datetime,
+        started: float,
+        window_started: float,
+        recovered: int,
+    ) -> CycleResult:
+        """Send this window to its secure round. The spend is committed just before the masked
+        value is written (the round calls back), so a round that ends earlier costs nothing; one
+        that ends later keeps its spend, as a release that could have been seen."""
+        from cpu_tracker_daemon.secagg import rounds  # the cryptography, for members that use it
+
+        config = self.config
+        raw: Statistic = statistic(window, calibration)
+        reserved: list[BudgetStatus] = []
+
+        def before_sending() -> None:
+            reserved.append(
+                ledger.reserve(
+                    spend, caps_for(config), self.clock(), config.schedule.every_seconds, promise_for(config)
+                )
+            )
+            if self.spacing is not None:
+                self.spacing.last_window_start = window_started
+
+        outcome = rounds.take_part(config, planned, raw.units, before_sending, rounds.stop_clock(self.stop))
+        if not reserved:
+            raise RoundEndedError(outcome)
+        round_id = schedule_round_id(planned, self.every)
+        ledger.record(
+            spend.release_id,
+            "published",
+            self.clock(),
+            payload={
+                "mode": "secure_aggregation",
+                "round": round_id,
+                "aggregator": config.secure_aggregation.aggregator,
+                "outcome": outcome,
+            },
+        )
+        storage.write_json(
+            self.layout.private_file,
+            private_record(spend.release_id, raw, window, self.clock().isoformat()),
+            storage.PRIVATE_FILE_MODE,
+            under=self.layout.root,
+        )
+        after = reserved[0]
+        return CycleResult(
+            outcome="released",
+            duration_seconds=self.monotonic() - started,
+            release_id=spend.release_id,
+            epsilon_spent=calibration.epsilon,
+            epsilon_remaining=after.remaining,
+            next_due_at=due_at(after.cooldown_anchor_ts, self.every, self.clock(), grid_late(config)),
+            recovered=recovered,
+            secure_round=outcome,
         )
 
     def _write_metrics(self, noisy: float, stddev: float, budget: BudgetStatus, at: datetime) -> None:

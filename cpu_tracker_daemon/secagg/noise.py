@@ -71,3 +71,39 @@ def logarithmic(q: float, rng: Uniform01 = _SYSTEM) -> int:
     if v <= w * w:
         return int(1 + math.log(v) / math.log(w))
     return 2 if v <= w else 1
+
+
+def half_width(scale: float, calibrated: int, present: int, level: float = 0.95) -> int:
+    """The smallest ``x`` with P(|noise| <= x) >= ``level`` for the noise in a round's sum:
+    ``present`` shares calibrated for ``calibrated``, NB(r, q) - NB(r, q) with r = present /
+    calibrated. Exact up to the doubles' rounding and a tail below 1e-12 left out (which only
+    widens the interval). It needs numpy, which the aggregator imports for this alone."""
+    import numpy as np
+
+    if not 0 < level < 1 or present < calibrated or calibrated < 1:
+        raise ValueError("need 0 < level < 1 and present >= calibrated >= 1")
+    q = math.exp(-1.0 / scale)
+    r = present / calibrated
+    sd = math.sqrt(r * q) / (1 - q)
+    size = int(r * q / (1 - q) + 40 * sd) + 16  # NB(r, q) beyond this has mass below 1e-12
+    k = np.arange(1, size, dtype=np.float64)
+    log_pmf = np.empty(size)
+    log_pmf[0] = r * math.log1p(-q)
+    log_pmf[1:] = log_pmf[0] + np.cumsum(np.log(q * (k + r - 1) / k))
+    pmf = np.exp(log_pmf)
+    at_least = np.cumsum(pmf[::-1])[::-1]  # at_least[j] = P(A >= j)
+
+    def above(x: int) -> float:  # P(A - B > x) = sum_b P(B = b) P(A >= x + b + 1)
+        if x + 1 >= size:
+            return 0.0
+        return float(np.dot(pmf[: size - x - 1], at_least[x + 1 :]))
+
+    tail = (1 - level) / 2  # the noise is symmetric
+    low, high = 0, size
+    while low < high:
+        mid = (low + high) // 2
+        if above(mid) <= tail:
+            high = mid
+        else:
+            low = mid + 1
+    return low

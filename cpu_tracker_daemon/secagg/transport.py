@@ -175,12 +175,15 @@ def member_round(
     noise_share: Callable[[Roster], int],
     before_sending: Callable[[], None],
     clock: Clock = Clock(),
+    min_beta: float = 0.0,
+    min_scale: float = 0.0,
 ) -> str:
     """Take part in one round; return what happened (``revealed`` or why it stopped).
 
     ``noise_share`` draws this member's share for the roster's calibration; ``before_sending``
     runs just before the masked value is written (the ledger's spend goes there: it is made
-    before anything that depends on the value can be seen)."""
+    before anything that depends on the value can be seen). A roster that calibrates for less
+    noise than ``min_beta`` and ``min_scale`` (this member's own configuration) is refused."""
     deadline = _deadlines(start, step, MEMBER_WAITS)
     publish_keys(tree, me, round_id, aggregator)
 
@@ -200,6 +203,11 @@ def member_round(
         roster = Roster(round_id, tuple(members), beta, scale)
     except (KeyError, TypeError, ValueError, ProtocolError):
         return "bad roster"
+    if roster.beta < min_beta or roster.scale < min_scale * (1 - 1e-12):
+        return (
+            f"the roster calibrates for beta {roster.beta:g} and scale {roster.scale:g}, less noise than "
+            f"this member's beta {min_beta:g} and scale {min_scale:g}"
+        )
     keys = {who: k for who in roster.members if (k := read_keys(tree, who, round_id)) is not None}
     if keys.get(me.name) != me.public():
         return "not in the roster with this round's keys"
@@ -347,7 +355,12 @@ def aggregator_round(
         ):
             masked[who] = value
     survivors = Survivors(shared, frozenset(masked))
-    result: dict[str, Any] = {"members": len(survivors.present), "sum_units": None}
+    result: dict[str, Any] = {
+        "members": len(survivors.present),
+        "roster": len(roster.members),
+        "calibrated": roster.calibrated,
+        "sum_units": None,
+    }
     if len(survivors.present) < roster.calibrated:
         result["aborted"] = (
             f"{len(survivors.present)} arrived, fewer than the {roster.calibrated} calibrated for"

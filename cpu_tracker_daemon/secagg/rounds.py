@@ -1,0 +1,155 @@
+"""The daemon's side of secure aggregation: a member's part in its window's round, the
+aggregator's round on the shared grid, and the secure estimate the aggregator publishes.
+
+Every machine finds a round from the schedule alone: the window of slot ``k`` (the grid of
+:func:`schedule.slot_at`) is round ``k`` and its round starts as the window's file would be
+written (:func:`schedule.round_start`), on the wall clock, which the members and the
+aggregator share through NTP. The aggregator publishes each round's outcome in its public
+folder, ``secure.json``, with the noise's exact 95% interval.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cpu_tracker_daemon import schedule
+from cpu_tracker_daemon.config import Config
+from cpu_tracker_daemon.errors import Interrupted
+from cpu_tracker_daemon.privacy import calibrate
+from cpu_tracker_daemon.secagg import noise, transport
+from cpu_tracker_daemon.secagg.protocol import Member, Roster
+from cpu_tracker_daemon.secagg.published import publish, scale_of, secure_record
+from cpu_tracker_daemon.signals import StopRequest
+
+KEEP_ROUNDS = 24  # round folders kept in a datasite; older ones are removed
+
+
+def tree_of(config: Config) -> transport.Tree:
+    assert config.syftbox.dir is not None
+    return transport.Tree(config.syftbox.dir)
+
+
+def stop_clock(stop: StopRequest) -> transport.Clock:
+    """A round's clock: the wall clock (the machines share it), waits a stop request ends."""
+
+    def sleep(seconds: float) -> None:
+        if stop.wait(seconds):
+            raise Interrupted()
+
+    return transport.Clock(now=time.time, sleep=sleep)
+
+
+# -- a member ------------------------------------------------------------------------------------
+
+
+def take_part(
+    config: Config,
+    slot: datetime,
+    value_units: int,
+    before_sending: Callable[[], None],
+    clock: transport.Clock,
+) -> str:
+    """This member's part in the round of ``slot``; ``before_sending`` records the spend.
+    Returns ``revealed`` or why the round ended for this member."""
+    sa = config.secure_aggregation
+    every = timedelta(seconds=config.schedule.every_seconds)
+    round_id = schedule.round_id(slot, every)
+    tree = tree_of(config)
+    prune(tree, config.syftbox.email, round_id)
+    calibration = calibrate(config.privacy, config.sampling.samples)
+
+    def noise_share(roster: Roster) -> int:
+        return noise.share(roster.scale, roster.calibrated)
+
+    start = schedule.round_start(slot, config).timestamp()
+    # The keys appear at the round's start, a point of the schedule, not when this window's
+    # sampling happened to end (as the public file of a local release waits for its hold).
+    if (wait := start - clock.now()) > 0:
+        clock.sleep(wait)
+    return transport.member_round(
+        tree,
+        Member(config.syftbox.email),
+        sa.aggregator,
+        round_id,
+        start,
+        sa.step_seconds,
+        value_units,
+        noise_share,
+        before_sending,
+        clock,
+        min_beta=sa.beta,
+        min_scale=scale_of(calibration),
+    )
+
+
+def prune(tree: transport.Tree, who: str, current: str, keep: int = KEEP_ROUNDS) -> None:
+    """Remove this datasite's round folders more than ``keep`` rounds before ``current``."""
+    base = tree.base(who)
+    try:
+        entries = list(base.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.isdigit() and int(entry.name) < int(current) - keep and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+# -- the aggregator --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    record: dict[str, Any]
+
+    def log_fields(self) -> dict[str, Any]:
+        est = self.record.get("estimate")
+        return {
+            "round": self.record["round"],
+            "members": self.record["members"],
+            "roster": self.record["roster"],
+            "aborted": self.record["aborted"],
+            "mean": round(est["mean"], 3) if est else None,
+            "ci95": [round(v, 3) for v in est["ci95"]] if est else None,
+        }
+
+
+def current_slot(config: Config, now: datetime) -> datetime:
+    """The slot whose round starts nearest ``now``: the aggregator's job runs at round starts."""
+    every = config.schedule.every_seconds
+    offset = (schedule.round_start(datetime.fromtimestamp(0, UTC), config)).timestamp()
+    return datetime.fromtimestamp(round((now.timestamp() - offset) / every) * every, UTC)
+
+
+def run_round(
+    config: Config, slot: datetime, clock: transport.Clock, now: Callable[[], datetime]
+) -> RoundOutcome:
+    """Run the round of ``slot`` for the configured members and publish its outcome."""
+    sa = config.secure_aggregation
+    every = timedelta(seconds=config.schedule.every_seconds)
+    round_id = schedule.round_id(slot, every)
+    tree = tree_of(config)
+    prune(tree, config.syftbox.email, round_id)
+    calibration = calibrate(config.privacy, config.sampling.samples)
+    start = schedule.round_start(slot, config).timestamp()
+    if clock.now() > start + sa.step_seconds:  # the members have stopped waiting for a roster
+        result: dict[str, Any] = {"members": 0, "sum_units": None, "aborted": "the aggregator started late"}
+    else:
+        result = transport.aggregator_round(
+            tree,
+            config.syftbox.email,
+            sa.members,
+            round_id,
+            start,
+            sa.step_seconds,
+            sa.beta,
+            scale_of(calibration),
+            clock,
+        )
+    record = secure_record(config, calibration, slot, round_id, result, now())
+    publish(config, record)
+    return RoundOutcome(record)
