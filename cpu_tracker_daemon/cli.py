@@ -347,7 +347,9 @@ def _once(config: Config, force: bool) -> int:
     stop = signals.stop_on((signal.SIGTERM, signal.SIGINT))
     with claim_state(layout):
         tracker = Tracker(config=config, layout=layout, cpu=PsutilCpuSource(), log=log, stop=stop)
-        result = tracker.cycle(force=force)
+        # A member of secure aggregation waits for the network's next slot and its round.
+        wait = config.schedule.every_seconds + 1 if config.secure_aggregation.enabled else 0.0
+        result = tracker.cycle(force=force, max_wait=wait)
     CycleLog(log, lands_after(config))(result)
     if result.error is not None:
         print(f"cpu-tracker: {one_line(str(result.error))}", file=sys.stderr)
@@ -401,8 +403,15 @@ def _status(config: Config, path: Path | None, as_json: bool) -> int:
             "               PAUSED: the next release does not fit; "
             "'cpu-tracker budget grant EPSILON --reason TEXT' resumes releases"
         )
+    mode = view["mode"]
+    secure = mode["name"] == "secure_aggregation"
+    if secure:
+        lines.append(
+            f"mode:          secure aggregation: each window goes, masked, to {mode['aggregator']}'s round "
+            f"(beta {mode['beta']:g}); no release of its own"
+        )
     lines += [
-        f"public:        {view['paths']['public']}",
+        f"public:        {mode['rounds'] if secure else view['paths']['public']}",
         f"private:       {view['paths']['private']}",
         f"ledger:        {view['paths']['ledger']}"
         + ("" if view["ledger_exists"] else " (not created yet: the first cycle creates it)"),

@@ -108,6 +108,17 @@ def _cap_view(cap: CapStatus) -> dict[str, Any]:
     }
 
 
+def mode_view(config: Config) -> dict[str, Any]:
+    """How this member's windows are released: on their own (local DP, each with its noise) or
+    in the secure rounds of an aggregator (the noise added once, in shares, to the network's sum)."""
+    sa = config.secure_aggregation
+    if not sa.enabled:
+        return {"name": "local"}
+    assert config.syftbox.dir is not None
+    rounds = config.syftbox.dir / "datasites" / config.syftbox.email / "app_data" / storage.APP_DIR / "secagg"
+    return {"name": "secure_aggregation", "aggregator": sa.aggregator, "beta": sa.beta, "rounds": str(rounds)}
+
+
 def budget_view(snap: Snapshot) -> dict[str, Any]:
     """The figures ``status --json`` and ``budget show --json`` print."""
     layout = storage.layout_for(snap.config)
@@ -122,6 +133,7 @@ def budget_view(snap: Snapshot) -> dict[str, Any]:
             "ledger": str(layout.ledger),
         },
         "ledger_exists": snap.ledger_exists,
+        "mode": mode_view(snap.config),
         "per_release": per_release(snap.calibration),
         "per_release_epsilon": snap.calibration.epsilon,
         "privacy_unit": snap.calibration.unit,

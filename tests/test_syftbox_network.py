@@ -12,9 +12,12 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -364,17 +367,6 @@ class TestSecureAggregation:
         for thread in threads:
             thread.join(timeout=60)
         took = time.monotonic() - started
-        import sys as _s
-
-        for who in (*MEMBERS, AGGREGATOR):
-            print(
-                who,
-                sorted(
-                    str(p.relative_to(network.clients[who].box))
-                    for p in network.clients[who].box.rglob("secagg/r1/*.json")
-                ),
-                file=_s.stderr,
-            )
         time.sleep(3)  # a few more sync rounds, so what should not arrive has had its chance
         return {
             "result": result,
@@ -408,3 +400,86 @@ class TestSecureAggregation:
         result = network.clients[OUTSIDER].datasite(AGGREGATOR) / rnd / "result.json"
         wait_until("the result reaches the outsider", result.exists)
         assert not (network.clients[OUTSIDER].datasite(AGGREGATOR) / rnd / "roster.json").exists()
+
+
+class TestSecureDaemons:
+    """The same, as users run it: the aggregator's ``cpu-tracker run`` runs a round every slot
+    of the network's grid, and each member's ``cpu-tracker once`` waits for the next slot, takes
+    part and exits; every process reads and writes only its own client's folder."""
+
+    STEP = 6.0
+    EVERY = 50.0  # the window, 8 steps and a second
+
+    def test_a_slot_of_the_grid_gives_every_member_one_secure_spend(
+        self, network: Network, configs: dict[str, Path]
+    ) -> None:
+        from tests.conftest import cli_env
+
+        secure = {"schedule": {"every_seconds": self.EVERY}}
+        member_configs = {}
+        for email in MEMBERS:
+            box = network.clients[email].box
+            tables = secure | {
+                "syftbox": {"dir": str(box), "email": email, "readers": [AGGREGATOR]},
+                "secure_aggregation": {"enabled": True, "aggregator": AGGREGATOR, "step_seconds": self.STEP},
+            }
+            member_configs[email] = write_config(configs[email].parent, tables, "secure.toml")
+        tables = secure | {
+            "syftbox": {"dir": str(network.clients[AGGREGATOR].box), "email": AGGREGATOR},
+            "secure_aggregation": {"members": list(MEMBERS), "step_seconds": self.STEP},
+        }
+        agg_config = write_config(configs[AGGREGATOR].parent, tables, "secure.toml")
+        # Start well inside a slot, so the aggregator is up before the next one and no member
+        # joins the slot under way (a member may start up to half a step late).
+        while not 5 < time.time() % self.EVERY < self.EVERY - 5:
+            time.sleep(0.5)
+        aggregator = subprocess.Popen(
+            [sys.executable, "-m", "cpu_tracker_daemon", "--config", str(agg_config), "run"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+        )
+        try:
+            members = {
+                email: subprocess.Popen(
+                    [sys.executable, "-m", "cpu_tracker_daemon", "--config", str(path), "once"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=cli_env(),
+                )
+                for email, path in member_configs.items()
+            }
+            for email, proc in members.items():
+                _, err = proc.communicate(timeout=3 * self.EVERY)
+                assert proc.returncode == 0, (email, err)
+            published = network.clients[AGGREGATOR].datasite() / "public" / "cpu_tracker" / "secure.json"
+            record = wait_until(
+                "the round's outcome is published",
+                lambda: (r := read_json(published)) and r.get("members") == 3 and r,
+                timeout=2 * self.EVERY,
+            )
+        finally:
+            aggregator.terminate()
+            aggregator.wait(timeout=30)
+        assert record["aborted"] is None
+        assert record["estimate"]["ci95_exact"]
+        for path in member_configs.values():
+            status = run_cli("--config", str(path), "status", "--json")
+            view = json.loads(status.stdout)
+            assert view["mode"]["name"] == "secure_aggregation"
+            ledger = Path(view["paths"]["ledger"])
+            with closing(sqlite3.connect(ledger)) as conn:
+                kinds = [m for (m,) in conn.execute("SELECT mechanism FROM spends ORDER BY rowid")]
+            assert kinds[-1] == "secagg_discrete_laplace"
+            assert kinds.count("secagg_discrete_laplace") == 1
+        # the outsider sees the outcome, published for everyone, and no member's masked value
+        outsider = network.clients[OUTSIDER]
+        wait_until(
+            "the outcome reaches the outsider",
+            (outsider.datasite(AGGREGATOR) / "public" / "cpu_tracker" / "secure.json").exists,
+        )
+        rnd = APP / "secagg" / record["round"]
+        for email in MEMBERS:
+            assert not (outsider.datasite(email) / rnd / "masked.json").exists()
