@@ -142,7 +142,7 @@ def _secure_section(secure: Mapping[str, Any] | None) -> str:
         return ""
     value, detail = secure_lines(secure)
     return (
-        "<h2>Secure aggregation</h2>"
+        "<h2>Secure aggregation, the last round</h2>"
         f'<div class="value" id="secure-mean">{html.escape(value)}</div>'
         f'<div class="sub" id="secure-interval">{html.escape(detail)}</div>'
         '<div class="sub">The members mask their values so that only the sum can be read, and each '
@@ -171,8 +171,8 @@ def render(record: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> s
         f'<div class="value" id="mean">{html.escape(value)}</div>'
         f'<div class="sub" id="interval">{html.escape(interval)}</div>'
         f'<div class="sub" id="peers">{html.escape(peers)}, computed {computed}</div>'
-        + chart_svg(history)
         + _secure_section(record.get("secure"))
+        + chart_svg(history)
         + "<footer>Each member publishes only a noisy mean of its own CPU use; this page averages "
         "them. The band is the 95% interval from the members' declared noise and their spread. "
         f"The page reloads every {REFRESH_SECONDS} s.</footer>"
