@@ -4,6 +4,8 @@ Each peer gets a valid member release (the member's own record format, with Lapl
 one peer in a thousand a hostile file. For each size the script prints the wall time of one full
 pass (read, validate, estimate, write aggregate, history, dashboard), the time per peer, and the
 time just to read the files (``cat``-like), so linear growth bounded by file reading shows up.
+Each pass runs in a fresh interpreter, which reports its peak resident memory (VmHWM) beside
+that of one pass over an empty tree: the difference, per peer, is what the pass keeps a peer.
 
 Usage: python benchmarks/aggregate_scale.py [--sizes 1000,10000,100000] [--dir DIR]
 """
@@ -16,20 +18,14 @@ import math
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cpu_tracker_daemon.aggregate import Aggregator
-from cpu_tracker_daemon.config import parse_config
 from cpu_tracker_daemon.peers import release_path
-
-
-class _Quiet:
-    def __getattr__(self, name: str) -> object:
-        return lambda *a, **k: None
 
 
 def build_tree(root: Path, peers: int, rng: random.Random) -> Path:
@@ -88,6 +84,39 @@ def read_only_seconds(datasites: Path) -> float:
     return time.perf_counter() - started
 
 
+_CHILD = """
+import json, sys, time
+from pathlib import Path
+from cpu_tracker_daemon.aggregate import Aggregator
+from cpu_tracker_daemon.config import parse_config
+class Quiet:
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+sb, state = sys.argv[1], sys.argv[2]
+syftbox = {"dir": sb, "email": "aggregator@openmined.org"}
+config = parse_config({"paths": {"data_dir": state}, "syftbox": syftbox, "aggregator": {"enabled": True}})
+started = time.perf_counter()
+result = Aggregator(config, Quiet()).run_pass()
+elapsed = time.perf_counter() - started
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+est = result.estimate
+print(json.dumps({"seconds": elapsed, "hwm_kib": hwm, "skipped": dict(result.skipped),
+                  "estimate": None if est is None else [est.mean, est.ci_low, est.ci_high]}))
+"""
+
+
+def pass_in_child(sb: Path, state: Path) -> dict[str, object]:
+    """One pass in a fresh interpreter: its time and its peak resident memory."""
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(sb), str(state)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    return dict(json.loads(out.stdout))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -98,31 +127,33 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="cpu-tracker-scale-"))
     rng = random.Random(1)
-    print("| peers | build s | read-only s | pass s | pass us/peer | estimate (95% CI) | skipped |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    empty = base / "empty"
+    (empty / "SyftBox" / "datasites").mkdir(parents=True)
+    floor = pass_in_child(empty / "SyftBox", empty / "state")
+    print(f"one pass over an empty tree: peak RSS {int(floor['hwm_kib']) / 1024:.1f} MiB")
+    print()
+    print(
+        "| peers | build s | read-only s | pass s | pass us/peer | peak RSS MiB | KiB/peer "
+        "| estimate (95% CI) | skipped |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     try:
         for size in sizes:
             root = base / str(size)
             started = time.perf_counter()
             sb = build_tree(root, size, rng)
             built = time.perf_counter() - started
-            config = parse_config(
-                {
-                    "paths": {"data_dir": str(root / "state")},
-                    "syftbox": {"dir": str(sb), "email": "aggregator@openmined.org"},
-                    "aggregator": {"enabled": True},
-                }
-            )
             os.sync()
             reading = read_only_seconds(sb / "datasites")
-            started = time.perf_counter()
-            result = Aggregator(config, _Quiet()).run_pass()
-            elapsed = time.perf_counter() - started
-            est = result.estimate
-            assert est is not None
+            got = pass_in_child(sb, root / "state")
+            elapsed = float(got["seconds"])  # type: ignore[arg-type]
+            hwm = int(got["hwm_kib"])  # type: ignore[call-overload]
+            mean, low, high = got["estimate"]  # type: ignore[misc]
+            per_peer = (hwm - int(floor["hwm_kib"])) / size  # type: ignore[call-overload]
             print(
                 f"| {size} | {built:.1f} | {reading:.2f} | {elapsed:.2f} | {elapsed / size * 1e6:.0f} | "
-                f"{est.mean:.2f} ({est.ci_low:.2f} to {est.ci_high:.2f}) | {dict(result.skipped)} |"
+                f"{hwm / 1024:.1f} | {per_peer:.3f} | {mean:.2f} ({low:.2f} to {high:.2f}) "
+                f"| {got['skipped']} |"
             )
             shutil.rmtree(root)
     finally:

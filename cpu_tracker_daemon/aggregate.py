@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from array import array
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,31 @@ class PassResult:
 
 
 @dataclass
+class Accepted:
+    """What the estimate needs of the accepted releases, and no more: their values and noise as
+    packed doubles (16 bytes a peer), the oldest and newest time, and the peers themselves only
+    when they are published."""
+
+    values: array[float] = field(default_factory=lambda: array("d"))
+    stddevs: array[float] = field(default_factory=lambda: array("d"))
+    oldest: datetime | None = None
+    newest: datetime | None = None
+    peers: list[PeerRelease] | None = None
+
+    def add(self, release: PeerRelease) -> None:
+        self.values.append(release.cpu)
+        self.stddevs.append(release.noise_stddev)
+        when = release.timestamp
+        self.oldest = when if self.oldest is None or when < self.oldest else self.oldest
+        self.newest = when if self.newest is None or when > self.newest else self.newest
+        if self.peers is not None:
+            self.peers.append(release)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+@dataclass
 class Aggregator:
     """Runs passes; remembers which (peer, reason) it has logged so each is logged once."""
 
@@ -76,14 +102,14 @@ class Aggregator:
         peer: str,
         now: datetime,
         max_age: timedelta,
-        accepted: list[PeerRelease],
+        accepted: Accepted,
         skipped: Counter[str],
         unsettled: list[str] | None,
     ) -> None:
         """Read one peer into ``accepted`` or ``skipped``; one that does not parse goes to
         ``unsettled`` instead, when given, to be read again."""
         try:
-            accepted.append(read_release(datasites, peer, now, max_age))
+            accepted.add(read_release(datasites, peer, now, max_age))
         except Skipped as why:
             reason = str(why)
             if reason == UNPARSEABLE and unsettled is not None:
@@ -102,7 +128,7 @@ class Aggregator:
         assert sb.dir is not None
         datasites = sb.dir / "datasites"
         max_age = timedelta(seconds=agg.max_age_seconds)
-        accepted: list[PeerRelease] = []
+        accepted = Accepted(peers=[] if agg.publish_peers else None)
         skipped: Counter[str] = Counter()
         unsettled: list[str] = []
         for peer in peer_names(datasites):
@@ -112,7 +138,7 @@ class Aggregator:
             for peer in unsettled:
                 self._read(datasites, peer, now, max_age, accepted, skipped, None)
         est = (
-            estimate([r.cpu for r in accepted], [r.noise_stddev for r in accepted], agg.max_weight_ratio)
+            estimate(accepted.values, accepted.stddevs, agg.max_weight_ratio)
             if accepted
             else None
         )
@@ -121,7 +147,7 @@ class Aggregator:
         return PassResult(record, est, skipped, time.monotonic() - started)
 
     def _record(
-        self, now: datetime, est: Estimate | None, accepted: list[PeerRelease], skipped: Counter[str]
+        self, now: datetime, est: Estimate | None, accepted: Accepted, skipped: Counter[str]
     ) -> dict[str, Any]:
         record: dict[str, Any] = {
             "schema": SCHEMA,
@@ -137,11 +163,9 @@ class Aggregator:
             record["secure"] = published.latest(
                 self.config, now, timedelta(seconds=self.config.aggregator.max_age_seconds)
             )
-        if est is not None:
-            record["estimate"] = estimate_record(
-                est, min(r.timestamp for r in accepted), max(r.timestamp for r in accepted)
-            )
-        if self.config.aggregator.publish_peers:
+        if est is not None and accepted.oldest is not None and accepted.newest is not None:
+            record["estimate"] = estimate_record(est, accepted.oldest, accepted.newest)
+        if accepted.peers is not None:
             record["peers"] = [
                 {
                     "peer": r.peer,
@@ -149,7 +173,7 @@ class Aggregator:
                     "noise_stddev": r.noise_stddev,
                     "timestamp": r.timestamp.isoformat(),
                 }
-                for r in accepted
+                for r in accepted.peers
             ]
         return record
 

@@ -67,16 +67,19 @@ def release_path(datasites: Path, peer: str) -> Path:
 
 
 def peer_names(datasites: Path) -> Iterator[str]:
-    """The folders (and links, which are refused per peer) of the datasites directory, sorted.
+    """The folders (and links, which are refused per peer) of the datasites directory, in the
+    directory's order, one at a time: a pass holds no list of 100,000 names.
 
     Files there (SyftBox's own ``_.syftignore``, say) are the tree's, not peers.
     """
     try:
-        with os.scandir(datasites) as entries:
-            names = sorted(e.name for e in entries if e.is_symlink() or e.is_dir(follow_symlinks=False))
+        entries = os.scandir(datasites)
     except (FileNotFoundError, NotADirectoryError):
-        return iter(())
-    return iter(names)
+        return
+    with entries:
+        for entry in entries:
+            if entry.is_symlink() or entry.is_dir(follow_symlinks=False):
+                yield entry.name
 
 
 def read_release(datasites: Path, peer: str, now: datetime, max_age: timedelta) -> PeerRelease:
