@@ -194,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer cycles and runs (CI)")
+    parser.add_argument("--cycles", type=int, help="the daemon's measured releases (default 30, quick 5)")
     args = parser.parse_args(argv)
     cycles, idle, runs, scrapes = (5, 20.0, 2, 3) if args.quick else (30, 120.0, 5, 10)
+    cycles = args.cycles or cycles
     root = Path(tempfile.mkdtemp(prefix="cpu-tracker-overhead-"))
     try:
         rows = {

@@ -137,11 +137,7 @@ class Aggregator:
             self.sleep(REREAD_PAUSE_SECONDS)
             for peer in unsettled:
                 self._read(datasites, peer, now, max_age, accepted, skipped, None)
-        est = (
-            estimate(accepted.values, accepted.stddevs, agg.max_weight_ratio)
-            if accepted
-            else None
-        )
+        est = estimate(accepted.values, accepted.stddevs, agg.max_weight_ratio) if accepted else None
         record = self._record(now, est, accepted, skipped)
         self._publish(record, now)
         return PassResult(record, est, skipped, time.monotonic() - started)

@@ -8,8 +8,6 @@ the fix. It reads; it never writes or logs.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import json
 import math
 import os
 import re
@@ -21,16 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from cpu_tracker_daemon.errors import ConfigError
+from cpu_tracker_daemon.names import APP_NAME, LOG_FORMATS
 
 CONFIG_ENV = "CPU_TRACKER_CONFIG"
-APP_NAME = "cpu-tracker"
 CONFIG_FILE = "config.toml"
 UNITS = ("window", "sample")
 MECHANISMS = ("laplace", "gaussian", "snapping")
 DEFAULT_EPSILON = 0.5
 MIN_EPSILON, MAX_EPSILON = 1e-6, 1000.0  # beyond these the noise is meaningless or no noise at all
 MIN_SIGMA, MAX_SIGMA = 0.01, 1e9  # percentage points: below one step of the grid it is no noise
-LOG_FORMATS = ("auto", "json", "console")  # auto: console on a terminal, JSON elsewhere
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_READERS = ("aggregator@openmined.org",)
 DEFAULT_BETA, MAX_BETA = 0.2, 0.5  # secure aggregation: the fraction that may drop out or collude
@@ -312,6 +309,8 @@ def _with_client_datasite(table: dict[str, Any], environ: Mapping[str, str]) -> 
     path = Path(where)
     fix = "fix that file, or set [syftbox] dir and email in cpu-tracker's config file"
     try:
+        import json  # only when the SyftBox client runs us as an app
+
         client = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(
@@ -392,6 +391,8 @@ def parse_config(
 
 
 def _unknown(name: str, known: list[str], what: str = "key") -> str:
+    import difflib  # only for a misspelt key
+
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"did you mean {close[0]}?" if close else "known: " + ", ".join(known)
     return f"unknown {what} {name}; remove it ({hint})"

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cpu_tracker_daemon import storage
-from cpu_tracker_daemon.config import APP_NAME, CONFIG_FILE, user_config_dir
+from cpu_tracker_daemon.config import CONFIG_FILE, user_config_dir
 from cpu_tracker_daemon.errors import OutputError, ServiceError
 from cpu_tracker_daemon.exit_codes import NO_RESTART
+from cpu_tracker_daemon.names import APP_NAME
 
-MANAGERS = ("systemd", "launchd")
 SCOPES = ("system", "user")
 UNIT_NAME = f"{APP_NAME}.service"
 LABEL = "org.openmined.cpu-tracker"
@@ -119,7 +119,7 @@ def installed_executable(python: str = sys.executable) -> Path:
     beside = Path(python).parent / APP_NAME
     if beside.is_file() and os.access(beside, os.X_OK):
         return beside.absolute()
-    import shutil  # here, not at the top: the CLI's parser imports this module for MANAGERS
+    import shutil  # here, not at the top: only installing needs it
 
     found = shutil.which(APP_NAME)
     if found:
