@@ -10,8 +10,8 @@ and per hour, and the resident memory while it runs:
 * Debian's ``prometheus-node-exporter`` with its default collectors, scraped at the same cadence
   (skipped where it is not installed).
 
-Then ``cpu-tracker status`` and ``--help`` wall time beside ``python -c pass``, and what
-diffprivlib's scientific stack costs in resident memory, import by import.
+Then what diffprivlib's scientific stack costs in resident memory, import by import (the
+commands' wall time is ``ledger_scale.py``'s, at three ledger sizes).
 
 Usage: python benchmarks/overhead.py [--quick]
 """
@@ -162,15 +162,6 @@ def node_exporter(scrapes: int, gap: float) -> dict[str, float] | None:
         proc.wait(timeout=10)
 
 
-def best_wall(argv: list[str], runs: int = 5) -> float:
-    best = float("inf")
-    for _ in range(runs):
-        started = time.perf_counter()
-        subprocess.run(argv, capture_output=True, check=False)
-        best = min(best, time.perf_counter() - started)
-    return best
-
-
 IMPORT_STEPS = ("numpy", "scipy.stats", "sklearn", "diffprivlib", "cpu_tracker_daemon.daemon")
 
 
@@ -218,18 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {name} | {r['per_release']:.3f} | {r['per_hour']:.3f} | {r['idle']:.3f} | {r['rss']:.1f} | "
             f"{r['per_hour'] / ours['per_hour']:.1f}x |"
         )
-    config = daemon_config(root, 3600, 50, 1.0)
-    base = best_wall([sys.executable, "-c", "pass"])
-    help_ = best_wall([*CLI, "--help"])
-    status = best_wall([*CLI, "--config", str(config), "status"])
     shutil.rmtree(root, ignore_errors=True)
-    print("\n| command | wall s (best of 5) | vs python -c pass |\n| --- | --- | --- |")
-    for name, value in (
-        ("python -c pass", base),
-        ("cpu-tracker --help", help_),
-        ("cpu-tracker status", status),
-    ):
-        print(f"| {name} | {value:.3f} | {value / base:.1f}x |")
     print("\n| after importing | RSS MiB | added |\n| --- | --- | --- |")
     previous = None
     for name, value in import_costs():
