@@ -38,8 +38,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cpu_tracker_daemon import discrete
-from cpu_tracker_daemon.config import PrivacyConfig, SamplingConfig
-from cpu_tracker_daemon.privacy import Calibration, add_noise, calibrate, statistic
+from cpu_tracker_daemon.config import SamplingConfig
+from cpu_tracker_daemon.privacy import Calibration, PrivacyConfig, add_noise, calibrate, statistic
 from cpu_tracker_daemon.records import public_record
 from cpu_tracker_daemon.sampling import Reading, Window
 

@@ -20,14 +20,10 @@ from typing import Any
 
 from cpu_tracker_daemon.errors import ConfigError
 from cpu_tracker_daemon.names import APP_NAME, LOG_FORMATS
+from cpu_tracker_daemon.privacy import DEFAULT_EPSILON, PrivacyConfig, calibrate, check_privacy
 
 CONFIG_ENV = "CPU_TRACKER_CONFIG"
 CONFIG_FILE = "config.toml"
-UNITS = ("window", "sample")
-MECHANISMS = ("laplace", "gaussian", "snapping")
-DEFAULT_EPSILON = 0.5
-MIN_EPSILON, MAX_EPSILON = 1e-6, 1000.0  # beyond these the noise is meaningless or no noise at all
-MIN_SIGMA, MAX_SIGMA = 0.01, 1e9  # percentage points: below one step of the grid it is no noise
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_READERS = ("aggregator@openmined.org",)
 DEFAULT_BETA, MAX_BETA = 0.2, 0.5  # secure aggregation: the fraction that may drop out or collude
@@ -54,19 +50,6 @@ class SamplingConfig:
 @dataclass(frozen=True)
 class ScheduleConfig:
     every_seconds: float = 3600.0
-
-
-@dataclass(frozen=True)
-class PrivacyConfig:
-    """Exactly one of ``epsilon`` and ``sigma`` is set once loaded (epsilon 0.5 if neither is)."""
-
-    unit: str = "window"
-    mechanism: str = "laplace"
-    epsilon: float | None = None
-    sigma: float | None = None
-    delta: float = 1e-6  # per release, Gaussian only
-    lower: float = 0.0
-    upper: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -458,7 +441,7 @@ def _check(config: Config) -> list[str]:
             f"({s.window_seconds:g} s = samples x interval_seconds); raise every_seconds or "
             "shorten the window"
         )
-    problems.extend(_check_privacy(p))
+    problems.extend(check_privacy(p))
     positive("budget.lifetime_epsilon", b.lifetime_epsilon)
     positive("budget.window_epsilon", b.window_epsilon)
     positive("budget.window_hours", b.window_hours)
@@ -481,54 +464,6 @@ def _check(config: Config) -> list[str]:
     if config.logging.level not in LOG_LEVELS:
         problems.append(
             f"logging.level must be one of {', '.join(LOG_LEVELS)} (got {config.logging.level!r})"
-        )
-    return problems
-
-
-def _check_privacy(p: PrivacyConfig) -> list[str]:
-    """The privacy section's own checks; each problem names the key and the fix."""
-    problems: list[str] = []
-
-    def positive(name: str, value: float) -> None:
-        _positive(problems, name, value)
-
-    if p.unit not in UNITS:
-        problems.append(f"privacy.unit must be one of {', '.join(UNITS)} (got {p.unit!r})")
-    if p.mechanism not in MECHANISMS:
-        problems.append(f"privacy.mechanism must be one of {', '.join(MECHANISMS)} (got {p.mechanism!r})")
-    if p.epsilon is not None:
-        positive("privacy.epsilon", p.epsilon)
-        if math.isfinite(p.epsilon) and p.epsilon > 0 and not MIN_EPSILON <= p.epsilon <= MAX_EPSILON:
-            problems.append(
-                f"privacy.epsilon must be between {MIN_EPSILON:g} and {MAX_EPSILON:g} (got {p.epsilon:g}); "
-                "0.1 to 2 is the usual range"
-            )
-    if p.sigma is not None:
-        positive("privacy.sigma", p.sigma)
-        if math.isfinite(p.sigma) and p.sigma > MAX_SIGMA:
-            problems.append(f"privacy.sigma must be at most {MAX_SIGMA:g} (got {p.sigma:g}); lower it")
-        if 0 < p.sigma < MIN_SIGMA:
-            problems.append(
-                f"privacy.sigma must be at least {MIN_SIGMA:g} percentage points, one step of the grid "
-                f"(got {p.sigma:g}); raise it"
-            )
-    if p.mechanism == "gaussian" and not 0 < p.delta < 1:
-        problems.append(f"privacy.delta must be in (0, 1) for the Gaussian (got {p.delta:g}); use e.g. 1e-6")
-    if not 0 <= p.lower <= 100 or not 0 <= p.upper <= 100:
-        problems.append(
-            f"privacy.lower and privacy.upper must lie in [0, 100] (got {p.lower:g}, {p.upper:g}); "
-            "CPU busy is a percentage"
-        )
-    for name, bound in (("privacy.lower", p.lower), ("privacy.upper", p.upper)):
-        if math.isfinite(bound) and round(bound * 100) / 100 != bound:
-            problems.append(
-                f"{name} must be a multiple of 0.01, the grid releases are published on (got {bound!r}); "
-                f"round it to two decimals"
-            )
-    if p.upper <= p.lower:
-        problems.append(
-            f"privacy.upper ({p.upper:g}) must be greater than privacy.lower ({p.lower:g}); "
-            "swap or widen them"
         )
     return problems
 
@@ -600,7 +535,6 @@ def _check_secure_aggregation(config: Config) -> list[str]:
 def _one_release_fits(config: Config) -> list[str]:
     """A cap that not even one release fits under is a config error, not a silent pause."""
     from cpu_tracker_daemon.accounting import compose
-    from cpu_tracker_daemon.privacy import calibrate
 
     b = config.budget
     calibration = calibrate(config.privacy, config.sampling.samples)

@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cpu_tracker_daemon import accounting, discrete, storage
-from cpu_tracker_daemon.config import UNITS, PrivacyConfig
-from cpu_tracker_daemon.privacy import MECHANISM_NAMES, calibrate
+from cpu_tracker_daemon.privacy import MECHANISM_NAMES, UNITS, PrivacyConfig, calibrate
 from cpu_tracker_daemon.records import SCHEMA, SCHEMA_VERSION
 from cpu_tracker_daemon.storage import APP_DIR, PUBLIC_NAME
 

@@ -49,11 +49,29 @@ from cpu_tracker_daemon.accounting import (
     event_of,
     gaussian_mu,
 )
-from cpu_tracker_daemon.config import DEFAULT_EPSILON
 
 if TYPE_CHECKING:
-    from cpu_tracker_daemon.config import PrivacyConfig
     from cpu_tracker_daemon.sampling import Window
+
+UNITS = ("window", "sample")
+MECHANISMS = ("laplace", "gaussian", "snapping")
+DEFAULT_EPSILON = 0.5
+MIN_EPSILON, MAX_EPSILON = 1e-6, 1000.0  # beyond these the noise is meaningless or no noise at all
+MIN_SIGMA, MAX_SIGMA = 0.01, 1e9  # percentage points: below one step of the grid it is no noise
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Exactly one of ``epsilon`` and ``sigma`` is set once loaded (epsilon 0.5 if neither is)."""
+
+    unit: str = "window"
+    mechanism: str = "laplace"
+    epsilon: float | None = None
+    sigma: float | None = None
+    delta: float = 1e-6  # per release, Gaussian only
+    lower: float = 0.0
+    upper: float = 100.0
+
 
 # None means the OS CSPRNG; a seeded random.Random in tests only.
 RandomLike = discrete.Uniform | None
@@ -128,6 +146,55 @@ class Calibration:
             record["grid"] = discrete.GRID
             record["sensitivity_units"] = self.sensitivity_units
         return record
+
+
+def check_privacy(p: PrivacyConfig) -> list[str]:
+    """The privacy section's own checks; each problem names the key and the fix."""
+    problems: list[str] = []
+
+    def positive(name: str, value: float) -> None:
+        if value <= 0:  # the same words as the other sections' (config._positive)
+            problems.append(f"{name} must be greater than 0 (got {value:g}); set a positive value")
+
+    if p.unit not in UNITS:
+        problems.append(f"privacy.unit must be one of {', '.join(UNITS)} (got {p.unit!r})")
+    if p.mechanism not in MECHANISMS:
+        problems.append(f"privacy.mechanism must be one of {', '.join(MECHANISMS)} (got {p.mechanism!r})")
+    if p.epsilon is not None:
+        positive("privacy.epsilon", p.epsilon)
+        if math.isfinite(p.epsilon) and p.epsilon > 0 and not MIN_EPSILON <= p.epsilon <= MAX_EPSILON:
+            problems.append(
+                f"privacy.epsilon must be between {MIN_EPSILON:g} and {MAX_EPSILON:g} (got {p.epsilon:g}); "
+                "0.1 to 2 is the usual range"
+            )
+    if p.sigma is not None:
+        positive("privacy.sigma", p.sigma)
+        if math.isfinite(p.sigma) and p.sigma > MAX_SIGMA:
+            problems.append(f"privacy.sigma must be at most {MAX_SIGMA:g} (got {p.sigma:g}); lower it")
+        if 0 < p.sigma < MIN_SIGMA:
+            problems.append(
+                f"privacy.sigma must be at least {MIN_SIGMA:g} percentage points, one step of the grid "
+                f"(got {p.sigma:g}); raise it"
+            )
+    if p.mechanism == "gaussian" and not 0 < p.delta < 1:
+        problems.append(f"privacy.delta must be in (0, 1) for the Gaussian (got {p.delta:g}); use e.g. 1e-6")
+    if not 0 <= p.lower <= 100 or not 0 <= p.upper <= 100:
+        problems.append(
+            f"privacy.lower and privacy.upper must lie in [0, 100] (got {p.lower:g}, {p.upper:g}); "
+            "CPU busy is a percentage"
+        )
+    for name, bound in (("privacy.lower", p.lower), ("privacy.upper", p.upper)):
+        if math.isfinite(bound) and round(bound * 100) / 100 != bound:
+            problems.append(
+                f"{name} must be a multiple of 0.01, the grid releases are published on (got {bound!r}); "
+                f"round it to two decimals"
+            )
+    if p.upper <= p.lower:
+        problems.append(
+            f"privacy.upper ({p.upper:g}) must be greater than privacy.lower ({p.lower:g}); "
+            "swap or widen them"
+        )
+    return problems
 
 
 @functools.lru_cache(maxsize=64)

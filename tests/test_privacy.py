@@ -11,8 +11,7 @@ import pytest
 
 from cpu_tracker_daemon import discrete
 from cpu_tracker_daemon.accounting import gaussian_mu
-from cpu_tracker_daemon.config import PrivacyConfig
-from cpu_tracker_daemon.privacy import Statistic, add_noise, calibrate, clamped_mean, statistic
+from cpu_tracker_daemon.privacy import PrivacyConfig, Statistic, add_noise, calibrate, clamped_mean, statistic
 from cpu_tracker_daemon.sampling import Reading, Window
 from tests.bench import benchmark
 

@@ -1,0 +1,74 @@
+"""The package's shape: no module imports, at its top level, a module that imports it back."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "cpu_tracker_daemon"
+
+
+def _module_name(path: Path) -> str:
+    parts = ("cpu_tracker_daemon", *path.relative_to(PACKAGE).with_suffix("").parts)
+    return ".".join(parts).removesuffix(".__init__")
+
+
+def top_level_imports() -> dict[str, set[str]]:
+    """Each module's imports of the package made when it is imported (not those inside functions
+    or under ``if TYPE_CHECKING``)."""
+    modules = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps: set[str] = set()
+        for node in ast.parse(path.read_text()).body:
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.module.startswith("cpu_tracker_daemon")
+            ):
+                deps.add(node.module)
+                deps.update(
+                    f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules
+                )
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name in modules)
+        graph[name] = {d for d in deps if d in modules and d not in (name, "cpu_tracker_daemon")}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        if node in path:
+            return [*path[path.index(node) :], node]
+        if node in done:
+            return None
+        path.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if (found := visit(dep)) is not None:
+                return found
+        path.pop()
+        done.add(node)
+        return None
+
+    for node in sorted(graph):
+        if (found := visit(node)) is not None:
+            return found
+    return None
+
+
+def test_no_import_cycle() -> None:
+    assert find_cycle(top_level_imports()) is None
+
+
+def test_the_cycle_finder_finds_one() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_privacy_does_not_import_the_configuration() -> None:
+    """privacy owns its constants and its section's type; config imports privacy, not the reverse."""
+    graph = top_level_imports()
+    assert "cpu_tracker_daemon.config" not in graph["cpu_tracker_daemon.privacy"]
+    assert "cpu_tracker_daemon.privacy" in graph["cpu_tracker_daemon.config"]
