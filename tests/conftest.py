@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -117,6 +120,53 @@ def log_events(text: str) -> list[dict[str, Any]]:
         if line.startswith("{"):
             events.append(json.loads(line))
     return events
+
+
+def daemon_events(proc: subprocess.Popen[str]) -> Iterator[dict[str, Any]]:
+    """The events of a daemon's JSON log on its stdout, as it writes them, until it closes it.
+    The one reader of a running daemon's log for every test."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        yield from log_events(line)
+
+
+def wait_for_event(proc: subprocess.Popen[str], event: str, timeout: float = 30) -> list[dict[str, Any]]:
+    """Read the daemon's log until an ``event`` line appears; return the events read."""
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    for item in daemon_events(proc):
+        seen.append(item)
+        if item.get("event") == event:
+            return seen
+        if time.monotonic() > deadline:
+            break
+    raise AssertionError(
+        f"no {event} within {timeout}s; saw {seen}; stderr={proc.stderr.read() if proc.stderr else ''}"
+    )
+
+
+class RunningDaemon:
+    """A real ``cpu-tracker run`` in a subprocess, its log read event by event."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.proc = start_cli("--config", str(config), "run", env=env)
+        self.events: list[dict[str, Any]] = []
+        self._events = daemon_events(self.proc)
+
+    def wait_for(self, predicate: Any, limit: int = 200) -> dict[str, Any]:
+        """The first event (of at most ``limit`` more) for which ``predicate`` holds."""
+        for _ in range(limit):
+            event = next(self._events, None)
+            assert event is not None, "the daemon exited"
+            self.events.append(event)
+            if predicate(event):
+                return event
+        raise AssertionError(f"not seen in {limit} events: {self.events[-5:]}")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.communicate(timeout=20)
+        return self.proc.returncode
 
 
 @dataclass

@@ -222,8 +222,8 @@ class TestStatusAndBudget:
         """A grant is recorded with its reason and the user who made it."""
         config = str(write_config(tmp_path))
         assert main(["--config", config, "budget", "grant", "2.5", "--reason", "approved by DPO"]) == 0
-        conn = sqlite3.connect(tmp_path / "data" / "ledger.sqlite3")
-        rows = conn.execute("SELECT cap, epsilon, reason, granted_by FROM grants").fetchall()
+        with closing(sqlite3.connect(tmp_path / "data" / "ledger.sqlite3")) as conn:
+            rows = conn.execute("SELECT cap, epsilon, reason, granted_by FROM grants").fetchall()
         assert rows[0][:3] == ("lifetime", 2.5, "approved by DPO")
         assert rows[0][3]
 

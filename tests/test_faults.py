@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import cli_env, log_events, start_cli, write_config
+from tests.conftest import RunningDaemon, cli_env, daemon_events, start_cli, write_config
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,30 +45,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-class Daemon:
-    """The real daemon, read line by line."""
-
-    def __init__(self, config: Path) -> None:
-        self.proc = start_cli("--config", str(config), "run")
-        self.events: list[dict[str, Any]] = []
-
-    def wait_for(self, predicate: Any, limit: int = 200) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        for _ in range(limit):
-            line = self.proc.stdout.readline()
-            assert line, "the daemon exited"
-            for event in log_events(line):
-                self.events.append(event)
-                if predicate(event):
-                    return event
-        raise AssertionError(f"not seen in {limit} lines: {self.events[-5:]}")
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.communicate(timeout=20)
-        return self.proc.returncode
 
 
 def released(event: dict[str, Any]) -> bool:
@@ -90,7 +66,7 @@ def public_file(syftbox: Path) -> Path:
 def test_disk_full_keeps_the_old_output_and_recovers(tmp_path: Path, small_disk: Path) -> None:
     """With the output disk full a cycle fails cleanly, the last release stays whole, the daemon runs
     on, and once space returns the same noisy value is published (never redrawn)."""
-    daemon = Daemon(member_config(tmp_path, small_disk))
+    daemon = RunningDaemon(member_config(tmp_path, small_disk))
     try:
         daemon.wait_for(released)
         before = public_file(small_disk).read_text()
@@ -108,20 +84,20 @@ def test_disk_full_keeps_the_old_output_and_recovers(tmp_path: Path, small_disk:
     finally:
         assert daemon.stop() == 0
     assert not list(small_disk.rglob("*.tmp"))
-    ledger = sqlite3.connect(tmp_path / "data" / "ledger.sqlite3")
-    drawn = ledger.execute(
-        "SELECT payload FROM outcomes WHERE release_id = ? AND status = 'drawn'", (recovered,)
-    ).fetchall()
-    statuses = [
-        r[0] for r in ledger.execute("SELECT status FROM outcomes WHERE release_id = ?", (recovered,))
-    ]
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / "ledger.sqlite3")) as ledger:
+        drawn = ledger.execute(
+            "SELECT payload FROM outcomes WHERE release_id = ? AND status = 'drawn'", (recovered,)
+        ).fetchall()
+        statuses = [
+            r[0] for r in ledger.execute("SELECT status FROM outcomes WHERE release_id = ?", (recovered,))
+        ]
     assert len(drawn) == 1  # the noise was drawn once
     assert statuses[-1] == "published"
 
 
 def test_read_only_outputs_then_writable_again(tmp_path: Path, small_disk: Path) -> None:
     """A read-only output filesystem is a clear write failure; the daemon resumes when it is writable."""
-    daemon = Daemon(member_config(tmp_path, small_disk))
+    daemon = RunningDaemon(member_config(tmp_path, small_disk))
     try:
         daemon.wait_for(released)
         before = public_file(small_disk).read_text()
@@ -152,7 +128,7 @@ def test_a_cycle_stalled_past_its_next_run_keeps_the_slot(tmp_path: Path) -> Non
     stalled cycle overlapped, and the next window still starts as soon as that cycle is done,
     not a whole interval later at the next grid slot."""
     config = write_config(tmp_path, {"sampling": {"samples": 5, "interval_seconds": 0.1}})
-    daemon = Daemon(config)
+    daemon = RunningDaemon(config)
     try:
         daemon.wait_for(released)
         daemon.wait_for(released)  # a window ends about 0.55 s into its second; the next starts at 1
@@ -199,9 +175,8 @@ class FaketimeDaemon:
         self._reader.start()
 
     def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.arrivals.extend((time.monotonic(), e) for e in log_events(line))
+        for event in daemon_events(self.proc):
+            self.arrivals.append((time.monotonic(), event))
 
     def step(self, offset: str) -> float:
         """Step the wall clock; returns the real (monotonic) time of the step."""

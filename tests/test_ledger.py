@@ -107,9 +107,9 @@ class TestReserve:
         """A reservation is committed: another connection sees it with no outcome recorded."""
         with fresh(tmp_path) as ledger:
             ledger.reserve(spend(1), CAPS, T0, None)
-        other = sqlite3.connect(tmp_path / "ledger.sqlite3")
-        assert other.execute("SELECT release_id, epsilon FROM spends").fetchall() == [("r1", 1.0)]
-        assert other.execute("SELECT COUNT(*) FROM outcomes").fetchone() == (0,)
+        with closing(sqlite3.connect(tmp_path / "ledger.sqlite3")) as other:
+            assert other.execute("SELECT release_id, epsilon FROM spends").fetchall() == [("r1", 1.0)]
+            assert other.execute("SELECT COUNT(*) FROM outcomes").fetchone() == (0,)
 
     def test_window_cap_refuses_and_records_nothing(self, tmp_path: Path) -> None:
         """The rolling-window cap refuses a spend that would exceed it, and leaves no trace."""
@@ -206,8 +206,10 @@ class TestAppendOnly:
         with fresh(tmp_path) as ledger:
             ledger.reserve(spend(1), CAPS, T0, None)
             ledger.grant("window", 1.0, "x", "y", T0)
-        conn = sqlite3.connect(tmp_path / "ledger.sqlite3")
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        with (
+            closing(sqlite3.connect(tmp_path / "ledger.sqlite3")) as conn,
+            pytest.raises(sqlite3.IntegrityError, match="append-only"),
+        ):
             conn.execute(statement)
 
 
@@ -426,9 +428,10 @@ class TestAccounting:
                 ledger.reserve(
                     spend(n, T0 + timedelta(hours=n), epsilon=1.0), GAUSS_CAPS, T0 + timedelta(hours=n), None
                 )
-        rows = sqlite3.connect(tmp_path / "ledger.sqlite3").execute(
-            "SELECT lifetime_epsilon, lifetime_delta, method FROM guarantees ORDER BY lifetime_epsilon"
-        )
+        with closing(sqlite3.connect(tmp_path / "ledger.sqlite3")) as conn:
+            rows = conn.execute(
+                "SELECT lifetime_epsilon, lifetime_delta, method FROM guarantees ORDER BY lifetime_epsilon"
+            ).fetchall()
         assert [(round(e, 9), d, m) for e, d, m in rows] == [
             (1.0, 1e-6, "sum"),
             (2.0, 1e-6, "sum"),

@@ -7,7 +7,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cpu_tracker_daemon import logs, privacy
@@ -90,4 +89,3 @@ def test_privacy_module_is_the_only_diffprivlib_importer() -> None:
         if "import diffprivlib" in p.read_text() or "from diffprivlib" in p.read_text()
     )
     assert importers == ["privacy.py"]
-    assert np is not None

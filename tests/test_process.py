@@ -13,30 +13,14 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli_env, log_events, read_rest, run_cli, start_cli, write_config
+from tests.conftest import cli_env, log_events, read_rest, run_cli, start_cli, wait_for_event, write_config
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for_event(proc: subprocess.Popen[str], event: str, timeout: float = 30) -> list[dict[str, object]]:
-    """Read the daemon's stdout until a log line with ``event`` appears; return the lines read."""
-    assert proc.stdout is not None
-    seen: list[dict[str, object]] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.extend(log_events(line))
-        if seen and seen[-1].get("event") == event:
-            return seen
-    raise AssertionError(
-        f"no {event} within {timeout}s; saw {seen}; stderr={proc.stderr.read() if proc.stderr else ''}"
-    )
 
 
 def spends(data: Path) -> list[str]:
@@ -199,12 +183,12 @@ class TestCrashSafety:
             if p.name.endswith(".tmp")
         ]
         assert leftovers == []
-        conn = sqlite3.connect(data / "ledger.sqlite3")
-        unsettled = conn.execute(
-            "SELECT COUNT(*) FROM spends s WHERE NOT EXISTS (SELECT 1 FROM outcomes o "
-            "WHERE o.release_id = s.release_id "
-            "AND o.status IN ('published', 'abandoned', 'superseded'))"
-        ).fetchone()
+        with closing(sqlite3.connect(data / "ledger.sqlite3")) as conn:
+            unsettled = conn.execute(
+                "SELECT COUNT(*) FROM spends s WHERE NOT EXISTS (SELECT 1 FROM outcomes o "
+                "WHERE o.release_id = s.release_id "
+                "AND o.status IN ('published', 'abandoned', 'superseded'))"
+            ).fetchone()
         assert unsettled == (0,)
         assert len(visible) >= 2
 

@@ -69,8 +69,8 @@ def outcomes_at(tracker: Tracker) -> dict[str, datetime]:
 
 
 def outcomes(tracker: Tracker) -> list[tuple[str, str]]:
-    conn = sqlite3.connect(tracker.layout.ledger)
-    return conn.execute("SELECT release_id, status FROM outcomes ORDER BY id").fetchall()
+    with closing(sqlite3.connect(tracker.layout.ledger)) as conn:
+        return conn.execute("SELECT release_id, status FROM outcomes ORDER BY id").fetchall()
 
 
 class TestRelease:
@@ -361,6 +361,7 @@ class TestRecovery:
         assert (result.outcome, result.recovered) == ("cooldown", 1)
         assert json.loads(tracker.layout.public_file.read_text()) == json.loads(payload)
         assert outcomes(tracker)[-1] == (failed_id(conn), "published")
+        conn.close()
 
     def test_reserved_only_release_is_abandoned_and_still_counted(
         self, tmp_path: Path, clock: FakeClock
@@ -380,6 +381,7 @@ class TestRecovery:
         assert statuses[0] == "abandoned"
         assert any(e["event"] == "release.abandoned" for e in log_events(stream.getvalue()))
         assert conn.execute("SELECT COUNT(*) FROM spends").fetchone() == (2,)
+        conn.close()
 
 
 def failed_id(conn: sqlite3.Connection) -> str:
