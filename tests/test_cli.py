@@ -541,7 +541,7 @@ def grant_on_a_terminal(config: str, answer: str, *extra: str) -> tuple[int, str
         while b"Type yes" not in seen and select.select([main_fd], [], [], 20)[0]:
             seen += os.read(main_fd, 4096)
         os.write(main_fd, answer.encode() + b"\n")
-        proc.wait(timeout=30)
+        proc.communicate(timeout=30)  # waits, and closes its stdout pipe
         seen += read_rest(main_fd, 0.5)
     finally:
         os.close(main_fd)

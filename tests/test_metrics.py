@@ -132,4 +132,4 @@ def test_a_real_node_exporter_serves_the_member_file(tmp_path: Path) -> None:
         assert "node_textfile_scrape_error 0" in body
     finally:
         exporter.terminate()
-        exporter.wait(timeout=10)
+        exporter.communicate(timeout=10)  # waits, and closes its stderr pipe
