@@ -16,6 +16,7 @@ Usage: python benchmarks/faults.py [--kills 200] [--seed 1]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import signal
@@ -104,9 +105,8 @@ def run(kills: int, seed: int, quiet: bool = False) -> dict[str, int]:
     visible |= released_ids(final.stdout)
     leftovers = [p for d in ("public", "private") for p in (data / d).glob("*.tmp")]
     assert not leftovers, leftovers
-    spends = {
-        row[0] for row in sqlite3.connect(data / "ledger.sqlite3").execute("SELECT release_id FROM spends")
-    }
+    with contextlib.closing(sqlite3.connect(data / "ledger.sqlite3")) as conn:
+        spends = {row[0] for row in conn.execute("SELECT release_id FROM spends")}
     missing = visible - spends
     assert not missing, f"visible releases without a spend: {sorted(missing)}"
     ledger = open_ledger(data / "ledger.sqlite3", Caps(1e9, 1e9, 24.0), datetime.now(UTC), create=False)

@@ -247,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(timeout=30)
     thread.join(timeout=5)
+    proc.stdout.close()  # the reader has seen the end of the log
     print(f"soak: {args.minutes:g} min at one release every {args.every:g} s; exit code {code}")
     print_figures(samples, args.series)
     starts = window_starts(work / "data" / "ledger.sqlite3")

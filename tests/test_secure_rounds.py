@@ -307,7 +307,7 @@ def test_member_daemons_and_the_aggregator_daemon_run_rounds(tmp_path: Path) -> 
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
         for proc in procs:
-            proc.wait(timeout=30)
+            proc.communicate(timeout=30)  # waits, and closes its pipes
     assert [p.returncode for p in procs] == [0, 0, 0, 0]
     for home in homes:
         with closing(sqlite3.connect(home / "data" / "ledger.sqlite3")) as conn:
