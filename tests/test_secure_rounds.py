@@ -313,3 +313,22 @@ def test_member_daemons_and_the_aggregator_daemon_run_rounds(tmp_path: Path) -> 
         with closing(sqlite3.connect(home / "data" / "ledger.sqlite3")) as conn:
             mechanisms = {m for (m,) in conn.execute("SELECT mechanism FROM spends")}
         assert mechanisms == {"secagg_discrete_laplace"}
+
+
+def test_old_rounds_are_pruned_but_never_through_a_link(tmp_path: Path) -> None:
+    """A member keeps its last 24 round folders; a symlink planted at its secagg folder (or
+    above it) points elsewhere, and nothing there is removed."""
+    tree = transport.Tree(tmp_path / "box")
+    base = tree.base("m@example.org")
+    for n in (100, 120, 130):
+        (base / str(n)).mkdir(parents=True)
+    rounds.prune(tree, "m@example.org", "150")
+    assert sorted(p.name for p in base.iterdir()) == ["130"]
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "1").mkdir(parents=True)
+    other = transport.Tree(tmp_path / "box2")
+    link = other.base("m@example.org")
+    link.parent.mkdir(parents=True)
+    link.symlink_to(elsewhere)
+    rounds.prune(other, "m@example.org", "150")
+    assert (elsewhere / "1").is_dir()

@@ -88,8 +88,14 @@ def take_part(
 
 
 def prune(tree: transport.Tree, who: str, current: str, keep: int = KEEP_ROUNDS) -> None:
-    """Remove this datasite's round folders more than ``keep`` rounds before ``current``."""
+    """Remove this datasite's round folders more than ``keep`` rounds before ``current``. Nothing
+    is removed through a symbolic link: one planted on the way would point the removal elsewhere."""
     base = tree.base(who)
+    step = base
+    while step not in (tree.root, step.parent):
+        if step.is_symlink():
+            return
+        step = step.parent
     try:
         entries = list(base.iterdir())
     except OSError:
