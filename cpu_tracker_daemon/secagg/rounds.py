@@ -1,5 +1,5 @@
-"""The daemon's side of secure aggregation: a member's part in its window's round, the
-aggregator's round on the shared grid, and the secure estimate the aggregator publishes.
+"""The daemon's side of secure aggregation: a member's part in its window's round, and the
+aggregator's round on the shared grid (what it publishes is :mod:`secagg.published`'s).
 
 Every machine finds a round from the schedule alone: the window of slot ``k`` (the grid of
 :func:`schedule.slot_at`) is round ``k`` and its round starts as the window's file would be
