@@ -114,8 +114,7 @@ def mode_view(config: Config) -> dict[str, Any]:
     sa = config.secure_aggregation
     if not sa.enabled:
         return {"name": "local"}
-    assert config.syftbox.dir is not None
-    rounds = config.syftbox.dir / "datasites" / config.syftbox.email / "app_data" / storage.APP_DIR / "secagg"
+    rounds = storage.layout_for(config).public_dir / "secagg"  # secagg.transport.Tree.base
     return {"name": "secure_aggregation", "aggregator": sa.aggregator, "beta": sa.beta, "rounds": str(rounds)}
 
 

@@ -51,7 +51,7 @@ class Tree:
     root: Path  # the SyftBox folder: its datasites/ holds everyone's
 
     def base(self, who: str) -> Path:
-        return self.root / "datasites" / who / "app_data" / "cpu_tracker" / "secagg"
+        return self.root / "datasites" / who / "app_data" / storage.APP_DIR / "secagg"
 
     def file(self, who: str, round_id: str, name: str) -> Path:
         if not _ROUND.match(round_id):
