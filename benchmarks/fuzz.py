@@ -10,7 +10,7 @@ Targets, each fed raw bytes as a file on disk and read by the real code path:
   problem is one printable line.
 - ``peer``: ``peers.read_release`` on a peer's ``cpu_tracker.json``. Must return a release with a
   finite value, or raise Skipped with a reason.
-- ``request``: ``requests.parse`` on a budget-request file. Must return a Request within the limits,
+- ``request``: ``budget_requests.parse`` on a budget-request file. Must return a Request within the limits,
   or raise Rejected with a reason.
 
 Anything else (another exception, a broken property) is a crash: libFuzzer stops, saves the input
@@ -124,7 +124,7 @@ _TOKENS = {
 
 def dictionary(target: str) -> str:
     """The -dict file for ``target``: tokens above plus every key name the parser knows."""
-    from cpu_tracker_daemon import config, requests
+    from cpu_tracker_daemon import budget_requests, config
 
     if target == "config":
         names = [*config.KEYS, *(k for keys in config.KEYS.values() for k in keys)]
@@ -132,7 +132,9 @@ def dictionary(target: str) -> str:
     else:
         document = _release("laplace") if target == "peer" else _request()
         names = (
-            sorted(requests._MESSAGE_KEYS | requests._BODY_KEYS) if target == "request" else _keys(document)
+            sorted(budget_requests._MESSAGE_KEYS | budget_requests._BODY_KEYS)
+            if target == "request"
+            else _keys(document)
         )
         tokens = _TOKENS["json"]
     entries = [*tokens, *names, *(f'"{n}"' for n in names)]
@@ -168,7 +170,7 @@ def _release(mechanism: str) -> dict[str, object]:
 
 
 def _request() -> dict[str, object]:
-    from cpu_tracker_daemon.requests import request_message
+    from cpu_tracker_daemon.budget_requests import request_message
 
     return request_message(
         REQUEST_ID, READER, "syft://member@example.org/app_data/cpu_tracker/rpc/budget", "lifetime", 5.0,
@@ -187,7 +189,7 @@ def require(condition: bool, what: str) -> None:
 
 def one_input(target: str, work: Path) -> Callable[[bytes], None]:
     """The callback for ``target``: write the bytes where the real code reads them, then check."""
-    from cpu_tracker_daemon import peers, requests
+    from cpu_tracker_daemon import budget_requests, peers
     from cpu_tracker_daemon.config import load_config
     from cpu_tracker_daemon.errors import ConfigError
 
@@ -227,16 +229,16 @@ def one_input(target: str, work: Path) -> Callable[[bytes], None]:
 
     box = work / "rpc" / "budget" / READER  # a request is read from its sender's own folder
     box.mkdir(parents=True, exist_ok=True)
-    path = box / f"{REQUEST_ID}{requests.REQUEST_SUFFIX}"
+    path = box / f"{REQUEST_ID}{budget_requests.REQUEST_SUFFIX}"
 
     def check(data: bytes) -> None:
         path.write_bytes(data)
         try:
-            found = requests.parse(path, [READER], NOW)
-        except requests.Rejected as why:
+            found = budget_requests.parse(path, [READER], NOW)
+        except budget_requests.Rejected as why:
             require(bool(str(why)), "Rejected without a reason")
             return
-        require(0 < found.epsilon <= requests.MAX_EPSILON, f"accepted epsilon out of range: {found}")
+        require(0 < found.epsilon <= budget_requests.MAX_EPSILON, f"accepted epsilon out of range: {found}")
         require(found.requester == READER, f"accepted an unknown requester: {found}")
 
     return check
@@ -247,9 +249,9 @@ def worker(target: str, libfuzzer_args: list[str]) -> None:
     import atheris
 
     with atheris.instrument_imports(include=["cpu_tracker_daemon"]):
+        import cpu_tracker_daemon.budget_requests
         import cpu_tracker_daemon.config
         import cpu_tracker_daemon.peers
-        import cpu_tracker_daemon.requests
         import cpu_tracker_daemon.storage  # noqa: F401 - instrumented for coverage
     with tempfile.TemporaryDirectory(prefix="cpu-tracker-fuzz-") as work:
         check = one_input(target, Path(work))

@@ -25,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cpu_tracker_daemon import requests  # noqa: E402
+from cpu_tracker_daemon import budget_requests  # noqa: E402
 from cpu_tracker_daemon.storage import read_json  # noqa: E402
 from tests.conftest import render_toml  # noqa: E402
 from tests.syftbox_network import Client, Network, install, wait_until  # noqa: E402
@@ -95,7 +95,7 @@ def request_latencies(
     for n in range(count):
         request_id = f"bench-{n:04d}"
         now = datetime.now(UTC)
-        message = requests.request_message(
+        message = budget_requests.request_message(
             request_id, AGGREGATOR, url, "lifetime", 1.0 + n, "benchmark", now, now + timedelta(hours=1)
         )
         (outbox / f"{request_id}.request").write_text(json.dumps(message))

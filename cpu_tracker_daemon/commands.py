@@ -415,7 +415,7 @@ def _service(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def _budget_requests(config: Config, as_json: bool) -> int:
-    from cpu_tracker_daemon import requests, storage
+    from cpu_tracker_daemon import budget_requests, storage
     from cpu_tracker_daemon.budget import caps_for
     from cpu_tracker_daemon.ledger import Decision, open_ledger
 
@@ -426,10 +426,10 @@ def _budget_requests(config: Config, as_json: bool) -> int:
     if ledger is not None:
         with ledger:
             decided = ledger.decisions()
-    found = requests.scan(
-        layout.requests_dir, config.syftbox.readers, decided, now, requests.endpoint_url(layout)
+    found = budget_requests.scan(
+        layout.requests_dir, config.syftbox.readers, decided, now, budget_requests.endpoint_url(layout)
     )
-    requests.remember_listed(layout, found.pending, now)
+    budget_requests.remember_listed(layout, found.pending, now)
     if as_json:
         print(
             json.dumps(
@@ -464,7 +464,7 @@ def _budget_requests(config: Config, as_json: bool) -> int:
 
 
 def _budget_decide(config: Config, request_id: str, decision: str, note: str) -> int:
-    from cpu_tracker_daemon import requests, storage
+    from cpu_tracker_daemon import budget_requests, storage
     from cpu_tracker_daemon.budget import caps_for
     from cpu_tracker_daemon.ledger import open_ledger
 
@@ -474,10 +474,10 @@ def _budget_decide(config: Config, request_id: str, decision: str, note: str) ->
     ledger = open_ledger(layout.ledger, caps_for(config), now, create=True)
     assert ledger is not None
     with ledger:
-        final = requests.decide(
+        final = budget_requests.decide(
             ledger, layout, config.syftbox.readers, request_id, decision, note, _who(), now
         )
-    path = requests.write_response(layout, final)
+    path = budget_requests.write_response(layout, final)
     what = (
         f"granted epsilon {final.epsilon:g}"
         + (f" and delta {final.delta:g}" if final.delta else "")

@@ -26,10 +26,10 @@ from cpu_tracker_daemon import logs, signals, storage, timewords
 from cpu_tracker_daemon.config import Config, config_path_from, load_config
 from cpu_tracker_daemon.errors import AnotherInstanceError, ConfigError, CpuTrackerError, Interrupted
 from cpu_tracker_daemon.instance import AGGREGATE_LOCK, InstanceLock, claim_state
-from cpu_tracker_daemon.notify import Notifier
 from cpu_tracker_daemon.privacy import calibrate, load_mechanisms
 from cpu_tracker_daemon.sampling import CpuSource, PsutilCpuSource
 from cpu_tracker_daemon.schedule import publish_hold, round_start
+from cpu_tracker_daemon.sd_notify import Notifier
 from cpu_tracker_daemon.tracker import Clock, CycleLog, CycleResult, Spacing, Tracker, utc_now
 
 JOB_ID = "release"

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cpu_tracker_daemon import metrics, permissions, requests, storage, timewords
+from cpu_tracker_daemon import budget_requests, metrics, permissions, storage, timewords
 from cpu_tracker_daemon.accounting import SECURE_DISCRETE_LAPLACE, Event
 from cpu_tracker_daemon.budget import caps_for, promise_for
 from cpu_tracker_daemon.config import Config
@@ -490,7 +490,7 @@ class Tracker:
         if owner is not None:  # readers may read it; offer them the budget endpoint beside it
             folder = permissions.release_folder(owner, self.layout.syft_readers)
             permissions.ensure(self.layout.public_dir, folder, self.layout.root)
-            requests.ensure_requests_dir(self.layout)
+            budget_requests.ensure_requests_dir(self.layout)
         storage.write_json(self.layout.public_file, record, storage.PUBLIC_FILE_MODE, under=self.layout.root)
 
 

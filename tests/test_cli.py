@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from cpu_tracker_daemon import discrete, requests
+from cpu_tracker_daemon import budget_requests, discrete
 from cpu_tracker_daemon.accounting import gaussian_epsilon
 from cpu_tracker_daemon.cli import main
 from cpu_tracker_daemon.exit_codes import EXIT_CODES
@@ -430,7 +430,7 @@ class TestSymlinks:
         outside = tmp_path / "outside"
         (outside / "aggregator@openmined.org").mkdir(parents=True)
         now = datetime.now(UTC)
-        request = requests.request_message(
+        request = budget_requests.request_message(
             "req-0001-abc", "aggregator@openmined.org", "syft://me@example.org/app_data/cpu_tracker/rpc/budget",
             "lifetime", 1.0, "r", now, now + timedelta(days=1),
         )  # fmt: skip

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from cpu_tracker_daemon import requests
+from cpu_tracker_daemon import budget_requests
 from cpu_tracker_daemon.storage import read_json  # None until the client has written it whole
 from tests import syftbox_network
 from tests.conftest import run_cli, write_config
@@ -153,7 +153,7 @@ ENDPOINT = APP / "rpc" / "budget"
 def request_doc(sender: str, member: str, request_id: str) -> dict[str, Any]:
     now = datetime.now(UTC)
     url = f"syft://{member}/{ENDPOINT.as_posix()}"
-    return requests.request_message(
+    return budget_requests.request_message(
         request_id, sender, url, "lifetime", 2.0, "network report", now, now + timedelta(hours=1)
     )
 
@@ -165,7 +165,7 @@ def send_request(
     folder of its own name (or, to forge, of ``folder_of``'s)."""
     folder = network.clients[sender].datasite(member) / ENDPOINT / (folder_of or sender)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{request_id}{requests.REQUEST_SUFFIX}"
+    path = folder / f"{request_id}{budget_requests.REQUEST_SUFFIX}"
     path.write_text(json.dumps(request_doc(folder_of or sender, member, request_id)))
     return path
 

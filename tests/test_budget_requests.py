@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cpu_tracker_daemon import permissions, requests
+from cpu_tracker_daemon import budget_requests, permissions
 from cpu_tracker_daemon.cli import main
 from cpu_tracker_daemon.exit_codes import EXIT_USAGE
 from tests.conftest import write_config
@@ -32,14 +32,14 @@ def request_doc(omit: str | None = None, body: Any = None, **overrides: Any) -> 
     """A syft-rpc request a reader would send; ``overrides`` name message or body fields (the
     ask's ``cap``, ``epsilon``, ... go into the base64 body), ``omit`` drops one."""
     ask: dict[str, Any] = {
-        "schema": requests.REQUEST_SCHEMA,
+        "schema": budget_requests.REQUEST_SCHEMA,
         "schema_version": 1,
         "cap": "lifetime",
         "epsilon": 5.0,
         "delta": 0.0,
         "reason": "quarterly network report",
     }
-    doc = requests.request_message(
+    doc = budget_requests.request_message(
         "req-0001-abc", READER, "syft://me@example.org/app_data/cpu_tracker/rpc/budget",
         cap="lifetime", epsilon=5.0, reason=ask["reason"], created=NOW - timedelta(hours=1), expires=FAR,
     )  # fmt: skip
@@ -63,7 +63,7 @@ def drop(
     directory = directory / folder
     directory.mkdir(parents=True, exist_ok=True)
     request_id = doc.get("id", "x") if isinstance(doc, dict) else "x"
-    path = directory / (name or f"{request_id}{requests.REQUEST_SUFFIX}")
+    path = directory / (name or f"{request_id}{budget_requests.REQUEST_SUFFIX}")
     path.write_bytes(raw if raw is not None else json.dumps(doc).encode())
     return path
 
@@ -126,8 +126,12 @@ class TestHostileFiles:
     def test_each_kind_is_skipped_with_its_reason(self, tmp_path: Path, case: str) -> None:
         """A bad request file is skipped and counted by reason; nothing is pending and nothing raises."""
         doc, reason = HOSTILE[case]
-        drop(tmp_path, doc, name=f"bad-file-0001{requests.REQUEST_SUFFIX}" if case.startswith("id") else None)
-        found = requests.scan(tmp_path, [READER], [], NOW)
+        drop(
+            tmp_path,
+            doc,
+            name=f"bad-file-0001{budget_requests.REQUEST_SUFFIX}" if case.startswith("id") else None,
+        )
+        found = budget_requests.scan(tmp_path, [READER], [], NOW)
         assert (found.pending, dict(found.skipped)) == ([], {reason: 1})
 
     @pytest.mark.parametrize(
@@ -141,39 +145,41 @@ class TestHostileFiles:
     )
     def test_undecodable_bytes_are_skipped(self, tmp_path: Path, raw: bytes, reason: str) -> None:
         """Binary junk, NaN, oversized and empty files are skipped before any parsing can hurt."""
-        drop(tmp_path, {}, name=f"junk-000001{requests.REQUEST_SUFFIX}", raw=raw)
-        assert dict(requests.scan(tmp_path, [READER], [], NOW).skipped) == {reason: 1}
+        drop(tmp_path, {}, name=f"junk-000001{budget_requests.REQUEST_SUFFIX}", raw=raw)
+        assert dict(budget_requests.scan(tmp_path, [READER], [], NOW).skipped) == {reason: 1}
 
     def test_symlink_and_fifo_are_refused(self, tmp_path: Path) -> None:
         """A symlink (even to a valid request) and a FIFO are not read."""
         real = drop(tmp_path / "elsewhere", request_doc())
         (tmp_path / "box" / READER).mkdir(parents=True)
         (tmp_path / "box" / READER / real.name).symlink_to(real)
-        os.mkfifo(tmp_path / "box" / READER / f"fifo-000001{requests.REQUEST_SUFFIX}")
-        found = requests.scan(tmp_path / "box", [READER], [], NOW)
+        os.mkfifo(tmp_path / "box" / READER / f"fifo-000001{budget_requests.REQUEST_SUFFIX}")
+        found = budget_requests.scan(tmp_path / "box", [READER], [], NOW)
         assert (found.pending, dict(found.skipped)) == ([], {"symlink": 1, "not a regular file": 1})
 
     def test_file_name_must_match_the_id(self, tmp_path: Path) -> None:
         """A request cannot claim another file's id."""
-        drop(tmp_path, request_doc(), name=f"other-id-0001{requests.REQUEST_SUFFIX}")
-        assert dict(requests.scan(tmp_path, [READER], [], NOW).skipped) == {"file name does not match id": 1}
+        drop(tmp_path, request_doc(), name=f"other-id-0001{budget_requests.REQUEST_SUFFIX}")
+        assert dict(budget_requests.scan(tmp_path, [READER], [], NOW).skipped) == {
+            "file name does not match id": 1
+        }
 
     def test_duplicates_and_replays_are_not_pending(self, tmp_path: Path) -> None:
         """The same ask under a second id is a duplicate; an id already decided is a replay."""
         drop(tmp_path, request_doc())
         drop(tmp_path, request_doc(request_id="req-0002-abc", created_at=NOW.isoformat()))
         drop(tmp_path, request_doc(request_id="req-0003-abc", epsilon=1.0))
-        found = requests.scan(tmp_path, [READER], ["req-0003-abc"], NOW)
+        found = budget_requests.scan(tmp_path, [READER], ["req-0003-abc"], NOW)
         assert [r.request_id for r in found.pending] == ["req-0001-abc"]
         assert [r.request_id for r in found.decided] == ["req-0003-abc"]
         assert dict(found.skipped) == {"duplicate": 1}
 
     def test_one_requester_lists_at_most_its_quota(self, tmp_path: Path) -> None:
         """A reader that files 101 valid asks gets its oldest 100 listed; the rest are counted."""
-        for n in range(requests.MAX_PER_REQUESTER + 1):
+        for n in range(budget_requests.MAX_PER_REQUESTER + 1):
             drop(tmp_path, request_doc(request_id=f"req-{n:04d}-abc", reason=f"ask {n}"))
-        found = requests.scan(tmp_path, [READER], [], NOW)
-        assert len(found.pending) == requests.MAX_PER_REQUESTER
+        found = budget_requests.scan(tmp_path, [READER], [], NOW)
+        assert len(found.pending) == budget_requests.MAX_PER_REQUESTER
         assert dict(found.skipped) == {"too many from one requester": 1}
 
     @settings(max_examples=200, deadline=None)
@@ -183,10 +189,10 @@ class TestHostileFiles:
         import tempfile
 
         with tempfile.TemporaryDirectory() as directory:
-            path = Path(directory) / f"fuzz-000001{requests.REQUEST_SUFFIX}"
+            path = Path(directory) / f"fuzz-000001{budget_requests.REQUEST_SUFFIX}"
             path.write_bytes(raw)
-            with contextlib.suppress(requests.Rejected):
-                requests.parse(path, [READER], NOW)
+            with contextlib.suppress(budget_requests.Rejected):
+                budget_requests.parse(path, [READER], NOW)
 
 
 class TestIdentity:
@@ -197,7 +203,7 @@ class TestIdentity:
         other = "analyst@example.org"
         drop(tmp_path, request_doc(requester=READER), folder=other)
         drop(tmp_path, request_doc(request_id="req-0002-abc"), folder=".")
-        found = requests.scan(tmp_path, [READER, other], [], NOW)
+        found = budget_requests.scan(tmp_path, [READER, other], [], NOW)
         assert (found.pending, dict(found.skipped)) == (
             [],
             {"sender is not the owner of its folder": 1, "not in its requester's folder": 1},
@@ -296,7 +302,7 @@ class TestApproveAndDeny:
         box = self.box(tmp_path)
         (box / READER).mkdir(parents=True)
         for n in range(10_000):
-            (box / READER / f"a{n:07d}-junk{requests.REQUEST_SUFFIX}").write_bytes(b"junk")
+            (box / READER / f"a{n:07d}-junk{budget_requests.REQUEST_SUFFIX}").write_bytes(b"junk")
         drop(box, request_doc(request_id="zz-0001-abc", created_at=datetime.now(UTC).isoformat()))
         assert main(["--config", config, "budget", "requests"]) == 0
         assert main(["--config", config, "budget", "approve", "zz-0001-abc"]) == 0
@@ -317,7 +323,7 @@ def test_permission_file_lets_each_reader_write_requests_in_its_own_folder_only(
     """rpc/budget/syft.pub.yaml: each reader writes *.request in its own folder and reads the
     answers there; it writes nothing else, and cannot read or write another reader's folder."""
     other = "analyst@example.org"
-    text = permissions.pub_yaml(requests.requests_folder("me@example.org", [READER, other]))
+    text = permissions.pub_yaml(budget_requests.requests_folder("me@example.org", [READER, other]))
     rules = text.split("  - pattern: ")[1:]
     assert [r.split("\n")[0] for r in rules] == [
         f'"{READER}/*.request"', f'"{READER}/*.response"',
@@ -338,7 +344,7 @@ def test_syftbox_member_offers_a_request_box_end_to_end(
     config = str(write_config(tmp_path, {"syftbox": {"dir": str(sb), "email": "me@example.org"}}))
     assert main(["--config", config, "once"]) == 0
     box = sb / "datasites" / "me@example.org" / "app_data" / "cpu_tracker" / "rpc" / "budget"
-    folder = requests.requests_folder("me@example.org", [READER])
+    folder = budget_requests.requests_folder("me@example.org", [READER])
     assert (box / "syft.pub.yaml").read_text() == permissions.pub_yaml(folder)
     assert (box / "syftperm.yaml").read_text() == permissions.perm_yaml(folder)
     drop(box, request_doc(created_at=datetime.now(UTC).isoformat(), cap="window", epsilon=2.0))
