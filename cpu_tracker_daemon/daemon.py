@@ -17,7 +17,7 @@ import os
 import signal
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -28,7 +28,7 @@ from cpu_tracker_daemon.errors import AnotherInstanceError, ConfigError, CpuTrac
 from cpu_tracker_daemon.instance import AGGREGATE_LOCK, InstanceLock, claim_state
 from cpu_tracker_daemon.privacy import calibrate, load_mechanisms
 from cpu_tracker_daemon.sampling import CpuSource, PsutilCpuSource
-from cpu_tracker_daemon.schedule import publish_hold, round_start
+from cpu_tracker_daemon.schedule import first_round_start, publish_hold
 from cpu_tracker_daemon.sd_notify import Notifier
 from cpu_tracker_daemon.tracker import Clock, CycleLog, CycleResult, Spacing, Tracker, utc_now
 
@@ -238,22 +238,26 @@ class Daemon:
         """Add, change or remove the aggregation job to match ``config``."""
         from apscheduler.triggers.interval import IntervalTrigger
 
-        job = self._scheduler.get_job(AGGREGATE_JOB_ID)
-        if not config.aggregator.enabled:
-            if job is not None:
-                self._scheduler.remove_job(AGGREGATE_JOB_ID)
-            return
         trigger = IntervalTrigger(seconds=config.aggregator.every_seconds, timezone="UTC")
-        if job is None:
-            self._scheduler.add_job(
-                self._aggregate_job,
-                trigger=trigger,
-                id=AGGREGATE_JOB_ID,
-                name="cpu-tracker aggregation",
-                next_run_time=self._clock(),
-            )
+        self._sync_job(
+            AGGREGATE_JOB_ID,
+            self._aggregate_job,
+            "cpu-tracker aggregation",
+            trigger if config.aggregator.enabled else None,
+            next_run_time=self._clock(),
+        )
+
+    def _sync_job(self, job_id: str, func: Any, name: str, trigger: Any, **first: Any) -> None:
+        """Add the job with ``trigger`` (and ``first``'s options), give it the new trigger if it
+        exists, or remove it when ``trigger`` is None: the config decides which."""
+        job = self._scheduler.get_job(job_id)
+        if trigger is None:
+            if job is not None:
+                self._scheduler.remove_job(job_id)
+        elif job is None:
+            self._scheduler.add_job(func, trigger=trigger, id=job_id, name=name, **first)
         else:
-            self._scheduler.modify_job(AGGREGATE_JOB_ID, trigger=trigger)
+            self._scheduler.modify_job(job_id, trigger=trigger)
 
     def _aggregate_job(self) -> None:
         """One pass, under the aggregation lock; like the release job, never calls the scheduler."""
@@ -280,19 +284,15 @@ class Daemon:
         """Add, change or remove the secure rounds' job: it runs at each slot's round start."""
         from apscheduler.triggers.interval import IntervalTrigger
 
-        job = self._scheduler.get_job(ROUNDS_JOB_ID)
-        if not config.secure_aggregation.runs_rounds:
-            if job is not None:
-                self._scheduler.remove_job(ROUNDS_JOB_ID)
-            return
-        first = round_start(datetime.fromtimestamp(0, UTC), config)  # slot 0's: the grid's origin
-        trigger = IntervalTrigger(seconds=config.schedule.every_seconds, start_date=first, timezone="UTC")
-        if job is None:
-            self._scheduler.add_job(
-                self._rounds_job, trigger=trigger, id=ROUNDS_JOB_ID, name="cpu-tracker secure round"
-            )
-        else:
-            self._scheduler.modify_job(ROUNDS_JOB_ID, trigger=trigger)
+        trigger = IntervalTrigger(
+            seconds=config.schedule.every_seconds, start_date=first_round_start(config), timezone="UTC"
+        )
+        self._sync_job(
+            ROUNDS_JOB_ID,
+            self._rounds_job,
+            "cpu-tracker secure round",
+            trigger if config.secure_aggregation.runs_rounds else None,
+        )
 
     def _rounds_job(self) -> None:
         """Run the round that starts now, then refresh the aggregate that shows it."""

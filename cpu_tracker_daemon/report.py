@@ -108,13 +108,13 @@ def _cap_view(cap: CapStatus) -> dict[str, Any]:
     }
 
 
-def mode_view(config: Config) -> dict[str, Any]:
+def mode_view(config: Config, layout: storage.Layout) -> dict[str, Any]:
     """How this member's windows are released: on their own (local DP, each with its noise) or
     in the secure rounds of an aggregator (the noise added once, in shares, to the network's sum)."""
     sa = config.secure_aggregation
     if not sa.enabled:
         return {"name": "local"}
-    rounds = storage.layout_for(config).public_dir / "secagg"  # secagg.transport.Tree.base
+    rounds = layout.public_dir / "secagg"  # secagg.transport.Tree.base
     return {"name": "secure_aggregation", "aggregator": sa.aggregator, "beta": sa.beta, "rounds": str(rounds)}
 
 
@@ -132,7 +132,7 @@ def budget_view(snap: Snapshot) -> dict[str, Any]:
             "ledger": str(layout.ledger),
         },
         "ledger_exists": snap.ledger_exists,
-        "mode": mode_view(snap.config),
+        "mode": mode_view(snap.config, layout),
         "per_release": per_release(snap.calibration),
         "per_release_epsilon": snap.calibration.epsilon,
         "privacy_unit": snap.calibration.unit,

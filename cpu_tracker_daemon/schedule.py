@@ -71,6 +71,11 @@ def round_start(slot: datetime, config: Config) -> datetime:
     return slot + timedelta(seconds=config.sampling.window_seconds + publish_hold(config))
 
 
+def first_round_start(config: Config) -> datetime:
+    """Slot 0's round start: the origin of the grid the aggregator's rounds run on."""
+    return round_start(datetime.fromtimestamp(0, UTC), config)
+
+
 def publish_hold(config: Config) -> float:
     """How long after the planned window's end the public file is written: long enough that a
     busy machine's late end and slower writes are done by then (they show otherwise), short

@@ -20,7 +20,7 @@ from typing import Any
 from cpu_tracker_daemon import schedule
 from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.errors import Interrupted
-from cpu_tracker_daemon.privacy import calibrate
+from cpu_tracker_daemon.privacy import Calibration, calibrate
 from cpu_tracker_daemon.secagg import noise, transport
 from cpu_tracker_daemon.secagg.protocol import Member, Roster
 from cpu_tracker_daemon.secagg.published import publish, scale_of, secure_record
@@ -57,16 +57,11 @@ def take_part(
     """This member's part in the round of ``slot``; ``before_sending`` records the spend.
     Returns ``revealed`` or why the round ended for this member."""
     sa = config.secure_aggregation
-    every = timedelta(seconds=config.schedule.every_seconds)
-    round_id = schedule.round_id(slot, every)
-    tree = tree_of(config)
-    prune(tree, config.syftbox.email, round_id)
-    calibration = calibrate(config.privacy, config.sampling.samples)
+    round_id, tree, calibration, start = _round_of(config, slot)
 
     def noise_share(roster: Roster) -> int:
         return noise.share(roster.scale, roster.calibrated)
 
-    start = schedule.round_start(slot, config).timestamp()
     # The keys appear at the round's start, a point of the schedule, not when this window's
     # sampling happened to end (as the public file of a local release waits for its hold).
     if (wait := start - clock.now()) > 0:
@@ -85,6 +80,16 @@ def take_part(
         min_beta=sa.beta,
         min_scale=scale_of(calibration),
     )
+
+
+def _round_of(config: Config, slot: datetime) -> tuple[str, transport.Tree, Calibration, float]:
+    """A slot's round as either side finds it: its id, the tree (this datasite's old rounds
+    pruned), this config's calibration, and the round's start on the wall clock."""
+    round_id = schedule.round_id(slot, timedelta(seconds=config.schedule.every_seconds))
+    tree = tree_of(config)
+    prune(tree, config.syftbox.email, round_id)
+    calibration = calibrate(config.privacy, config.sampling.samples)
+    return round_id, tree, calibration, schedule.round_start(slot, config).timestamp()
 
 
 def prune(tree: transport.Tree, who: str, current: str, keep: int = KEEP_ROUNDS) -> None:
@@ -127,7 +132,7 @@ class RoundOutcome:
 def current_slot(config: Config, now: datetime) -> datetime:
     """The slot whose round starts nearest ``now``: the aggregator's job runs at round starts."""
     every = config.schedule.every_seconds
-    offset = (schedule.round_start(datetime.fromtimestamp(0, UTC), config)).timestamp()
+    offset = schedule.first_round_start(config).timestamp()
     return datetime.fromtimestamp(round((now.timestamp() - offset) / every) * every, UTC)
 
 
@@ -136,12 +141,7 @@ def run_round(
 ) -> RoundOutcome:
     """Run the round of ``slot`` for the configured members and publish its outcome."""
     sa = config.secure_aggregation
-    every = timedelta(seconds=config.schedule.every_seconds)
-    round_id = schedule.round_id(slot, every)
-    tree = tree_of(config)
-    prune(tree, config.syftbox.email, round_id)
-    calibration = calibrate(config.privacy, config.sampling.samples)
-    start = schedule.round_start(slot, config).timestamp()
+    round_id, tree, calibration, start = _round_of(config, slot)
     if clock.now() > start + sa.step_seconds:  # the members have stopped waiting for a roster
         result: dict[str, Any] = {"members": 0, "sum_units": None, "aborted": "the aggregator started late"}
     else:
