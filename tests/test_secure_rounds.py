@@ -284,13 +284,15 @@ def test_member_daemons_and_the_aggregator_daemon_run_rounds(tmp_path: Path) -> 
             start_cli("--config", str(write_config(tmp_path, agg, "agg.toml")), "run", "--log-format", "json")
         )
         aggregate = box / "datasites" / AGGREGATOR / "public" / "cpu_tracker" / "aggregate.json"
+        textfile = tmp_path / "prom" / "cpu_tracker_network.prom"
         deadline = time.monotonic() + 60
         record: dict[str, Any] = {}
+        # The pass writes aggregate.json, the dashboard, then the textfile: wait for the last of
+        # them to show the round (reading aggregate.json alone raced the textfile's write).
         while time.monotonic() < deadline:
-            if aggregate.exists():
+            if textfile.exists() and "cpu_tracker_network_secure_members 3" in textfile.read_text():
                 record = json.loads(aggregate.read_text() or "{}")
-                if (record.get("secure") or {}).get("members") == 3:
-                    break
+                break
             assert all(p.poll() is None for p in procs), [p.stderr.read() for p in procs if p.stderr]
             time.sleep(0.2)
         secure = record.get("secure") or {}
@@ -300,7 +302,7 @@ def test_member_daemons_and_the_aggregator_daemon_run_rounds(tmp_path: Path) -> 
         page = (aggregate.parent / "index.html").read_text()
         assert 'id="secure-mean"' in page
         assert "exact 95% interval" in page
-        prom = (tmp_path / "prom" / "cpu_tracker_network.prom").read_text()
+        prom = textfile.read_text()
         assert "cpu_tracker_network_secure_members 3" in prom
         assert "cpu_tracker_network_secure_round_aborted 0" in prom
     finally:
