@@ -21,7 +21,7 @@ DELTA = 1e-6
 
 
 class TestGaussianClosedForm:
-    @pytest.mark.parametrize("epsilon", [0.1, 0.5, 1.0, 2.0, 5.0])
+    @pytest.mark.parametrize("epsilon", [pytest.param(0.1, marks=pytest.mark.slow), 0.5, 1.0, 2.0, 5.0])
     def test_inverse_of_diffprivlib_analytic_gaussian(self, epsilon: float) -> None:
         """Our exact epsilon for diffprivlib's analytic-Gaussian sigma is the epsilon it was built for."""
         from diffprivlib.mechanisms import GaussianAnalytic
@@ -83,6 +83,7 @@ events = st.one_of(
 
 
 class TestProperties:
+    @pytest.mark.slow
     @settings(max_examples=200, deadline=None)
     @given(st.lists(events, min_size=1, max_size=60), st.sampled_from([0.0, 1e-6, 1e-5, 1e-3]))
     def test_never_looser_than_summation(self, mix: list[Event], delta: float) -> None:

@@ -99,6 +99,7 @@ def spoil(sb: Path) -> None:
 
 
 class TestPass:
+    @pytest.mark.slow
     def test_estimate_from_real_member_releases(self, tree: Path, tmp_path: Path) -> None:
         """Five members' releases give an estimate from five peers with a 95% interval around the mean."""
         record = run_pass(tmp_path, tree)
@@ -165,6 +166,7 @@ class TestPass:
         assert result.skipped == {"not UTF-8 JSON": 1}
         assert pauses == [REREAD_PAUSE_SECONDS]
 
+    @pytest.mark.slow
     def test_each_problem_is_logged_once(self, tree: Path, tmp_path: Path) -> None:
         """A second pass over the same bad files logs nothing new."""
         spoil(tree)
@@ -245,6 +247,7 @@ class TestCommand:
         assert (output_dir(load_config(config)) / DASHBOARD_NAME).exists()
 
 
+@pytest.mark.slow
 def test_a_pass_keeps_a_few_dozen_bytes_a_peer(member_tree: Path, tmp_path: Path) -> None:
     """The pass streams the peers and keeps only the estimator's doubles: between 400 and 2,400
     peers its peak traced memory grows by under 200 bytes a peer (it kept a release object and

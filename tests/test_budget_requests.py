@@ -182,6 +182,7 @@ class TestHostileFiles:
         assert len(found.pending) == budget_requests.MAX_PER_REQUESTER
         assert dict(found.skipped) == {"too many from one requester": 1}
 
+    @pytest.mark.slow
     @settings(max_examples=200, deadline=None)
     @given(st.binary(max_size=600) | st.text(max_size=300).map(str.encode))
     def test_any_bytes_parse_or_are_rejected(self, raw: bytes) -> None:
@@ -295,6 +296,7 @@ class TestApproveAndDeny:
         assert main(["--config", config, "budget", "approve", "req-0009-abc"]) == EXIT_USAGE
         assert "asks again what was already decided" in capsys.readouterr().err
 
+    @pytest.mark.slow
     def test_junk_files_that_sort_first_do_not_hide_a_request(self, tmp_path: Path) -> None:
         """10,000 junk files named to sort before it hid a real request from the listing and from
         approve; junk no longer counts against anyone, and approve reads the named file itself."""

@@ -163,6 +163,7 @@ class TestStatusAndBudget:
         assert view["paths"]["ledger"] == str(tmp_path / "data" / "ledger.sqlite3")
         assert not (tmp_path / "data").exists()
 
+    @pytest.mark.slow
     def test_once_then_status_then_grant(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """After releases up to the cap, once exits 7; a grant with a reason lets the next one through."""
         config = str(
@@ -514,6 +515,7 @@ class TestLedgerVerify:
         assert "running release counts disagree" in err
         assert err.count("\n") == 1
 
+    @pytest.mark.slow
     def test_the_daemon_verifies_everything_when_it_starts(self, tmp_path: Path) -> None:
         """The cycles open the ledger cheaply; the daemon's start is where the full check runs,
         so a forged ledger stops it there with exit 4."""

@@ -279,6 +279,7 @@ _sections = st.dictionaries(
 
 
 class TestProperties:
+    @pytest.mark.slow
     @settings(max_examples=300, deadline=None)
     @given(raw=_sections)
     def test_any_document_loads_or_raises_config_error(self, raw: dict[str, dict[str, object]]) -> None:

@@ -61,6 +61,7 @@ def test_page_is_self_contained(page: Path) -> None:
     assert f'content="{dashboard.REFRESH_SECONDS}"' in text
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_chromium_renders_the_value_and_the_chart(page: Path, tmp_path: Path) -> None:
     """Chromium shows the latest mean and interval, the peer count, and a chart of six points with a band."""
@@ -140,6 +141,7 @@ def test_the_chart_stays_within_0_and_100_percent() -> None:
 
 
 @needs_chromium
+@pytest.mark.slow
 @pytest.mark.parametrize("members", [3, 20, 1000])
 def test_chromium_shows_what_each_network_size_can_tell(members: int, tmp_path: Path) -> None:
     """At 3 and 20 members the defaults' noise leaves nothing to read, and the page says so with
@@ -170,6 +172,7 @@ def test_chromium_shows_what_each_network_size_can_tell(members: int, tmp_path: 
         shutil.copy(shot, Path(keep) / shot.name)
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_chromium_shows_the_secure_estimate_beside_the_local_one(tmp_path: Path) -> None:
     """At 100 members the local-DP estimate is too uncertain to read; the secure round's, its

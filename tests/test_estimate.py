@@ -68,6 +68,7 @@ class TestEstimate:
 
 
 class TestCoverage:
+    @pytest.mark.slow
     @pytest.mark.parametrize("noise", ["laplace", "gaussian"])
     def test_95_percent_interval_covers_about_95_percent(self, noise: str) -> None:
         """Seeded: 1,000 networks of 300 peers with spread-out true loads and mixed noise levels.

@@ -351,6 +351,7 @@ class TestTampering:
 
 
 class TestConcurrency:
+    @pytest.mark.slow
     def test_processes_racing_never_overshoot_a_cap(self, tmp_path: Path) -> None:
         """Four processes reserving at once fill the cap exactly, never beyond it."""
         path = tmp_path / "ledger.sqlite3"
@@ -364,6 +365,7 @@ class TestConcurrency:
 
 
 class TestProperties:
+    @pytest.mark.slow
     @settings(max_examples=60, deadline=None)
     @given(
         steps=st.lists(
@@ -405,6 +407,7 @@ def gaussian_spend(n: int, at: datetime) -> Spend:
 
 
 class TestAccounting:
+    @pytest.mark.slow
     def test_gaussian_releases_compose_tightly_under_an_epsilon_delta_cap(self, tmp_path: Path) -> None:
         """At noise multiplier 5 under (10, 1e-6) the ledger admits what the accountant allows, then stops."""
         allowed = releases_within(Event.gaussian(1.0, 5.0, 1e-6), 10.0, 1e-6)
@@ -607,6 +610,7 @@ class TestConstantCost:
     """The lifetime cap is read from running counts on the newest guarantee, not summed over the
     history; settling unfinished releases looks only past the newest settled one."""
 
+    @pytest.mark.slow
     @settings(max_examples=25, deadline=None)
     @given(st.lists(st.sampled_from(KINDS), min_size=1, max_size=30))
     def test_running_counts_are_a_full_recount(self, kinds: list[tuple[str, float, float]]) -> None:
@@ -673,6 +677,7 @@ class TestConstantCost:
         with pytest.raises(LedgerCorruptError, match="running release counts disagree"):
             open_ledger(path, BIG, T0, boot=no_boot)
 
+    @pytest.mark.slow
     def test_an_unfinished_release_after_a_long_history_is_found(self, tmp_path: Path) -> None:
         """500 settled releases, then one reserved and drawn but never published (a crash): it is
         the one unfinished release found, with its payload."""

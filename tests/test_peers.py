@@ -181,6 +181,7 @@ class TestHostile:
         (tmp_path / PEER).mkdir()
         assert reason(tmp_path) == "no release"
 
+    @pytest.mark.slow
     @settings(max_examples=300, deadline=None)
     @given(JSON_VALUES)
     def test_fuzzed_documents_never_raise_anything_else(self, doc: Any) -> None:
@@ -212,6 +213,7 @@ class TestTimeZones:
         assert reason(tmp_path) == "timestamp is not a timezone-aware time"
 
 
+@pytest.mark.slow
 def test_real_member_outputs_are_accepted(tmp_path: Path) -> None:
     """Releases written by the member code itself (three SyftBox members) pass validation."""
     from cpu_tracker_daemon.cli import main

@@ -119,6 +119,7 @@ class TestGrid:
 
 
 class TestSamplers:
+    @pytest.mark.slow
     def test_bernoulli_exp_has_probability_exp_minus_gamma(self) -> None:
         """40,000 seeded draws of Bernoulli(exp(-gamma)) at gamma 0.3, 1 and 2.5: within 4 s.e."""
         from fractions import Fraction
@@ -137,6 +138,7 @@ class TestSamplers:
         unseeded = {add_noise(Statistic(50.0, 5000), c).units for _ in range(20)}
         assert len(unseeded) > 10  # not a fixed seed: 20 draws of stddev 28,284 units rarely collide
 
+    @pytest.mark.slow
     def test_noise_is_unbiased_and_unclamped(self) -> None:
         """The mean of many releases at a 0 value is ~0, and about half are negative."""
         c = calibrate(PrivacyConfig(epsilon=1.0), samples=50)
@@ -163,6 +165,7 @@ def audit() -> object:
 class TestAudit:
     """The fast seeded subset of benchmarks/privacy_audit.py, through the daemon's release path."""
 
+    @pytest.mark.slow
     @pytest.mark.parametrize(("mechanism", "unit"), [("laplace", "window"), ("gaussian", "sample")])
     def test_measured_epsilon_stays_within_the_claim(self, audit: object, mechanism: str, unit: str) -> None:
         """Thresholds, chi-square (with power against a 30% scale error) and the float distinguisher."""
@@ -173,6 +176,7 @@ class TestAudit:
         assert row.chi_square_p > 1e-4, row
         assert row.chi_square_p_scale_off < 1e-6, row
 
+    @pytest.mark.slow
     def test_pure_mechanism_is_not_over_noised(self, audit: object) -> None:
         """The threshold test comes close to the claim for discrete Laplace: the noise is not larger
         than it says, and the test can see epsilon."""

@@ -54,6 +54,7 @@ class TestPsutilCpuSource:
         )
         assert source.read().percent == 0.0
 
+    @pytest.mark.slow
     def test_real_psutil_from_fresh_threads_sees_a_busy_core(self) -> None:
         """Read from a new thread each time, a busy spinning thread shows up (no 0.0 first reading)."""
         source = PsutilCpuSource()
@@ -140,6 +141,7 @@ class TestSampleWindow:
         assert pytest.approx(min(lengths)) == 0.5
         assert read_at[-1] - read_at[0] <= 10.0 + 3.0  # late by no more than the stall
 
+    @pytest.mark.slow
     def test_real_sigstop_stalls_keep_the_window_exact(self) -> None:
         """A real sampler process stopped twice for 0.4 s mid-window still reports /proc/stat's figure.
 

@@ -56,7 +56,7 @@ class TestNoise:
         }
         assert chi_square_p(seen, pmf, draws) > 0.001
 
-    @pytest.mark.parametrize(("scale", "members"), [(3.0, 5), (8.0, 40)])
+    @pytest.mark.parametrize(("scale", "members"), [(3.0, 5), pytest.param(8.0, 40, marks=pytest.mark.slow)])
     def test_shares_of_the_members_add_up_to_discrete_laplace(self, scale: float, members: int) -> None:
         """The sum of ``members`` shares is discrete Laplace of ``scale``: its pmf (chi-square)
         and its variance 2a/(1-a)^2."""
@@ -112,7 +112,15 @@ class TestShares:
 
 
 class TestRounds:
-    @pytest.mark.parametrize(("n", "dropped"), [(5, 0), (12, 2), (60, 0), (60, 12)])
+    @pytest.mark.parametrize(
+        ("n", "dropped"),
+        [
+            (5, 0),
+            (12, 2),
+            pytest.param(60, 0, marks=pytest.mark.slow),
+            pytest.param(60, 12, marks=pytest.mark.slow),
+        ],
+    )
     def test_the_aggregator_gets_exactly_the_noisy_sum(self, n: int, dropped: int) -> None:
         """All present, or members dropping after they shared (up to beta): the masks cancel or
         are removed, and the sum is exactly the present members' values plus their noise."""
@@ -247,7 +255,14 @@ class _Dropped(Exception):
 
 
 class TestOverFiles:
-    @pytest.mark.parametrize("at", ["shares", "masked", "reveal"])
+    @pytest.mark.parametrize(
+        "at",
+        [
+            "shares",
+            pytest.param("masked", marks=pytest.mark.slow),
+            pytest.param("reveal", marks=pytest.mark.slow),
+        ],
+    )
     def test_a_round_over_the_tree_gives_the_exact_noisy_sum(self, tmp_path: Path, at: str) -> None:
         """Six members and the aggregator exchange only files; one member vanishes at each
         phase in turn: before sharing (it is left out), after sharing (its masks are removed),
@@ -258,7 +273,9 @@ class TestOverFiles:
         assert (result["sum_units"], result["members"]) == (expected, 6 if at == "reveal" else 5)
         assert sorted(outcomes.values()) == ["dropped"] + ["revealed"] * 5
 
-    @pytest.mark.parametrize("n", [3, 20, pytest.param(50, marks=pytest.mark.slow)])
+    @pytest.mark.parametrize(
+        "n", [3, pytest.param(20, marks=pytest.mark.slow), pytest.param(50, marks=pytest.mark.slow)]
+    )
     def test_sums_are_exact_from_3_to_50_members_with_a_fifth_dropped(self, tmp_path: Path, n: int) -> None:
         result, expected, _, _ = round_over_files(tmp_path, n, n // 5)
         assert (result["aborted"], result["sum_units"]) == (None, expected)
@@ -287,6 +304,7 @@ class TestOverFiles:
         )
         assert (result["sum_units"], result["aborted"]) == (None, "no member published keys")
 
+    @pytest.mark.slow
     def test_too_many_dropped_aborts_and_nothing_is_revealed(self, tmp_path: Path) -> None:
         """Three of six gone (beta is 0.2): the aggregator aborts, no member reveals a share."""
         result, _, outcomes, datasites = round_over_files(tmp_path, 6, 3)
@@ -330,6 +348,7 @@ class TestOverFiles:
 
 
 class TestWhatIsSeen:
+    @pytest.mark.slow
     def test_one_members_masked_value_is_uniform(self) -> None:
         """The same member, the same value and noise, 4,000 rounds: the masked value's top and
         bottom 4 bits are uniform (chi-square p > 0.001), so a single file says nothing."""
@@ -346,6 +365,7 @@ class TestWhatIsSeen:
         for bins in ([x >> 28 for x in seen], [x & 15 for x in seen]):
             assert chisquare([bins.count(k) for k in range(16)]).pvalue > 0.001
 
+    @pytest.mark.slow
     def test_neighbouring_networks_differ_by_at_most_the_claimed_epsilon(self) -> None:
         """The end-to-end privacy claim, measured: four members' noisy sums with one member's
         value at the bottom or the top of its range (sensitivity 10 units here, epsilon 0.5,

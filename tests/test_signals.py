@@ -13,6 +13,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 STORM = textwrap.dedent(
     """
     import os, signal, threading, time
@@ -54,6 +56,7 @@ def run_storm(body: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
 
 
 class TestHandlersNeverDeadlock:
+    @pytest.mark.slow
     def test_daemon_main_loop_wait_survives_a_signal_storm(self, tmp_path: Path) -> None:
         """SIGHUP and SIGTERM landing at any bytecode of the main loop's wait (the CI hang of
         2026-12-01: SIGTERM while the loop held its wake-up Event's lock) never block."""
@@ -72,6 +75,7 @@ class TestHandlersNeverDeadlock:
             assert done.returncode == 0, done.stderr[-2000:]
             assert "survived" in done.stdout
 
+    @pytest.mark.slow
     def test_stop_request_survives_a_signal_storm(self, tmp_path: Path) -> None:
         """``once`` waits on its stop request in the main thread; a signal landing inside that
         wait sets it without blocking, and the wait then reports it."""

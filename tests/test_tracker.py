@@ -193,6 +193,7 @@ class TestClockJumps:
         results = [tracker.cycle().outcome for _ in range(4)]
         assert results == ["released", "cooldown", "cooldown", "cooldown"]
 
+    @pytest.mark.slow
     def test_clock_set_back_during_the_cooldown_wait_refuses_instead_of_waiting_hours(
         self, tmp_path: Path, clock: FakeClock
     ) -> None:
@@ -216,6 +217,7 @@ class TestClockJumps:
         assert time.monotonic() - started < 0.3 + WAIT_GRACE_SECONDS + 2
         assert [status for _, status in outcomes(tracker)].count("published") == 1
 
+    @pytest.mark.slow
     def test_random_walk_of_the_clock_never_beats_the_cooldown(
         self, tmp_path: Path, clock: FakeClock
     ) -> None:
@@ -442,6 +444,7 @@ class TestRollingCapAtTheSchedule:
             boot=lambda: ("boot-a", 5000.0 + (clock.now - booted).total_seconds()),
         )
 
+    @pytest.mark.slow
     def test_a_schedule_that_exactly_fills_the_rolling_cap_never_loses_a_release(
         self, tmp_path: Path, clock: FakeClock
     ) -> None:
@@ -464,6 +467,7 @@ class TestRollingCapAtTheSchedule:
         outcomes_seen = [tracker.cycle(max_wait=11).outcome for _ in range(30)]
         assert "budget_exhausted" in outcomes_seen
 
+    @pytest.mark.slow
     def test_budget_plan_agrees_with_the_daemon_fresh_and_mid_run(
         self, tmp_path: Path, clock: FakeClock
     ) -> None:
