@@ -130,10 +130,11 @@ def _once(config: Config, force: bool) -> int:
     import signal
 
     from cpu_tracker_daemon import signals, storage
-    from cpu_tracker_daemon.daemon import configure_logging, lands_after
+    from cpu_tracker_daemon.daemon import configure_logging
     from cpu_tracker_daemon.instance import claim_state
     from cpu_tracker_daemon.logs import get_logger
     from cpu_tracker_daemon.sampling import PsutilCpuSource
+    from cpu_tracker_daemon.schedule import lands_after, once_wait
     from cpu_tracker_daemon.tracker import CycleLog, Tracker
 
     configure_logging(config)
@@ -142,9 +143,7 @@ def _once(config: Config, force: bool) -> int:
     stop = signals.stop_on((signal.SIGTERM, signal.SIGINT))
     with claim_state(layout):
         tracker = Tracker(config=config, layout=layout, cpu=PsutilCpuSource(), log=log, stop=stop)
-        # A member of secure aggregation waits for the network's next slot and its round.
-        wait = config.schedule.every_seconds + 1 if config.secure_aggregation.enabled else 0.0
-        result = tracker.cycle(force=force, max_wait=wait)
+        result = tracker.cycle(force=force, max_wait=once_wait(config))
     CycleLog(log, lands_after(config))(result)
     if result.error is not None:
         print(f"cpu-tracker: {one_line(str(result.error))}", file=sys.stderr)

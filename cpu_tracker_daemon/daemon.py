@@ -28,13 +28,18 @@ from cpu_tracker_daemon.errors import AnotherInstanceError, ConfigError, CpuTrac
 from cpu_tracker_daemon.instance import AGGREGATE_LOCK, InstanceLock, claim_state
 from cpu_tracker_daemon.privacy import calibrate, load_mechanisms
 from cpu_tracker_daemon.sampling import CpuSource, PsutilCpuSource
-from cpu_tracker_daemon.schedule import first_round_start, publish_hold
+from cpu_tracker_daemon.schedule import (
+    Spacing,
+    clock_jumped,
+    first_round_start,
+    lands_after,
+    max_wait,
+    plan_next_run,
+)
 from cpu_tracker_daemon.sd_notify import Notifier
-from cpu_tracker_daemon.tracker import Clock, CycleLog, CycleResult, Spacing, Tracker, utc_now
+from cpu_tracker_daemon.tracker import Clock, CycleLog, CycleResult, Tracker, utc_now
 
 JOB_ID = "release"
-CLOCK_JUMP_SECONDS = 5.0  # a wall-clock step larger than this, against the monotonic clock, re-plans
-ALIGN_TOLERANCE = timedelta(milliseconds=1)  # a planned run this close to its target stays
 AGGREGATE_JOB_ID = "aggregate"
 ROUNDS_JOB_ID = "secure-rounds"
 
@@ -42,11 +47,6 @@ ROUNDS_JOB_ID = "secure-rounds"
 def configure_logging(config: Config, log_format: str | None = None) -> None:
     """The config's logging, with ``log_format`` (``run --log-format``) over its format."""
     logs.configure(log_format or config.logging.format, config.logging.level, config.logging.file)
-
-
-def lands_after(config: Config) -> float:
-    """Seconds from a window's start to its public file."""
-    return config.sampling.window_seconds + publish_hold(config)
 
 
 def start_summary(config: Config, first_run: datetime, now: datetime, paused: str | None) -> str:
@@ -175,7 +175,7 @@ class Daemon:
             # wait those hours. Compare the wall clock with the monotonic one and re-plan.
             jumped = self._wall_offset() - offset
             offset += jumped
-            if abs(jumped) > CLOCK_JUMP_SECONDS and not self._stop.is_set():
+            if clock_jumped(jumped) and not self._stop.is_set():
                 self._on_clock_jump(jumped)
             if self._reload_requested:
                 self._reload_requested = False
@@ -324,7 +324,7 @@ class Daemon:
         tracker = self._tracker
         assert tracker is not None
         try:
-            result = tracker.cycle(max_wait=_max_wait(tracker.config))
+            result = tracker.cycle(max_wait=max_wait(tracker.config))
         except CpuTrackerError as exc:  # the ledger cannot be trusted: stop, fail closed
             self._fatal = exc
             self._stop.set()
@@ -345,26 +345,12 @@ class Daemon:
         self._notify_status()
 
     def _align(self, due: datetime, may_advance: bool) -> None:
-        """Plan the next run a little before ``due``, when the cooldown next allows a release.
-
-        The run starts half the cycle's allowed wait early, so opening and checking the ledger
-        are done by ``due`` and the cycle waits for ``due`` itself: windows start one interval
-        apart, not one interval plus the cycle's start-up, which would drift.
-        The run is moved earlier only after a release or a cooldown refusal, which is how a slot
-        is kept when a stalled cycle overran the grid and the scheduler skipped that run. A
-        budget refusal's ``due`` is the cooldown's; running again at once would only refuse again.
-        A ``due`` more than one interval ahead was reckoned on a clock that has since been set
-        back (the cycle straddled the step); the clock-jump re-plan, from the ledger, stands.
-        """
+        """Move the next run as :func:`schedule.plan_next_run` says, a little before ``due``."""
         job = self._scheduler.get_job(JOB_ID)
         if job is None or job.next_run_time is None:
             return
-        now = self._clock()
-        wait = _max_wait(self._config)
-        if due - now > timedelta(seconds=self._config.schedule.every_seconds + wait):
-            return
-        target = max(due - timedelta(seconds=wait / 2), now)
-        if job.next_run_time < target or (may_advance and job.next_run_time > target + ALIGN_TOLERANCE):
+        target = plan_next_run(due, self._clock(), job.next_run_time, self._config, may_advance)
+        if target is not None:
             self._scheduler.modify_job(JOB_ID, next_run_time=target)
 
     def _notify_status(self) -> None:
@@ -407,12 +393,6 @@ class Daemon:
         self._schedule_rounds(config)
         self._log.info("config.reloaded", every_seconds=config.schedule.every_seconds)
         self._notifier.send(READY="1", STATUS="configuration reloaded")
-
-
-def _max_wait(config: Config) -> float:
-    """How long a cycle may wait for its cooldown: the grid and the cooldown can disagree by
-    scheduling latency; a cycle waits that out, and the schedule is moved when it is more."""
-    return min(config.schedule.every_seconds / 10, 60.0)
 
 
 def _hm(when: datetime) -> str:

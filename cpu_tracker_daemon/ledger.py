@@ -41,6 +41,7 @@ from cpu_tracker_daemon.errors import (
     LedgerUnavailableError,
     PromiseChangedError,
 )
+from cpu_tracker_daemon.schedule import earliest_start
 from cpu_tracker_daemon.storage import fsync_dir, make_dirs_durably
 
 SCHEMA_VERSION = 5
@@ -672,8 +673,9 @@ class Ledger:
         with self._transaction() as conn:
             anchor_row = conn.execute("SELECT anchor_ts FROM cooldown WHERE id = 1").fetchone()
             anchor = float(anchor_row[0]) if anchor_row else None
-            if every_seconds is not None and anchor is not None and start_ts < anchor + every_seconds:
-                raise CooldownError(iso(anchor + every_seconds))
+            earliest = None if every_seconds is None else earliest_start(anchor, every_seconds)
+            if earliest is not None and start_ts < earliest:
+                raise CooldownError(iso(earliest))
             if promise is not None and self.version >= 3:
                 self._hold_promise(conn, promise, now)
                 self._hold_period(conn, caps, now)

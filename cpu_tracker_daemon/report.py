@@ -18,7 +18,7 @@ from cpu_tracker_daemon.budget import caps_for
 from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.ledger import BudgetStatus, CapStatus, Grant, open_ledger
 from cpu_tracker_daemon.privacy import Calibration, calibrate
-from cpu_tracker_daemon.schedule import due_at, grid_late, nominal_start
+from cpu_tracker_daemon.schedule import due_at, grid_late, next_start
 
 
 @dataclass(frozen=True)
@@ -45,12 +45,6 @@ class Snapshot:
     @property
     def _every(self) -> timedelta:
         return timedelta(seconds=self.config.schedule.every_seconds)
-
-
-def next_start(
-    anchor_ts: float | None, every: timedelta, now: datetime, late: float | None = None
-) -> datetime:
-    return nominal_start(anchor_ts, every, due_at(anchor_ts, every, now, late), late)
 
 
 def snapshot(config: Config, now: datetime) -> Snapshot:

@@ -1,18 +1,35 @@
-"""When a release may start and when its file is written: pure arithmetic on the clock.
+"""The schedule rule, in one place: when a release may start, when its file is written, how long a
+cycle may wait, and when the daemon runs its next cycle. Pure arithmetic on clocks the caller
+passes in (the wall clock as datetimes, the monotonic and boot clocks as seconds).
 
 The ledger's cooldown anchor is the start of the last reserved window; the next window may start
-``every`` after it. What is published (the window's start, the file's time) is a point of the
+``every`` after it (:func:`earliest_start`, which the ledger's atomic check uses too). Within one
+process, releases are also spaced on the monotonic clock (:class:`Spacing`), which a stepped wall
+clock cannot shorten. What is published (the window's start, the file's time) is a point of the
 schedule, never a reading of how late a cycle ran, so it carries nothing about the load.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-from cpu_tracker_daemon.config import Config
+if TYPE_CHECKING:  # for the annotations only: the ledger's atomic cooldown check needs no config
+    from cpu_tracker_daemon.config import Config
 
 PUBLISH_HOLD_SECONDS = 1.0  # the public file is written this long after the planned window's end
+WAIT_GRACE_SECONDS = 1.0  # real time a cooldown wait may run over, for a wall clock being slewed
+CLOCK_JUMP_SECONDS = 5.0  # a wall-clock step larger than this, against the monotonic clock, re-plans
+ALIGN_TOLERANCE = timedelta(milliseconds=1)  # a planned run this close to its target stays
+MAX_WAIT_SECONDS = 60.0  # the longest a daemon's cycle waits for its cooldown
+
+
+def earliest_start(anchor_ts: float | None, every_seconds: float) -> float | None:
+    """The cooldown's end: the earliest a window may start after the window anchored at
+    ``anchor_ts`` (None: no window yet, so any time)."""
+    return None if anchor_ts is None else anchor_ts + every_seconds
 
 
 def due_at(anchor_ts: float | None, every: timedelta, now: datetime, late: float | None = None) -> datetime:
@@ -23,9 +40,10 @@ def due_at(anchor_ts: float | None, every: timedelta, now: datetime, late: float
     is still due, a later one waits for the next slot."""
     if late is not None:
         return slot_at(anchor_ts, every, now, late)
-    if anchor_ts is None:
+    earliest = earliest_start(anchor_ts, every.total_seconds())
+    if earliest is None:
         return now
-    return max(datetime.fromtimestamp(anchor_ts, UTC) + every, now)
+    return max(datetime.fromtimestamp(earliest, UTC), now)
 
 
 def nominal_start(
@@ -38,9 +56,32 @@ def nominal_start(
     if late is not None:
         return slot_at(anchor_ts, every, now, late)
     floored = now.replace(microsecond=0)
-    if anchor_ts is None:
+    earliest = earliest_start(anchor_ts, every.total_seconds())
+    if earliest is None:
         return floored
-    return max(datetime.fromtimestamp(anchor_ts, UTC) + every, floored)
+    return max(datetime.fromtimestamp(earliest, UTC), floored)
+
+
+def next_start(
+    anchor_ts: float | None, every: timedelta, now: datetime, late: float | None = None
+) -> datetime:
+    """The planned start of the next window, from ``now``: where the rolling period it is checked
+    in ends (the reports' view of the release the daemon will run next)."""
+    return nominal_start(anchor_ts, every, due_at(anchor_ts, every, now, late), late)
+
+
+def planned_start(
+    anchor_ts: float | None, every: timedelta, now: datetime, late: float | None, force: bool
+) -> datetime:
+    """The planned start of a window beginning now: :func:`nominal_start`, or for a forced release
+    (which skips the cooldown, never the budget) now floored to the second."""
+    return now.replace(microsecond=0) if force else nominal_start(anchor_ts, every, now, late)
+
+
+def planned_boot(boot_now: float, now: datetime, planned: datetime) -> float:
+    """The boot clock at the planned start: the plan is at most a second before now (a step of the
+    wall clock cannot stretch that, so cannot shorten the rolling period on the boot clock)."""
+    return boot_now - min(max((now - planned).total_seconds(), 0.0), 1.0)
 
 
 def slot_at(anchor_ts: float | None, every: timedelta, now: datetime, late: float) -> datetime:
@@ -49,8 +90,9 @@ def slot_at(anchor_ts: float | None, every: timedelta, now: datetime, late: floa
     began no more than ``late`` seconds before ``now``."""
     period = every.total_seconds()
     earliest = now.timestamp() - late
-    if anchor_ts is not None:
-        earliest = max(earliest, anchor_ts + period)
+    cooldown_end = earliest_start(anchor_ts, period)
+    if cooldown_end is not None:
+        earliest = max(earliest, cooldown_end)
     return datetime.fromtimestamp(math.ceil(earliest / period - 1e-9) * period, UTC)
 
 
@@ -82,3 +124,65 @@ def publish_hold(config: Config) -> float:
     enough to leave the next window its time. 1 s at the defaults."""
     slack = config.schedule.every_seconds - config.sampling.window_seconds
     return min(PUBLISH_HOLD_SECONDS, max(slack, 0.0) / 2)
+
+
+def lands_after(config: Config) -> float:
+    """Seconds from a window's start to its public file."""
+    return config.sampling.window_seconds + publish_hold(config)
+
+
+@dataclass
+class Spacing:
+    """Within one process, releases are also spaced on the monotonic clock.
+
+    The ledger's cooldown is on the wall clock, which survives restarts; this one survives the
+    wall clock being stepped: after a jump forward, a window that began before the jump and one
+    that begins after it are hours apart on the wall clock and milliseconds apart in fact.
+    """
+
+    last_window_start: float | None = None
+
+    def seconds_left(self, every: float, now: float) -> float:
+        return 0.0 if self.last_window_start is None else max(self.last_window_start + every - now, 0.0)
+
+
+def max_wait(config: Config) -> float:
+    """How long a daemon's cycle may wait for its cooldown: the grid and the cooldown can disagree
+    by scheduling latency; a cycle waits that out, and the schedule is moved when it is more."""
+    return min(config.schedule.every_seconds / 10, MAX_WAIT_SECONDS)
+
+
+def once_wait(config: Config) -> float:
+    """How long ``cpu-tracker once`` may wait: not at all for its cooldown (it says when instead),
+    but a member of secure aggregation waits for the network's next slot and its round."""
+    return config.schedule.every_seconds + 1 if config.secure_aggregation.enabled else 0.0
+
+
+def clock_jumped(seconds: float) -> bool:
+    """Whether the wall clock moved this far against the monotonic clock: a step, not a slew,
+    after which the daemon re-plans from the ledger."""
+    return abs(seconds) > CLOCK_JUMP_SECONDS
+
+
+def plan_next_run(
+    due: datetime, now: datetime, next_run: datetime, config: Config, may_advance: bool
+) -> datetime | None:
+    """When the daemon's next cycle should run, given the ``due`` time its last cycle reported and
+    the run the scheduler has planned (``next_run``); None leaves the plan as it is.
+
+    The run starts half the cycle's allowed wait early, so opening and checking the ledger
+    are done by ``due`` and the cycle waits for ``due`` itself: windows start one interval
+    apart, not one interval plus the cycle's start-up, which would drift.
+    The run is moved earlier only after a release or a cooldown refusal (``may_advance``), which
+    is how a slot is kept when a stalled cycle overran the grid and the scheduler skipped that run.
+    A budget refusal's ``due`` is the cooldown's; running again at once would only refuse again.
+    A ``due`` more than one interval ahead was reckoned on a clock that has since been set
+    back (the cycle straddled the step); the clock-jump re-plan, from the ledger, stands.
+    """
+    wait = max_wait(config)
+    if due - now > timedelta(seconds=config.schedule.every_seconds + wait):
+        return None
+    target = max(due - timedelta(seconds=wait / 2), now)
+    if next_run < target or (may_advance and next_run > target + ALIGN_TOLERANCE):
+        return target
+    return None

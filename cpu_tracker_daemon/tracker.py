@@ -55,13 +55,20 @@ from cpu_tracker_daemon.privacy import (
 )
 from cpu_tracker_daemon.records import private_record, public_record
 from cpu_tracker_daemon.sampling import CpuSource, Window, sample_window
-from cpu_tracker_daemon.schedule import due_at, grid_late, nominal_start, publish_hold
+from cpu_tracker_daemon.schedule import (
+    WAIT_GRACE_SECONDS,
+    Spacing,
+    due_at,
+    grid_late,
+    planned_boot,
+    planned_start,
+    publish_hold,
+)
 from cpu_tracker_daemon.schedule import round_id as schedule_round_id
 from cpu_tracker_daemon.signals import Flag, StopRequest
 from cpu_tracker_daemon.storage import Layout
 
 Clock = Callable[[], datetime]
-WAIT_GRACE_SECONDS = 1.0  # real time a cooldown wait may run over, for a wall clock being slewed
 
 
 def utc_now() -> datetime:
@@ -142,21 +149,6 @@ class CycleResult:
             return f"in cooldown{nxt}"
         detail = one_line(str(self.error)) if self.error is not None else self.outcome
         return f"{self.outcome.replace('_', ' ')}: {detail}"
-
-
-@dataclass
-class Spacing:
-    """Within one process, releases are also spaced on the monotonic clock.
-
-    The ledger's cooldown is on the wall clock, which survives restarts; this one survives the
-    wall clock being stepped: after a jump forward, a window that began before the jump and one
-    that begins after it are hours apart on the wall clock and milliseconds apart in fact.
-    """
-
-    last_window_start: float | None = None
-
-    def seconds_left(self, every: float, now: float) -> float:
-        return 0.0 if self.last_window_start is None else max(self.last_window_start + every - now, 0.0)
 
 
 @dataclass(frozen=True)
@@ -281,11 +273,7 @@ class Tracker:
         is the one that ends at the planned start of the window the next cycle would run."""
         now = self.clock()
         anchor = self._anchor(ledger, now)
-        candidate = (
-            now.replace(microsecond=0)
-            if force
-            else nominal_start(anchor, self.every, now, grid_late(self.config))
-        )
+        candidate = planned_start(anchor, self.every, now, grid_late(self.config), force)
         return ledger.status(caps_for(self.config), now, at=candidate).first_blocking(event)
 
     def _wait_until(self, due: datetime, at_most: float) -> bool:
@@ -334,14 +322,8 @@ class Tracker:
         # machine starts, ends and writes must not show in what is published.
         now = self.clock()
         _, boot_now = self.boot()
-        planned = (
-            now.replace(microsecond=0)
-            if force
-            else nominal_start(ledger.cooldown_anchor(now)[0], self.every, now, grid_late(config))
-        )
-        # The boot clock at the planned start: the plan is at most a second before now (a step
-        # of the wall clock cannot stretch that, so cannot shorten the period on the boot clock).
-        planned_boot = boot_now - min(max((now - planned).total_seconds(), 0.0), 1.0)
+        planned = planned_start(ledger.cooldown_anchor(now)[0], self.every, now, grid_late(config), force)
+        boot_at_plan = planned_boot(boot_now, now, planned)
         window_started = self.monotonic()
         window = sample_window(
             self.cpu,
@@ -363,7 +345,7 @@ class Tracker:
             unit=calibration.unit,
             sensitivity=calibration.sensitivity,
             planned_start=planned,
-            planned_boot_seconds=planned_boot,
+            planned_boot_seconds=boot_at_plan,
         )
         if self.secure:
             return self._take_part(

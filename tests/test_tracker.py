@@ -24,9 +24,9 @@ from cpu_tracker_daemon import ledger as ledger_module
 from cpu_tracker_daemon import logs
 from cpu_tracker_daemon.config import Config, load_config
 from cpu_tracker_daemon.sampling import PsutilCpuSource, Reading
-from cpu_tracker_daemon.schedule import publish_hold
+from cpu_tracker_daemon.schedule import WAIT_GRACE_SECONDS, Spacing, publish_hold
 from cpu_tracker_daemon.storage import layout_for, prepare
-from cpu_tracker_daemon.tracker import WAIT_GRACE_SECONDS, CycleLog, Spacing, Tracker
+from cpu_tracker_daemon.tracker import CycleLog, Tracker
 from tests.conftest import FakeClock, FakeCpu, log_events, write_config
 
 
