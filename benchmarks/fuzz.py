@@ -192,6 +192,7 @@ def one_input(target: str, work: Path) -> Callable[[bytes], None]:
     from cpu_tracker_daemon import budget_requests, peers
     from cpu_tracker_daemon.config import load_config
     from cpu_tracker_daemon.errors import ConfigError
+    from cpu_tracker_daemon.untrusted import NotAccepted
 
     if target == "config":
         path = work / "config.toml"
@@ -219,8 +220,8 @@ def one_input(target: str, work: Path) -> Callable[[bytes], None]:
             path.write_bytes(data)
             try:
                 found = peers.read_release(datasites, PEER, NOW, timedelta(hours=2))
-            except peers.Skipped as why:
-                require(bool(str(why)), "Skipped without a reason")
+            except NotAccepted as why:
+                require(bool(str(why)), "NotAccepted without a reason")
                 return
             require(found.noise_stddev > 0, f"accepted without noise: {found}")
             require(math.isfinite(found.cpu), f"accepted a non-finite value: {found}")
@@ -235,8 +236,8 @@ def one_input(target: str, work: Path) -> Callable[[bytes], None]:
         path.write_bytes(data)
         try:
             found = budget_requests.parse(path, [READER], NOW)
-        except budget_requests.Rejected as why:
-            require(bool(str(why)), "Rejected without a reason")
+        except NotAccepted as why:
+            require(bool(str(why)), "NotAccepted without a reason")
             return
         require(0 < found.epsilon <= budget_requests.MAX_EPSILON, f"accepted epsilon out of range: {found}")
         require(found.requester == READER, f"accepted an unknown requester: {found}")

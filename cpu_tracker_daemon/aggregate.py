@@ -22,8 +22,9 @@ from typing import Any
 from cpu_tracker_daemon import __version__, dashboard, metrics, permissions, storage
 from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.estimate import TARGET_HALF_WIDTH, Estimate, estimate, reading
-from cpu_tracker_daemon.peers import UNPARSEABLE, PeerRelease, Skipped, peer_names, read_release
+from cpu_tracker_daemon.peers import UNPARSEABLE, PeerRelease, peer_names, read_release
 from cpu_tracker_daemon.secagg import published
+from cpu_tracker_daemon.untrusted import NotAccepted
 
 SCHEMA = "cpu-tracker/aggregate"
 HISTORY_SCHEMA = "cpu-tracker/aggregate-history"
@@ -110,7 +111,7 @@ class Aggregator:
         ``unsettled`` instead, when given, to be read again."""
         try:
             accepted.add(read_release(datasites, peer, now, max_age))
-        except Skipped as why:
+        except NotAccepted as why:
             reason = str(why)
             if reason == UNPARSEABLE and unsettled is not None:
                 unsettled.append(peer)

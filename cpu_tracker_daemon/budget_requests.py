@@ -35,7 +35,6 @@ import binascii
 import dataclasses
 import hashlib
 import json
-import math
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -47,6 +46,7 @@ from typing import Any
 from cpu_tracker_daemon import permissions, storage
 from cpu_tracker_daemon.errors import UsageError
 from cpu_tracker_daemon.ledger import CAPS, Decision, Ledger
+from cpu_tracker_daemon.untrusted import NotAccepted, finite_number
 
 REQUEST_SCHEMA = "cpu-tracker/budget-request"
 RESPONSE_SCHEMA = "cpu-tracker/budget-response"
@@ -67,10 +67,6 @@ _MESSAGE_KEYS = {"id", "sender", "url", "method", "headers", "body", "created", 
 _MESSAGE_REQUIRED = _MESSAGE_KEYS - {"headers"}
 _BODY_KEYS = {"schema", "schema_version", "cap", "epsilon", "delta", "reason"}
 _BODY_REQUIRED = _BODY_KEYS - {"delta"}
-
-
-class Rejected(Exception):
-    """A request file that is not a valid request; str() is the reason, short and stable."""
 
 
 @dataclass(frozen=True)
@@ -158,57 +154,57 @@ def request_message(
 
 
 def parse(path: Path, readers: Iterable[str], now: datetime, url: str | None = None) -> Request:
-    """Read and validate one request file; raise :class:`Rejected` naming what is wrong."""
+    """Read and validate one request file; raise :class:`NotAccepted` naming what is wrong."""
     try:
         data = storage.read_untrusted(path, MAX_BYTES)
     except ValueError as why:
-        raise Rejected(str(why)) from None
+        raise NotAccepted(str(why)) from None
     try:
         doc = storage.strict_json(data)
     except ValueError:
-        raise Rejected("not UTF-8 JSON") from None
+        raise NotAccepted("not UTF-8 JSON") from None
     request = _validate(doc, path.name, set(readers), now, url)
     if request.requester != path.parent.name:
-        raise Rejected("sender is not the owner of its folder")
+        raise NotAccepted("sender is not the owner of its folder")
     return dataclasses.replace(request, digest=hashlib.sha256(data).hexdigest())
 
 
 def _validate(doc: Any, filename: str, readers: set[str], now: datetime, url: str | None) -> Request:
     if not isinstance(doc, dict):
-        raise Rejected("not a JSON object")
+        raise NotAccepted("not a JSON object")
     keys = set(doc)
     if not keys <= _MESSAGE_KEYS or not keys >= _MESSAGE_REQUIRED:
-        raise Rejected("unexpected or missing keys")
+        raise NotAccepted("unexpected or missing keys")
     request_id, requester = doc["id"], doc["sender"]
     if not (isinstance(request_id, str) and _ID.match(request_id)):
-        raise Rejected("bad id")
+        raise NotAccepted("bad id")
     if filename != f"{request_id}{REQUEST_SUFFIX}":
-        raise Rejected("file name does not match id")
+        raise NotAccepted("file name does not match id")
     if not isinstance(requester, str) or requester not in readers:
-        raise Rejected("sender is not a listed reader")
+        raise NotAccepted("sender is not a listed reader")
     if doc["method"] != METHOD or not isinstance(doc["url"], str) or (url is not None and doc["url"] != url):
-        raise Rejected("not addressed to this member's budget endpoint")
+        raise NotAccepted("not addressed to this member's budget endpoint")
     headers = doc.get("headers", {})
     if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
-        raise Rejected("bad headers")
+        raise NotAccepted("bad headers")
     created = _time(doc["created"], "created")
     expires = _time(doc["expires"], "expires")
     if created > now + CLOCK_SKEW:
-        raise Rejected("created is in the future")
+        raise NotAccepted("created is in the future")
     if expires <= now:
-        raise Rejected("expired")
+        raise NotAccepted("expired")
     ask = _body(doc["body"])
     cap, reason = ask["cap"], ask["reason"]
     if cap not in CAPS:
-        raise Rejected("bad cap")
-    epsilon = _number(ask["epsilon"])
-    delta = _number(ask.get("delta", 0.0))
+        raise NotAccepted("bad cap")
+    epsilon = finite_number(ask["epsilon"], "not a finite number")
+    delta = finite_number(ask.get("delta", 0.0), "not a finite number")
     if not 0 < epsilon <= MAX_EPSILON:
-        raise Rejected("epsilon out of range")
+        raise NotAccepted("epsilon out of range")
     if not 0 <= delta <= MAX_DELTA:
-        raise Rejected("delta out of range")
+        raise NotAccepted("delta out of range")
     if not (isinstance(reason, str) and 0 < len(reason.strip()) <= MAX_REASON and reason.isprintable()):
-        raise Rejected("bad reason")
+        raise NotAccepted("bad reason")
     return Request(
         request_id, requester, cap, epsilon, delta, reason.strip(), created.isoformat(), expires.isoformat()
     )
@@ -220,7 +216,7 @@ def _time(value: Any, name: str) -> datetime:
     except ValueError:
         when = None
     if when is None or when.tzinfo is None:
-        raise Rejected(f"{name} is not a timezone-aware time")
+        raise NotAccepted(f"{name} is not a timezone-aware time")
     return when
 
 
@@ -231,19 +227,13 @@ def _body(value: Any) -> dict[str, Any]:
     except (ValueError, binascii.Error):
         ask = None
     if not isinstance(ask, dict):
-        raise Rejected("body is not a base64 JSON object")
+        raise NotAccepted("body is not a base64 JSON object")
     keys = set(ask)
     if not keys <= _BODY_KEYS or not keys >= _BODY_REQUIRED:
-        raise Rejected("unexpected or missing keys in the body")
+        raise NotAccepted("unexpected or missing keys in the body")
     if ask["schema"] != REQUEST_SCHEMA or ask["schema_version"] != 1:
-        raise Rejected("unknown schema")
+        raise NotAccepted("unknown schema")
     return ask
-
-
-def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise Rejected("not a finite number")
-    return float(value)
 
 
 def _decided_ask(d: Decision) -> tuple[str, str, float, float, str]:
@@ -285,7 +275,7 @@ def scan(
     for path in paths:
         try:
             valid.append(parse(path, readers, now, url))
-        except Rejected as why:
+        except NotAccepted as why:
             result.skipped[str(why)] += 1
     per_requester: Counter[str] = Counter()
     for request in sorted(valid, key=lambda r: (r.created_at, r.request_id)):
@@ -371,7 +361,7 @@ def _read_one(layout: storage.Layout, readers: Iterable[str], request_id: str, n
         raise UsageError(missing)
     try:
         return parse(found[0], readers, now, endpoint_url(layout))
-    except Rejected as why:
+    except NotAccepted as why:
         raise UsageError(f"{missing} ({why})") from None
 
 
@@ -392,13 +382,13 @@ def remember_listed(layout: storage.Layout, pending: Iterable[Request], now: dat
     """Keep what ``budget requests`` showed the owner, so an approval grants exactly that."""
     record = {"listed_at": now.isoformat(), "requests": {r.request_id: _listing(r) for r in pending}}
     storage.write_json(
-        layout.state_dir / LISTED_NAME, record, storage.PRIVATE_FILE_MODE, under=layout.state_dir
+        layout.data_dir / LISTED_NAME, record, storage.PRIVATE_FILE_MODE, under=layout.data_dir
     )
 
 
 def listed(layout: storage.Layout) -> dict[str, Any]:
     """What the last ``budget requests`` showed, by request id (empty if it never ran)."""
-    record = storage.read_json(layout.state_dir / LISTED_NAME) or {}
+    record = storage.read_json(layout.data_dir / LISTED_NAME) or {}
     shown = record.get("requests")
     return shown if isinstance(shown, dict) else {}
 

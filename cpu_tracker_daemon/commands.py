@@ -107,7 +107,7 @@ def service(args: Args, env: Env) -> int:
 # -- how they do it ------------------------------------------------------------------------------
 
 
-def become_state_owner(state_dir: Path) -> None:
+def become_state_owner(data_dir: Path) -> None:
     """Run as root against a service's state directory: switch to its owner before writing.
 
     Files root made there (the ledger's journal, outputs) would lock the service out of its
@@ -116,7 +116,7 @@ def become_state_owner(state_dir: Path) -> None:
     if os.geteuid() != 0:
         return
     try:
-        owner = state_dir.stat()
+        owner = data_dir.stat()
     except OSError:
         return
     if owner.st_uid == 0:
@@ -376,7 +376,7 @@ def _config_check(config: Config, path: Path | None) -> int:
 
     layout = storage.layout_for(config)
     storage.check_creatable(layout)
-    print(f"configuration OK ({path or 'embedded defaults'}); data in {layout.state_dir}")
+    print(f"configuration OK ({path or 'embedded defaults'}); data in {layout.data_dir}")
     return EXIT_OK
 
 
@@ -501,7 +501,7 @@ def _aggregate(config: Config, as_json: bool) -> int:
     logs.configure(config.logging.format, config.logging.level, config.logging.file, stream=sys.stderr)
     layout = storage.layout_for(config)
     storage.prepare(layout)
-    with InstanceLock(layout.state_dir / AGGREGATE_LOCK):
+    with InstanceLock(layout.data_dir / AGGREGATE_LOCK):
         result = Aggregator(config, get_logger("cpu_tracker.aggregate")).run_pass()
     get_logger("cpu_tracker.aggregate").info("aggregate.finished", **result.log_fields())
     if as_json:

@@ -267,7 +267,7 @@ class Daemon:
         if self._aggregator is None or self._aggregator.config is not config:
             self._aggregator = Aggregator(config, self._log, self._clock)
         try:
-            with InstanceLock(self._layout.state_dir / AGGREGATE_LOCK):
+            with InstanceLock(self._layout.data_dir / AGGREGATE_LOCK):
                 result = self._aggregator.run_pass()
         except AnotherInstanceError:
             self._log.info("aggregate.skipped", detail="another aggregation pass is running")

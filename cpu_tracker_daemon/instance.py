@@ -77,7 +77,7 @@ def claim_state(layout: storage.Layout) -> Iterator[None]:
     files are removed only once no other instance can be writing them.
     """
     storage.prepare(layout)
-    storage.require_local(layout.state_dir)
+    storage.require_local(layout.data_dir)
     with InstanceLock(layout.lock):
         storage.remove_stale_temps(storage.output_dirs(layout))
         yield

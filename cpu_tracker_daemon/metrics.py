@@ -24,7 +24,7 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _number(value: float) -> str:
+def _sample_value(value: float) -> str:
     if math.isnan(value):
         return "NaN"
     if math.isinf(value):
@@ -36,7 +36,11 @@ def gauge(name: str, help_text: str, samples: Iterable[Sample]) -> str:
     lines = [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
     for labels, value in samples:
         label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
-        lines.append(f"{name}{{{label_text}}} {_number(value)}" if label_text else f"{name} {_number(value)}")
+        lines.append(
+            f"{name}{{{label_text}}} {_sample_value(value)}"
+            if label_text
+            else f"{name} {_sample_value(value)}"
+        )
     return "\n".join(lines) + "\n"
 
 

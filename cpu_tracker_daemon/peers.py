@@ -6,7 +6,7 @@ no symlink at all (so nothing outside the tree, or another peer's file, can be p
 this peer's), the file is a regular file of at most ``MAX_BYTES``, strict UTF-8 JSON of the
 member schema with finite numbers in range, a sane privacy block from an unbiased mechanism, and
 a timezone-aware timestamp that is neither in the future (beyond a small skew) nor older than
-``max_age``. Anything else raises :class:`Skipped` with a short, stable reason; nothing here
+``max_age``. Anything else raises :class:`NotAccepted` with a short, stable reason; nothing here
 ever raises anything else for bad input.
 """
 
@@ -26,6 +26,7 @@ from cpu_tracker_daemon import accounting, discrete, storage
 from cpu_tracker_daemon.privacy import MECHANISM_NAMES, UNITS, PrivacyConfig, calibrate
 from cpu_tracker_daemon.records import SCHEMA, SCHEMA_VERSION
 from cpu_tracker_daemon.storage import APP_DIR, PUBLIC_NAME
+from cpu_tracker_daemon.untrusted import NotAccepted, finite_number
 
 MAX_BYTES = 64 * 1024
 CLOCK_SKEW = timedelta(minutes=5)
@@ -42,10 +43,6 @@ _STDDEV_TOLERANCE = 1e-6  # relative: a declared noise this far from what its pa
 
 
 UNPARSEABLE = "not UTF-8 JSON"  # also what a file still being written in place reads as
-
-
-class Skipped(Exception):
-    """A peer file that does not count; str() is the reason, short and stable."""
 
 
 @dataclass(frozen=True)
@@ -82,14 +79,14 @@ def peer_names(datasites: Path) -> Iterator[str]:
 
 
 def read_release(datasites: Path, peer: str, now: datetime, max_age: timedelta) -> PeerRelease:
-    """One peer's release, validated; raise :class:`Skipped` naming why it does not count."""
+    """One peer's release, validated; raise :class:`NotAccepted` naming why it does not count."""
     if not _PEER.match(peer) or ".." in peer:
-        raise Skipped("bad peer name")
+        raise NotAccepted("bad peer name")
     data = _read_capped(datasites, (peer, "app_data", APP_DIR, PUBLIC_NAME))
     try:
         doc = storage.strict_json(data)
     except ValueError:
-        raise Skipped(UNPARSEABLE) from None
+        raise NotAccepted(UNPARSEABLE) from None
     return _validate(doc, peer, now, max_age)
 
 
@@ -103,21 +100,21 @@ def _read_capped(datasites: Path, parts: tuple[str, ...]) -> bytes:
     try:
         fd = os.open(datasites, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
-        raise Skipped("no release") from None
+        raise NotAccepted("no release") from None
     try:
         for part in parts[:-1]:
             try:
                 child = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_DIRECTORY, dir_fd=fd)
             except FileNotFoundError:
-                raise Skipped("no release") from None
+                raise NotAccepted("no release") from None
             except OSError:
-                raise Skipped(_why_not(fd, part)) from None
+                raise NotAccepted(_why_not(fd, part)) from None
             os.close(fd)
             fd = child
         try:
             return storage.read_untrusted(Path(parts[-1]), MAX_BYTES, dir_fd=fd)
         except ValueError as why:
-            raise Skipped("no release" if str(why) == "missing" else str(why)) from None
+            raise NotAccepted("no release" if str(why) == "missing" else str(why)) from None
     finally:
         os.close(fd)
 
@@ -132,51 +129,45 @@ def _why_not(directory_fd: int, name: str) -> str:
     return "unreadable" if stat.S_ISDIR(mode) else "not a regular file"
 
 
-def _number(value: Any, reason: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise Skipped(reason)
-    return float(value)
-
-
 def _validate(doc: Any, peer: str, now: datetime, max_age: timedelta) -> PeerRelease:
     if not isinstance(doc, dict):
-        raise Skipped("not a JSON object")
+        raise NotAccepted("not a JSON object")
     if doc.get("schema") != SCHEMA:
-        raise Skipped("not a cpu-tracker release")
+        raise NotAccepted("not a cpu-tracker release")
     version = doc.get("schema_version")
     if not isinstance(version, int) or isinstance(version, bool) or version not in _MECHANISMS:
-        raise Skipped("unsupported schema version")
+        raise NotAccepted("unsupported schema version")
     release_id = doc.get("release_id")
     if not (isinstance(release_id, str) and 0 < len(release_id) <= 64 and release_id.isalnum()):
-        raise Skipped("bad release_id")
+        raise NotAccepted("bad release_id")
     privacy = doc.get("privacy")
     if not isinstance(privacy, dict):
-        raise Skipped("privacy block missing")
+        raise NotAccepted("privacy block missing")
     mechanism, unit = privacy.get("mechanism"), privacy.get("unit")
     if mechanism not in _MECHANISMS[version]:
-        raise Skipped("unknown mechanism")
+        raise NotAccepted("unknown mechanism")
     if unit not in UNITS:
-        raise Skipped("unknown privacy unit")
+        raise NotAccepted("unknown privacy unit")
     if privacy.get("unbiased") is False:
-        raise Skipped("biased mechanism")
-    epsilon = _number(privacy.get("epsilon"), "bad epsilon")
-    delta = _number(privacy.get("delta"), "bad delta")
-    stddev = _number(privacy.get("noise_stddev"), "bad noise_stddev")
-    lower = _number(privacy.get("lower"), "bad bounds")
-    upper = _number(privacy.get("upper"), "bad bounds")
+        raise NotAccepted("biased mechanism")
+    epsilon = finite_number(privacy.get("epsilon"), "bad epsilon")
+    delta = finite_number(privacy.get("delta"), "bad delta")
+    stddev = finite_number(privacy.get("noise_stddev"), "bad noise_stddev")
+    lower = finite_number(privacy.get("lower"), "bad bounds")
+    upper = finite_number(privacy.get("upper"), "bad bounds")
     if not epsilon > 0:
-        raise Skipped("bad epsilon")
+        raise NotAccepted("bad epsilon")
     if not 0 <= delta < 1:
-        raise Skipped("bad delta")
+        raise NotAccepted("bad delta")
     if not stddev > 0:
-        raise Skipped("bad noise_stddev")
+        raise NotAccepted("bad noise_stddev")
     if not 0 <= lower < upper <= 100:
-        raise Skipped("bad bounds")
+        raise NotAccepted("bad bounds")
     if not math.isclose(stddev, _implied_stddev(doc, version), rel_tol=_STDDEV_TOLERANCE):
-        raise Skipped("declared noise does not match its parameters")
-    cpu = _number(doc.get("cpu"), "cpu is not a finite number")
+        raise NotAccepted("declared noise does not match its parameters")
+    cpu = finite_number(doc.get("cpu"), "cpu is not a finite number")
     if not lower - MAX_SIGMAS * stddev <= cpu <= upper + MAX_SIGMAS * stddev:
-        raise Skipped("cpu implausibly far out of range")
+        raise NotAccepted("cpu implausibly far out of range")
     if version >= 2 and mechanism != accounting.SNAPPING:
         _check_grid(doc.get("cpu_units"), cpu)
     when = _fresh_timestamp(doc.get("timestamp"), now, max_age)
@@ -190,18 +181,18 @@ def _fresh_timestamp(stamp: Any, now: datetime, max_age: timedelta) -> datetime:
     except ValueError:
         when = None
     if when is None or when.tzinfo is None or when.utcoffset() is None:
-        raise Skipped("timestamp is not a timezone-aware time")
+        raise NotAccepted("timestamp is not a timezone-aware time")
     if when > now + CLOCK_SKEW:
-        raise Skipped("timestamp in the future")
+        raise NotAccepted("timestamp in the future")
     if when < now - max_age:
-        raise Skipped("stale")
+        raise NotAccepted("stale")
     return when
 
 
 def _check_grid(units: Any, cpu: float) -> None:
     """A grid mechanism's value is its integer ``cpu_units`` over 100, and nothing else."""
     if isinstance(units, bool) or not isinstance(units, int) or discrete.to_percent(units) != cpu:
-        raise Skipped("cpu is not on the grid")
+        raise NotAccepted("cpu is not on the grid")
 
 
 def _implied_stddev(doc: dict[str, Any], version: int) -> float:
@@ -215,24 +206,24 @@ def _implied_stddev(doc: dict[str, Any], version: int) -> float:
     privacy, window = doc["privacy"], doc.get("window")
     samples = window.get("samples") if isinstance(window, dict) else None
     if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= 100_000:
-        raise Skipped("bad window")
+        raise NotAccepted("bad window")
     mechanism, unit = privacy["mechanism"], privacy["unit"]
     epsilon, delta = float(privacy["epsilon"]), float(privacy["delta"])
     lower, upper = float(privacy["lower"]), float(privacy["upper"])
     if not 1e-6 <= epsilon <= 1000:
-        raise Skipped("bad epsilon")
+        raise NotAccepted("bad epsilon")
     if version == 1:  # the continuous mechanisms of schema 1
         width = upper - lower
         sensitivity = width if unit == "window" else width / samples
         if mechanism == accounting.GAUSSIAN:
             if not (epsilon <= 1000 and 0 < delta < 1):
-                raise Skipped("bad delta")
+                raise NotAccepted("bad delta")
             return sensitivity / accounting.gaussian_mu(epsilon, delta)
         return sensitivity / epsilon * math.sqrt(2.0)
     if not (discrete.on_grid(lower) and discrete.on_grid(upper)):
-        raise Skipped("bad bounds")
+        raise NotAccepted("bad bounds")
     if mechanism == accounting.DISCRETE_GAUSSIAN and not (epsilon <= 1000 and 0 < delta < 1):
-        raise Skipped("bad delta")
+        raise NotAccepted("bad delta")
     config = PrivacyConfig(
         unit=unit,
         mechanism=_CONFIG_NAME[mechanism],

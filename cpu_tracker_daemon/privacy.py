@@ -279,10 +279,10 @@ def statistic(window: Window, calibration: Calibration) -> Statistic:
     if c.unit == "window":
         percent = min(max(window.busy_percent, c.lower), c.upper)
         return Statistic(percent, discrete.quantise_share(percent, c.lower_units, c.upper_units))
-    samples = window.samples
+    percents = window.percents
     return Statistic(
-        clamped_mean(samples, c.lower, c.upper),
-        discrete.quantise_mean(samples, c.lower_units, c.upper_units),
+        clamped_mean(percents, c.lower, c.upper),
+        discrete.quantise_mean(percents, c.lower_units, c.upper_units),
     )
 
 

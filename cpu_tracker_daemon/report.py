@@ -120,7 +120,7 @@ def budget_view(snap: Snapshot) -> dict[str, Any]:
     caps["window"]["hours"] = snap.config.budget.window_hours
     return {
         "paths": {
-            "state": str(layout.state_dir),
+            "state": str(layout.data_dir),
             "public": str(layout.public_file),
             "private": str(layout.private_file),
             "ledger": str(layout.ledger),

@@ -92,7 +92,7 @@ class Window:
     interval_seconds: float
 
     @property
-    def samples(self) -> tuple[float, ...]:
+    def percents(self) -> tuple[float, ...]:
         """Each reading's busy percentage."""
         return tuple(r.percent for r in self.readings)
 

@@ -43,7 +43,7 @@ _TMP_SUFFIX = ".tmp"
 class Layout:
     """Where everything lives, derived from the configuration alone."""
 
-    state_dir: Path
+    data_dir: Path  # paths.data_dir: the ledger and the lock ($STATE_DIRECTORY under systemd)
     public_dir: Path
     private_dir: Path
     syft_owner: str | None = None
@@ -52,15 +52,15 @@ class Layout:
 
     @property
     def root(self) -> Path:
-        return self.state_dir if self.output_root is None else self.output_root
+        return self.data_dir if self.output_root is None else self.output_root
 
     @property
     def ledger(self) -> Path:
-        return self.state_dir / LEDGER_NAME
+        return self.data_dir / LEDGER_NAME
 
     @property
     def lock(self) -> Path:
-        return self.state_dir / LOCK_NAME
+        return self.data_dir / LOCK_NAME
 
     @property
     def public_file(self) -> Path:
@@ -82,14 +82,14 @@ def layout_for(config: Config) -> Layout:
     sb = config.syftbox
     if sb.dir is not None:
         return Layout(
-            state_dir=data,
+            data_dir=data,
             public_dir=sb.dir / "datasites" / sb.email / "app_data" / APP_DIR,
             private_dir=sb.dir / "private" / APP_DIR,
             syft_owner=sb.email,
             syft_readers=sb.readers,
             output_root=sb.dir,
         )
-    return Layout(state_dir=data, public_dir=data / "public", private_dir=data / "private", output_root=data)
+    return Layout(data_dir=data, public_dir=data / "public", private_dir=data / "private", output_root=data)
 
 
 def network_dir(config: Config) -> Path:
@@ -104,7 +104,7 @@ def _directories(layout: Layout) -> tuple[tuple[Path, int, str, Path], ...]:
     """Each directory the daemon writes, with its mode, the name a user knows it by, and the
     configured root it is reached from without following symlinks."""
     return (
-        (layout.state_dir, PRIVATE_DIR_MODE, "paths.data_dir", layout.state_dir),
+        (layout.data_dir, PRIVATE_DIR_MODE, "paths.data_dir", layout.data_dir),
         (layout.private_dir, PRIVATE_DIR_MODE, "the private output directory", layout.root),
         (layout.public_dir, PUBLIC_DIR_MODE, "the public output directory", layout.root),
     )
@@ -219,7 +219,7 @@ def prepare(layout: Layout) -> None:
         if _file_in_the_way(directory, name, blockers, problems):
             continue
         try:
-            make_dirs_durably(root, PRIVATE_DIR_MODE if root == layout.state_dir else PUBLIC_DIR_MODE)
+            make_dirs_durably(root, PRIVATE_DIR_MODE if root == layout.data_dir else PUBLIC_DIR_MODE)
             fd = open_dir(directory, root, mode)
             try:
                 probe = f".write-probe.{os.urandom(4).hex()}{_TMP_SUFFIX}"

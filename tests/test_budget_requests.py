@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from cpu_tracker_daemon import budget_requests, permissions
 from cpu_tracker_daemon.cli import main
 from cpu_tracker_daemon.exit_codes import EXIT_USAGE
+from cpu_tracker_daemon.untrusted import NotAccepted
 from tests.conftest import write_config
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -186,13 +187,13 @@ class TestHostileFiles:
     @settings(max_examples=200, deadline=None)
     @given(st.binary(max_size=600) | st.text(max_size=300).map(str.encode))
     def test_any_bytes_parse_or_are_rejected(self, raw: bytes) -> None:
-        """Fuzzed file contents never raise anything but Rejected."""
+        """Fuzzed file contents never raise anything but NotAccepted."""
         import tempfile
 
         with tempfile.TemporaryDirectory() as directory:
             path = Path(directory) / f"fuzz-000001{budget_requests.REQUEST_SUFFIX}"
             path.write_bytes(raw)
-            with contextlib.suppress(budget_requests.Rejected):
+            with contextlib.suppress(NotAccepted):
                 budget_requests.parse(path, [READER], NOW)
 
 

@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cpu_tracker_daemon.peers import MAX_BYTES, Skipped, read_release, release_path
+from cpu_tracker_daemon.peers import MAX_BYTES, read_release, release_path
+from cpu_tracker_daemon.untrusted import NotAccepted
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 MAX_AGE = timedelta(hours=2)
@@ -66,7 +67,7 @@ def put(datasites: Path, peer: str, content: Any, raw: bytes | None = None) -> P
 
 
 def reason(datasites: Path, peer: str = PEER) -> str:
-    with pytest.raises(Skipped) as info:
+    with pytest.raises(NotAccepted) as info:
         read_release(datasites, peer, NOW, MAX_AGE)
     return str(info.value)
 
@@ -79,7 +80,7 @@ HOSTILE: dict[str, tuple[Any, str]] = {
     "another schema": (release(schema="cpu-tracker/aggregate"), "not a cpu-tracker release"),
     "schema version 3": (release(schema_version=3), "unsupported schema version"),
     "schema version true": (release(schema_version=True), "unsupported schema version"),
-    # CI's fuzzer: a dict here raised TypeError (unhashable) out of the reader, past Skipped.
+    # CI's fuzzer: a dict here raised TypeError (unhashable) out of the reader, past NotAccepted.
     "schema version an object": (release(schema_version={"unit": "window"}), "unsupported schema version"),
     "schema version a list": (release(schema_version=[2]), "unsupported schema version"),
     "a float mechanism in schema 2": (privacy(mechanism="laplace"), "unknown mechanism"),
@@ -185,10 +186,10 @@ class TestHostile:
     @settings(max_examples=300, deadline=None)
     @given(JSON_VALUES)
     def test_fuzzed_documents_never_raise_anything_else(self, doc: Any) -> None:
-        """Any JSON document is either a release or Skipped."""
+        """Any JSON document is either a release or NotAccepted."""
         from cpu_tracker_daemon import peers
 
-        with contextlib.suppress(Skipped):
+        with contextlib.suppress(NotAccepted):
             peers._validate(doc, PEER, NOW, MAX_AGE)
 
 

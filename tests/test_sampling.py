@@ -89,7 +89,7 @@ class TestSampleWindow:
                 return Reading(busy=0.5, total=1.0)
 
         window = sample_window(Half(), 4, 0.01, threading.Event(), lambda: datetime.now(UTC))
-        assert window.samples == (50.0, 50.0, 50.0, 50.0)
+        assert window.percents == (50.0, 50.0, 50.0, 50.0)
         assert window.end >= window.start
 
     def test_busy_percent_matches_proc_stat_over_the_window(self) -> None:

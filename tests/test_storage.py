@@ -64,7 +64,7 @@ class TestLayout:
         prepare(layout)
         assert mode(layout.private_dir) == 0o700
         assert mode(layout.public_dir) == 0o755
-        assert mode(layout.state_dir) == 0o700
+        assert mode(layout.data_dir) == 0o700
 
     def test_syftbox_layout_keeps_private_outside_datasites(self, tmp_path: Path) -> None:
         """With SyftBox the public file is in the datasite's app_data, the private one never is."""
