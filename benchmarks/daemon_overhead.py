@@ -10,7 +10,6 @@ stopping it. Prints a table; nothing here is asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import signal
@@ -21,19 +20,13 @@ import time
 from pathlib import Path
 
 import psutil
+from common import wait_for_event, write_config
 
 CLI = [sys.executable, "-m", "cpu_tracker_daemon"]
 
 
-def write_config(root: Path, every: float, samples: int, interval: float) -> Path:
-    path = root / "bench.toml"
-    path.write_text(
-        f'[paths]\ndata_dir = "{root / "data"}"\n'
-        f"[sampling]\nsamples = {samples}\ninterval_seconds = {interval}\n"
-        f"[schedule]\nevery_seconds = {every}\n"
-        "[budget]\nlifetime_epsilon = 1000000.0\nwindow_epsilon = 1000000.0\n"
-    )
-    return path
+def bench_config(root: Path, every: float, samples: int, interval: float) -> Path:
+    return write_config(root / "bench.toml", root / "data", samples=samples, interval=interval, every=every)
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -43,26 +36,15 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def wait_for(proc: subprocess.Popen[str], event: str, count: int = 1) -> None:
-    assert proc.stdout is not None
-    seen = 0
-    for line in proc.stdout:
-        if line.startswith("{") and json.loads(line).get("event") == event:
-            seen += 1
-            if seen >= count:
-                return
-    raise RuntimeError(f"daemon exited before {count} x {event}")
-
-
 def cycles_run(args: argparse.Namespace, root: Path) -> dict[str, float]:
-    config = write_config(root, args.every, args.samples, args.interval)
+    config = bench_config(root, args.every, args.samples, args.interval)
     proc = subprocess.Popen([*CLI, "--config", str(config), "run"], stdout=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
-    wait_for(proc, "daemon.started")
+    wait_for_event(proc, "daemon.started")
     startup = ps.cpu_times()
     startup_cpu = startup.user + startup.system
     started = time.monotonic()
-    wait_for(proc, "cycle.finished", args.cycles)
+    wait_for_event(proc, "cycle.finished", args.cycles)
     elapsed = time.monotonic() - started
     end = ps.cpu_times()
     total_cpu = end.user + end.system
@@ -88,11 +70,11 @@ def cycles_run(args: argparse.Namespace, root: Path) -> dict[str, float]:
 
 def stop_latency(root: Path, trials: int = 3) -> list[float]:
     """SIGTERM in the middle of a 50 s sampling window: seconds until the process exits."""
-    config = write_config(root / "stop", 60, 50, 1.0)
+    config = bench_config(root / "stop", 60, 50, 1.0)
     latencies = []
     for _ in range(trials):
         proc = subprocess.Popen([*CLI, "--config", str(config), "run"], stdout=subprocess.PIPE, text=True)
-        wait_for(proc, "daemon.started")
+        wait_for_event(proc, "daemon.started")
         time.sleep(3)
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -127,7 +109,7 @@ def main() -> int:
         (root / "stop").mkdir()
         run = cycles_run(args, root)
         latencies = stop_latency(root, 1 if args.quick else 3)
-        config = write_config(root, 3600, 50, 1.0)
+        config = bench_config(root, 3600, 50, 1.0)
         timings = {
             "python -c pass": wall([sys.executable, "-c", "pass"]),
             "cpu-tracker --help": wall([*CLI, "--help"]),

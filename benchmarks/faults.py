@@ -28,29 +28,21 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from common import log_events, write_config
+
 from cpu_tracker_daemon.ledger import Caps, open_ledger
 
 
-def config_text(data: Path) -> str:
-    return (
-        f'[paths]\ndata_dir = "{data}"\n'
-        "[sampling]\nsamples = 5\ninterval_seconds = 0.02\n"
-        "[schedule]\nevery_seconds = 0.3\n"
-        "[budget]\nlifetime_epsilon = 1e9\nwindow_epsilon = 1e9\n"
-    )
+def faults_config(path: Path, data: Path) -> Path:
+    return write_config(path, data, samples=5, interval=0.02, every=0.3)
 
 
 def released_ids(text: str) -> set[str]:
-    ids = set()
-    for line in text.splitlines():
-        if line.startswith("{"):
-            try:
-                event = json.loads(line)
-            except ValueError:  # the last line may be cut by the kill
-                continue
-            if event.get("event") == "cycle.finished" and event.get("outcome") == "released":
-                ids.add(event["release_id"])
-    return ids
+    return {
+        event["release_id"]
+        for event in log_events(text.splitlines())  # the last line may be cut by the kill
+        if event.get("event") == "cycle.finished" and event.get("outcome") == "released"
+    }
 
 
 def check_outputs(data: Path) -> str | None:
@@ -71,7 +63,7 @@ def run(kills: int, seed: int, quiet: bool = False) -> dict[str, int]:
     work = Path(tempfile.mkdtemp(prefix="cpu-tracker-faults-"))
     data = work / "data"
     config = work / "faults.toml"
-    config.write_text(config_text(data))
+    faults_config(config, data)
     visible: set[str] = set()
     temps_left = 0
     for round_ in range(kills):

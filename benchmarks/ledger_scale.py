@@ -30,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import write_config  # noqa: E402
+
 from cpu_tracker_daemon.budget import caps_for, promise_for  # noqa: E402
 from cpu_tracker_daemon.config import load_config  # noqa: E402
 from cpu_tracker_daemon.ledger import Ledger, Spend, open_ledger  # noqa: E402
@@ -40,17 +42,6 @@ from cpu_tracker_daemon.privacy import calibrate  # noqa: E402
 # window's share of the work grows with the releases inside it, which its cap bounds; the
 # lifetime's does not grow at all.
 EVERY = 3600.0
-CONFIG = """[paths]
-data_dir = "{data}"
-[sampling]
-samples = 5
-interval_seconds = 0.02
-[schedule]
-every_seconds = 1
-[budget]
-lifetime_epsilon = 1e9
-window_epsilon = 1e9
-"""
 
 
 def no_boot() -> tuple[str | None, float]:
@@ -77,7 +68,7 @@ def spend(at: datetime, epsilon: float, mechanism: str, sensitivity: float) -> S
 def build(data: Path, size: int) -> tuple[Path, datetime]:
     """A ledger of ``size`` published releases, ``EVERY`` apart, ending now."""
     config_path = data / "bench.toml"
-    config_path.write_text(CONFIG.format(data=data))
+    write_config(config_path, data, samples=5, interval=0.02, every=1)
     config = load_config(config_path, {"HOME": str(data)})
     cal = calibrate(config.privacy, config.sampling.samples)
     caps, promise = caps_for(config), promise_for(config)

@@ -31,6 +31,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from common import wait_for_event, write_config
+
 HERE = Path(__file__).resolve().parent
 CLI = [sys.executable, "-m", "cpu_tracker_daemon"]
 HOUR = 3600.0
@@ -56,34 +58,15 @@ def rss_mib(pid: int) -> float:
 
 
 def daemon_config(root: Path, every: float, samples: int, interval: float) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / "bench.toml"
-    path.write_text(
-        f'[paths]\ndata_dir = "{root / "data"}"\n'
-        f"[sampling]\nsamples = {samples}\ninterval_seconds = {interval}\n"
-        f"[schedule]\nevery_seconds = {every}\n"
-        "[budget]\nlifetime_epsilon = 1e9\nwindow_epsilon = 1e9\n"
-    )
-    return path
-
-
-def wait_event(proc: subprocess.Popen[str], event: str, count: int = 1) -> None:
-    assert proc.stdout is not None
-    seen = 0
-    for line in proc.stdout:
-        if line.startswith("{") and json.loads(line).get("event") == event:
-            seen += 1
-            if seen >= count:
-                return
-    raise RuntimeError(f"the daemon exited before {count} x {event}")
+    return write_config(root / "bench.toml", root / "data", samples=samples, interval=interval, every=every)
 
 
 def this_daemon(root: Path, cycles: int, idle_seconds: float) -> dict[str, float]:
     config = daemon_config(root / "busy", every=1.5, samples=50, interval=0.02)
     proc = subprocess.Popen([*CLI, "--config", str(config), "run"], stdout=subprocess.PIPE, text=True)
-    wait_event(proc, "cycle.finished", 2)
+    wait_for_event(proc, "cycle.finished", 2)
     c0 = cpu_seconds(proc.pid)
-    wait_event(proc, "cycle.finished", cycles)
+    wait_for_event(proc, "cycle.finished", cycles)
     per_release = (cpu_seconds(proc.pid) - c0) / cycles
     rss = rss_mib(proc.pid)
     proc.send_signal(signal.SIGTERM)
@@ -91,7 +74,7 @@ def this_daemon(root: Path, cycles: int, idle_seconds: float) -> dict[str, float
     # Idle: one release at start, then nothing due for a day; measure between.
     config = daemon_config(root / "idle", every=86_400, samples=5, interval=0.02)
     proc = subprocess.Popen([*CLI, "--config", str(config), "run"], stdout=subprocess.PIPE, text=True)
-    wait_event(proc, "cycle.finished")
+    wait_for_event(proc, "cycle.finished")
     c0 = cpu_seconds(proc.pid)
     time.sleep(idle_seconds)
     idle_per_hour = (cpu_seconds(proc.pid) - c0) / idle_seconds * HOUR

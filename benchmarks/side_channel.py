@@ -31,6 +31,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import write_config
+
 from cpu_tracker_daemon import logs
 from cpu_tracker_daemon.config import load_config
 from cpu_tracker_daemon.sampling import PsutilCpuSource
@@ -65,10 +67,14 @@ def releases(
     """``n`` releases idle and ``n`` loaded, in alternating blocks of ``block``: slow drifts (of
     the clock's tick phase, the page cache, the ledger's size) fall on both alike."""
     config_file = data / "config.toml"
-    config_file.write_text(
-        f'[paths]\ndata_dir = "{data}"\n[sampling]\nsamples = 10\ninterval_seconds = 0.05\n'
-        f"[schedule]\nevery_seconds = 1\n[privacy]\nepsilon = {EPSILON}\n"
-        "[budget]\nlifetime_epsilon = 100000\nwindow_epsilon = 100000\n"
+    write_config(
+        config_file,
+        data,
+        samples=10,
+        interval=0.05,
+        every=1,
+        budget=100000,
+        extra=f"[privacy]\nepsilon = {EPSILON}\n",
     )
     config = load_config(config_file)
     layout = layout_for(config)

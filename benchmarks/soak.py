@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import random
 import signal
@@ -30,7 +29,9 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+from common import log_events, write_config
 
 
 def proc_figures(pid: int) -> tuple[float, int, int]:
@@ -82,9 +83,10 @@ class Log:
                 self.take(line)
 
     def take(self, line: str) -> None:
-        if not line.startswith("{"):
-            return
-        event = json.loads(line)
+        for event in log_events([line]):
+            self.take_event(event)
+
+    def take_event(self, event: dict[str, Any]) -> None:
         at = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
         name = str(event.get("event"))
         if name == "cycle.finished":
@@ -101,12 +103,7 @@ class Log:
 
 def start_daemon(work: Path, every: float) -> subprocess.Popen[str]:
     config = work / "soak.toml"
-    config.write_text(
-        f'[paths]\ndata_dir = "{work / "data"}"\n'
-        "[sampling]\nsamples = 5\ninterval_seconds = 0.1\n"
-        f"[schedule]\nevery_seconds = {every}\n"
-        "[budget]\nlifetime_epsilon = 1e9\nwindow_epsilon = 1e9\n"
-    )
+    write_config(config, work / "data", samples=5, interval=0.1, every=every)
     with (work / "stderr.log").open("w") as stderr:
         return subprocess.Popen(
             [sys.executable, "-m", "cpu_tracker_daemon", "--config", str(config), "run"],

@@ -151,23 +151,23 @@ def plan(snap: Snapshot) -> dict[str, Any]:
     """
     event = snap.calibration.event
     every = snap.config.schedule.every_seconds
-    window_seconds = snap.status.window_hours * 3600.0
+    period_seconds = snap.status.window_hours * 3600.0
     status = snap.status
     start = snap.next_start.timestamp()
     lifetime_left = _lifetime_left(status.lifetime, event)
-    window_pause = _window_pause(status.window, event, snap.spend_times, start, every, window_seconds)
+    period_pause = _period_pause(status.window, event, snap.spend_times, start, every, period_seconds)
     caps: dict[str, Any] = {
         "lifetime": {
             "releases_remaining": lifetime_left,
             "exhausted_at": _at(start, every, lifetime_left),
         },
         "window": {
-            "releases_remaining": window_pause,
-            "exhausted_at": _at(start, every, window_pause) if window_pause is not None else None,
+            "releases_remaining": period_pause,
+            "exhausted_at": _at(start, every, period_pause) if period_pause is not None else None,
             "hours": snap.config.budget.window_hours,
         },
     }
-    binding = lifetime_left if window_pause is None else min(lifetime_left, window_pause)
+    binding = lifetime_left if period_pause is None else min(lifetime_left, period_pause)
     return {
         "per_release": per_release(snap.calibration),
         "every_seconds": every,
@@ -191,26 +191,26 @@ def _tolerance(cap: CapStatus) -> float:
     return 1e-9 * max(1.0, cap.limit)
 
 
-def _window_pause(
-    cap: CapStatus, event: Event, times: list[float], start: float, every: float, window_seconds: float
+def _period_pause(
+    cap: CapStatus, event: Event, times: list[float], start: float, every: float, period_seconds: float
 ) -> int | None:
-    """How many scheduled releases happen before the rolling window first refuses one; None: never.
+    """How many scheduled releases happen before the rolling period first refuses one; None: never.
 
-    The next release is checked against the real spends in the window. Later ones count
-    releases: past ones in the window are taken to cost what the next one costs, which is exact
-    unless the privacy settings changed within the window.
+    The next release is checked against the real spends in the period. Later ones count
+    releases: past ones in the period are taken to cost what the next one costs, which is exact
+    unless the privacy settings changed within the period.
     """
     if not cap.fits(event):
         return 0
     fit = releases_within(event, cap.limit, cap.delta, tolerance=_tolerance(cap))
     recent = times
-    slots = math.ceil(window_seconds / every) + 1
+    slots = math.ceil(period_seconds / every) + 1
     oldest = 0
     for k in range(1, len(recent) + slots + 1):
         t = start + k * every
-        while oldest < len(recent) and recent[oldest] <= t - window_seconds:
+        while oldest < len(recent) and recent[oldest] <= t - period_seconds:
             oldest += 1
-        scheduled = k - max(0, math.floor(k - window_seconds / every) + 1)  # j < k with t_j in the window
+        scheduled = k - max(0, math.floor(k - period_seconds / every) + 1)  # j < k with t_j in the period
         if (len(recent) - oldest) + scheduled + 1 > fit:
             return k
     return None
@@ -269,7 +269,7 @@ def privacy_report(snap: Snapshot, planned: dict[str, Any]) -> str:
         )
     window = planned["caps"]["window"]
     if window["releases_remaining"] is None:
-        lines.append("  The rolling window cap never stops this schedule; the lifetime cap does.")
+        lines.append("  The rolling cap never stops this schedule; the lifetime cap does.")
     lines += [
         "",
         "How to resume",

@@ -8,6 +8,8 @@ from pathlib import Path
 from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "benchmarks") not in sys.path:  # the scripts import their shared ``common``
+    sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def benchmark(name: str) -> ModuleType:
