@@ -110,7 +110,18 @@ def round_id(slot: datetime, every: timedelta) -> str:
 
 def round_start(slot: datetime, config: Config) -> datetime:
     """When a slot's secure round begins: as its window's file would be written."""
-    return slot + timedelta(seconds=config.sampling.window_seconds + publish_hold(config))
+    return publish_time(slot, config)
+
+
+def planned_end(planned: datetime, config: Config) -> datetime:
+    """The published end of the window planned to start at ``planned``."""
+    return planned + timedelta(seconds=config.sampling.window_seconds)
+
+
+def publish_time(planned: datetime, config: Config, hold: float | None = None) -> datetime:
+    """When the public file of the window planned at ``planned`` is written: a fixed ``hold``
+    (by default :func:`publish_hold`) after its planned end, whenever the window really ended."""
+    return planned_end(planned, config) + timedelta(seconds=publish_hold(config) if hold is None else hold)
 
 
 def first_round_start(config: Config) -> datetime:

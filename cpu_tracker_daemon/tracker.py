@@ -61,8 +61,9 @@ from cpu_tracker_daemon.schedule import (
     due_at,
     grid_late,
     planned_boot,
+    planned_end,
     planned_start,
-    publish_hold,
+    publish_time,
 )
 from cpu_tracker_daemon.schedule import round_id as schedule_round_id
 from cpu_tracker_daemon.signals import Flag, StopRequest
@@ -333,7 +334,7 @@ class Tracker:
             self.clock,
             self.monotonic,
         )
-        planned_end = planned + timedelta(seconds=config.sampling.window_seconds)
+        window_end = planned_end(planned, config)
         release_id = uuid.uuid4().hex
         spend = Spend(
             release_id=release_id,
@@ -363,7 +364,7 @@ class Tracker:
         # The spend is committed. Only now is noise drawn, and its result committed before use.
         raw = statistic(window, calibration)
         noisy = add_noise(raw, calibration, self.random_state)
-        public = public_record(release_id, noisy, planned, planned_end, config.sampling, calibration)
+        public = public_record(release_id, noisy, planned, window_end, config.sampling, calibration)
         ledger.record(release_id, "drawn", self.clock(), payload=public)
         storage.write_json(
             self.layout.private_file,
@@ -373,11 +374,11 @@ class Tracker:
         )
         # When the public file appears is seen by whoever syncs it: not when this window ended
         # and was written, which a busy machine does later, but a fixed time after the plan.
-        hold = publish_hold(config) if self.hold_seconds is None else self.hold_seconds
-        self._wait_until(planned_end + timedelta(seconds=hold), at_most=hold + config.sampling.window_seconds)
+        publish_at = publish_time(planned, config, self.hold_seconds)
+        self._wait_until(publish_at, at_most=(publish_at - planned).total_seconds())
         self._write_public(public)
         ledger.record(release_id, "published", self.clock())
-        self._write_metrics(noisy.cpu, calibration.noise_stddev, after, planned_end)
+        self._write_metrics(noisy.cpu, calibration.noise_stddev, after, window_end)
         return CycleResult(
             outcome="released",
             duration_seconds=self.monotonic() - started,

@@ -66,6 +66,15 @@ class TestCooldown:
         assert schedule.planned_boot(500.0, T0 + s(3600), T0) == 499.0  # a stepped clock: at most 1 s
         assert schedule.planned_boot(500.0, T0 - s(2), T0) == 500.0  # a plan after now: never ahead
 
+    def test_the_file_is_written_a_fixed_hold_after_the_planned_end(self) -> None:
+        c = config(every=60)  # a 5 s window: a hold of 1 s fits in the 55 s of slack
+        assert schedule.planned_end(T0, c) == T0 + s(5)
+        assert schedule.publish_time(T0, c) == T0 + s(6)
+        assert schedule.publish_time(T0, c, hold=0) == T0 + s(5)
+        assert schedule.round_start(T0, c) == schedule.publish_time(T0, c)
+        tight = config(every=5.5)  # half the slack when that is less than a second
+        assert schedule.publish_time(T0, tight) == T0 + s(5.25)
+
     def test_the_monotonic_spacing_ignores_the_wall_clock(self) -> None:
         spacing = schedule.Spacing()
         assert spacing.seconds_left(60, 100.0) == 0.0
