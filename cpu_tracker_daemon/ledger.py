@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -257,14 +258,20 @@ class CapStatus:
     def releases(self) -> int:
         return sum(n for _, n in self.counts)
 
-    def cost_with(self, event: Event) -> float:
-        """The epsilon this cap's spends would add up to with ``event`` added."""
+    def fits(self, event: Event) -> bool:
+        return self.plus(event).within_limit()
+
+    def within_limit(self) -> bool:
+        return self.spent <= self.limit + _TOLERANCE * max(1.0, self.limit)
+
+    def plus(self, event: Event) -> CapStatus:
+        """This cap with one more release of ``event`` counted (composed once)."""
         counts = dict(self.counts)
         counts[event] = counts.get(event, 0) + 1
-        return compose(counts, self.delta).epsilon
-
-    def fits(self, event: Event) -> bool:
-        return self.cost_with(event) <= self.limit + _TOLERANCE * max(1.0, self.limit)
+        composed = compose(counts, self.delta)
+        return dataclasses.replace(
+            self, spent=composed.epsilon, method=composed.method, counts=tuple(counts.items())
+        )
 
 
 @dataclass(frozen=True)
@@ -300,6 +307,21 @@ class BudgetStatus:
 
     def first_blocking(self, event: Event) -> CapStatus | None:
         return next((c for c in self.caps if not c.fits(event)), None)
+
+    def plus(self, event: Event, reserved_ts: float, anchor_ts: float) -> BudgetStatus:
+        """The budget once a release of ``event`` reserved at ``reserved_ts``, anchoring the
+        cooldown at ``anchor_ts``, is counted: in the lifetime, and in the rolling period that
+        ends at its own planned start. What :meth:`Ledger.reserve` returns, without reading again."""
+        lifetime = self.lifetime.plus(event)
+        last = self.last_release_at
+        return dataclasses.replace(
+            self,
+            lifetime=lifetime,
+            window=self.window.plus(event),
+            releases=lifetime.releases,
+            last_release_at=iso(reserved_ts) if last is None or iso(reserved_ts) > last else last,
+            cooldown_anchor_ts=anchor_ts,
+        )
 
 
 @dataclass(frozen=True)
@@ -404,6 +426,14 @@ class Ledger:
                 raise
             conn.execute("COMMIT")
 
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """Several reads as one snapshot: the connection is in autocommit mode, where each
+        statement would see the file as it is then, and a spend committed between two of them
+        would make a sound ledger's running counts disagree with its spends."""
+        with self._guard() as conn, _snapshot(conn):
+            yield conn
+
     # -- reading ---------------------------------------------------------------------------
 
     def anchor_ts(self) -> float | None:
@@ -415,7 +445,7 @@ class Ledger:
 
     def status(self, caps: Caps, now: datetime, at: datetime | None = None) -> BudgetStatus:
         """The budget now, with the rolling period ending ``at`` (a window's planned start) if given."""
-        with self._guard() as conn:
+        with self._reading() as conn:
             end = None if at is None else (at.timestamp(), None)
             return self._status(conn, caps, now.timestamp(), at=end)
 
@@ -552,7 +582,7 @@ class Ledger:
 
     def knows(self, release_id: str) -> bool:
         """Whether this ledger accounted ``release_id``, or acknowledged it at a deliberate reset."""
-        with self._guard() as conn:
+        with self._reading() as conn:
             row = conn.execute("SELECT 1 FROM spends WHERE release_id = ?", (release_id,)).fetchone()
             if row is None and self.version >= 3:
                 row = conn.execute(
@@ -684,9 +714,11 @@ class Ledger:
             planned_boot = boot[1] if spend.planned_boot_seconds is None else spend.planned_boot_seconds
             before = self._status(conn, caps, now_ts, lifetime, at=(planned_ts, planned_boot))
             event = event_of(spend.mechanism, spend.epsilon, spend.delta)
-            blocking = before.first_blocking(event)
-            if blocking is not None:
-                raise BudgetExhaustedError(blocking.name, blocking.spent, blocking.limit, spend.epsilon)
+            anchor_after = min(planned_ts, now_ts) if anchor is None else max(anchor, min(planned_ts, now_ts))
+            after = before.plus(event, now_ts, anchor_after)
+            for cap, with_this in zip(before.caps, after.caps, strict=True):
+                if not with_this.within_limit():
+                    raise BudgetExhaustedError(cap.name, cap.spent, cap.limit, spend.epsilon)
             values = [
                 spend.release_id,
                 now_ts,
@@ -713,7 +745,6 @@ class Ledger:
                 (min(planned_ts, now_ts),),
             )
             counts = _plus_one(lifetime, (spend.mechanism, spend.epsilon, spend.delta))
-            after = self._status(conn, caps, now_ts, counts, at=(planned_ts, planned_boot))
             row = (spend.release_id, after.lifetime.spent, after.lifetime.delta, after.lifetime.method)
             if self.version >= 4:
                 conn.execute("INSERT INTO guarantees VALUES (?, ?, ?, ?, ?)", (*row, json.dumps(counts)))
@@ -902,13 +933,21 @@ def open_ledger(
     # A crash in the middle of a commit leaves a hot journal, which only a read-write
     # connection may roll back (SQLite's own recovery of the last, uncommitted transaction);
     # a read-only open would fail with "attempt to write a readonly database" until a writer came.
-    journal = path.with_name(path.name + "-journal")
-    hot = not create and journal.exists() and journal.stat().st_size > 0 and os.access(path, os.W_OK)
+    hot = not create and _journal_size(path) > 0 and os.access(path, os.W_OK)
     conn, version = _connect_verified(path, readonly=not create and not hot, timeout=timeout, full=full)
     if version < SCHEMA_VERSION and create:
         _migrate(conn, path, now)
         version = SCHEMA_VERSION
     return Ledger(path, conn, version, boot or boot_clock)
+
+
+def _journal_size(path: Path) -> int:
+    """The size of the ledger's rollback journal; 0 when there is none, including one that a
+    committing writer deletes while this looks."""
+    try:
+        return path.with_name(path.name + "-journal").stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _migrate(conn: sqlite3.Connection, path: Path, now: datetime) -> None:
@@ -1012,7 +1051,8 @@ def _connect_verified(
     except sqlite3.Error as exc:
         raise LedgerUnavailableError(str(path), str(exc)) from None
     try:
-        version = _verify(conn, path, full)
+        with _snapshot(conn):  # one snapshot, while another process may be committing
+            version = _verify(conn, path, full)
         # EXTRA: in DELETE mode the journal's directory is also synced after the journal is
         # unlinked, so a commit is durable before anything that depends on it is written, on
         # any POSIX file system (FULL leaves the unlink to the file system's ordering).
@@ -1028,6 +1068,17 @@ def _connect_verified(
         conn.close()
         raise
     return conn, version
+
+
+@contextmanager
+def _snapshot(conn: sqlite3.Connection) -> Iterator[None]:
+    """A read transaction: every statement inside sees the same committed state."""
+    conn.execute("BEGIN DEFERRED")
+    try:
+        yield
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")  # nothing was written: this only ends the snapshot
 
 
 def _verify(conn: sqlite3.Connection, path: Path, full: bool = True) -> int:

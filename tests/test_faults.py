@@ -7,7 +7,6 @@ through the SyftBox layout, while the ledger stays on the normal disk.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import itertools
 import json
 import os
@@ -26,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tests.bench import benchmark
 from tests.conftest import RunningDaemon, cli_env, daemon_events, start_cli, write_config
 
 pytestmark = pytest.mark.slow
@@ -113,11 +113,7 @@ def test_read_only_outputs_then_writable_again(tmp_path: Path, small_disk: Path)
 
 def test_kill_9_rounds(tmp_path: Path) -> None:
     """A few rounds of the kill -9 benchmark: every check in benchmarks/faults.py holds."""
-    spec = importlib.util.spec_from_file_location("faults", ROOT / "benchmarks" / "faults.py")
-    assert spec is not None
-    assert spec.loader is not None
-    faults = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(faults)
+    faults = benchmark("faults")
     result = faults.run(kills=5, seed=3, quiet=True)
     assert result["kills"] == 5
     assert result["spends"] >= result["visible_releases"]

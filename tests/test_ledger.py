@@ -363,6 +363,40 @@ class TestConcurrency:
         with open_ledger(path, CAPS, T0) as ledger:  # type: ignore[union-attr]
             assert ledger.status(Caps(10.0, 10.0, 24.0), T0).lifetime.spent == pytest.approx(10.0)
 
+    def test_a_reader_never_sees_a_writer_half_way(self, tmp_path: Path) -> None:
+        """``status`` and every open read several tables; while another process commits spends,
+        each must read one snapshot, or the running counts and the spends disagree and a sound
+        ledger reads as corrupt (found by the racing test above, once in a few runs)."""
+        path = tmp_path / "ledger.sqlite3"
+        roomy = Caps(1e9, 1e9, 24.0)
+        fresh(tmp_path, roomy).close()
+        ctx = multiprocessing.get_context("spawn")
+        writer = ctx.Process(target=_reserve_quickly, args=(str(path), 400))
+        writer.start()
+        reads = 0
+        try:
+            while writer.is_alive() or reads == 0:
+                with contextlib.suppress(LedgerUnavailableError):  # the writer's lock: a retry
+                    ledger = open_ledger(path, roomy, T0, create=False, boot=no_boot, timeout=5)
+                    assert ledger is not None
+                    with ledger:
+                        ledger.status(roomy, T0)
+                    reads += 1
+        finally:
+            writer.join(60)
+        assert writer.exitcode == 0
+        assert reads > 10
+
+
+def _reserve_quickly(path: str, count: int) -> None:
+    roomy = Caps(1e9, 1e9, 24.0)
+    ledger = open_ledger(Path(path), roomy, T0, boot=no_boot)
+    assert ledger is not None
+    with ledger:
+        for n in range(count):
+            ledger._conn.execute("PRAGMA synchronous = OFF")  # many commits, quickly
+            ledger.reserve(spend(n, epsilon=0.001), roomy, T0, None)
+
 
 class TestProperties:
     @pytest.mark.slow
@@ -394,6 +428,50 @@ class TestProperties:
                 status = ledger.status(caps, at)
                 for cap in status.caps:
                     assert cap.spent <= cap.limit + 1e-9
+
+    @settings(max_examples=40, deadline=None)
+    @given(
+        steps=st.lists(
+            st.tuples(
+                st.sampled_from(["discrete_laplace", "gaussian"]),
+                st.sampled_from([0.25, 0.5, 1.0]),  # epsilon
+                st.floats(-2, 30),  # hours since start: the clock may go back
+                st.floats(0, 2),  # seconds the window was planned before now
+            ),
+            max_size=12,
+        )
+    )
+    def test_what_reserve_returns_is_what_a_fresh_read_finds(
+        self, tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, float, float, float]]
+    ) -> None:
+        """``reserve`` counts the new spend into the status it already read instead of reading it
+        all again: for any history, its answer equals the ledger's own status read afterwards."""
+        caps = GAUSS_CAPS
+        ledger = open_ledger(tmp_path_factory.mktemp("l") / "ledger.sqlite3", caps, T0, boot=no_boot)
+        assert ledger is not None
+        with ledger:
+            for n, (mechanism, epsilon, hours, early) in enumerate(steps):
+                now = T0 + timedelta(hours=hours)
+                planned = now - timedelta(seconds=early)
+                delta = 1e-8 if mechanism == "gaussian" else 0.0
+                s = Spend(
+                    f"s{n}", planned, now, epsilon, delta, mechanism, "window", 1.0, planned_start=planned
+                )
+                try:
+                    after = ledger.reserve(s, caps, now, None)
+                except BudgetExhaustedError:
+                    continue
+                read = ledger.status(caps, now, at=planned)
+                assert after.releases == read.releases
+                assert after.last_release_at == read.last_release_at
+                assert after.cooldown_anchor_ts == read.cooldown_anchor_ts
+                for mine, theirs in zip(after.caps, read.caps, strict=True):
+                    assert dict(mine.counts) == dict(theirs.counts)
+                    assert (mine.spent, mine.method, mine.limit) == (
+                        theirs.spent,
+                        theirs.method,
+                        theirs.limit,
+                    )
 
 
 GAUSS_CAPS = Caps(
