@@ -199,21 +199,47 @@ def _period_pause(
     The next release is checked against the real spends in the period. Later ones count
     releases: past ones in the period are taken to cost what the next one costs, which is exact
     unless the privacy settings changed within the period.
+
+    The k-th later release (at ``start + k * every``) meets R(k) past spends still in its period
+    and S(k) = min(k, P) scheduled ones before it. R only falls, at the k where a past spend
+    leaves; between two such k it is constant and S only grows, so the first refusal in each
+    stretch is found in one step: the cost is in the past spends, not the slots in the period
+    (86,400 of them at a 1 s schedule).
     """
     if not cap.fits(event):
         return 0
     fit = releases_within(event, cap.limit, cap.delta, tolerance=_tolerance(cap))
-    recent = times
-    slots = math.ceil(period_seconds / every) + 1
-    oldest = 0
-    for k in range(1, len(recent) + slots + 1):
-        t = start + k * every
-        while oldest < len(recent) and recent[oldest] <= t - period_seconds:
-            oldest += 1
-        scheduled = k - max(0, math.floor(k - period_seconds / every) + 1)  # j < k with t_j in the period
-        if (len(recent) - oldest) + scheduled + 1 > fit:
-            return k
+    last = len(times) + math.ceil(period_seconds / every) + 1  # the last release examined
+    plateau = _scheduled_before(last, every, period_seconds)
+    leaves = [_leaves_at(t, start, every, period_seconds) for t in times]  # oldest first: sorted
+    gone = 0
+    k = 1
+    while k <= last:
+        while gone < len(leaves) and leaves[gone] <= k:
+            gone += 1
+        still = len(times) - gone
+        until = leaves[gone] if gone < len(leaves) else last + 1  # ``still`` holds for k < until
+        need = fit - still  # refused once the scheduled ones before it reach this many
+        if need <= plateau and max(k, need) < min(until, last + 1):
+            return max(k, need)
+        k = until
     return None
+
+
+def _scheduled_before(k: int, every: float, period_seconds: float) -> int:
+    """How many of the scheduled releases 0..k-1 are in the period of the k-th: min(k, P)."""
+    return k - max(0, math.floor(k - period_seconds / every) + 1)
+
+
+def _leaves_at(t: float, start: float, every: float, period_seconds: float) -> int:
+    """The first k >= 1 whose period (ending at ``start + k * every``) no longer holds a spend
+    planned at ``t``: the same float comparison as counting the period release by release."""
+    k = max(1, math.ceil((t + period_seconds - start) / every))
+    while k > 1 and t <= start + (k - 1) * every - period_seconds:
+        k -= 1
+    while not t <= start + k * every - period_seconds:
+        k += 1
+    return k
 
 
 _MECHANISM_WORDS = {
