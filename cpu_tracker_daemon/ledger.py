@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -29,11 +28,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from cpu_tracker_daemon.accounting import Event, compose, event_of
+from cpu_tracker_daemon.budget import CAPS, BudgetStatus, Caps, CapStatus, Promise, iso
 from cpu_tracker_daemon.errors import (
     BudgetExhaustedError,
     CooldownError,
@@ -48,8 +48,6 @@ from cpu_tracker_daemon.storage import fsync_dir, make_dirs_durably
 SCHEMA_VERSION = 5
 READABLE_VERSIONS = ("1", "2", "3", "4", "5")
 APPLICATION_ID = 0x43505554  # "CPUT"
-CAPS = ("lifetime", "window")
-_TOLERANCE = 1e-9
 LOCK_TIMEOUT_SECONDS = 10.0  # how long an open waits for another process's lock on the ledger
 # The most delta a cap may ever have, base and grants together: a chance of 1 in 10,000 that the
 # epsilon does not hold is already more than most privacy engineers would sign for.
@@ -201,127 +199,6 @@ def boot_clock() -> tuple[str | None, float]:
         boot_id = None
     clock = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
     return boot_id, time.clock_gettime(clock)
-
-
-@dataclass(frozen=True)
-class Promise:
-    """What the releases protect, fixed by the first release a ledger accounts: every later one
-    must protect the same unit, or the caps would add up releases of different guarantees."""
-
-    unit: str
-    samples: int
-    interval_seconds: float
-    lower: float
-    upper: float
-
-    def describe(self) -> str:
-        return (
-            f"unit {self.unit}, {self.samples} samples of {self.interval_seconds:g} s, "
-            f"bounds [{self.lower:g}, {self.upper:g}]"
-        )
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat()
-
-
-@dataclass(frozen=True)
-class Caps:
-    """The caps from the configuration, (epsilon, delta) each, and the rolling window's length."""
-
-    lifetime_epsilon: float
-    window_epsilon: float
-    window_hours: float
-    lifetime_delta: float = 0.0
-    window_delta: float = 0.0
-
-
-@dataclass(frozen=True)
-class CapStatus:
-    """One cap: its (epsilon, delta) limit, what its events add up to, and what was granted."""
-
-    name: str
-    limit: float
-    spent: float
-    granted: float
-    base: float
-    delta: float = 0.0
-    granted_delta: float = 0.0
-    method: str = "none"
-    counts: tuple[tuple[Event, int], ...] = ()  # the spends it covers, by kind
-
-    @property
-    def remaining(self) -> float:
-        return max(self.limit - self.spent, 0.0)
-
-    @property
-    def releases(self) -> int:
-        return sum(n for _, n in self.counts)
-
-    def fits(self, event: Event) -> bool:
-        return self.plus(event).within_limit()
-
-    def within_limit(self) -> bool:
-        return self.spent <= self.limit + _TOLERANCE * max(1.0, self.limit)
-
-    def plus(self, event: Event) -> CapStatus:
-        """This cap with one more release of ``event`` counted (composed once)."""
-        counts = dict(self.counts)
-        counts[event] = counts.get(event, 0) + 1
-        composed = compose(counts, self.delta)
-        return dataclasses.replace(
-            self, spent=composed.epsilon, method=composed.method, counts=tuple(counts.items())
-        )
-
-
-@dataclass(frozen=True)
-class BudgetStatus:
-    lifetime: CapStatus
-    window: CapStatus
-    releases: int
-    last_release_at: str | None
-    cooldown_anchor_ts: float | None
-    window_hours: float = 24.0  # the rolling period in force (never shorter than recorded)
-
-    @classmethod
-    def fresh(cls, caps: Caps) -> BudgetStatus:
-        """The budget before a ledger exists: the configured caps, nothing spent or granted."""
-        return cls(
-            lifetime=CapStatus(
-                "lifetime", caps.lifetime_epsilon, 0.0, 0.0, caps.lifetime_epsilon, caps.lifetime_delta
-            ),
-            window=CapStatus("window", caps.window_epsilon, 0.0, 0.0, caps.window_epsilon, caps.window_delta),
-            releases=0,
-            last_release_at=None,
-            cooldown_anchor_ts=None,
-            window_hours=caps.window_hours,
-        )
-
-    @property
-    def caps(self) -> tuple[CapStatus, CapStatus]:
-        return (self.lifetime, self.window)
-
-    @property
-    def remaining(self) -> float:
-        return min(c.remaining for c in self.caps)
-
-    def first_blocking(self, event: Event) -> CapStatus | None:
-        return next((c for c in self.caps if not c.fits(event)), None)
-
-    def plus(self, event: Event, reserved_ts: float, anchor_ts: float) -> BudgetStatus:
-        """The budget once a release of ``event`` reserved at ``reserved_ts``, anchoring the
-        cooldown at ``anchor_ts``, is counted: in the lifetime, and in the rolling period that
-        ends at its own planned start. What :meth:`Ledger.reserve` returns, without reading again."""
-        lifetime = self.lifetime.plus(event)
-        last = self.last_release_at
-        return dataclasses.replace(
-            self,
-            lifetime=lifetime,
-            window=self.window.plus(event),
-            releases=lifetime.releases,
-            last_release_at=iso(reserved_ts) if last is None or iso(reserved_ts) > last else last,
-            cooldown_anchor_ts=anchor_ts,
-        )
 
 
 @dataclass(frozen=True)

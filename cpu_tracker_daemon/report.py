@@ -14,9 +14,9 @@ from typing import Any
 
 from cpu_tracker_daemon import storage
 from cpu_tracker_daemon.accounting import Event, releases_within
-from cpu_tracker_daemon.budget import caps_for
+from cpu_tracker_daemon.budget import BudgetStatus, CapStatus, caps_for
 from cpu_tracker_daemon.config import Config
-from cpu_tracker_daemon.ledger import BudgetStatus, CapStatus, Grant, open_ledger
+from cpu_tracker_daemon.ledger import Grant, open_ledger
 from cpu_tracker_daemon.privacy import Calibration, calibrate
 from cpu_tracker_daemon.schedule import due_at, grid_late, next_start
 

@@ -23,8 +23,9 @@ from datetime import datetime
 from pathlib import Path
 
 from cpu_tracker_daemon import storage
+from cpu_tracker_daemon.budget import Caps
 from cpu_tracker_daemon.errors import LedgerUnavailableError
-from cpu_tracker_daemon.ledger import Caps, open_ledger
+from cpu_tracker_daemon.ledger import open_ledger
 from cpu_tracker_daemon.storage import Layout
 
 TRACE_NAME = "ledger-resets.jsonl"

@@ -20,7 +20,7 @@ from typing import Any
 
 from cpu_tracker_daemon import budget_requests, metrics, permissions, storage, timewords
 from cpu_tracker_daemon.accounting import SECURE_DISCRETE_LAPLACE, Event
-from cpu_tracker_daemon.budget import caps_for, promise_for
+from cpu_tracker_daemon.budget import BudgetStatus, CapStatus, caps_for, promise_for
 from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.errors import (
     BudgetExhaustedError,
@@ -37,8 +37,6 @@ from cpu_tracker_daemon.errors import (
 from cpu_tracker_daemon.ledger import (
     LOCK_TIMEOUT_SECONDS,
     BootClock,
-    BudgetStatus,
-    CapStatus,
     Ledger,
     Spend,
     boot_clock,

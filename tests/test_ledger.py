@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from cpu_tracker_daemon import ledger as module
 from cpu_tracker_daemon.accounting import Event, releases_within
+from cpu_tracker_daemon.budget import Caps, Promise
 from cpu_tracker_daemon.errors import (
     BudgetExhaustedError,
     CooldownError,
@@ -22,7 +23,7 @@ from cpu_tracker_daemon.errors import (
     LedgerUnavailableError,
     PromiseChangedError,
 )
-from cpu_tracker_daemon.ledger import BootClock, Caps, Ledger, Promise, Spend, open_ledger
+from cpu_tracker_daemon.ledger import BootClock, Ledger, Spend, open_ledger
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 CAPS = Caps(lifetime_epsilon=3.0, window_epsilon=2.0, window_hours=24.0)

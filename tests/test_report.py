@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from cpu_tracker_daemon import report
 from cpu_tracker_daemon.accounting import Event, releases_within
-from cpu_tracker_daemon.ledger import CapStatus
+from cpu_tracker_daemon.budget import CapStatus
 
 START = 1_790_000_000.0
 
