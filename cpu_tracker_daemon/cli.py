@@ -2,17 +2,26 @@
 into exit codes (the table is :mod:`exit_codes`'). Each leaf parser names its handler in
 :mod:`commands` (``set_defaults(handler=...)``), which is imported only once the arguments are
 parsed: ``--help`` and a bad argument load argparse and little else.
+
+The parsers are built along the command line's own words only (:func:`command_words`): a
+command's parser with its options, its siblings not at all, and a ``--help`` level's children as
+names with their help lines. Whatever that parser cannot parse is parsed again by the whole one,
+so errors and help read exactly as they would; the test suite holds the two to the same results.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
+    Fill = Callable[[argparse.ArgumentParser, "list[str] | None"], None]
 
 from cpu_tracker_daemon import __version__
 from cpu_tracker_daemon.errors import CpuTrackerError, UsageError, one_line
@@ -25,7 +34,44 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message}; see '{self.prog} --help'")
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Commands:
+    """The subcommands of one parser, added only where the command line goes: ``words`` are the
+    command's words below this level (None: add and fill every subcommand; empty: list each, by
+    name and help line, for this level's ``--help``; else only the first word's, filled)."""
+
+    def __init__(self, parser: argparse.ArgumentParser, words: list[str] | None, dest: str, metavar: str):
+        self._sub = parser.add_subparsers(dest=dest, required=True, metavar=metavar, parser_class=_Parser)
+        self._words = words
+
+    def add(self, name: str, fill: Fill, **options: Any) -> None:
+        words = self._words
+        if words and words[0] != name:
+            return
+        child = self._sub.add_parser(name, **options)
+        if words is None:
+            fill(child, None)
+        elif words:
+            fill(child, words[1:])
+
+
+def command_words(argv: Sequence[str]) -> list[str]:
+    """The words of the command line that name its command (``budget grant``): the positional
+    words, skipping the global options and the value ``--config`` takes."""
+    words: list[str] = []
+    rest = iter(argv)
+    for arg in rest:
+        if arg == "--":
+            words.extend(rest)
+        elif arg == "--config":
+            next(rest, None)
+        elif not arg.startswith("-"):
+            words.append(arg)
+    return words
+
+
+def build_parser(words: list[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (with ``words``, from :func:`command_words`) the part of it that
+    command line goes through."""
     codes = "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES.items())
     parser = _Parser(
         prog="cpu-tracker",
@@ -47,10 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the system service's configuration and state (as root: acts as the service's user)",
     )
     parser.set_defaults(needs_config=True, writes_state=False)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-
-    run = sub.add_parser(
+    sub = _Commands(parser, words, dest="command", metavar="COMMAND")
+    sub.add(
         "run",
+        _fill_run,
         help="run the daemon in the foreground (for systemd and launchd)",
         description=(
             "Run the daemon in the foreground until SIGTERM or Ctrl-C (exit 0); SIGHUP reloads the "
@@ -58,6 +104,43 @@ def build_parser() -> argparse.ArgumentParser:
             "repeats every schedule.every_seconds while the privacy budget lasts."
         ),
     )
+    sub.add("once", _fill_once, help="run one release cycle now")
+    sub.add("status", _json_leaf("status"), help="last release, next due time, budget, paths")
+    sub.add("budget", _fill_budget, help="inspect or raise the privacy budget")
+    sub.add("ledger", _fill_ledger, help="the privacy ledger itself")
+    sub.add("config", _fill_config, help="check or show the effective configuration")
+    sub.add(
+        "aggregate",
+        _json_leaf("aggregate", writes_state=True, what="print the aggregate record"),
+        help="one aggregation pass over the SyftBox tree's releases",
+    )
+    sub.add("service", _fill_service, help="print, install or remove the systemd unit or launchd plist")
+    _describe(parser)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed command line: through the parser built along its words, or, where that cannot
+    parse it (a mistake, an unusual spelling), the whole parser, which says what is wrong."""
+    given = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser(command_words(given)).parse_args(given)
+    except UsageError:
+        args = None
+    if args is None or getattr(args, "handler", None) is None:
+        args = build_parser().parse_args(given)
+    return args
+
+
+def _json_leaf(handler: str, writes_state: bool = False, what: str = "machine-readable output") -> Fill:
+    def fill(parser: argparse.ArgumentParser, words: list[str] | None) -> None:
+        parser.set_defaults(handler=handler, **({"writes_state": True} if writes_state else {}))
+        parser.add_argument("--json", action="store_true", help=what)
+
+    return fill
+
+
+def _fill_run(run: argparse.ArgumentParser, words: list[str] | None) -> None:
     run.add_argument(
         "--log-format",
         choices=LOG_FORMATS,
@@ -65,45 +148,54 @@ def build_parser() -> argparse.ArgumentParser:
         "logging.format, auto: console on a terminal, JSON under systemd, launchd and pipes",
     )
     run.set_defaults(handler="run", writes_state=True)
-    once = sub.add_parser("once", help="run one release cycle now")
+
+
+def _fill_once(once: argparse.ArgumentParser, words: list[str] | None) -> None:
     once.set_defaults(handler="once", writes_state=True)
     once.add_argument("--force", action="store_true", help="skip the cooldown (never the budget)")
-    status = sub.add_parser("status", help="last release, next due time, budget, paths")
-    status.set_defaults(handler="status")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-
-    _add_budget_parser(sub)
-    _add_ledger_parser(sub)
-    _add_config_parser(sub)
-    aggregate = sub.add_parser("aggregate", help="one aggregation pass over the SyftBox tree's releases")
-    aggregate.set_defaults(handler="aggregate", writes_state=True)
-    aggregate.add_argument("--json", action="store_true", help="print the aggregate record")
-    _add_service_parser(sub)
-    _describe(parser)
-    return parser
 
 
-def _add_budget_parser(sub: Any) -> None:
-    budget = sub.add_parser("budget", help="inspect or raise the privacy budget")
-    bsub = budget.add_subparsers(dest="budget_command", required=True, metavar="ACTION", parser_class=_Parser)
-    show = bsub.add_parser("show", help="the privacy report: what is hidden, what is spent, when it pauses")
-    show.set_defaults(handler="budget_show")
-    show.add_argument("--json", action="store_true", help="machine-readable output")
-    plan = bsub.add_parser("plan", help="cost of one release, releases left under each cap, and when")
-    plan.set_defaults(handler="budget_plan")
-    plan.add_argument("--json", action="store_true", help="machine-readable output")
-    pending = bsub.add_parser("requests", help="budget requests that readers sent to rpc/budget/")
-    pending.set_defaults(handler="budget_requests")
-    pending.add_argument("--json", action="store_true", help="machine-readable output")
-    approve = bsub.add_parser("approve", help="grant a pending request; the requester can read the answer")
-    approve.set_defaults(handler="budget_approve", writes_state=True)
-    approve.add_argument("request_id", metavar="ID", help="the request's id, as 'budget requests' lists it")
-    approve.add_argument("--reason", default="", help="a note for the requester")
-    deny = bsub.add_parser("deny", help="refuse a pending request; the requester can read the answer")
-    deny.set_defaults(handler="budget_deny", writes_state=True)
-    deny.add_argument("request_id", metavar="ID", help="the request's id, as 'budget requests' lists it")
-    deny.add_argument("--reason", required=True, help="why (sent to the requester)")
-    grant = bsub.add_parser("grant", help="raise a cap; recorded in the ledger with the reason")
+def _fill_budget(budget: argparse.ArgumentParser, words: list[str] | None) -> None:
+    bsub = _Commands(budget, words, dest="budget_command", metavar="ACTION")
+    bsub.add(
+        "show",
+        _json_leaf("budget_show"),
+        help="the privacy report: what is hidden, what is spent, when it pauses",
+    )
+    bsub.add(
+        "plan", _json_leaf("budget_plan"), help="cost of one release, releases left under each cap, and when"
+    )
+    bsub.add(
+        "requests", _json_leaf("budget_requests"), help="budget requests that readers sent to rpc/budget/"
+    )
+    bsub.add(
+        "approve",
+        _fill_decision("budget_approve", "a note for the requester", required=False),
+        help="grant a pending request; the requester can read the answer",
+    )
+    bsub.add(
+        "deny",
+        _fill_decision("budget_deny", "why (sent to the requester)", required=True),
+        help="refuse a pending request; the requester can read the answer",
+    )
+    bsub.add("grant", _fill_grant, help="raise a cap; recorded in the ledger with the reason")
+
+
+def _fill_decision(handler: str, reason: str, required: bool) -> Fill:
+    def fill(parser: argparse.ArgumentParser, words: list[str] | None) -> None:
+        parser.set_defaults(handler=handler, writes_state=True)
+        parser.add_argument(
+            "request_id", metavar="ID", help="the request's id, as 'budget requests' lists it"
+        )
+        if required:
+            parser.add_argument("--reason", required=True, help=reason)
+        else:
+            parser.add_argument("--reason", default="", help=reason)
+
+    return fill
+
+
+def _fill_grant(grant: argparse.ArgumentParser, words: list[str] | None) -> None:
     grant.set_defaults(handler="budget_grant", writes_state=True)
     grant.add_argument("epsilon", type=_positive_float, metavar="EPSILON", help="how much to add to the cap")
     grant.add_argument("--reason", required=True, help="why (kept in the ledger's history)")
@@ -119,11 +211,11 @@ def _add_budget_parser(sub: Any) -> None:
     )
 
 
-def _add_ledger_parser(sub: Any) -> None:
-    ledger = sub.add_parser("ledger", help="the privacy ledger itself")
-    lsub = ledger.add_subparsers(dest="ledger_command", required=True, metavar="ACTION", parser_class=_Parser)
-    reset = lsub.add_parser(
+def _fill_ledger(ledger: argparse.ArgumentParser, words: list[str] | None) -> None:
+    lsub = _Commands(ledger, words, dest="ledger_command", metavar="ACTION")
+    lsub.add(
         "reset",
+        _fill_reset,
         help="retire the ledger (kept, renamed) and start a new budget; leaves a trace",
         description=(
             "Start the privacy budget over, deliberately: the old ledger is renamed (never "
@@ -132,10 +224,9 @@ def _add_ledger_parser(sub: Any) -> None:
             "still happened: whoever saw them may combine them with the new ones."
         ),
     )
-    reset.add_argument("--reason", required=True, help="why (kept in the new ledger and the trace)")
-    reset.set_defaults(handler="ledger_reset", writes_state=True)
-    verify = lsub.add_parser(
+    lsub.add(
         "verify",
+        _fill_verify,
         help="check the whole ledger now (every page, schema, triggers, running counts); exit 4 if unsound",
         description=(
             "The full verification the daemon runs when it starts: SQLite's quick_check over every "
@@ -144,16 +235,22 @@ def _add_ledger_parser(sub: Any) -> None:
         ),
     )
 
+
+def _fill_reset(reset: argparse.ArgumentParser, words: list[str] | None) -> None:
+    reset.add_argument("--reason", required=True, help="why (kept in the new ledger and the trace)")
+    reset.set_defaults(handler="ledger_reset", writes_state=True)
+
+
+def _fill_verify(verify: argparse.ArgumentParser, words: list[str] | None) -> None:
     verify.set_defaults(handler="ledger_verify", writes_state=True)
 
 
-def _add_config_parser(sub: Any) -> None:
-    config = sub.add_parser("config", help="check or show the effective configuration")
-    csub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION", parser_class=_Parser)
-    check = csub.add_parser("check", help="validate the configuration and the directories it names")
-    check.set_defaults(handler="config_check")
-    init = csub.add_parser(
+def _fill_config(config: argparse.ArgumentParser, words: list[str] | None) -> None:
+    csub = _Commands(config, words, dest="config_command", metavar="ACTION")
+    csub.add("check", _fill_check, help="validate the configuration and the directories it names")
+    csub.add(
         "init",
+        _fill_init,
         help="write a commented starter config (every key at its default, commented out)",
         description=(
             "Write a starter config.toml where cpu-tracker looks for it (--config PATH, else "
@@ -161,12 +258,21 @@ def _add_config_parser(sub: Any) -> None:
             "--system): every key, commented out at its default, with a line on what it does."
         ),
     )
+    csub.add(
+        "show",
+        _json_leaf("config_show", what="JSON instead of TOML"),
+        help="the effective configuration, defaults filled in",
+    )
+
+
+def _fill_check(check: argparse.ArgumentParser, words: list[str] | None) -> None:
+    check.set_defaults(handler="config_check")
+
+
+def _fill_init(init: argparse.ArgumentParser, words: list[str] | None) -> None:
     init.set_defaults(handler="config_init", needs_config=False)
     init.add_argument("--force", action="store_true", help="replace a config file that exists")
     init.add_argument("--stdout", action="store_true", help="print it instead of writing a file")
-    cshow = csub.add_parser("show", help="the effective configuration, defaults filled in")
-    cshow.set_defaults(handler="config_show")
-    cshow.add_argument("--json", action="store_true", help="JSON instead of TOML")
 
 
 def _describe(parser: argparse.ArgumentParser) -> None:
@@ -182,45 +288,44 @@ def _describe(parser: argparse.ArgumentParser) -> None:
                 _describe(child)
 
 
-def _add_service_parser(sub: Any) -> None:
-    service = sub.add_parser("service", help="print, install or remove the systemd unit or launchd plist")
-    ssub = service.add_subparsers(
-        dest="service_command", required=True, metavar="ACTION", parser_class=_Parser
+_SERVICE_ACTIONS = {
+    "print": "print the unit or plist for this installation",
+    "install": "write it where the service manager looks, then print the command that starts it",
+    "uninstall": "remove it (state, config and logs stay)",
+}
+
+
+def _fill_service(service: argparse.ArgumentParser, words: list[str] | None) -> None:
+    ssub = _Commands(service, words, dest="service_command", metavar="ACTION")
+    for name, text in _SERVICE_ACTIONS.items():
+        ssub.add(name, _fill_service_action, help=text)
+
+
+def _fill_service_action(action: argparse.ArgumentParser, words: list[str] | None) -> None:
+    name = action.prog.rsplit(" ", 1)[-1]
+    action.set_defaults(handler="service", needs_config=False)
+    action.add_argument(
+        "manager",
+        nargs="?",
+        choices=MANAGERS,
+        default="launchd" if sys.platform == "darwin" else "systemd",
+        help="default: this platform's",
     )
-    actions = {
-        "print": "print the unit or plist for this installation",
-        "install": "write it where the service manager looks, then print the command that starts it",
-        "uninstall": "remove it (state, config and logs stay)",
-    }
-    for name, text in actions.items():
-        action = ssub.add_parser(name, help=text)
-        action.set_defaults(handler="service", needs_config=False)
+    scope = action.add_mutually_exclusive_group()
+    scope.add_argument("--user", dest="scope", action="store_const", const="user", help="per-user service")
+    scope.add_argument(
+        "--system", dest="scope", action="store_const", const="system", help="system-wide service"
+    )
+    action.add_argument(
+        "--executable", metavar="PATH", help="the cpu-tracker to run (default: this installation's)"
+    )
+    if name != "print":
+        action.add_argument("--root", metavar="DIR", default="/", help="install into an image rooted at DIR")
+        action.add_argument("--force", action="store_true", help="replace or remove a file that differs")
+    if name == "install":
         action.add_argument(
-            "manager",
-            nargs="?",
-            choices=MANAGERS,
-            default="launchd" if sys.platform == "darwin" else "systemd",
-            help="default: this platform's",
+            "--dry-run", action="store_true", help="show what would be written, write nothing"
         )
-        scope = action.add_mutually_exclusive_group()
-        scope.add_argument(
-            "--user", dest="scope", action="store_const", const="user", help="per-user service"
-        )
-        scope.add_argument(
-            "--system", dest="scope", action="store_const", const="system", help="system-wide service"
-        )
-        action.add_argument(
-            "--executable", metavar="PATH", help="the cpu-tracker to run (default: this installation's)"
-        )
-        if name != "print":
-            action.add_argument(
-                "--root", metavar="DIR", default="/", help="install into an image rooted at DIR"
-            )
-            action.add_argument("--force", action="store_true", help="replace or remove a file that differs")
-        if name == "install":
-            action.add_argument(
-                "--dry-run", action="store_true", help="show what would be written, write nothing"
-            )
 
 
 def _positive_float(text: str) -> float:
@@ -246,7 +351,7 @@ def _probability(text: str) -> float:
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     env = os.environ if environ is None else environ
     try:
-        args = build_parser().parse_args(argv)
+        args = parse_args(argv)
         if args.system_service:
             from cpu_tracker_daemon.service import system_dirs
 
@@ -270,6 +375,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader went away (| head): a quiet success, as for any filter
+        import contextlib
+
         with contextlib.suppress(OSError, ValueError):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's last flush does not fail

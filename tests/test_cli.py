@@ -644,3 +644,73 @@ def test_status_cannot_tell_for_another_users_lock_and_says_so(tmp_path: Path) -
         os.close(read)
         assert holder(lock) == os.getpid()  # root reads it: this process holds it
     assert seen == b"denied"
+
+
+def _outcome(parse: Any, argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[str, Any]:
+    from cpu_tracker_daemon.errors import UsageError
+
+    try:
+        args = parse(argv)
+    except UsageError as exc:
+        return "error", str(exc)
+    except SystemExit as exc:
+        return "exit", (exc.code, capsys.readouterr().out)
+    return "parsed", vars(args)
+
+
+def _command_lines() -> list[list[str]]:
+    """Every command with --help, every leaf with what it needs, global options around them, and
+    mistakes of each kind."""
+    needs = {
+        "budget grant": ["1.5", "--reason", "r", "--cap", "window"],
+        "budget approve": ["abc", "--reason", "ok"],
+        "budget deny": ["abc", "--reason", "no"],
+        "ledger reset": ["--reason", "r"],
+        "service install": ["systemd", "--user", "--dry-run"],
+    }
+    lines: list[list[str]] = [[], ["--help"], ["--version"], ["--system", "status"]]
+    for name, _ in every_subparser():
+        words = name.split()
+        lines.append([*words, "--help"])
+        lines.append(["--config", "c.toml", *words, *needs.get(name, [])])
+        lines.append(["--config=c.toml", *words, "--json"])
+    lines += [
+        ["stauts"],
+        ["budget"],
+        ["budget", "grant", "x", "--reason", "r"],
+        ["--conf", "c.toml", "status"],  # an abbreviation the word scan cannot know
+        ["--", "status"],
+        ["status", "extra"],
+        ["once", "--force", "--json"],
+    ]
+    return lines
+
+
+@pytest.mark.parametrize("argv", _command_lines(), ids=" ".join)
+def test_the_parser_built_along_the_words_parses_as_the_whole_one(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each command builds only its own parser; help, errors and results are the whole parser's."""
+    from cpu_tracker_daemon.cli import build_parser, parse_args
+
+    whole = _outcome(lambda a: build_parser().parse_args(a), argv, capsys)
+    assert _outcome(parse_args, argv, capsys) == whole
+
+
+def test_a_command_builds_only_its_own_parser() -> None:
+    from cpu_tracker_daemon.cli import build_parser, command_words
+
+    def count(parser: Any) -> int:
+        import argparse
+
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        return 1 + sum(count(child) for s in subs for child in s.choices.values())
+
+    assert command_words(["--config", "x", "budget", "grant", "1", "--reason", "r"])[:2] == [
+        "budget",
+        "grant",
+    ]
+    assert count(build_parser(["status"])) == 2
+    assert count(build_parser(["budget", "show"])) == 3
+    assert count(build_parser([])) == 9  # --help: the commands, listed
+    assert count(build_parser()) == len(every_subparser()) + 1
