@@ -16,17 +16,17 @@ import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from typing import Any, NoReturn
-
-    Fill = Callable[[argparse.ArgumentParser, "list[str] | None"], None]
 
 from cpu_tracker_daemon import __version__
 from cpu_tracker_daemon.errors import CpuTrackerError, UsageError, one_line
 from cpu_tracker_daemon.exit_codes import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, exit_code_for
 from cpu_tracker_daemon.names import LOG_FORMATS, MANAGERS
+
+TYPE_CHECKING = False  # not typing's: ``--help`` need not import typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
+    Fill = Callable[[argparse.ArgumentParser, "list[str] | None"], None]
 
 
 class _Parser(argparse.ArgumentParser):

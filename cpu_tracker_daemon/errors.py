@@ -6,7 +6,10 @@ Only :mod:`cpu_tracker_daemon.cli` turns these into exit codes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's: ``cpu-tracker --help`` need not import typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def one_line(text: str) -> str:
