@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     command_rows: dict[int, dict[str, float]] = {}
     build_seconds: dict[int, float] = {}
     baseline = wall([sys.executable, "-c", "pass"])
+    # What a command that reads the config and the ledger cannot do without: importing the
+    # standard library's TOML reader, SQLite and argparse, and nothing of this project.
+    floor = wall([sys.executable, "-c", "import argparse, sqlite3, tomllib"])
     for size in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             before = time.monotonic()
@@ -206,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in cycle_rows[sizes[0]]:
         print(f"| {name} | " + " | ".join(f"{cycle_rows[s][name]:.2f}" for s in sizes) + " |")
     print(f"\ncommand wall time, s (median of 5), and its multiple of `python -c pass` ({baseline:.3f} s):\n")
+    floor_command = "`python -c 'import argparse, sqlite3, tomllib'`"
+    print(f"(the floor, {floor_command}: {floor:.3f} s, {floor / baseline:.1f}x)\n")
     print(f"| command | {head} |")
     print("| --- |" + " --- |" * len(sizes))
     for name in COMMANDS:
