@@ -149,14 +149,12 @@ def _keys(document: object) -> list[str]:
 
 def _release(mechanism: str) -> dict[str, object]:
     """A release as the member writes it: its own record builder and calibration."""
-    import dataclasses
-
     from cpu_tracker_daemon.config import load_config
     from cpu_tracker_daemon.privacy import Noisy, calibrate
     from cpu_tracker_daemon.records import public_record
 
     config = load_config(None, environ={"HOME": "/h"})
-    privacy = dataclasses.replace(config.privacy, mechanism=mechanism)
+    privacy = config.privacy._replace(mechanism=mechanism)
     calibration = calibrate(privacy, config.sampling.samples)
     end = NOW - timedelta(minutes=10)
     return public_record(

@@ -20,7 +20,7 @@ import functools
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 LAPLACE = "laplace"  # continuous, as recorded by earlier versions
 GAUSSIAN = "gaussian"  # continuous, as recorded by earlier versions: the only mu-GDP events
@@ -31,8 +31,7 @@ DISCRETE_GAUSSIAN = "discrete_gaussian"
 PURE = (LAPLACE, SNAPPING, DISCRETE_LAPLACE, SECURE_DISCRETE_LAPLACE)  # pure epsilon-DP mechanisms
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     """One release's privacy cost: its own (epsilon, delta) and its zCDP rho.
 
     ``mu`` is the Gaussian's sensitivity/sigma (0 for other mechanisms).
@@ -73,8 +72,7 @@ def event_of(mechanism: str, epsilon: float, delta: float) -> Event:
     return Event(mechanism, epsilon, 0.0, epsilon * epsilon / 2)
 
 
-@dataclass(frozen=True)
-class Guarantee:
+class Guarantee(NamedTuple):
     """What a set of releases proves together, and which bound proved it."""
 
     epsilon: float

@@ -6,10 +6,8 @@ reserves one; the reports (:mod:`report`) read them.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from cpu_tracker_daemon.accounting import Event, compose
 
@@ -20,8 +18,7 @@ CAPS = ("lifetime", "window")  # the rolling cap is called "window" in the confi
 _TOLERANCE = 1e-9
 
 
-@dataclass(frozen=True)
-class Promise:
+class Promise(NamedTuple):
     """What the releases protect, fixed by the first release a ledger accounts: every later one
     must protect the same unit, or the caps would add up releases of different guarantees."""
 
@@ -42,8 +39,7 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-@dataclass(frozen=True)
-class Caps:
+class Caps(NamedTuple):
     """The caps from the configuration, (epsilon, delta) each, and the rolling window's length."""
 
     lifetime_epsilon: float
@@ -53,8 +49,7 @@ class Caps:
     window_delta: float = 0.0
 
 
-@dataclass(frozen=True)
-class CapStatus:
+class CapStatus(NamedTuple):
     """One cap: its (epsilon, delta) limit, what its events add up to, and what was granted."""
 
     name: str
@@ -86,13 +81,10 @@ class CapStatus:
         counts = dict(self.counts)
         counts[event] = counts.get(event, 0) + 1
         composed = compose(counts, self.delta)
-        return dataclasses.replace(
-            self, spent=composed.epsilon, method=composed.method, counts=tuple(counts.items())
-        )
+        return self._replace(spent=composed.epsilon, method=composed.method, counts=tuple(counts.items()))
 
 
-@dataclass(frozen=True)
-class BudgetStatus:
+class BudgetStatus(NamedTuple):
     lifetime: CapStatus
     window: CapStatus
     releases: int
@@ -131,8 +123,7 @@ class BudgetStatus:
         ends at its own planned start. What :meth:`Ledger.reserve` returns, without reading again."""
         lifetime = self.lifetime.plus(event)
         last = self.last_release_at
-        return dataclasses.replace(
-            self,
+        return self._replace(
             lifetime=lifetime,
             window=self.window.plus(event),
             releases=lifetime.releases,

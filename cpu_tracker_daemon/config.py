@@ -7,16 +7,14 @@ the fix. It reads; it never writes or logs.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import re
 import sys
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cpu_tracker_daemon.errors import ConfigError
 from cpu_tracker_daemon.names import APP_NAME, LOG_FORMATS
@@ -32,13 +30,11 @@ MAX_ROUND_MEMBERS = 100_000
 _EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 
 
-@dataclass(frozen=True)
-class PathsConfig:
+class PathsConfig(NamedTuple):
     data_dir: Path
 
 
-@dataclass(frozen=True)
-class SamplingConfig:
+class SamplingConfig(NamedTuple):
     samples: int = 50
     interval_seconds: float = 1.0
 
@@ -47,13 +43,11 @@ class SamplingConfig:
         return self.samples * self.interval_seconds
 
 
-@dataclass(frozen=True)
-class ScheduleConfig:
+class ScheduleConfig(NamedTuple):
     every_seconds: float = 3600.0
 
 
-@dataclass(frozen=True)
-class BudgetConfig:
+class BudgetConfig(NamedTuple):
     lifetime_epsilon: float = 100.0
     lifetime_delta: float = 1e-6
     window_epsilon: float = 12.0
@@ -61,8 +55,7 @@ class BudgetConfig:
     window_hours: float = 24.0
 
 
-@dataclass(frozen=True)
-class SyftboxConfig:
+class SyftboxConfig(NamedTuple):
     dir: Path | None = None
     email: str = ""
     readers: tuple[str, ...] = DEFAULT_READERS
@@ -72,15 +65,13 @@ class SyftboxConfig:
         return self.dir is not None
 
 
-@dataclass(frozen=True)
-class LoggingConfig:
+class LoggingConfig(NamedTuple):
     format: str = "auto"
     level: str = "info"
     file: Path | None = None
 
 
-@dataclass(frozen=True)
-class AggregatorConfig:
+class AggregatorConfig(NamedTuple):
     """The network view: read every peer's release in the SyftBox tree and publish the estimate."""
 
     enabled: bool = False
@@ -91,8 +82,7 @@ class AggregatorConfig:
     max_weight_ratio: float = 1.0
 
 
-@dataclass(frozen=True)
-class SecureAggregationConfig:
+class SecureAggregationConfig(NamedTuple):
     """Secure aggregation (docs/secure-aggregation.md): ``enabled`` makes this member take part
     in the rounds ``aggregator`` runs, instead of publishing its own noisy release; ``members``
     makes this daemon the aggregator that runs them, for those members."""
@@ -108,27 +98,25 @@ class SecureAggregationConfig:
         return bool(self.members)
 
 
-@dataclass(frozen=True)
-class PrometheusConfig:
+class PrometheusConfig(NamedTuple):
     textfile_dir: Path | None = None
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     paths: PathsConfig
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
-    budget: BudgetConfig = field(default_factory=BudgetConfig)
-    syftbox: SyftboxConfig = field(default_factory=SyftboxConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
-    prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
-    secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
+    sampling: SamplingConfig = SamplingConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    budget: BudgetConfig = BudgetConfig()
+    syftbox: SyftboxConfig = SyftboxConfig()
+    logging: LoggingConfig = LoggingConfig()
+    aggregator: AggregatorConfig = AggregatorConfig()
+    prometheus: PrometheusConfig = PrometheusConfig()
+    secure_aggregation: SecureAggregationConfig = SecureAggregationConfig()
     source: Path | None = None
 
 
-# The schema: section -> key -> kind (int, float, str, path, emails); defaults live in the dataclasses.
+# The schema: section -> key -> kind (int, float, str, path, emails); defaults live in the records above.
 KEYS: dict[str, dict[str, str]] = {
     "paths": {"data_dir": "path"},
     "sampling": {"samples": "int", "interval_seconds": "float"},
@@ -358,15 +346,15 @@ def parse_config(
             secure_aggregation=SecureAggregationConfig(**values["secure_aggregation"]),
             source=source,
         )
-    except TypeError as exc:  # pragma: no cover - the schema and the dataclasses agree
+    except TypeError as exc:  # pragma: no cover - the schema and the records agree
         raise ConfigError([str(exc)]) from None
     privacy = config.privacy
     if privacy.epsilon is not None and privacy.sigma is not None:
         problems.append("set privacy.epsilon or privacy.sigma, not both; remove one of them")
-        privacy = dataclasses.replace(privacy, sigma=None)
+        privacy = privacy._replace(sigma=None)
     if privacy.epsilon is None and privacy.sigma is None:
-        privacy = dataclasses.replace(privacy, epsilon=DEFAULT_EPSILON)
-    config = dataclasses.replace(config, privacy=privacy)
+        privacy = privacy._replace(epsilon=DEFAULT_EPSILON)
+    config = config._replace(privacy=privacy)
     problems.extend(_check(config))
     if problems:
         raise ConfigError(problems)
@@ -560,15 +548,15 @@ def as_dict(config: Config) -> dict[str, dict[str, Any]]:
     for section in KEYS:
         obj = getattr(config, section)
         table: dict[str, Any] = {}
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
+        for name in obj._fields:
+            value = getattr(obj, name)
             if isinstance(value, Path):
                 value = str(value)
             elif value is None:
                 value = ""
             elif isinstance(value, tuple):
                 value = list(value)
-            table[f.name] = value
+            table[name] = value
         out[section] = table
     return out
 

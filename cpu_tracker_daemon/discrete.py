@@ -17,7 +17,6 @@ need: a sum of grid values is exact, and noise shares add up in integers.
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable
 from fractions import Fraction
 from typing import Protocol
@@ -34,6 +33,8 @@ class Uniform(Protocol):
 
 def system_random() -> Uniform:
     """The OS CSPRNG (os.urandom), the default source of every draw."""
+    import random  # when drawing: the commands that only read the budget never need it
+
     return random.SystemRandom()
 
 

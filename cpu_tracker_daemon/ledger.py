@@ -27,10 +27,9 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cpu_tracker_daemon.accounting import Event, compose, event_of
 from cpu_tracker_daemon.budget import CAPS, BudgetStatus, Caps, CapStatus, Promise, iso
@@ -201,8 +200,7 @@ def boot_clock() -> tuple[str | None, float]:
     return boot_id, time.clock_gettime(clock)
 
 
-@dataclass(frozen=True)
-class Spend:
+class Spend(NamedTuple):
     """What one release will cost; recorded before any noise is drawn."""
 
     release_id: str
@@ -217,8 +215,7 @@ class Spend:
     planned_boot_seconds: float | None = None  # the boot clock at the planned start (None: at reserve)
 
 
-@dataclass(frozen=True)
-class Unfinished:
+class Unfinished(NamedTuple):
     """A reserved release that was never confirmed published."""
 
     release_id: str
@@ -227,8 +224,7 @@ class Unfinished:
     reserved_ts: float
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     """The owner's answer to a budget request, as the ledger keeps it."""
 
     request_id: str
@@ -243,8 +239,7 @@ class Decision:
     decided_at: str
 
 
-@dataclass(frozen=True)
-class Grant:
+class Grant(NamedTuple):
     cap: str
     epsilon: float
     reason: str

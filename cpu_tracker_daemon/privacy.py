@@ -36,9 +36,8 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cpu_tracker_daemon import discrete
 from cpu_tracker_daemon.accounting import (
@@ -60,8 +59,7 @@ MIN_EPSILON, MAX_EPSILON = 1e-6, 1000.0  # beyond these the noise is meaningless
 MIN_SIGMA, MAX_SIGMA = 0.01, 1e9  # percentage points: below one step of the grid it is no noise
 
 
-@dataclass(frozen=True)
-class PrivacyConfig:
+class PrivacyConfig(NamedTuple):
     """Exactly one of ``epsilon`` and ``sigma`` is set once loaded (epsilon 0.5 if neither is)."""
 
     unit: str = "window"
@@ -80,8 +78,7 @@ RandomLike = discrete.Uniform | None
 MECHANISM_NAMES = {"laplace": DISCRETE_LAPLACE, "gaussian": DISCRETE_GAUSSIAN, "snapping": SNAPPING}
 
 
-@dataclass(frozen=True)
-class Calibration:
+class Calibration(NamedTuple):
     """What one release costs and how much noise it carries.
 
     ``sensitivity_units``, ``lower_units`` and ``upper_units`` are on the integer grid;
@@ -245,16 +242,30 @@ def _laplace_scale_for_stddev(stddev: float) -> float:
     return -1.0 / math.log(a)
 
 
-@dataclass(frozen=True)
 class Statistic:
-    """The value noise is added to: in percent (kept private) and on the grid."""
+    """The value noise is added to: in percent (kept private) and on the grid.
 
-    percent: float
-    units: int
+    Not a tuple, and its repr withholds the value: a pre-noise value cannot reach a log line, a
+    JSON document or a traceback's locals by way of this record."""
+
+    __slots__ = ("percent", "units")
+
+    def __init__(self, percent: float, units: int) -> None:
+        self.percent = percent
+        self.units = units
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Statistic):
+            return NotImplemented
+        return (self.percent, self.units) == (other.percent, other.units)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-free but private: never a dict key
+
+    def __repr__(self) -> str:
+        return "Statistic(<the pre-noise value, withheld>)"
 
 
-@dataclass(frozen=True)
-class Noisy:
+class Noisy(NamedTuple):
     """A released value: ``units`` on the grid (None for Snapping) and ``cpu`` in percent."""
 
     cpu: float

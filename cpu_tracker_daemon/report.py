@@ -7,10 +7,8 @@ fast: none of the scientific stack, APScheduler or psutil is loaded.
 from __future__ import annotations
 
 import math
-import textwrap
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from cpu_tracker_daemon import storage
 from cpu_tracker_daemon.accounting import Event, releases_within
@@ -21,8 +19,7 @@ from cpu_tracker_daemon.privacy import Calibration, calibrate
 from cpu_tracker_daemon.schedule import due_at, grid_late, next_start
 
 
-@dataclass(frozen=True)
-class Snapshot:
+class Snapshot(NamedTuple):
     """Everything the reports need, read once."""
 
     config: Config
@@ -139,7 +136,7 @@ def budget_view(snap: Snapshot) -> dict[str, Any]:
             "caps": caps,
             "releases_possible_now": status.first_blocking(snap.calibration.event) is None,
         },
-        "grants": [g.__dict__ for g in snap.grants],
+        "grants": [g._asdict() for g in snap.grants],
     }
 
 
@@ -316,4 +313,6 @@ def privacy_report(snap: Snapshot, planned: dict[str, Any]) -> str:
 def _wrap(line: str) -> str:
     if len(line) <= 96 or not line.startswith("  "):
         return line
+    import textwrap  # the privacy report's alone: status never wraps a line
+
     return textwrap.fill(line.strip(), width=96, initial_indent="  ", subsequent_indent="    ")

@@ -12,7 +12,6 @@ schedule, never a reading of how late a cycle ran, so it carries nothing about t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -142,7 +141,6 @@ def lands_after(config: Config) -> float:
     return config.sampling.window_seconds + publish_hold(config)
 
 
-@dataclass
 class Spacing:
     """Within one process, releases are also spaced on the monotonic clock.
 
@@ -151,7 +149,10 @@ class Spacing:
     that begins after it are hours apart on the wall clock and milliseconds apart in fact.
     """
 
-    last_window_start: float | None = None
+    __slots__ = ("last_window_start",)
+
+    def __init__(self, last_window_start: float | None = None) -> None:
+        self.last_window_start = last_window_start  # on the monotonic clock
 
     def seconds_left(self, every: float, now: float) -> float:
         return 0.0 if self.last_window_start is None else max(self.last_window_start + every - now, 0.0)

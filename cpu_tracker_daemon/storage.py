@@ -20,9 +20,8 @@ import re
 import stat
 from collections.abc import Iterable
 from contextlib import suppress
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.errors import ConfigError, OutputError
@@ -39,8 +38,7 @@ PUBLIC_FILE_MODE = 0o644
 _TMP_SUFFIX = ".tmp"
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(NamedTuple):
     """Where everything lives, derived from the configuration alone."""
 
     data_dir: Path  # paths.data_dir: the ledger and the lock ($STATE_DIRECTORY under systemd)

@@ -65,7 +65,7 @@ class TestDefaults:
         config = load_config(path)
         again = tmp_path / "again.toml"
         again.write_text(to_toml(config))
-        assert load_config(again).__dict__ | {"source": None} == config.__dict__ | {"source": None}
+        assert load_config(again)._asdict() | {"source": None} == config._asdict() | {"source": None}
 
 
 BAD = [

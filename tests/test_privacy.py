@@ -59,6 +59,13 @@ class TestCalibration:
         assert stat("sample").units == 4500
         assert stat("sample", 10.0, 60.0).units == 3500
 
+    def test_the_pre_noise_value_never_shows_in_a_repr_or_as_json(self) -> None:
+        raw = Statistic(37.21, 3721)
+        assert "37" not in repr(raw)
+        assert "3721" not in str(raw)
+        with pytest.raises(TypeError):
+            json.dumps(raw)
+
     def test_sample_mean_moves_by_at_most_its_sensitivity(self) -> None:
         """Changing any one sample moves the grid mean by at most the grid sensitivity."""
         rng = random.Random(4)
