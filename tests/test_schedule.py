@@ -126,6 +126,9 @@ class TestPlanNextRun:
         assert schedule.plan_next_run(T0 + s(60), now, T0 + s(160), c, may_advance=True) == now
 
     def test_a_due_reckoned_before_the_clock_went_back_is_left_to_the_replan(self) -> None:
+        """A cycle whose window was open when the clock was set back hours reports a due time
+        hours ahead of the new clock: moving the run there would stall releases for hours. (A
+        daemon under libfaketime checked this end to end; the rule is this function's.)"""
         c = config(every=60)
         # more than one interval (plus the wait) ahead: the cycle straddled a step back
         assert schedule.plan_next_run(T0 + s(67), T0, T0 + s(60), c, may_advance=True) is None
