@@ -316,3 +316,78 @@ def _wrap(line: str) -> str:
     import textwrap  # the privacy report's alone: status never wraps a line
 
     return textwrap.fill(line.strip(), width=96, initial_indent="  ", subsequent_indent="    ")
+
+
+def status_text(view: dict[str, Any], snap: Snapshot, now: datetime, version: str) -> str:
+    """``cpu-tracker status`` for a person, from :func:`budget_view` with the daemon's state."""
+    from cpu_tracker_daemon import timewords
+
+    pid, running = view["daemon"]["pid"], view["daemon"]["running"]
+    b = view["budget"]
+    life, win = b["caps"]["lifetime"], b["caps"]["window"]
+    c = snap.calibration
+    last = view["last_release_at"]
+    lines = [
+        f"cpu-tracker {version} (config: {view['config']})",
+        "daemon:        "
+        + (
+            f"running (pid {pid})"
+            if running
+            else "unknown (its lock file is another user's; use sudo)"
+            if running is None
+            else "not running (start it: 'cpu-tracker run', or as a service: 'cpu-tracker service install')"
+        ),
+        f"last release:  {timewords.moment(datetime.fromisoformat(last), now) if last else 'never'}",
+        f"next due:      {timewords.moment(snap.next_due, now)}",
+        f"releases:      {view['releases']}, each {c.mechanism} epsilon {c.epsilon:.3g}"
+        + (f" delta {c.delta:g}" if c.delta else "")
+        + f" (privacy unit: {c.unit})",
+        f"budget:        lifetime {_num(life['spent'])} of {life['limit']:g} spent, "
+        f"{life['remaining']:.3g} left",
+        f"               last {win['hours']:g} h {_num(win['spent'])} of {win['limit']:g} spent, "
+        f"{win['remaining']:.3g} left",
+    ]
+    if not b["releases_possible_now"] and view["ledger_exists"]:
+        lines.append(
+            "               PAUSED: the next release does not fit; "
+            "'cpu-tracker budget grant EPSILON --reason TEXT' resumes releases"
+        )
+    mode = view["mode"]
+    secure = mode["name"] == "secure_aggregation"
+    if secure:
+        lines.append(
+            f"mode:          secure aggregation: each window goes, masked, to {mode['aggregator']}'s round "
+            f"(beta {mode['beta']:g}); no release of its own"
+        )
+    lines += [
+        f"public:        {mode['rounds'] if secure else view['paths']['public']}",
+        f"private:       {view['paths']['private']}",
+        f"ledger:        {view['paths']['ledger']}"
+        + ("" if view["ledger_exists"] else " (not created yet: the first cycle creates it)"),
+    ]
+    return "\n".join(lines)
+
+
+def plan_text(planned: dict[str, Any]) -> str:
+    """``cpu-tracker budget plan`` for a person, from :func:`plan`."""
+    p = planned["per_release"]
+    lines = [
+        f"one release:   {p['mechanism']}, epsilon {p['epsilon']:.4g}, delta {p['delta']:g}, "
+        f"noise stddev {p['noise_stddev']:.4g} percentage points ({p['unit']} unit)",
+        f"schedule:      every {planned['every_seconds']:g} s from {planned['next_due_at']}",
+    ]
+    for name, cap in planned["caps"].items():
+        left = (
+            "no limit at this schedule"
+            if cap["releases_remaining"] is None
+            else (f"{cap['releases_remaining']} more, then paused from {cap['exhausted_at']}")
+        )
+        lines.append(f"{name + ' cap:':<15}{left}")
+    lines.append(
+        f"overall:       {planned['releases_remaining']} more releases, until {planned['exhausted_at']}"
+    )
+    return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "unprovable" if value is None else f"{value:.3g}"
