@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -1018,12 +1019,18 @@ _APPEND_ONLY_BY_VERSION = {
 }
 
 
-def _check_triggers(conn: sqlite3.Connection, path: Path, version: str) -> None:
-    """The append-only triggers must be exactly this version's, and nothing else may run."""
-    expected = {
+@functools.cache
+def _expected_triggers(version: str) -> dict[str, str]:
+    """This version's append-only triggers, by name, whitespace normalised (worked out once)."""
+    return {
         statement.split()[2]: " ".join(statement.rstrip(";").split())
         for statement in _statements(_append_only(_APPEND_ONLY_BY_VERSION[version]))
     }
+
+
+def _check_triggers(conn: sqlite3.Connection, path: Path, version: str) -> None:
+    """The append-only triggers must be exactly this version's, and nothing else may run."""
+    expected = _expected_triggers(version)
     found = {
         name: " ".join((sql or "").split())
         for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type IN ('trigger', 'view')")
