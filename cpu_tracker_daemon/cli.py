@@ -47,6 +47,8 @@ class _Commands:
         words = self._words
         if words and words[0] != name:
             return
+        if words == []:  # only listed in this level's --help: never parses, so needs no -h of its own
+            options["add_help"] = False
         child = self._sub.add_parser(name, **options)
         if words is None:
             fill(child, None)
