@@ -1,6 +1,6 @@
 """What one release costs in ledger work, and what the commands cost, as the history grows.
 
-    python benchmarks/ledger_scale.py [--sizes 1000,10000,100000] [--cycles 20]
+    python benchmarks/ledger_scale.py [--sizes 1000,10000,100000] [--cycles 20] [--instructions]
 
 For each size, a ledger with that many published releases an hour apart (the default
 schedule, so 24 lie in the rolling period) is built through the project's own
@@ -9,14 +9,19 @@ so it takes seconds, not hours). Then, with the file as the daemon finds it, ``-
 the ledger work of one cycle, in this process and timed in CPU seconds: open and verify, the
 output check (``knows``), settling unfinished releases, the cooldown, ``reserve``, and the two
 outcomes. Each step is timed on its own too. Last, the wall time of ``cpu-tracker status``,
-``status --json``, ``budget show``, ``budget plan`` and ``--help`` beside ``python -c pass``
-(medians of 5 runs). Prints Markdown tables; asserts nothing.
+``status --json``, ``budget show``, ``budget plan`` and ``--help``, each run just after
+``python -c pass`` nine times (the median time, and the median of the nine ratios), beside the
+floor (python importing argparse, sqlite3 and tomllib). ``--instructions`` also counts each
+command's instructions under valgrind, which unlike time do not drift. Prints Markdown tables;
+asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -160,14 +165,41 @@ def time_cycles(config_path: Path, cycles: int) -> dict[str, float]:
 _ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
-def wall(command: list[str], runs: int = 5) -> float:
+PASS = [sys.executable, "-c", "pass"]
+
+
+def _timed(command: list[str]) -> float:
+    before = time.perf_counter()
+    subprocess.run(command, capture_output=True, check=False, env=_ENV)
+    return time.perf_counter() - before
+
+
+def wall(command: list[str], runs: int = 9) -> tuple[float, float]:
+    """The median wall time of ``command``, and the median of its ratio to ``python -c pass``
+    run just before it each time: this VM's speed drifts, and a pair shares the drift."""
     subprocess.run(command, capture_output=True, check=False, env=_ENV)  # writes the bytecode
-    times = []
+    times, ratios = [], []
     for _ in range(runs):
-        before = time.perf_counter()
-        subprocess.run(command, capture_output=True, check=False, env=_ENV)
-        times.append(time.perf_counter() - before)
-    return statistics.median(times)
+        baseline = _timed(PASS)
+        times.append(_timed(command))
+        ratios.append(times[-1] / baseline)
+    return statistics.median(times), statistics.median(ratios)
+
+
+def instructions(command: list[str]) -> int | None:
+    """The instructions ``command`` executes (valgrind's callgrind; None without valgrind): unlike
+    time on a shared VM, the same from run to run."""
+    if shutil.which("valgrind") is None:
+        return None
+    done = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *command],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=_ENV,
+    )
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    return int(found.group(1)) if found else None
 
 
 COMMANDS = {
@@ -185,15 +217,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--cycles", type=int, default=20)
+    parser.add_argument(
+        "--instructions", action="store_true", help="also count each command's instructions (valgrind)"
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     cycle_rows: dict[int, dict[str, float]] = {}
-    command_rows: dict[int, dict[str, float]] = {}
+    command_rows: dict[int, dict[str, tuple[float, float]]] = {}
+    counted: dict[int, dict[str, int | None]] = {}
     build_seconds: dict[int, float] = {}
-    baseline = wall([sys.executable, "-c", "pass"])
+    baseline, _ = wall(PASS)
     # What a command that reads the config and the ledger cannot do without: importing the
     # standard library's TOML reader, SQLite and argparse, and nothing of this project.
-    floor = wall([sys.executable, "-c", "import argparse, sqlite3, tomllib"])
+    floor_argv = [sys.executable, "-c", "import argparse, sqlite3, tomllib"]
+    floor, floor_ratio = wall(floor_argv)
     for size in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             before = time.monotonic()
@@ -202,22 +239,38 @@ def main(argv: list[str] | None = None) -> int:
             cycle_rows[size] = time_cycles(config_path, args.cycles)
             cli = [sys.executable, "-m", "cpu_tracker_daemon", "--config", str(config_path)]
             command_rows[size] = {name: wall(cli + extra) for name, extra in COMMANDS.items()}
+            if args.instructions:
+                counted[size] = {name: instructions(cli + extra) for name, extra in COMMANDS.items()}
     head = " | ".join(f"{s:,} releases" for s in sizes)
     print(f"ledger work of one cycle, CPU ms (median of {args.cycles} cycles):\n")
     print(f"| step | {head} |")
     print("| --- |" + " --- |" * len(sizes))
     for name in cycle_rows[sizes[0]]:
         print(f"| {name} | " + " | ".join(f"{cycle_rows[s][name]:.2f}" for s in sizes) + " |")
-    print(f"\ncommand wall time, s (median of 5), and its multiple of `python -c pass` ({baseline:.3f} s):\n")
+    print(
+        "\ncommand wall time, s (median of 9), and its multiple of `python -c pass` run just before "
+        f"it each time (median of the 9 ratios; `python -c pass` took {baseline:.3f} s):\n"
+    )
     floor_command = "`python -c 'import argparse, sqlite3, tomllib'`"
-    print(f"(the floor, {floor_command}: {floor:.3f} s, {floor / baseline:.1f}x)\n")
+    print(f"(the floor, {floor_command}: {floor:.3f} s, {floor_ratio:.1f}x)\n")
     print(f"| command | {head} |")
     print("| --- |" + " --- |" * len(sizes))
     for name in COMMANDS:
-        cells = [f"{command_rows[s][name]:.3f} ({command_rows[s][name] / baseline:.1f}x)" for s in sizes]
+        cells = [f"{command_rows[s][name][0]:.3f} ({command_rows[s][name][1]:.1f}x)" for s in sizes]
         print(f"| `{name}` | " + " | ".join(cells) + " |")
+    if args.instructions:
+        base, low = instructions(PASS), instructions(floor_argv)
+        print(f"\ninstructions, millions (valgrind): `python -c pass` {_m(base)}, the floor {_m(low)}\n")
+        print(f"| command | {head} |")
+        print("| --- |" + " --- |" * len(sizes))
+        for name in COMMANDS:
+            print(f"| `{name}` | " + " | ".join(_m(counted[s][name]) for s in sizes) + " |")
     print("\n(building the ledgers: " + ", ".join(f"{s:,} in {build_seconds[s]:.0f} s" for s in sizes) + ")")
     return 0
+
+
+def _m(count: int | None) -> str:
+    return "n/a" if count is None else f"{count / 1e6:.0f}"
 
 
 if __name__ == "__main__":

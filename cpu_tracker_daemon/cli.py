@@ -12,6 +12,7 @@ so errors and help read exactly as they would; the test suite holds the two to t
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -42,6 +43,7 @@ class _Commands:
     def __init__(self, parser: argparse.ArgumentParser, words: list[str] | None, dest: str, metavar: str):
         self._sub = parser.add_subparsers(dest=dest, required=True, metavar=metavar, parser_class=_Parser)
         self._words = words
+        self._formatter = functools.partial(argparse.HelpFormatter, width=_help_width())
 
     def add(self, name: str, fill: Fill, **options: Any) -> None:
         words = self._words
@@ -49,11 +51,27 @@ class _Commands:
             return
         if words == []:  # only listed in this level's --help: never parses, so needs no -h of its own
             options["add_help"] = False
-        child = self._sub.add_parser(name, **options)
+        child = self._sub.add_parser(name, formatter_class=self._formatter, **options)
         if words is None:
             fill(child, None)
         elif words:
             fill(child, words[1:])
+
+
+def _help_width() -> int:
+    """The width argparse would wrap help to, as ``shutil.get_terminal_size`` finds it ($COLUMNS,
+    else the terminal, else 80, less 2), without importing shutil (with bz2 and lzma) in every
+    command: argparse imports it for the first formatter it makes, which ``add_argument`` makes."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return (columns or 80) - 2
 
 
 def command_words(argv: Sequence[str]) -> list[str]:
@@ -84,7 +102,7 @@ def build_parser(words: list[str] | None = None) -> argparse.ArgumentParser:
             "defaults. --system reads the system service's config and state instead.\n\n"
             f"exit codes:\n{codes}"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=functools.partial(argparse.RawDescriptionHelpFormatter, width=_help_width()),
     )
     parser.add_argument("--version", action="version", version=f"cpu-tracker {__version__}")
     parser.add_argument("--config", metavar="PATH", help="TOML configuration file")

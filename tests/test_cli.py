@@ -714,3 +714,17 @@ def test_a_command_builds_only_its_own_parser() -> None:
     assert count(build_parser(["budget", "show"])) == 3
     assert count(build_parser([])) == 9  # --help: the commands, listed
     assert count(build_parser()) == len(every_subparser()) + 1
+
+
+@pytest.mark.parametrize("columns", [None, "60", "200", "0", "junk"])
+def test_help_wraps_where_argparse_itself_would(columns: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parsers get the width shutil.get_terminal_size gives argparse, without importing shutil."""
+    import shutil
+
+    from cpu_tracker_daemon.cli import _help_width
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert _help_width() == shutil.get_terminal_size().columns - 2
