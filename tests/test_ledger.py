@@ -364,6 +364,7 @@ class TestConcurrency:
         with open_ledger(path, CAPS, T0) as ledger:  # type: ignore[union-attr]
             assert ledger.status(Caps(10.0, 10.0, 24.0), T0).lifetime.spent == pytest.approx(10.0)
 
+    @pytest.mark.slow
     def test_a_reader_never_sees_a_writer_half_way(self, tmp_path: Path) -> None:
         """``status`` and every open read several tables; while another process commits spends,
         each must read one snapshot, or the running counts and the spends disagree and a sound
@@ -442,6 +443,7 @@ class TestProperties:
             max_size=12,
         )
     )
+    @pytest.mark.slow
     def test_what_reserve_returns_is_what_a_fresh_read_finds(
         self, tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, float, float, float]]
     ) -> None:

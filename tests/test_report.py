@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -42,6 +43,7 @@ def release_by_release(
     limit=st.floats(0.5, 40.0),
     offsets=st.lists(st.floats(0.0, 1.0, exclude_max=True), max_size=40),
 )
+@pytest.mark.slow
 def test_the_pause_is_what_counting_release_by_release_finds(
     every: float, hours: float, epsilon: float, limit: float, offsets: list[float]
 ) -> None:

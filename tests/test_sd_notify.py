@@ -50,6 +50,7 @@ class TestNotifier:
         Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify.sock")}).send(READY="1", STATUS="hello")
         assert listener.recv(4096).decode() == "READY=1\nSTATUS=hello"
 
+    @pytest.mark.slow
     def test_daemon_reports_ready_status_reloading_stopping(
         self, tmp_path: Path, listener: socket.socket
     ) -> None:
