@@ -152,11 +152,13 @@ def plan(snap: Snapshot) -> dict[str, Any]:
     status = snap.status
     start = snap.next_start.timestamp()
     lifetime_left = _lifetime_left(status.lifetime, event)
+    beyond = lifetime_left >= PLAN_HORIZON  # at least this many: the count looks no further
     period_pause = _period_pause(status.window, event, snap.spend_times, start, every, period_seconds)
     caps: dict[str, Any] = {
         "lifetime": {
             "releases_remaining": lifetime_left,
-            "exhausted_at": _at(start, every, lifetime_left),
+            "at_least": beyond,
+            "exhausted_at": None if beyond else _at(start, every, lifetime_left),
         },
         "window": {
             "releases_remaining": period_pause,
@@ -165,14 +167,19 @@ def plan(snap: Snapshot) -> dict[str, Any]:
         },
     }
     binding = lifetime_left if period_pause is None else min(lifetime_left, period_pause)
+    unbounded = beyond and binding == lifetime_left
     return {
         "per_release": per_release(snap.calibration),
         "every_seconds": every,
         "next_due_at": snap.next_start.isoformat(),
         "releases_remaining": binding,
-        "exhausted_at": _at(start, every, binding),
+        "at_least": unbounded,
+        "exhausted_at": None if unbounded else _at(start, every, binding),
         "caps": caps,
     }
+
+
+PLAN_HORIZON = 100_000  # releases the plan counts ahead; a cap with room for more is "at least" this
 
 
 def _at(start: float, every: float, releases: int) -> str:
@@ -181,7 +188,9 @@ def _at(start: float, every: float, releases: int) -> str:
 
 
 def _lifetime_left(cap: CapStatus, event: Event) -> int:
-    return releases_within(event, cap.limit, cap.delta, prior=dict(cap.counts), tolerance=_tolerance(cap))
+    return releases_within(
+        event, cap.limit, cap.delta, prior=dict(cap.counts), limit=PLAN_HORIZON, tolerance=_tolerance(cap)
+    )
 
 
 def _tolerance(cap: CapStatus) -> float:
@@ -285,6 +294,10 @@ def privacy_report(snap: Snapshot, planned: dict[str, Any]) -> str:
     left = planned["releases_remaining"]
     if left == 0:
         lines.append("  Now: the next release does not fit under a cap.")
+    elif planned["at_least"]:
+        lines.append(
+            f"  At one release every {every:g} s, at least {left} more fit; the plan counts no further."
+        )
     else:
         lines.append(
             f"  At one release every {every:g} s, {left} more fit; the first that does not would be due "
@@ -380,12 +393,16 @@ def plan_text(planned: dict[str, Any]) -> str:
         left = (
             "no limit at this schedule"
             if cap["releases_remaining"] is None
-            else (f"{cap['releases_remaining']} more, then paused from {cap['exhausted_at']}")
+            else f"at least {cap['releases_remaining']} more; the plan counts no further"
+            if cap.get("at_least")
+            else f"{cap['releases_remaining']} more, then paused from {cap['exhausted_at']}"
         )
         lines.append(f"{name + ' cap:':<15}{left}")
-    lines.append(
-        f"overall:       {planned['releases_remaining']} more releases, until {planned['exhausted_at']}"
-    )
+    left = planned["releases_remaining"]
+    if planned["at_least"]:
+        lines.append(f"overall:       at least {left} more releases; the plan counts no further")
+    else:
+        lines.append(f"overall:       {left} more releases, until {planned['exhausted_at']}")
     return "\n".join(lines)
 
 

@@ -252,6 +252,36 @@ class TestPlanAndReport:
         assert datetime.fromisoformat(plan["exhausted_at"]) == due + timedelta(hours=20)
         assert plan["caps"]["window"]["releases_remaining"] is None  # 24 a day at 0.5 fit under 12
 
+    def test_a_cap_beyond_the_plans_horizon_is_not_given_an_end(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A lifetime cap of 1e9 holds two billion releases: the plan counts no further than its
+        horizon, and says so, instead of naming a day the releases would pause."""
+        config = str(
+            write_config(
+                tmp_path,
+                {
+                    "schedule": {"every_seconds": 3600},
+                    "budget": {"lifetime_epsilon": 1e9, "window_epsilon": 1e9, "lifetime_delta": 0},
+                },
+            )
+        )
+        assert main(["--config", config, "budget", "plan", "--json"]) == 0
+        plan = json.loads(capsys.readouterr().out)
+        lifetime = plan["caps"]["lifetime"]
+        assert (lifetime["releases_remaining"], lifetime["at_least"], lifetime["exhausted_at"]) == (
+            100_000,
+            True,
+            None,
+        )
+        assert (plan["at_least"], plan["exhausted_at"]) == (True, None)
+        assert main(["--config", config, "budget", "plan"]) == 0
+        text = capsys.readouterr().out
+        assert "at least 100000 more" in text
+        assert "paused from" not in text
+        assert main(["--config", config, "budget", "show"]) == 0
+        assert "at least 100000 more fit" in capsys.readouterr().out
+
     def test_sigma_shows_its_epsilon_before_the_first_release(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
