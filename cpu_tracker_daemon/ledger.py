@@ -587,6 +587,8 @@ class Ledger:
             planned_boot = boot[1] if spend.planned_boot_seconds is None else spend.planned_boot_seconds
             before = self._status(conn, caps, now_ts, lifetime, at=(planned_ts, planned_boot))
             event = event_of(spend.mechanism, spend.epsilon, spend.delta)
+            # A window that starts after now straddled a clock set back: it anchors at now, not in
+            # the future, so the next release waits one interval, not one plus the size of the step.
             anchor_after = min(planned_ts, now_ts) if anchor is None else max(anchor, min(planned_ts, now_ts))
             after = before.plus(event, now_ts, anchor_after)
             for cap, with_this in zip(before.caps, after.caps, strict=True):
@@ -610,12 +612,10 @@ class Ledger:
                 values += [planned_ts, planned_boot]
             marks = ", ".join("?" * len(values))
             conn.execute(f"INSERT INTO spends VALUES ({marks})", values)  # noqa: S608 - placeholders only
-            # A window that starts after now straddled a clock set back: it anchors at now, not in
-            # the future, so the next release waits one interval, not one plus the size of the step.
-            conn.execute(
+            conn.execute(  # the anchor read above, in this same transaction, moved as after says
                 "INSERT INTO cooldown (id, anchor_ts) VALUES (1, ?) "
-                "ON CONFLICT (id) DO UPDATE SET anchor_ts = max(anchor_ts, excluded.anchor_ts)",
-                (min(planned_ts, now_ts),),
+                "ON CONFLICT (id) DO UPDATE SET anchor_ts = excluded.anchor_ts",
+                (anchor_after,),
             )
             counts = _plus_one(lifetime, (spend.mechanism, spend.epsilon, spend.delta))
             row = (spend.release_id, after.lifetime.spent, after.lifetime.delta, after.lifetime.method)
