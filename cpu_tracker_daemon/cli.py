@@ -318,11 +318,10 @@ _SERVICE_ACTIONS = {
 def _fill_service(service: argparse.ArgumentParser, words: list[str] | None) -> None:
     ssub = _Commands(service, words, dest="service_command", metavar="ACTION")
     for name, text in _SERVICE_ACTIONS.items():
-        ssub.add(name, _fill_service_action, help=text)
+        ssub.add(name, functools.partial(_fill_service_action, name=name), help=text)
 
 
-def _fill_service_action(action: argparse.ArgumentParser, words: list[str] | None) -> None:
-    name = action.prog.rsplit(" ", 1)[-1]
+def _fill_service_action(action: argparse.ArgumentParser, words: list[str] | None, name: str) -> None:
     action.set_defaults(handler="service", needs_config=False)
     action.add_argument(
         "manager",
