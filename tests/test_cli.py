@@ -229,20 +229,18 @@ class TestStatusAndBudget:
         assert rows[0][3]
 
 
+def hourly(tmp_path: Path, lifetime: float, window: float) -> str:
+    """A config releasing hourly under pure-epsilon caps of ``lifetime`` and ``window``."""
+    budget = {"lifetime_epsilon": lifetime, "window_epsilon": window, "lifetime_delta": 0}
+    return str(write_config(tmp_path, {"schedule": {"every_seconds": 3600}, "budget": budget}))
+
+
 class TestPlanAndReport:
     def test_plan_json_has_the_promised_keys_and_adds_up(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """budget plan --json: per-release cost, releases left, and the date the budget runs out."""
-        config = str(
-            write_config(
-                tmp_path,
-                {
-                    "schedule": {"every_seconds": 3600},
-                    "budget": {"lifetime_epsilon": 10, "window_epsilon": 12, "lifetime_delta": 0},
-                },
-            )
-        )
+        config = hourly(tmp_path, lifetime=10, window=12)
         assert main(["--config", config, "budget", "plan", "--json"]) == 0
         plan = json.loads(capsys.readouterr().out)
         assert (plan["per_release"]["epsilon"], plan["per_release"]["delta"]) == (0.5, 0.0)
@@ -257,15 +255,7 @@ class TestPlanAndReport:
     ) -> None:
         """A lifetime cap of 1e9 holds two billion releases: the plan counts no further than its
         horizon, and says so, instead of naming a day the releases would pause."""
-        config = str(
-            write_config(
-                tmp_path,
-                {
-                    "schedule": {"every_seconds": 3600},
-                    "budget": {"lifetime_epsilon": 1e9, "window_epsilon": 1e9, "lifetime_delta": 0},
-                },
-            )
-        )
+        config = hourly(tmp_path, lifetime=1e9, window=1e9)
         assert main(["--config", config, "budget", "plan", "--json"]) == 0
         plan = json.loads(capsys.readouterr().out)
         lifetime = plan["caps"]["lifetime"]
