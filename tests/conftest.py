@@ -72,6 +72,18 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def tz_at_local_hour(hour: float) -> str:
+    """A POSIX ``TZ`` under which the local wall clock now reads about ``hour`` o'clock.
+
+    A test that reads "at 10:36" beside "in 60 min" fails within an hour of local midnight, when
+    the time is printed with its day ("at Wed 02 Dec 00:04"); a child started with this ``TZ``
+    is far from midnight whenever the test runs."""
+    now = datetime.now(UTC)
+    east = round(hour - (now.hour + now.minute / 60)) % 24
+    east = east - 24 if east > 12 else east
+    return f"<{east:+03d}>{-east:+d}"
+
+
 def run_cli(
     *args: str, timeout: float = 60, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:

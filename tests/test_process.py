@@ -18,7 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli_env, log_events, read_rest, run_cli, start_cli, wait_for_event, write_config
+from tests.conftest import (
+    cli_env,
+    log_events,
+    read_rest,
+    run_cli,
+    start_cli,
+    tz_at_local_hour,
+    wait_for_event,
+    write_config,
+)  # fmt: skip
 
 pytestmark = pytest.mark.slow
 
@@ -340,13 +349,15 @@ def test_concurrent_approve_and_deny_of_one_request_never_crash(tmp_path: Path) 
 
 def run_on_a_terminal(args: list[str], seconds: float) -> str:
     """Run the real command with a pseudo-terminal as stdout and stderr for ``seconds``, then
-    SIGINT it (Ctrl-C); return what a person would have seen."""
+    SIGINT it (Ctrl-C); return what a person would have seen. The clock reads about noon, so a
+    time within the hour is printed without its day."""
     import pty
 
     main_fd, term = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "cpu_tracker_daemon", *args],
-        stdin=subprocess.DEVNULL, stdout=term, stderr=term, env=cli_env(), close_fds=True,
+        stdin=subprocess.DEVNULL, stdout=term, stderr=term, close_fds=True,
+        env=cli_env(TZ=tz_at_local_hour(12)),
     )  # fmt: skip
     os.close(term)
     seen = b""
@@ -409,7 +420,7 @@ class TestStatus:
         proc = start_cli("--config", config, "run")
         try:
             wait_for_event(proc, "cycle.finished")
-            shown = run_cli("--config", config, "status")
+            shown = run_cli("--config", config, "status", env=cli_env(TZ=tz_at_local_hour(12)))
             as_json = json.loads(run_cli("--config", config, "status", "--json").stdout)
         finally:
             proc.send_signal(signal.SIGTERM)
