@@ -326,54 +326,56 @@ class TestPermissionEngines:
         assert [p[3] for p in PROBES] == json.loads(done.stdout)
 
 
+SECURE_STEP = 6.0  # seconds a phase may take: several of the clients' sync periods
+
+
+@pytest.fixture(scope="module")
+def secure_round(network: Network) -> dict[str, Any]:
+    import random
+    import threading
+
+    from cpu_tracker_daemon.secagg import noise, transport
+    from cpu_tracker_daemon.secagg.protocol import Member, Roster
+
+    trees = {email: transport.Tree(network.clients[email].box) for email in (*MEMBERS, AGGREGATOR)}
+    members = {email: Member(email) for email in MEMBERS}
+    rng = random.Random(9)
+    values = {email: rng.randrange(10_001) for email in MEMBERS}
+    noises: dict[str, int] = {}
+    outcomes: dict[str, str] = {}
+    started = time.monotonic()
+
+    def member(email: str) -> None:
+        def draw(roster: Roster) -> int:
+            noises[email] = noise.share(roster.scale, roster.calibrated)
+            return noises[email]
+
+        outcomes[email] = transport.member_round(
+            trees[email], members[email], AGGREGATOR, "r1", started, SECURE_STEP, values[email], draw,
+            lambda: None,
+        )  # fmt: skip
+
+    threads = [threading.Thread(target=member, args=(email,)) for email in MEMBERS]
+    for thread in threads:
+        thread.start()
+    result = transport.aggregator_round(
+        trees[AGGREGATOR], AGGREGATOR, MEMBERS, "r1", started, SECURE_STEP, 0.2, 20_000.0
+    )
+    for thread in threads:
+        thread.join(timeout=60)
+    took = time.monotonic() - started
+    time.sleep(3)  # a few more sync rounds, so what should not arrive has had its chance
+    return {
+        "result": result,
+        "expected": sum(values[e] + noises[e] for e in MEMBERS),
+        "outcomes": outcomes,
+        "seconds": took,
+    }
+
+
 class TestSecureAggregation:
     """One round of secure aggregation between the three members and the aggregator, each
     reading and writing only its own client's sync folder, over the real server."""
-
-    STEP = 6.0  # seconds a phase may take: several of the clients' sync periods
-
-    @pytest.fixture(scope="class")
-    def secure_round(self, network: Network) -> dict[str, Any]:
-        import random
-        import threading
-
-        from cpu_tracker_daemon.secagg import noise, transport
-        from cpu_tracker_daemon.secagg.protocol import Member, Roster
-
-        trees = {email: transport.Tree(network.clients[email].box) for email in (*MEMBERS, AGGREGATOR)}
-        members = {email: Member(email) for email in MEMBERS}
-        rng = random.Random(9)
-        values = {email: rng.randrange(10_001) for email in MEMBERS}
-        noises: dict[str, int] = {}
-        outcomes: dict[str, str] = {}
-        started = time.monotonic()
-
-        def member(email: str) -> None:
-            def draw(roster: Roster) -> int:
-                noises[email] = noise.share(roster.scale, roster.calibrated)
-                return noises[email]
-
-            outcomes[email] = transport.member_round(
-                trees[email], members[email], AGGREGATOR, "r1", started, self.STEP, values[email], draw,
-                lambda: None,
-            )  # fmt: skip
-
-        threads = [threading.Thread(target=member, args=(email,)) for email in MEMBERS]
-        for thread in threads:
-            thread.start()
-        result = transport.aggregator_round(
-            trees[AGGREGATOR], AGGREGATOR, MEMBERS, "r1", started, self.STEP, 0.2, 20_000.0
-        )
-        for thread in threads:
-            thread.join(timeout=60)
-        took = time.monotonic() - started
-        time.sleep(3)  # a few more sync rounds, so what should not arrive has had its chance
-        return {
-            "result": result,
-            "expected": sum(values[e] + noises[e] for e in MEMBERS),
-            "outcomes": outcomes,
-            "seconds": took,
-        }
 
     def test_the_aggregator_reads_the_exact_noisy_sum(self, secure_round: dict[str, Any]) -> None:
         print("secure round took", round(secure_round["seconds"], 1), "s")
