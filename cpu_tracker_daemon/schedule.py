@@ -166,8 +166,11 @@ def max_wait(config: Config) -> float:
 
 def once_wait(config: Config) -> float:
     """How long ``cpu-tracker once`` may wait: not at all for its cooldown (it says when instead),
-    but a member of secure aggregation waits for the network's next slot and its round."""
-    return config.schedule.every_seconds + 1 if config.secure_aggregation.enabled else 0.0
+    but a member of secure aggregation waits for the first slot its cooldown allows, and its
+    round. The cooldown ends at most one interval from now and that slot at most one more (the
+    last window may have been off the grid, under an earlier schedule of its own); a second
+    more covers the start-up."""
+    return 2 * config.schedule.every_seconds + 1 if config.secure_aggregation.enabled else 0.0
 
 
 def clock_jumped(seconds: float) -> bool:

@@ -90,7 +90,21 @@ class TestWaits:
 
     def test_once_waits_only_for_a_secure_slot(self) -> None:
         assert schedule.once_wait(config(every=3600)) == 0.0
-        assert schedule.once_wait(config(every=3600, members=[])) == 3601.0
+        assert schedule.once_wait(config(every=3600, members=[])) > 0
+
+    @pytest.mark.parametrize("every", [50.0, 3600.0])
+    def test_a_secure_once_waits_long_enough_for_the_slot_its_cooldown_allows(self, every: float) -> None:
+        """CI: a member released off the grid 47 s before ``once`` (under an earlier 1 s
+        schedule); its cooldown ruled out the slot 45 s away, and the one after it, 55 s away,
+        was refused as a cooldown, since ``once`` waited at most one interval and a second. The
+        cooldown ends at most one interval away and the slot after it at most one more."""
+        c = config(every=every, members=[], step_seconds=4.0)
+        rng = random.Random(5)
+        for _ in range(2000):
+            now = T0 + s(rng.uniform(0, 10 * every))
+            anchor = now.timestamp() - rng.uniform(0, 2 * every)
+            due = schedule.due_at(anchor, s(every), now, schedule.grid_late(c))
+            assert (due - now).total_seconds() <= schedule.once_wait(c), (anchor, now)
 
     def test_a_step_of_the_wall_clock_is_a_jump_a_slew_is_not(self) -> None:
         assert not schedule.clock_jumped(schedule.CLOCK_JUMP_SECONDS)
