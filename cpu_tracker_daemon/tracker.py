@@ -63,6 +63,7 @@ from cpu_tracker_daemon.schedule import (
     planned_start,
     publish_time,
 )
+from cpu_tracker_daemon.schedule import max_wait as daemon_wait
 from cpu_tracker_daemon.schedule import round_id as schedule_round_id
 from cpu_tracker_daemon.signals import Flag, StopRequest
 from cpu_tracker_daemon.storage import Layout
@@ -309,6 +310,14 @@ class Tracker:
             wait = (due - self.clock()).total_seconds()
             if wait > max_wait:
                 raise CooldownError(due.isoformat())
+            if wait > daemon_wait(config):  # only once waits this long, for a secure slot: say so
+                now = self.clock()
+                self.log.info(
+                    "cycle.waiting",
+                    until=due.isoformat(),
+                    summary=f"waiting for the network's slot; sampling starts {timewords.relative(due, now)} "
+                    f"(at {timewords.local(due, now)})",
+                )
             if not self._wait_until(due, at_most=wait + WAIT_GRACE_SECONDS):
                 raise CooldownError(due.isoformat())  # the clock went back: re-plan
             if self.spacing is not None:

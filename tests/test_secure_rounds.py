@@ -8,6 +8,7 @@ import io
 import json
 import math
 import random
+import re
 import sqlite3
 import threading
 import time
@@ -147,7 +148,9 @@ def aggregator_overrides(box: Path, members: list[str]) -> dict[str, dict[str, A
     }
 
 
-def member_tracker(tmp_path: Path, box: Path, email: str, busy: float) -> Tracker:
+def member_tracker(
+    tmp_path: Path, box: Path, email: str, busy: float, log: io.StringIO | None = None
+) -> Tracker:
     home = tmp_path / email
     home.mkdir()
     config: Config = load_config(
@@ -155,7 +158,7 @@ def member_tracker(tmp_path: Path, box: Path, email: str, busy: float) -> Tracke
     )
     layout = layout_for(config)
     prepare(layout)
-    logs.configure("json", "debug", stream=io.StringIO())
+    logs.configure("json", "debug", stream=log or io.StringIO())
     return Tracker(config=config, layout=layout, cpu=FakeCpu(busy), log=logs.get_logger("test"))
 
 
@@ -218,6 +221,25 @@ class TestRoundsInTheDaemon:
         # the published file: everyone may read it, and the aggregate pass shows it
         secure = published.latest(load_config(tmp_path / "agg.toml"), datetime.now(UTC), timedelta(hours=1))
         assert secure == record
+
+    def test_a_member_that_waits_for_its_slot_says_until_when(self, tmp_path: Path) -> None:
+        """``once`` may wait up to two intervals for the slot; a wait longer than a daemon's
+        cycle would make is logged first, with the slot's time, so a person knows it is not hung."""
+        while not 0.5 < time.time() % 6 < 1.0:  # just past a slot and its half step's lateness
+            time.sleep(0.05)
+        log = io.StringIO()
+        tracker = member_tracker(tmp_path, tmp_path / "box", "m0@example.org", 0.5, log)
+        started = datetime.now(UTC)
+        result = tracker.cycle(max_wait=schedule.once_wait(tracker.config))
+        assert result.outcome == "round_ended"  # no aggregator here
+        events = [json.loads(line) for line in log.getvalue().splitlines()]
+        (waiting,) = [e for e in events if e["event"] == "cycle.waiting"]
+        until = datetime.fromisoformat(waiting["until"])
+        assert until.timestamp() % 6 == 0
+        assert 4 < (until - started).total_seconds() < 6
+        assert re.match(
+            r"waiting for the network's slot; sampling starts in [456] s \(at ", waiting["summary"]
+        )
 
     def test_no_aggregator_means_nothing_spent_and_the_next_slot(self, tmp_path: Path) -> None:
         results, _, trackers = run_slot(tmp_path, {"m0@example.org": 0.5}, aggregator_runs=False)
