@@ -94,10 +94,10 @@ class TestWaits:
 
     @pytest.mark.parametrize("every", [50.0, 3600.0])
     def test_a_secure_once_waits_long_enough_for_the_slot_its_cooldown_allows(self, every: float) -> None:
-        """CI: a member released off the grid 47 s before ``once`` (under an earlier 1 s
-        schedule); its cooldown ruled out the slot 45 s away, and the one after it, 55 s away,
-        was refused as a cooldown, since ``once`` waited at most one interval and a second. The
-        cooldown ends at most one interval away and the slot after it at most one more."""
+        """CI: a member whose last window was off the grid (an earlier test's 1 s schedule) was
+        refused as in cooldown: the first slot its cooldown allowed was more than the interval
+        and a second away, the most ``once`` waited. The cooldown ends at most one interval away,
+        and the slot after it at most one more."""
         c = config(every=every, members=[], step_seconds=4.0)
         rng = random.Random(5)
         for _ in range(2000):
