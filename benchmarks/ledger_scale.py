@@ -188,7 +188,8 @@ def wall(command: list[str], runs: int = 9) -> tuple[float, float]:
 
 def instructions(command: list[str]) -> int | None:
     """The instructions ``command`` executes (valgrind's callgrind; None without valgrind): unlike
-    time on a shared VM, the same from run to run."""
+    time on a shared VM, the same from run to run. The hash seed is fixed: a random one moves a
+    command's count by a few million from one run to the next."""
     if shutil.which("valgrind") is None:
         return None
     done = subprocess.run(
@@ -196,7 +197,7 @@ def instructions(command: list[str]) -> int | None:
         capture_output=True,
         text=True,
         check=False,
-        env=_ENV,
+        env={**_ENV, "PYTHONHASHSEED": "0"},
     )
     found = re.search(r"Collected : (\d+)", done.stderr)
     return int(found.group(1)) if found else None
