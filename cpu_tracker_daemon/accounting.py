@@ -20,7 +20,8 @@ import functools
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+
+from cpu_tracker_daemon.frozen import Frozen
 
 LAPLACE = "laplace"  # continuous, as recorded by earlier versions
 GAUSSIAN = "gaussian"  # continuous, as recorded by earlier versions: the only mu-GDP events
@@ -31,7 +32,7 @@ DISCRETE_GAUSSIAN = "discrete_gaussian"
 PURE = (LAPLACE, SNAPPING, DISCRETE_LAPLACE, SECURE_DISCRETE_LAPLACE)  # pure epsilon-DP mechanisms
 
 
-class Event(NamedTuple):
+class Event(Frozen):
     """One release's privacy cost: its own (epsilon, delta) and its zCDP rho.
 
     ``mu`` is the Gaussian's sensitivity/sigma (0 for other mechanisms).
@@ -72,7 +73,7 @@ def event_of(mechanism: str, epsilon: float, delta: float) -> Event:
     return Event(mechanism, epsilon, 0.0, epsilon * epsilon / 2)
 
 
-class Guarantee(NamedTuple):
+class Guarantee(Frozen):
     """What a set of releases proves together, and which bound proved it."""
 
     epsilon: float

@@ -7,9 +7,10 @@ reserves one; the reports (:mod:`report`) read them.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from cpu_tracker_daemon.accounting import Event, compose
+from cpu_tracker_daemon.frozen import Frozen
 
 if TYPE_CHECKING:
     from cpu_tracker_daemon.config import Config
@@ -18,7 +19,7 @@ CAPS = ("lifetime", "window")  # the rolling cap is called "window" in the confi
 _TOLERANCE = 1e-9
 
 
-class Promise(NamedTuple):
+class Promise(Frozen):
     """What the releases protect, fixed by the first release a ledger accounts: every later one
     must protect the same unit, or the caps would add up releases of different guarantees."""
 
@@ -39,7 +40,7 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-class Caps(NamedTuple):
+class Caps(Frozen):
     """The caps from the configuration, (epsilon, delta) each, and the rolling window's length."""
 
     lifetime_epsilon: float
@@ -49,7 +50,7 @@ class Caps(NamedTuple):
     window_delta: float = 0.0
 
 
-class CapStatus(NamedTuple):
+class CapStatus(Frozen):
     """One cap: its (epsilon, delta) limit, what its events add up to, and what was granted."""
 
     name: str
@@ -84,7 +85,7 @@ class CapStatus(NamedTuple):
         return self._replace(spent=composed.epsilon, method=composed.method, counts=tuple(counts.items()))
 
 
-class BudgetStatus(NamedTuple):
+class BudgetStatus(Frozen):
     lifetime: CapStatus
     window: CapStatus
     releases: int

@@ -14,9 +14,10 @@ import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from cpu_tracker_daemon.errors import ConfigError
+from cpu_tracker_daemon.frozen import Frozen
 from cpu_tracker_daemon.names import APP_NAME, LOG_FORMATS
 from cpu_tracker_daemon.privacy import DEFAULT_EPSILON, PrivacyConfig, calibrate, check_privacy
 
@@ -30,11 +31,11 @@ MAX_ROUND_MEMBERS = 100_000
 _EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
 
 
-class PathsConfig(NamedTuple):
+class PathsConfig(Frozen):
     data_dir: Path
 
 
-class SamplingConfig(NamedTuple):
+class SamplingConfig(Frozen):
     samples: int = 50
     interval_seconds: float = 1.0
 
@@ -43,11 +44,11 @@ class SamplingConfig(NamedTuple):
         return self.samples * self.interval_seconds
 
 
-class ScheduleConfig(NamedTuple):
+class ScheduleConfig(Frozen):
     every_seconds: float = 3600.0
 
 
-class BudgetConfig(NamedTuple):
+class BudgetConfig(Frozen):
     lifetime_epsilon: float = 100.0
     lifetime_delta: float = 1e-6
     window_epsilon: float = 12.0
@@ -55,7 +56,7 @@ class BudgetConfig(NamedTuple):
     window_hours: float = 24.0
 
 
-class SyftboxConfig(NamedTuple):
+class SyftboxConfig(Frozen):
     dir: Path | None = None
     email: str = ""
     readers: tuple[str, ...] = DEFAULT_READERS
@@ -65,13 +66,13 @@ class SyftboxConfig(NamedTuple):
         return self.dir is not None
 
 
-class LoggingConfig(NamedTuple):
+class LoggingConfig(Frozen):
     format: str = "auto"
     level: str = "info"
     file: Path | None = None
 
 
-class AggregatorConfig(NamedTuple):
+class AggregatorConfig(Frozen):
     """The network view: read every peer's release in the SyftBox tree and publish the estimate."""
 
     enabled: bool = False
@@ -82,7 +83,7 @@ class AggregatorConfig(NamedTuple):
     max_weight_ratio: float = 1.0
 
 
-class SecureAggregationConfig(NamedTuple):
+class SecureAggregationConfig(Frozen):
     """Secure aggregation (docs/secure-aggregation.md): ``enabled`` makes this member take part
     in the rounds ``aggregator`` runs, instead of publishing its own noisy release; ``members``
     makes this daemon the aggregator that runs them, for those members."""
@@ -98,11 +99,11 @@ class SecureAggregationConfig(NamedTuple):
         return bool(self.members)
 
 
-class PrometheusConfig(NamedTuple):
+class PrometheusConfig(Frozen):
     textfile_dir: Path | None = None
 
 
-class Config(NamedTuple):
+class Config(Frozen):
     paths: PathsConfig
     sampling: SamplingConfig = SamplingConfig()
     schedule: ScheduleConfig = ScheduleConfig()

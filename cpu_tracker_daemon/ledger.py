@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from cpu_tracker_daemon.accounting import Event, compose, event_of
 from cpu_tracker_daemon.budget import CAPS, BudgetStatus, Caps, CapStatus, Promise, iso
@@ -42,6 +42,7 @@ from cpu_tracker_daemon.errors import (
     LedgerUnavailableError,
     PromiseChangedError,
 )
+from cpu_tracker_daemon.frozen import Frozen
 from cpu_tracker_daemon.schedule import earliest_start
 from cpu_tracker_daemon.storage import fsync_dir, make_dirs_durably
 
@@ -201,7 +202,7 @@ def boot_clock() -> tuple[str | None, float]:
     return boot_id, time.clock_gettime(clock)
 
 
-class Spend(NamedTuple):
+class Spend(Frozen):
     """What one release will cost; recorded before any noise is drawn."""
 
     release_id: str
@@ -216,7 +217,7 @@ class Spend(NamedTuple):
     planned_boot_seconds: float | None = None  # the boot clock at the planned start (None: at reserve)
 
 
-class Unfinished(NamedTuple):
+class Unfinished(Frozen):
     """A reserved release that was never confirmed published."""
 
     release_id: str
@@ -225,7 +226,7 @@ class Unfinished(NamedTuple):
     reserved_ts: float
 
 
-class Decision(NamedTuple):
+class Decision(Frozen):
     """The owner's answer to a budget request, as the ledger keeps it."""
 
     request_id: str
@@ -240,7 +241,7 @@ class Decision(NamedTuple):
     decided_at: str
 
 
-class Grant(NamedTuple):
+class Grant(Frozen):
     cap: str
     epsilon: float
     reason: str

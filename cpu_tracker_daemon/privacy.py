@@ -37,7 +37,7 @@ import functools
 import math
 from collections.abc import Sequence
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from cpu_tracker_daemon import discrete
 from cpu_tracker_daemon.accounting import (
@@ -48,6 +48,7 @@ from cpu_tracker_daemon.accounting import (
     event_of,
     gaussian_mu,
 )
+from cpu_tracker_daemon.frozen import Frozen
 
 if TYPE_CHECKING:
     from cpu_tracker_daemon.sampling import Window
@@ -59,7 +60,7 @@ MIN_EPSILON, MAX_EPSILON = 1e-6, 1000.0  # beyond these the noise is meaningless
 MIN_SIGMA, MAX_SIGMA = 0.01, 1e9  # percentage points: below one step of the grid it is no noise
 
 
-class PrivacyConfig(NamedTuple):
+class PrivacyConfig(Frozen):
     """Exactly one of ``epsilon`` and ``sigma`` is set once loaded (epsilon 0.5 if neither is)."""
 
     unit: str = "window"
@@ -78,7 +79,7 @@ RandomLike = discrete.Uniform | None
 MECHANISM_NAMES = {"laplace": DISCRETE_LAPLACE, "gaussian": DISCRETE_GAUSSIAN, "snapping": SNAPPING}
 
 
-class Calibration(NamedTuple):
+class Calibration(Frozen):
     """What one release costs and how much noise it carries.
 
     ``sensitivity_units``, ``lower_units`` and ``upper_units`` are on the integer grid;
@@ -265,7 +266,7 @@ class Statistic:
         return "Statistic(<the pre-noise value, withheld>)"
 
 
-class Noisy(NamedTuple):
+class Noisy(Frozen):
     """A released value: ``units`` on the grid (None for Snapping) and ``cpu`` in percent."""
 
     cpu: float

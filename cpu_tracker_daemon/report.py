@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 from cpu_tracker_daemon import storage
 from cpu_tracker_daemon.accounting import Event, releases_within
 from cpu_tracker_daemon.budget import BudgetStatus, CapStatus, caps_for
 from cpu_tracker_daemon.config import Config
+from cpu_tracker_daemon.frozen import Frozen
 from cpu_tracker_daemon.ledger import Grant, open_ledger
 from cpu_tracker_daemon.privacy import Calibration, calibrate
 from cpu_tracker_daemon.schedule import due_at, grid_late, next_start
 
 
-class Snapshot(NamedTuple):
+class Snapshot(Frozen):
     """Everything the reports need, read once."""
 
     config: Config

@@ -21,10 +21,11 @@ import stat
 from collections.abc import Iterable
 from contextlib import suppress
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.errors import ConfigError, OutputError
+from cpu_tracker_daemon.frozen import Frozen
 
 PUBLIC_NAME = "cpu_tracker.json"
 PRIVATE_NAME = "cpu_tracker.json"
@@ -38,7 +39,7 @@ PUBLIC_FILE_MODE = 0o644
 _TMP_SUFFIX = ".tmp"
 
 
-class Layout(NamedTuple):
+class Layout(Frozen):
     """Where everything lives, derived from the configuration alone."""
 
     data_dir: Path  # paths.data_dir: the ledger and the lock ($STATE_DIRECTORY under systemd)
