@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from fractions import Fraction
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    # Imported where a draw needs it (with decimal, 9 M instructions): the commands that only
+    # read the budget never draw, and the grid below is exact in integers.
+    from fractions import Fraction
 
 UNITS_PER_POINT = 100  # grid units per percentage point
 GRID = 1 / UNITS_PER_POINT  # 0.01 percentage points
@@ -41,9 +45,18 @@ def system_random() -> Uniform:
 # -- the grid ---------------------------------------------------------------------------------
 
 
+def _round_ratio(numerator: int, denominator: int) -> int:
+    """numerator / denominator (denominator > 0) rounded to the nearest integer, ties to even,
+    exactly: what ``round(Fraction(numerator, denominator))`` gives."""
+    floor, remainder = divmod(numerator, denominator)
+    twice = 2 * remainder
+    return floor + (twice > denominator or (twice == denominator and floor % 2 == 1))
+
+
 def to_units(percent: float) -> int:
     """The grid point nearest ``percent`` (ties to even), computed exactly from the double."""
-    return round(Fraction(percent) * UNITS_PER_POINT)
+    numerator, denominator = percent.as_integer_ratio()  # exact; inf and nan raise
+    return _round_ratio(numerator * UNITS_PER_POINT, denominator)
 
 
 def on_grid(percent: float) -> bool:
@@ -74,7 +87,7 @@ def quantise_mean(percents: tuple[float, ...], low: int, high: int) -> int:
     ``ceil((high - low) / n)``: :func:`mean_sensitivity`.
     """
     total = sum(quantise_share(p, low, high) for p in percents)
-    return round(Fraction(total, len(percents)))
+    return _round_ratio(total, len(percents))
 
 
 def mean_sensitivity(low: int, high: int, n: int) -> int:
@@ -92,6 +105,8 @@ def bernoulli(p: Fraction, rng: Uniform) -> bool:
 
 def bernoulli_exp(gamma: Fraction, rng: Uniform) -> bool:
     """True with probability exp(-gamma) for rational gamma >= 0, exactly (CKS Algorithm 1)."""
+    from fractions import Fraction
+
     while gamma > 1:
         if not bernoulli_exp(Fraction(1), rng):
             return False
@@ -104,6 +119,8 @@ def bernoulli_exp(gamma: Fraction, rng: Uniform) -> bool:
 
 def discrete_laplace(scale: Fraction, rng: Uniform) -> int:
     """An integer with probability proportional to exp(-|y| / scale) (CKS Algorithm 2)."""
+    from fractions import Fraction
+
     if scale <= 0:
         raise ValueError("the discrete Laplace scale must be positive")
     t, s = scale.numerator, scale.denominator  # scale = t / s
@@ -123,6 +140,8 @@ def discrete_laplace(scale: Fraction, rng: Uniform) -> int:
 
 def discrete_gaussian(sigma: Fraction, rng: Uniform) -> int:
     """An integer with probability proportional to exp(-y^2 / (2 sigma^2)) (CKS Algorithm 3)."""
+    from fractions import Fraction
+
     if sigma <= 0:
         raise ValueError("the discrete Gaussian sigma must be positive")
     sigma2 = sigma * sigma
@@ -140,6 +159,8 @@ def discrete_gaussian(sigma: Fraction, rng: Uniform) -> int:
 def laplace_scale(sensitivity: int, epsilon: float) -> Fraction:
     """The scale at which discrete Laplace noise makes a ``sensitivity``-bounded integer
     exactly epsilon-DP: P(y+1)/P(y) >= exp(-epsilon/sensitivity)."""
+    from fractions import Fraction
+
     return Fraction(sensitivity) / Fraction(epsilon)
 
 

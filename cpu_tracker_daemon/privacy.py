@@ -36,7 +36,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from cpu_tracker_daemon import discrete
@@ -217,7 +216,7 @@ def calibrate(privacy: PrivacyConfig, samples: int) -> Calibration:
             epsilon = sensitivity / _laplace_scale_for_stddev(sigma_units)
         else:
             epsilon = DEFAULT_EPSILON if privacy.epsilon is None else privacy.epsilon
-        param = float(discrete.laplace_scale(sensitivity, epsilon))
+        param = sensitivity / epsilon  # one correctly rounded division: float(laplace_scale(...))
         stddev_units = math.sqrt(discrete.laplace_variance(param))
     return Calibration(
         unit=privacy.unit,
@@ -323,6 +322,8 @@ def add_noise(value: Statistic, calibration: Calibration, random_state: RandomLi
         )
         return Noisy(float(mechanism.randomise(value.percent)), None)
     if c.mechanism == DISCRETE_GAUSSIAN:
+        from fractions import Fraction
+
         noise = discrete.discrete_gaussian(Fraction(c.noise_param), rng)
     else:
         noise = discrete.discrete_laplace(discrete.laplace_scale(c.sensitivity_units, c.epsilon), rng)

@@ -8,6 +8,8 @@ import random
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cpu_tracker_daemon import discrete
 from cpu_tracker_daemon.accounting import gaussian_mu
@@ -123,6 +125,34 @@ class TestGrid:
         """Putting a value on the grid uses the double's exact value: 0.125 is a tie, 0.135 is not."""
         assert discrete.to_units(0.125) == 12  # exactly 12.5 units: ties to even
         assert discrete.to_units(0.135) == 14  # the double is 0.13500000000000000888...
+
+    @settings(max_examples=2000, deadline=None)
+    @given(
+        st.floats(allow_nan=False, allow_infinity=False, min_value=-1e6, max_value=1e6)
+        | st.integers(-(10**6), 10**6).map(lambda n: n / 200),  # the ties, k + 0.5 units
+        st.lists(st.integers(-20_000, 20_000), min_size=1, max_size=60),
+    )
+    def test_the_grid_rounds_as_exact_fractions_do(self, percent: float, units: list[int]) -> None:
+        """The grid's integer rounding is exact rational rounding, ties to even: a value and a
+        mean give what ``round(Fraction(...))`` gives, ties included, without ``fractions``."""
+        from fractions import Fraction
+
+        assert discrete.to_units(percent) == round(Fraction(percent) * 100)
+        low, high = min(units), max(units)
+        percents = tuple(u / 100 for u in units)
+        exact = round(Fraction(sum(discrete.to_units(p) for p in percents), len(percents)))
+        assert discrete.quantise_mean(percents, low, high) == exact
+
+    @settings(max_examples=2000, deadline=None)
+    @given(st.integers(1, 10**6), st.floats(min_value=1e-6, max_value=1e6))
+    def test_the_reported_laplace_scale_is_the_exact_one_rounded_once(
+        self, sensitivity: int, epsilon: float
+    ) -> None:
+        """The calibration reports ``sensitivity / epsilon`` as one float division; that is the
+        exact rational scale the sampler uses, rounded once to the nearest double."""
+        c = calibrate(PrivacyConfig(unit="window", epsilon=epsilon, mechanism="laplace"), samples=5)
+        assert c.noise_param == float(discrete.laplace_scale(c.sensitivity_units, c.epsilon))
+        assert sensitivity / epsilon == float(discrete.laplace_scale(sensitivity, epsilon))
 
 
 class TestSamplers:
