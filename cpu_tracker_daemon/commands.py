@@ -10,7 +10,6 @@ Every handler takes ``(args, config, path, env)`` and returns an exit code; heav
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
 import sys
@@ -283,6 +282,8 @@ def _who() -> str:
     if os.environ.get("SUDO_USER"):
         return os.environ["SUDO_USER"]
     try:
+        import getpass  # only to name who granted
+
         return getpass.getuser()
     except (KeyError, OSError):
         return f"uid {os.getuid()}"

@@ -28,7 +28,7 @@ DEFAULT_READERS = ("aggregator@openmined.org",)
 DEFAULT_BETA, MAX_BETA = 0.2, 0.5  # secure aggregation: the fraction that may drop out or collude
 ROUND_STEPS = 8  # a secure round's steps from its start to the last reveal collected, and one spare
 MAX_ROUND_MEMBERS = 100_000
-_EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
+_EMAIL = r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$"  # compiled on first use: most configs name none
 
 
 class PathsConfig(Frozen):
@@ -399,7 +399,7 @@ def _convert(name: str, kind: str, value: Any, base: Path) -> tuple[Any, str]:
     # emails
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         return None, wrong
-    bad = [v for v in value if not _EMAIL.match(v)]
+    bad = [v for v in value if not re.match(_EMAIL, v)]
     if bad:
         return None, f"{name} has invalid email addresses {bad}; give addresses like name@example.org"
     return tuple(value), ""
@@ -444,7 +444,7 @@ def _check(config: Config) -> list[str]:
     sb = config.syftbox
     if (sb.dir is None) != (not sb.email):
         problems.append("syftbox.dir and syftbox.email go together; set both or neither")
-    if sb.email and not _EMAIL.match(sb.email):
+    if sb.email and not re.match(_EMAIL, sb.email):
         problems.append(f"syftbox.email {sb.email!r} is not an email address; give your datasite's")
     if config.logging.format not in LOG_FORMATS:
         problems.append(
@@ -496,7 +496,7 @@ def _check_secure_aggregation(config: Config) -> list[str]:
         problems.append(
             "secure_aggregation.enabled needs secure_aggregation.aggregator: the email that runs the rounds"
         )
-    elif sa.aggregator and not _EMAIL.match(sa.aggregator):
+    elif sa.aggregator and not re.match(_EMAIL, sa.aggregator):
         problems.append(f"secure_aggregation.aggregator {sa.aggregator!r} is not an email address")
     if sa.enabled and config.privacy.mechanism != "laplace":
         problems.append(
