@@ -1,3 +1,3 @@
-from cpu_tracker_daemon.cli import main
+from cpu_tracker_daemon.cli import entry
 
-raise SystemExit(main())
+entry()

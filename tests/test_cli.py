@@ -150,6 +150,41 @@ class TestFastPaths:
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
         assert "HEAVY [] 0" in result.stderr, result.stderr
 
+    @pytest.mark.parametrize(("args", "collects"), [(["status"], False), (["once", "--force"], True)])
+    def test_a_short_command_pauses_the_garbage_collector_and_gives_it_back(
+        self, tmp_path: Path, args: list[str], collects: bool
+    ) -> None:
+        """status runs with the cyclic collector paused (no collection starts); one cycle, like
+        the daemon, keeps it; and either way the caller gets the collector back enabled."""
+        config = write_config(tmp_path)
+        code = (
+            "import gc, sys\n"
+            "from cpu_tracker_daemon.cli import main\n"
+            "starts = []\n"
+            "gc.callbacks.append(lambda phase, info: phase == 'start' and starts.append(info))\n"
+            f"rc = main(['--config', {str(config)!r}, *{args!r}])\n"
+            "print('GC', rc, bool(starts), gc.isenabled(), file=sys.stderr)\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=False, env=cli_env()
+        )
+        assert f"GC 0 {collects} True" in result.stderr, result.stderr
+
+    def test_the_command_exits_without_the_last_collection(self, tmp_path: Path) -> None:
+        """The entry point freezes what is left before exiting, so the interpreter's last pass
+        walks none of it; the exit code is main's."""
+        config = write_config(tmp_path)
+        code = (
+            "import gc, sys\n"
+            "from cpu_tracker_daemon.cli import entry\n"
+            f"sys.argv = ['cpu-tracker', '--config', {str(config)!r}, 'status']\n"
+            "try:\n    entry()\n"
+            "except SystemExit as exc:\n"
+            "    print('EXIT', exc.code, gc.get_freeze_count() > 1000, file=sys.stderr)\n"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+        assert "EXIT 0 True" in result.stderr, result.stderr
+
 
 class TestStatusAndBudget:
     def test_status_json_before_any_release(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
