@@ -134,9 +134,7 @@ def zcdp_epsilon(rho: float, delta: float) -> float:
 
     # epsilon(alpha) is smooth and has one minimum; scan log-spaced alphas, then refine around it.
     def eps_at(alpha: float) -> float:
-        return alpha * rho + (log_inv_delta + alpha * math.log1p(-1 / alpha) - math.log(alpha - 1)) / (
-            alpha - 1
-        )
+        return alpha * rho + _conversion(alpha, log_inv_delta)
 
     # Golden-section search for the one minimum, over t = ln(alpha - 1) from alpha - 1 = 1e-6 to
     # 1e8: 60 steps (61 evaluations) narrow it to 1e-11 in t, where epsilon is flat to far below
@@ -161,6 +159,36 @@ def zcdp_epsilon(rho: float, delta: float) -> float:
 
 _GOLDEN = (math.sqrt(5) - 1) / 2
 _LN10 = math.log(10)
+
+
+def _conversion(alpha: float, log_inv_delta: float) -> float:
+    """What rho-zCDP adds to alpha * rho at order ``alpha`` to give epsilon (CKS 2020, Prop. 12)."""
+    return (log_inv_delta + alpha * math.log1p(-1 / alpha) - math.log(alpha - 1)) / (alpha - 1)
+
+
+def _rho_within(epsilon: float, delta: float) -> float:
+    """About the largest rho that :func:`zcdp_epsilon` turns into at most ``epsilon`` at ``delta``:
+    the most any order alpha allows, (epsilon - conversion) / alpha, found by the same search."""
+    log_inv_delta = -math.log(delta)
+    bun_steinke = (math.sqrt(log_inv_delta + epsilon) - math.sqrt(log_inv_delta)) ** 2
+
+    def at(t: float) -> float:
+        alpha = 1 + math.exp(t)
+        return (epsilon - _conversion(alpha, log_inv_delta)) / alpha
+
+    lo, hi = -6 * _LN10, 8 * _LN10
+    c, d = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
+    fc, fd = at(c), at(d)
+    for _ in range(60):
+        if fc > fd:
+            hi, d, fd = d, c, fc
+            c = hi - _GOLDEN * (hi - lo)
+            fc = at(c)
+        else:
+            lo, c, fc = c, d, fd
+            d = lo + _GOLDEN * (hi - lo)
+            fd = at(d)
+    return max(0.0, bun_steinke, fc, fd)
 
 
 def _phi(x: float) -> float:
@@ -219,8 +247,15 @@ def releases_within(
     prior: Events = (),
     limit: int = 100_000,
     tolerance: float = 0.0,
+    start: int | None = None,
 ) -> int:
-    """How many more copies of ``event`` fit under (epsilon_cap, delta_cap) after ``prior``."""
+    """How many more copies of ``event`` fit under (epsilon_cap, delta_cap) after ``prior``.
+
+    The count is decided by :func:`compose` alone, as a reserve decides it. Where to look first
+    is ``start``, or by default the summation and zCDP bounds solved for the count: from there a
+    gallop and a bisection settle it in a few compositions, where a search from one took some
+    thirty. Any start gives the same count.
+    """
     history = counted(prior)
     already = history.get(event, 0)
 
@@ -229,14 +264,40 @@ def releases_within(
 
     if not fits(0) or not fits(1):
         return 0
-    lo, hi = 1, 2
-    while hi <= limit and fits(hi):
-        lo, hi = hi, hi * 2
-    hi = min(hi, limit + 1)
-    while hi - lo > 1:  # fits(lo) and not fits(hi)
+    if start is None:
+        start = _count_guess(event, epsilon_cap + tolerance, delta_cap, history) - already
+    guess = min(max(start, 1), limit)
+    if fits(guess):  # gallop up to a bracket: fits(lo), and hi does not fit or is past the limit
+        lo, step = guess, 1
+        while lo + step <= limit and fits(lo + step):
+            lo, step = lo + step, step * 2
+        hi = min(lo + step, limit + 1)
+    else:  # gallop down; fits(1) holds
+        hi, step = guess, 1
+        while hi - step > 1 and not fits(hi - step):
+            hi, step = hi - step, step * 2
+        lo = max(hi - step, 1)
+    while hi - lo > 1:
         mid = (lo + hi) // 2
         if fits(mid):
             lo = mid
         else:
             hi = mid
     return lo
+
+
+def _count_guess(event: Event, epsilon: float, delta: float, history: Mapping[Event, int]) -> int:
+    """About how many copies of ``event`` in all, beside the rest of ``history``, keep the
+    summation or the zCDP bound within (epsilon, delta); the exact count is :func:`compose`'s."""
+    others = [(e, n) for e, n in history.items() if e != event]
+    counts = []
+    if event.epsilon > 0:
+        room = (epsilon - math.fsum(e.epsilon * n for e, n in others)) / event.epsilon
+        if event.delta > 0:
+            room = min(room, (delta - math.fsum(e.delta * n for e, n in others)) / event.delta)
+        counts.append(room)
+    if 0 < delta < 1 and event.rho > 0:
+        rho = math.fsum(e.rho * n for e, n in others)
+        counts.append((_rho_within(epsilon, delta) - rho) / event.rho)
+    best = max(counts, default=math.inf)
+    return 2**62 if not best < 2**62 else max(0, math.floor(best))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 from hypothesis import given, settings
@@ -118,3 +119,65 @@ class TestProperties:
         """More rho never gives a smaller epsilon."""
         lo, hi = sorted((a, b))
         assert zcdp_epsilon(lo, DELTA) <= zcdp_epsilon(hi, DELTA) + 1e-9
+
+
+def _releases_by_search_from_one(
+    event: Event, epsilon_cap: float, delta_cap: float, prior: list[Event], limit: int, tolerance: float
+) -> int:
+    """The count as a plain search finds it: doubling from one, then bisecting, over compose."""
+
+    history = Counter(prior)
+
+    def fits(k: int) -> bool:
+        return compose({**history, event: history[event] + k}, delta_cap).epsilon <= epsilon_cap + tolerance
+
+    if not fits(0) or not fits(1):
+        return 0
+    lo, hi = 1, 2
+    while hi <= limit and fits(hi):
+        lo, hi = hi, hi * 2
+    hi = min(hi, limit + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+class TestReleasesWithin:
+    @pytest.mark.slow
+    @settings(max_examples=300, deadline=None)
+    @given(
+        events,
+        st.lists(events, max_size=6),
+        st.floats(0.01, 1e4),
+        st.sampled_from([0.0, 1e-9, 1e-6, 1e-3, 0.1]),
+        st.sampled_from([1, 7, 1000, 100_000]),
+        st.sampled_from([0.0, 1e-9]),
+        st.integers(-5, 200_000),
+    )
+    def test_the_count_is_the_one_a_search_from_one_finds(
+        self,
+        event: Event,
+        prior: list[Event],
+        cap: float,
+        delta: float,
+        limit: int,
+        tolerance: float,
+        start: int,
+    ) -> None:
+        """Where the search starts never changes the count, whether the bounds guess it or the
+        caller gives any start: it is the one a search from one release finds, with any history,
+        cap, delta and limit."""
+        expected = _releases_by_search_from_one(event, cap, delta, prior, limit, tolerance)
+        assert releases_within(event, cap, delta, prior, limit, tolerance) == expected
+        assert releases_within(event, cap, delta, prior, limit, tolerance, start=start) == expected
+
+    @pytest.mark.parametrize("epsilon", [0.01, 0.5, 1.0, 50.0])
+    @pytest.mark.parametrize("delta", [1e-9, 1e-6, 0.1])
+    def test_rho_within_is_what_zcdp_epsilon_allows(self, epsilon: float, delta: float) -> None:
+        """The rho the guess uses converts to at most epsilon, and 1% more converts to more."""
+        from cpu_tracker_daemon.accounting import _rho_within
+
+        rho = _rho_within(epsilon, delta)
+        assert zcdp_epsilon(rho, delta) <= epsilon * (1 + 1e-9)
+        assert zcdp_epsilon(rho * 1.01, delta) > epsilon
