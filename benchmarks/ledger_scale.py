@@ -9,11 +9,12 @@ so it takes seconds, not hours). Then, with the file as the daemon finds it, ``-
 the ledger work of one cycle, in this process and timed in CPU seconds: open and verify, the
 output check (``knows``), settling unfinished releases, the cooldown, ``reserve``, and the two
 outcomes. Each step is timed on its own too. Last, the wall time of ``cpu-tracker status``,
-``status --json``, ``budget show``, ``budget plan`` and ``--help``, each run just after
-``python -c pass`` nine times (the median time, and the median of the nine ratios), beside the
-floor (python importing argparse, sqlite3 and tomllib). ``--instructions`` also counts each
-command's instructions under valgrind, which unlike time do not drift. Prints Markdown tables;
-asserts nothing.
+``status --json``, ``budget show``, ``budget plan`` and ``--help``, run as a user runs them (the
+installed ``cpu-tracker`` script beside this interpreter; ``python -m cpu_tracker_daemon``
+without one), each just after ``python -c pass`` fifteen times (the median time, and the median
+of the fifteen ratios), beside the floor (python importing argparse, sqlite3 and tomllib).
+``--instructions`` also counts each command's instructions under valgrind, which unlike time do
+not drift. Prints Markdown tables; asserts nothing.
 """
 
 from __future__ import annotations
@@ -174,7 +175,10 @@ def _timed(command: list[str]) -> float:
     return time.perf_counter() - before
 
 
-def wall(command: list[str], runs: int = 9) -> tuple[float, float]:
+RUNS = 15
+
+
+def wall(command: list[str], runs: int = RUNS) -> tuple[float, float]:
     """The median wall time of ``command``, and the median of its ratio to ``python -c pass``
     run just before it each time: this VM's speed drifts, and a pair shares the drift."""
     subprocess.run(command, capture_output=True, check=False, env=_ENV)  # writes the bytecode
@@ -201,6 +205,12 @@ def instructions(command: list[str]) -> int | None:
     )
     found = re.search(r"Collected : (\d+)", done.stderr)
     return int(found.group(1)) if found else None
+
+
+def cpu_tracker() -> list[str]:
+    """The command as a user runs it: the installed script, or ``python -m`` where there is none."""
+    script = Path(sys.executable).with_name("cpu-tracker")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cpu_tracker_daemon"]
 
 
 COMMANDS = {
@@ -238,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             config_path, _ = build(Path(tmp), size)
             build_seconds[size] = time.monotonic() - before
             cycle_rows[size] = time_cycles(config_path, args.cycles)
-            cli = [sys.executable, "-m", "cpu_tracker_daemon", "--config", str(config_path)]
+            cli = [*cpu_tracker(), "--config", str(config_path)]
             command_rows[size] = {name: wall(cli + extra) for name, extra in COMMANDS.items()}
             if args.instructions:
                 counted[size] = {name: instructions(cli + extra) for name, extra in COMMANDS.items()}
@@ -249,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in cycle_rows[sizes[0]]:
         print(f"| {name} | " + " | ".join(f"{cycle_rows[s][name]:.2f}" for s in sizes) + " |")
     print(
-        "\ncommand wall time, s (median of 9), and its multiple of `python -c pass` run just before "
-        f"it each time (median of the 9 ratios; `python -c pass` took {baseline:.3f} s):\n"
+        f"\ncommand wall time, s (median of {RUNS}), as `{' '.join(Path(a).name for a in cpu_tracker())}`, "
+        "and its multiple of `python -c pass` run just before it each time "
+        f"(median of the {RUNS} ratios; `python -c pass` took {baseline:.3f} s):\n"
     )
     floor_command = "`python -c 'import argparse, sqlite3, tomllib'`"
     print(f"(the floor, {floor_command}: {floor:.3f} s, {floor_ratio:.1f}x)\n")
