@@ -1,4 +1,4 @@
-"""The frozen record base: what the code used of a named tuple, and what a type checker sees."""
+"""The frozen record base: a named tuple without the compiling, and what a type checker sees."""
 
 from __future__ import annotations
 
@@ -59,22 +59,25 @@ def test_a_wrong_construction_is_refused(
 def test_a_record_is_frozen() -> None:
     """No field can be set or deleted, and no new attribute added."""
     p = Point(1, 2)
-    with pytest.raises(AttributeError, match="frozen"):
+    with pytest.raises(AttributeError, match="no setter"):
         p.x = 3  # type: ignore[misc]
-    with pytest.raises(AttributeError, match="frozen"):
+    with pytest.raises(AttributeError, match="no deleter"):
         del p.x  # type: ignore[misc]
     with pytest.raises(AttributeError):
         p.z = 1  # type: ignore[attr-defined]
     assert p.x == 1
 
 
-def test_equality_and_hash_are_by_value_within_a_class() -> None:
-    """Equal values make equal records with equal hashes; another class's record is not equal."""
+def test_it_is_the_tuple_of_its_fields() -> None:
+    """As a named tuple: equal, hashed, indexed and unpacked as the tuple of its values."""
+    p = Point(1, 2)
+    assert p == (1, 2, "origin")
+    assert hash(p) == hash((1, 2, "origin"))
+    assert p[1] == 2
+    x, y, label = p
+    assert (x, y, label) == (1, 2, "origin")
     assert Point(1, 2) == Point(1, 2)
-    assert hash(Point(1, 2)) == hash(Point(1, 2))
     assert Point(1, 2) != Point(1, 3)
-    assert Point(1, 2) != Other(1, 2)
-    assert Point(1, 2) != (1, 2, "origin")
     assert len({Point(1, 2), Point(1, 2), Point(2, 1)}) == 2
 
 
@@ -112,8 +115,8 @@ def test_a_field_without_a_default_after_one_with_is_refused() -> None:
 
 @pytest.mark.slow
 def test_a_type_checker_checks_every_construction(tmp_path: Path) -> None:
-    """mypy reads a Frozen class as a frozen dataclass: a wrong type, a missing field, an
-    assignment and an unpacking are each an error, on the line where they are."""
+    """mypy reads a Frozen class as a frozen dataclass: a wrong type, a missing field and an
+    assignment are each an error, on the line where they are; using it as a tuple is not."""
     source = tmp_path / "uses.py"
     source.write_text(
         textwrap.dedent(
@@ -140,4 +143,4 @@ def test_a_type_checker_checks_every_construction(tmp_path: Path) -> None:
         cwd=Path(__file__).parent.parent,
     )
     errors = {int(line.split(":")[1]) for line in done.stdout.splitlines() if ": error:" in line}
-    assert {9, 10, 11, 12} == errors, done.stdout
+    assert {9, 10, 11} == errors, done.stdout
