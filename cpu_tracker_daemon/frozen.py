@@ -79,7 +79,10 @@ class Frozen(tuple[Any, ...], metaclass=_FrozenType):
         return tuple(self)
 
     def _replace(self, **changes: Any) -> Self:
-        return type(self)(**{**self._asdict(), **changes})
+        values = [changes.pop(field, value) for field, value in zip(self._fields, self, strict=True)]
+        for field in changes:
+            raise TypeError(f"{type(self).__name__}() has no field {field!r}")
+        return tuple.__new__(type(self), values)
 
     def _asdict(self) -> dict[str, Any]:
         return dict(zip(self._fields, self, strict=True))
