@@ -97,7 +97,7 @@ def test_replace_and_asdict() -> None:
 
 
 def test_pickle_and_copy_round_trip() -> None:
-    """A record survives pickling and copying (both go through __reduce__, not __setattr__)."""
+    """A record survives pickling and copying, both of which rebuild it from its values."""
     p = Point(1, 2, "here")
     assert p == pickle.loads(pickle.dumps(p))
     assert p == copy.copy(p)

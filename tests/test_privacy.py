@@ -126,6 +126,7 @@ class TestGrid:
         assert discrete.to_units(0.125) == 12  # exactly 12.5 units: ties to even
         assert discrete.to_units(0.135) == 14  # the double is 0.13500000000000000888...
 
+    @pytest.mark.slow
     @settings(max_examples=2000, deadline=None)
     @given(
         st.floats(allow_nan=False, allow_infinity=False, min_value=-1e6, max_value=1e6)
@@ -143,6 +144,7 @@ class TestGrid:
         exact = round(Fraction(sum(discrete.to_units(p) for p in percents), len(percents)))
         assert discrete.quantise_mean(percents, low, high) == exact
 
+    @pytest.mark.slow
     @settings(max_examples=2000, deadline=None)
     @given(st.integers(1, 10**6), st.floats(min_value=1e-6, max_value=1e6))
     def test_the_reported_laplace_scale_is_the_exact_one_rounded_once(
