@@ -11,8 +11,8 @@ so errors and help read exactly as they would; the test suite holds the two to t
 A command is a short-lived process, so the cyclic garbage collector is paused while it runs
 (reference counting still frees its memory) and skipped at exit, where its last pass would walk
 every object of every imported module only to free memory the OS reclaims anyway: together a
-tenth of ``status``'s instructions and about a sixth of its wall time. The daemon and the commands that loop (:data:`COLLECTING`) keep
-the collector.
+tenth of ``status``'s instructions and about a sixth of its wall time. The daemon and the
+commands that loop (:data:`COLLECTING`) keep the collector.
 """
 
 from __future__ import annotations
