@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from cpu_tracker_daemon.frozen import Frozen
 
@@ -132,33 +132,36 @@ def zcdp_epsilon(rho: float, delta: float) -> float:
     log_inv_delta = -math.log(delta)
     best = rho + 2 * math.sqrt(rho * log_inv_delta)  # Bun & Steinke's bound, always valid
 
-    # epsilon(alpha) is smooth and has one minimum; scan log-spaced alphas, then refine around it.
-    def eps_at(alpha: float) -> float:
+    def eps_at(t: float) -> float:  # at order alpha = 1 + e^t
+        alpha = 1 + math.exp(t)
         return alpha * rho + _conversion(alpha, log_inv_delta)
 
-    # Golden-section search for the one minimum, over t = ln(alpha - 1) from alpha - 1 = 1e-6 to
-    # 1e8: 60 steps (61 evaluations) narrow it to 1e-11 in t, where epsilon is flat to far below
-    # a float's precision. (Any alpha gives a valid bound: the search only decides how tight.)
-    def at(t: float) -> float:
-        return eps_at(1 + math.exp(t))
-
-    lo, hi = -6 * _LN10, 8 * _LN10
-    c, d = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
-    fc, fd = at(c), at(d)
-    for _ in range(60):
-        if fc < fd:
-            hi, d, fd = d, c, fc
-            c = hi - _GOLDEN * (hi - lo)
-            fc = at(c)
-        else:
-            lo, c, fc = c, d, fd
-            d = lo + _GOLDEN * (hi - lo)
-            fd = at(d)
-    return max(0.0, min(best, fc, fd))
+    # epsilon(alpha) is smooth with one minimum. Any alpha gives a valid bound: the search only
+    # decides how tight it is.
+    return max(0.0, min(best, _least_over_orders(eps_at)))
 
 
 _GOLDEN = (math.sqrt(5) - 1) / 2
 _LN10 = math.log(10)
+
+
+def _least_over_orders(f: Callable[[float], float]) -> float:
+    """The least value of ``f`` found by a golden-section search for its one minimum over
+    t = ln(alpha - 1), from alpha - 1 = 1e-6 to 1e8: 60 steps (61 evaluations) narrow it to
+    1e-11 in t, where the conversions searched here are flat to far below a float's precision."""
+    lo, hi = -6 * _LN10, 8 * _LN10
+    c, d = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
+    fc, fd = f(c), f(d)
+    for _ in range(60):
+        if fc < fd:
+            hi, d, fd = d, c, fc
+            c = hi - _GOLDEN * (hi - lo)
+            fc = f(c)
+        else:
+            lo, c, fc = c, d, fd
+            d = lo + _GOLDEN * (hi - lo)
+            fd = f(d)
+    return min(fc, fd)
 
 
 def _conversion(alpha: float, log_inv_delta: float) -> float:
@@ -172,23 +175,11 @@ def _rho_within(epsilon: float, delta: float) -> float:
     log_inv_delta = -math.log(delta)
     bun_steinke = (math.sqrt(log_inv_delta + epsilon) - math.sqrt(log_inv_delta)) ** 2
 
-    def at(t: float) -> float:
+    def less_rho(t: float) -> float:  # minus the rho order 1 + e^t allows: the search minimises
         alpha = 1 + math.exp(t)
-        return (epsilon - _conversion(alpha, log_inv_delta)) / alpha
+        return (_conversion(alpha, log_inv_delta) - epsilon) / alpha
 
-    lo, hi = -6 * _LN10, 8 * _LN10
-    c, d = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
-    fc, fd = at(c), at(d)
-    for _ in range(60):
-        if fc > fd:
-            hi, d, fd = d, c, fc
-            c = hi - _GOLDEN * (hi - lo)
-            fc = at(c)
-        else:
-            lo, c, fc = c, d, fd
-            d = lo + _GOLDEN * (hi - lo)
-            fd = at(d)
-    return max(0.0, bun_steinke, fc, fd)
+    return max(0.0, bun_steinke, -_least_over_orders(less_rho))
 
 
 def _phi(x: float) -> float:
