@@ -307,11 +307,11 @@ class Tracker:
         load_mechanisms(calibration.mechanism)
         if not force:
             due = self.next_due(ledger)
-            wait = (due - self.clock()).total_seconds()
+            now = self.clock()
+            wait = (due - now).total_seconds()
             if wait > max_wait:
                 raise CooldownError(due.isoformat())
             if wait > daemon_wait(config):  # only once waits this long, for a secure slot: say so
-                now = self.clock()
                 self.log.info(
                     "cycle.waiting",
                     until=due.isoformat(),
