@@ -7,11 +7,11 @@ reserves one; the reports (:mod:`report`) read them.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from cpu_tracker_daemon.accounting import Event, compose
 from cpu_tracker_daemon.frozen import Frozen
 
+TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
 if TYPE_CHECKING:
     from cpu_tracker_daemon.config import Config
 

@@ -14,12 +14,15 @@ import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from cpu_tracker_daemon.errors import ConfigError
 from cpu_tracker_daemon.frozen import Frozen
 from cpu_tracker_daemon.names import APP_NAME, LOG_FORMATS
 from cpu_tracker_daemon.privacy import DEFAULT_EPSILON, PrivacyConfig, calibrate, check_privacy
+
+TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any
 
 CONFIG_ENV = "CPU_TRACKER_CONFIG"
 CONFIG_FILE = "config.toml"

@@ -18,21 +18,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
 
+TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
 if TYPE_CHECKING:
     # Imported where a draw needs it (with decimal, 9 M instructions): the commands that only
     # read the budget never draw, and the grid below is exact in integers.
     from fractions import Fraction
+    from typing import Protocol
 
 UNITS_PER_POINT = 100  # grid units per percentage point
 GRID = 1 / UNITS_PER_POINT  # 0.01 percentage points
 
 
-class Uniform(Protocol):
-    def randrange(self, stop: int, /) -> int:
-        """A uniform integer in [0, stop)."""
-        ...
+if TYPE_CHECKING:  # a protocol for the type checker only: nothing checks it at run time
+
+    class Uniform(Protocol):
+        def randrange(self, stop: int, /) -> int:
+            """A uniform integer in [0, stop)."""
+            ...
 
 
 def system_random() -> Uniform:

@@ -16,10 +16,18 @@ with ``_replace``, ``_asdict`` and ``_fields``. Type checkers read it as a froze
 from __future__ import annotations
 
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, ClassVar, dataclass_transform
 
+TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
 if TYPE_CHECKING:
-    from typing import Self
+    from typing import Any, ClassVar, Self, dataclass_transform
+
+    _Tuple = tuple[Any, ...]
+else:  # at run time the transform only marks the class for introspection, which nothing here does
+
+    def dataclass_transform(**_: object) -> object:
+        return lambda cls: cls
+
+    _Tuple = tuple
 
 _MISSING: Any = object()
 
@@ -43,7 +51,7 @@ class _FrozenType(type):
         return super().__new__(mcs, name, bases, namespace)
 
 
-class Frozen(tuple[Any, ...], metaclass=_FrozenType):
+class Frozen(_Tuple, metaclass=_FrozenType):
     """A frozen record: subclass it and annotate the fields, as with a dataclass."""
 
     __slots__ = ()

@@ -30,7 +30,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from cpu_tracker_daemon.accounting import Event, compose, event_of
 from cpu_tracker_daemon.budget import CAPS, BudgetStatus, Caps, CapStatus, Promise, iso
@@ -45,6 +44,10 @@ from cpu_tracker_daemon.errors import (
 from cpu_tracker_daemon.frozen import Frozen
 from cpu_tracker_daemon.schedule import earliest_start
 from cpu_tracker_daemon.storage import fsync_dir, make_dirs_durably
+
+TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any
 
 SCHEMA_VERSION = 5
 READABLE_VERSIONS = ("1", "2", "3", "4", "5")

@@ -36,7 +36,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 from cpu_tracker_daemon import discrete
 from cpu_tracker_daemon.accounting import (
@@ -49,8 +48,14 @@ from cpu_tracker_daemon.accounting import (
 )
 from cpu_tracker_daemon.frozen import Frozen
 
+TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
 if TYPE_CHECKING:
+    from typing import Any
+
     from cpu_tracker_daemon.sampling import Window
+
+    # None means the OS CSPRNG; a seeded random.Random in tests only.
+    RandomLike = discrete.Uniform | None
 
 UNITS = ("window", "sample")
 MECHANISMS = ("laplace", "gaussian", "snapping")
@@ -70,9 +75,6 @@ class PrivacyConfig(Frozen):
     lower: float = 0.0
     upper: float = 100.0
 
-
-# None means the OS CSPRNG; a seeded random.Random in tests only.
-RandomLike = discrete.Uniform | None
 
 # The configured name of each mechanism, and the one releases and the ledger record.
 MECHANISM_NAMES = {"laplace": DISCRETE_LAPLACE, "gaussian": DISCRETE_GAUSSIAN, "snapping": SNAPPING}

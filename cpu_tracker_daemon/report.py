@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from cpu_tracker_daemon import storage
 from cpu_tracker_daemon.accounting import Event, releases_within
@@ -18,6 +17,10 @@ from cpu_tracker_daemon.frozen import Frozen
 from cpu_tracker_daemon.ledger import Grant, open_ledger
 from cpu_tracker_daemon.privacy import Calibration, calibrate
 from cpu_tracker_daemon.schedule import due_at, grid_late, next_start
+
+TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Snapshot(Frozen):

@@ -21,11 +21,14 @@ import stat
 from collections.abc import Iterable
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
 
 from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.errors import ConfigError, OutputError
 from cpu_tracker_daemon.frozen import Frozen
+
+TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any
 
 PUBLIC_NAME = "cpu_tracker.json"
 PRIVATE_NAME = "cpu_tracker.json"

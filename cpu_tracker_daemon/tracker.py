@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cpu_tracker_daemon import budget_requests, metrics, permissions, storage, timewords
 from cpu_tracker_daemon.accounting import SECURE_DISCRETE_LAPLACE, Event
@@ -44,7 +44,6 @@ from cpu_tracker_daemon.ledger import (
 )
 from cpu_tracker_daemon.privacy import (
     Calibration,
-    RandomLike,
     Statistic,
     add_noise,
     calibrate,
@@ -67,6 +66,9 @@ from cpu_tracker_daemon.schedule import max_wait as daemon_wait
 from cpu_tracker_daemon.schedule import round_id as schedule_round_id
 from cpu_tracker_daemon.signals import Flag, StopRequest
 from cpu_tracker_daemon.storage import Layout
+
+if TYPE_CHECKING:
+    from cpu_tracker_daemon.privacy import RandomLike
 
 Clock = Callable[[], datetime]
 
