@@ -414,10 +414,13 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None, collect
         handler = getattr(commands, args.handler)
         if not args.needs_config:  # service, config init: before a config exists, or not theirs
             return int(handler(args, env))
-        from cpu_tracker_daemon.config import config_origin, config_path_from, load_config
+        from cpu_tracker_daemon.config import cache_file, config_origin, config_path_from, load_config
 
         path = config_path_from(args.config, env)
-        config = load_config(path, env, config_origin(args.config, env))
+        # The daemon reads its file once (and on SIGHUP), with its home hidden under a service
+        # manager; a command keeps the parsed file for the next one (parsecache).
+        cache = None if args.handler == "run" else cache_file(env)
+        config = load_config(path, env, config_origin(args.config, env), cache)
         if args.writes_state:
             commands.become_state_owner(config.paths.data_dir)
         return int(handler(args, config, path, env))

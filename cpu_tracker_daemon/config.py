@@ -11,10 +11,10 @@ import math
 import os
 import re
 import sys
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
+from cpu_tracker_daemon import parsecache
 from cpu_tracker_daemon.errors import ConfigError
 from cpu_tracker_daemon.frozen import Frozen
 from cpu_tracker_daemon.names import APP_NAME, LOG_FORMATS
@@ -221,14 +221,33 @@ def default_config_path(environ: Mapping[str, str] = os.environ) -> Path:
 
 
 def load_config(
-    path: Path | None, environ: Mapping[str, str] = os.environ, origin: str = "--config"
+    path: Path | None,
+    environ: Mapping[str, str] = os.environ,
+    origin: str = "--config",
+    cache: Path | None = None,
 ) -> Config:
     """Read ``path`` (or nothing) over the embedded defaults; raise ConfigError listing all problems.
-    ``origin`` is where the path came from (see :func:`config_origin`), for the messages."""
+    ``origin`` is where the path came from (see :func:`config_origin`), for the messages; ``cache``
+    is where the parsed file may be kept for the next command (:func:`cache_file`, :mod:`parsecache`)."""
     raw: dict[str, Any] = {}
     if path is not None:
-        raw = _read_toml(path, origin)
+        raw = _read_toml(path, origin, cache)
     return parse_config(raw, source=path, environ=environ)
+
+
+def cache_file(environ: Mapping[str, str] = os.environ, platform: str = sys.platform) -> Path | None:
+    """Where a command keeps the parsed config file: the per-user cache directory
+    (``~/Library/Caches`` on macOS, ``$XDG_CACHE_HOME`` or ``~/.cache`` elsewhere); None without a
+    home directory."""
+    xdg = environ.get("XDG_CACHE_HOME", "")
+    if xdg and Path(xdg).is_absolute() and platform != "darwin":
+        base = Path(xdg)
+    else:
+        home = environ.get("HOME", "")
+        if not home or not Path(home).is_absolute():
+            return None
+        base = Path(home) / ("Library/Caches" if platform == "darwin" else ".cache")
+    return base / APP_NAME / "config.marshal"
 
 
 def config_origin(cli_path: str | None, environ: Mapping[str, str] = os.environ) -> str:
@@ -239,7 +258,7 @@ def config_origin(cli_path: str | None, environ: Mapping[str, str] = os.environ)
     return f"${CONFIG_ENV}" if environ.get(CONFIG_ENV, "") else "the default location"
 
 
-def _read_toml(path: Path, origin: str = "--config") -> dict[str, Any]:
+def _read_toml(path: Path, origin: str = "--config", cache: Path | None = None) -> dict[str, Any]:
     named = f"config file {path}" if origin == "--config" else f"config file {path} (from {origin})"
     drop = f"unset {CONFIG_ENV}" if origin.startswith("$") else "drop --config"
     try:
@@ -255,13 +274,18 @@ def _read_toml(path: Path, origin: str = "--config") -> dict[str, Any]:
         ) from None
     except OSError as exc:
         raise ConfigError([f"{named} cannot be read ({exc.strerror}); fix its permissions"]) from None
-    try:
-        text = data.decode("utf-8")
-        return tomllib.loads(text)
-    except UnicodeDecodeError:
-        raise ConfigError([f"{named} is not UTF-8 text; save it as UTF-8 TOML"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{named} is not valid TOML ({exc}); fix the syntax there"]) from None
+
+    def parse(data: bytes) -> dict[str, Any]:
+        import tomllib  # only for a file no command has read before (parsecache)
+
+        try:
+            return tomllib.loads(data.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError([f"{named} is not UTF-8 text; save it as UTF-8 TOML"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{named} is not valid TOML ({exc}); fix the syntax there"]) from None
+
+    return parsecache.parsed(data, cache, parse)
 
 
 def _file_above(path: Path) -> Path:
