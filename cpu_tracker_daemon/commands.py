@@ -9,7 +9,6 @@ Every handler takes ``(args, config, path, env)`` and returns an exit code; heav
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -22,7 +21,11 @@ from cpu_tracker_daemon.config import Config, as_dict, config_path_from, to_toml
 from cpu_tracker_daemon.errors import ConfigError, UsageError, one_line
 from cpu_tracker_daemon.exit_codes import EXIT_OK, exit_code_for
 
-Args = argparse.Namespace
+TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
+if TYPE_CHECKING:
+    import argparse
+
+    Args = argparse.Namespace  # or cli's plain reading of the command line, read the same way
 Env = Mapping[str, str]
 
 

@@ -150,6 +150,31 @@ class TestFastPaths:
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
         assert "HEAVY [] 0" in result.stderr, result.stderr
 
+    @pytest.mark.parametrize(
+        ("args", "loads"),
+        [
+            (["status"], False),
+            (["budget", "plan", "--json"], False),
+            (["budget", "grant", "1", "--reason", "r"], True),
+        ],
+    )
+    def test_a_plain_command_never_imports_argparse(
+        self, tmp_path: Path, args: list[str], loads: bool
+    ) -> None:
+        """status and budget plan are read without argparse; a command with a value to parse
+        still goes through it."""
+        config = write_config(tmp_path)
+        code = (
+            "import sys\n"
+            "from cpu_tracker_daemon.cli import main\n"
+            f"rc = main(['--config', {str(config)!r}, *{args!r}])\n"
+            "print('ARGPARSE', 'argparse' in sys.modules, rc, file=sys.stderr)\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=False, env=cli_env()
+        )
+        assert f"ARGPARSE {loads} 0" in result.stderr, result.stderr
+
     @pytest.mark.parametrize(("args", "collects"), [(["status"], False), (["once", "--force"], True)])
     def test_a_short_command_pauses_the_garbage_collector_and_gives_it_back(
         self, tmp_path: Path, args: list[str], collects: bool
@@ -639,7 +664,7 @@ def grants(tmp_path: Path) -> list[tuple[str, float]]:
 def every_subparser() -> list[tuple[str, Any]]:
     import argparse
 
-    from cpu_tracker_daemon.cli import build_parser
+    from cpu_tracker_daemon.parsers import build_parser
 
     found: list[tuple[str, Any]] = []
 
@@ -746,14 +771,86 @@ def test_the_parser_built_along_the_words_parses_as_the_whole_one(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Each command builds only its own parser; help, errors and results are the whole parser's."""
-    from cpu_tracker_daemon.cli import build_parser, parse_args
+    from cpu_tracker_daemon.cli import parse_args
+    from cpu_tracker_daemon.parsers import build_parser
 
     whole = _outcome(lambda a: build_parser().parse_args(a), argv, capsys)
     assert _outcome(parse_args, argv, capsys) == whole
 
 
+def _plain_lines() -> list[list[str]]:
+    """Every plain command line, with each spelling of the global options and each choice of flags."""
+    from itertools import combinations
+
+    from cpu_tracker_daemon.cli import PLAIN
+
+    options = [
+        [],
+        ["--config", "c.toml"],
+        ["--config=c.toml"],
+        ["--system"],
+        ["--config", "a", "--system", "--config=b"],
+    ]
+    lines = []
+    for words, (_, flags) in PLAIN.items():
+        chosen = [[f"--{f}" for f in c] for n in range(len(flags) + 1) for c in combinations(flags, n)]
+        chosen += [[f"--{f}", f"--{f}"] for f in flags]
+        lines += [[*before, *words, *after] for before in options for after in chosen]
+    return lines
+
+
+@pytest.mark.parametrize("argv", _plain_lines(), ids=" ".join)
+def test_a_plain_command_line_is_read_as_argparse_reads_it(argv: list[str]) -> None:
+    """The command lines cli reads without argparse give what the whole parser gives, every
+    attribute the handlers read, defaults included."""
+    from cpu_tracker_daemon.cli import plain_args
+    from cpu_tracker_daemon.parsers import build_parser
+
+    plain = plain_args(argv)
+    assert plain is not None
+    assert vars(plain) == vars(build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["-h"],
+        ["--help"],
+        ["--version"],
+        ["status", "-h"],
+        ["status", "--help"],
+        ["--conf", "c.toml", "status"],  # argparse's abbreviation
+        ["status", "--js"],
+        ["status", "--json=yes"],
+        ["status", "--force"],  # another command's flag
+        ["status", "--system"],  # a global option after the command
+        ["status", "extra"],
+        ["--config", "-x", "status"],  # argparse refuses an option-like value
+        ["--config"],
+        ["--config=", "status"],
+        ["--", "status"],
+        ["budget"],
+        ["budget", "grant", "1", "--reason", "r"],
+        ["config", "init"],
+        ["run"],
+        ["stauts"],
+    ],
+    ids=" ".join,
+)
+def test_anything_else_goes_to_argparse(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """A line that is not plain is argparse's to read, help and mistakes included."""
+    from cpu_tracker_daemon.cli import parse_args, plain_args
+    from cpu_tracker_daemon.parsers import build_parser
+
+    assert plain_args(argv) is None
+    assert _outcome(parse_args, argv, capsys) == _outcome(
+        lambda a: build_parser().parse_args(a), argv, capsys
+    )
+
+
 def test_a_command_builds_only_its_own_parser() -> None:
-    from cpu_tracker_daemon.cli import build_parser, command_words
+    from cpu_tracker_daemon.parsers import build_parser, command_words
 
     def count(parser: Any) -> int:
         import argparse
@@ -776,7 +873,7 @@ def test_help_wraps_where_argparse_itself_would(columns: str | None, monkeypatch
     """The parsers get the width shutil.get_terminal_size gives argparse, without importing shutil."""
     import shutil
 
-    from cpu_tracker_daemon.cli import _help_width
+    from cpu_tracker_daemon.parsers import _help_width
 
     if columns is None:
         monkeypatch.delenv("COLUMNS", raising=False)
