@@ -1,11 +1,12 @@
 """The config file's parsed tables, kept so that a command need not import the TOML reader.
 
 Python's TOML reader is the dearest thing a command imports: ``tomllib`` brings ``typing``,
-``string`` and the regular expressions it compiles, 38 M of ``cpu-tracker status``'s 164 M
-instructions. So a command keeps what the reader made of the file, keyed by the file's exact
-bytes, in the user's cache directory, as Python keeps bytecode beside its source: the next
-command whose config file has not changed reads the same tables back with :mod:`marshal`
-(built in, nothing to import), and the config is validated from them exactly as before.
+``string`` and the regular expressions it compiles, 38 M of the 164 M instructions
+``cpu-tracker status`` took before this module. So a command keeps what the reader made of the
+file, keyed by the file's exact bytes, in the user's cache directory, as Python keeps bytecode
+beside its source: the next command whose config file has not changed reads the same tables
+back with :mod:`marshal` (built in, nothing to import), and the config is validated from them
+exactly as before.
 
 A cached entry is used only where its bytes equal the file's, so an edit, however quick, is read
 afresh. The cache is trusted only where this user wrote it: the directory and the file must be
