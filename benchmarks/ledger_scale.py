@@ -1,6 +1,7 @@
 """What one release costs in ledger work, and what the commands cost, as the history grows.
 
     python benchmarks/ledger_scale.py [--sizes 1000,10000,100000] [--cycles 20] [--instructions]
+                                      [--daemon-seconds 60]
 
 For each size, a ledger with that many published releases an hour apart (the default
 schedule, so 24 lie in the rolling period) is built through the project's own
@@ -14,7 +15,9 @@ installed ``cpu-tracker`` script beside this interpreter; ``python -m cpu_tracke
 without one), each just after ``python -c pass`` fifteen times (the median time, and the median
 of the fifteen ratios), beside the floor (python importing the standard library modules status
 reads with: re, sqlite3, json, pathlib, datetime). ``status`` is timed once more with its config
-file not yet parsed (no parsecache entry).
+file not yet parsed (no parsecache entry). Then the real daemon runs on the ledger at one release
+a second for ``--daemon-seconds``, and its windows' start times in the ledger say how far apart
+they began and how many slots it missed.
 ``--instructions`` also counts each command's instructions under valgrind, which unlike time do
 not drift. Prints Markdown tables; asserts nothing.
 """
@@ -22,6 +25,7 @@ not drift. Prints Markdown tables; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import shutil
@@ -39,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common import write_config  # noqa: E402
+from soak import schedule_faults, window_starts  # noqa: E402
 
 from cpu_tracker_daemon.budget import caps_for, promise_for  # noqa: E402
 from cpu_tracker_daemon.config import load_config  # noqa: E402
@@ -223,6 +228,37 @@ COMMANDS = {
     "budget plan": ["budget", "plan"],
     "--help": ["--help"],
 }
+
+
+def real_daemon(config_path: Path, seconds: float) -> dict[str, float]:
+    """The real daemon (``cpu-tracker run``) on the built ledger for ``seconds``, at the built
+    config's one release a second: how far apart its windows started, and the slots it missed
+    (a gap with room for another whole window), counted from the ledger as the soak counts them."""
+    began = time.time()
+    daemon = subprocess.Popen(
+        [*cpu_tracker(), "--config", str(config_path), "run", "--log-format", "json"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_ENV,
+    )
+    try:
+        time.sleep(seconds)
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=60)
+    starts = [s for s in window_starts(config_path.parent / "ledger.sqlite3") if s >= began]
+    if len(starts) < 2:
+        return {"releases": len(starts), "mean": float("nan"), "max": float("nan"), "missed": float("nan")}
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    _, missed = schedule_faults(starts, 1.0, [])
+    return {
+        "releases": len(starts),
+        "mean": (starts[-1] - starts[0]) / (len(starts) - 1),
+        "max": max(gaps),
+        "missed": sum(k for _, k in missed),
+    }
+
+
 # A command whose config file it has not read before parses it with tomllib (parsecache): timed
 # here with a cache directory that cannot be made, so every run is the first.
 FIRST_READ = "status, the config not yet parsed"
@@ -237,12 +273,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--instructions", action="store_true", help="also count each command's instructions (valgrind)"
     )
+    parser.add_argument(
+        "--daemon-seconds",
+        type=float,
+        default=60.0,
+        help="run the real daemon at one release a second on each ledger this long (0: not at all)",
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     cycle_rows: dict[int, dict[str, float]] = {}
     command_rows: dict[int, dict[str, tuple[float, float]]] = {}
     counted: dict[int, dict[str, int | None]] = {}
     build_seconds: dict[int, float] = {}
+    daemon_rows: dict[int, dict[str, float]] = {}
     baseline, _ = wall(PASS)
     # What status cannot do without: the standard library modules it reads with (re, which the
     # console script imports; SQLite; JSON, the ledger's running counts; pathlib and datetime),
@@ -263,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.instructions:
                 counted[size] = {name: instructions(cli + extra) for name, extra in COMMANDS.items()}
                 counted[size][FIRST_READ] = instructions([*cli, "status"], env=never)
+            if args.daemon_seconds > 0:
+                daemon_rows[size] = real_daemon(config_path, args.daemon_seconds)
     head = " | ".join(f"{s:,} releases" for s in sizes)
     print(f"ledger work of one cycle, CPU ms (median of {args.cycles} cycles):\n")
     print(f"| step | {head} |")
@@ -282,14 +327,38 @@ def main(argv: list[str] | None = None) -> int:
         cells = [f"{command_rows[s][name][0]:.3f} ({command_rows[s][name][1]:.1f}x)" for s in sizes]
         print(f"| {_named(name)} | " + " | ".join(cells) + " |")
     if args.instructions:
-        base, low = instructions(PASS), instructions(floor_argv)
-        print(f"\ninstructions, millions (valgrind): `python -c pass` {_m(base)}, the floor {_m(low)}\n")
-        print(f"| command | {head} |")
-        print("| --- |" + " --- |" * len(sizes))
-        for name in [*COMMANDS, FIRST_READ]:
-            print(f"| {_named(name)} | " + " | ".join(_m(counted[s][name]) for s in sizes) + " |")
+        print_instructions(counted, floor_argv)
+    if daemon_rows:
+        print_daemon(daemon_rows, args.daemon_seconds)
     print("\n(building the ledgers: " + ", ".join(f"{s:,} in {build_seconds[s]:.0f} s" for s in sizes) + ")")
     return 0
+
+
+def print_instructions(counted: dict[int, dict[str, int | None]], floor_argv: list[str]) -> None:
+    sizes = list(counted)
+    base, low = instructions(PASS), instructions(floor_argv)
+    print(f"\ninstructions, millions (valgrind): `python -c pass` {_m(base)}, the floor {_m(low)}\n")
+    print("| command | " + " | ".join(f"{s:,} releases" for s in sizes) + " |")
+    print("| --- |" + " --- |" * len(sizes))
+    for name in [*COMMANDS, FIRST_READ]:
+        print(f"| {_named(name)} | " + " | ".join(_m(counted[s][name]) for s in sizes) + " |")
+
+
+DAEMON_ROWS = {
+    "releases": ("releases", "{:.0f}"),
+    "window starts apart, mean s": ("mean", "{:.4f}"),
+    "the longest gap, s": ("max", "{:.3f}"),
+    "slots missed": ("missed", "{:.0f}"),
+}
+
+
+def print_daemon(rows: dict[int, dict[str, float]], seconds: float) -> None:
+    sizes = list(rows)
+    print(f"\nthe real daemon at one release a second on each ledger, {seconds:.0f} s, 5 samples a window:\n")
+    print("| figure | " + " | ".join(f"{s:,} releases" for s in sizes) + " |")
+    print("| --- |" + " --- |" * len(sizes))
+    for name, (key, form) in DAEMON_ROWS.items():
+        print(f"| {name} | " + " | ".join(form.format(rows[s][key]) for s in sizes) + " |")
 
 
 def _named(name: str) -> str:

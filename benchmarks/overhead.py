@@ -4,7 +4,9 @@ For each, at the default schedule (one release or scrape an hour), the CPU secon
 and per hour, and the resident memory while it runs:
 
 * this daemon: per-release CPU from cycles of 50 samples, plus the idle cost of the long-running
-  process between releases (measured with nothing due);
+  process between releases (measured with nothing due); and again with ``privacy.mechanism =
+  "snapping"``, whose noise each release draws in a child process that imports diffprivlib
+  (the children's CPU counted in the release's);
 * the original SyftBox member's approach (``original_member.py``): a fresh Python process per
   release that imports diffprivlib, driven by a shell loop;
 * Debian's ``prometheus-node-exporter`` with its default collectors, scraped at the same cadence
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import signal
@@ -57,29 +60,42 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def daemon_config(root: Path, every: float, samples: int, interval: float) -> Path:
-    return write_config(root / "bench.toml", root / "data", samples=samples, interval=interval, every=every)
+def children_cpu_seconds(pid: int) -> float:
+    """CPU time of the process's children that have exited and been waited for (/proc/PID/stat's
+    cutime and cstime, in clock ticks): a Snapping daemon's noise children."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
 
 
-def this_daemon(root: Path, cycles: int, idle_seconds: float) -> dict[str, float]:
-    config = daemon_config(root / "busy", every=1.5, samples=50, interval=0.02)
+def daemon_config(root: Path, every: float, samples: int, interval: float, extra: str = "") -> Path:
+    return write_config(
+        root / "bench.toml", root / "data", samples=samples, interval=interval, every=every, extra=extra
+    )
+
+
+def this_daemon(root: Path, cycles: int, idle_seconds: float, extra: str = "") -> dict[str, float]:
+    """Per-release CPU (the daemon's threads and any children it waited for), RSS after the
+    releases, and (with ``idle_seconds``) the idle cost between releases."""
+    config = daemon_config(root / "busy", every=1.5, samples=50, interval=0.02, extra=extra)
     proc = subprocess.Popen([*CLI, "--config", str(config), "run"], stdout=subprocess.PIPE, text=True)
     wait_for_event(proc, "cycle.finished", 2)
-    c0 = cpu_seconds(proc.pid)
+    c0 = cpu_seconds(proc.pid) + children_cpu_seconds(proc.pid)
     wait_for_event(proc, "cycle.finished", cycles)
-    per_release = (cpu_seconds(proc.pid) - c0) / cycles
+    per_release = (cpu_seconds(proc.pid) + children_cpu_seconds(proc.pid) - c0) / cycles
     rss = rss_mib(proc.pid)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=30)
-    # Idle: one release at start, then nothing due for a day; measure between.
-    config = daemon_config(root / "idle", every=86_400, samples=5, interval=0.02)
-    proc = subprocess.Popen([*CLI, "--config", str(config), "run"], stdout=subprocess.PIPE, text=True)
-    wait_for_event(proc, "cycle.finished")
-    c0 = cpu_seconds(proc.pid)
-    time.sleep(idle_seconds)
-    idle_per_hour = (cpu_seconds(proc.pid) - c0) / idle_seconds * HOUR
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=30)
+    idle_per_hour = 0.0
+    if idle_seconds:
+        # Idle: one release at start, then nothing due for a day; measure between.
+        config = daemon_config(root / "idle", every=86_400, samples=5, interval=0.02)
+        proc = subprocess.Popen([*CLI, "--config", str(config), "run"], stdout=subprocess.PIPE, text=True)
+        wait_for_event(proc, "cycle.finished")
+        c0 = cpu_seconds(proc.pid)
+        time.sleep(idle_seconds)
+        idle_per_hour = (cpu_seconds(proc.pid) - c0) / idle_seconds * HOUR
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
     return {
         "per_release": per_release,
         "per_hour": per_release + idle_per_hour,
@@ -176,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = {
             "cpu-tracker daemon": this_daemon(root, cycles, idle),
+            # Snapping draws each release's noise in a child that imports diffprivlib; the daemon
+            # idles as the default one does.
+            "cpu-tracker daemon, privacy.mechanism = snapping": this_daemon(
+                root / "snapping", max(2, cycles // 3), 0.0, '[privacy]\nmechanism = "snapping"\n'
+            ),
             "original approach (fresh process per release)": original(root / "original", runs),
         }
         exporter = node_exporter(scrapes, 2.0)

@@ -49,7 +49,10 @@ QUICK = [
     ("timing side channel of the public record", ["side_channel.py", "--releases", "10"]),
     ("one lying peer against the network estimate", ["robustness.py", "--trials", "200"]),
     ("aggregation at scale", ["aggregate_scale.py", "--sizes", "1000,10000"]),
-    ("ledger work as the history grows", ["ledger_scale.py", "--sizes", "100,1000", "--cycles", "5"]),
+    (
+        "ledger work as the history grows",
+        ["ledger_scale.py", "--sizes", "100,1000", "--cycles", "5", "--daemon-seconds", "5"],
+    ),
     ("soak, 1 minute at 1 s, stopped now and then", ["soak.py", "--minutes", "1", "--stall"]),
 ]
 # On a shared CI machine other jobs can delay a 1 s schedule, so in --quick the soak reports its

@@ -22,11 +22,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from cpu_tracker_daemon import logs, signals, storage, timewords
+from cpu_tracker_daemon import drawing, logs, signals, storage, timewords
 from cpu_tracker_daemon.config import Config, config_path_from, load_config
 from cpu_tracker_daemon.errors import AnotherInstanceError, ConfigError, CpuTrackerError, Interrupted
 from cpu_tracker_daemon.instance import AGGREGATE_LOCK, InstanceLock, claim_state
-from cpu_tracker_daemon.privacy import calibrate, load_mechanisms
+from cpu_tracker_daemon.privacy import calibrate
 from cpu_tracker_daemon.sampling import CpuSource, PsutilCpuSource
 from cpu_tracker_daemon.schedule import (
     Spacing,
@@ -136,9 +136,9 @@ class Daemon:
             if self._cpu is None:
                 self._cpu = PsutilCpuSource()
             self._tracker = self._make_tracker(self._config)
-            # Snapping pays diffprivlib's import before READY, not inside the first cycle.
+            # Snapping's child proves it can load diffprivlib before READY, not in a cycle.
             calibration = calibrate(self._config.privacy, self._config.sampling.samples)
-            load_mechanisms(calibration.mechanism)
+            drawing.ready(calibration.mechanism)
             with self._tracker.open_ledger(full=True) as ledger:  # all of it, before promising anything
                 first_run = self._tracker.next_due(ledger)
                 blocking = self._tracker.blocking_cap(ledger, calibration.event)
@@ -340,7 +340,7 @@ class Daemon:
         """In the main thread: keep the schedule in step with the cooldown, report status."""
         self._last = result
         if result.next_due_at is not None:
-            advance = result.outcome in ("released", "cooldown", "round_ended")
+            advance = result.outcome in ("released", "cooldown", "round_ended", "noise_failed")
             self._align(result.next_due_at, may_advance=advance)
         self._notify_status()
 

@@ -174,6 +174,30 @@ class RoundEndedError(CpuTrackerError):
         )
 
 
+class MechanismUnavailableError(ConfigError):
+    """The configured mechanism's library cannot be loaded here."""
+
+    def __init__(self, mechanism: str, reason: str) -> None:
+        self.mechanism, self.reason = mechanism, reason
+        CpuTrackerError.__init__(
+            self,
+            f"privacy.mechanism = {mechanism!r} cannot draw noise here ({one_line(reason)}); nothing "
+            'was spent: install diffprivlib for this Python (a dependency), or choose "laplace"',
+        )
+        self.problems = [str(self)]
+
+
+class NoiseUnavailableError(CpuTrackerError):
+    """The noise for a reserved release could not be drawn; its spend stays counted."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(
+            f"the noise could not be drawn ({one_line(reason)}); nothing was released, this "
+            "window's budget stays spent, and the next cycle draws for a new window"
+        )
+
+
 class Interrupted(CpuTrackerError):
     """A stop was requested while a cycle was waiting."""
 

@@ -13,6 +13,7 @@ from cpu_tracker_daemon.errors import (
     Interrupted,
     LedgerCorruptError,
     LedgerUnavailableError,
+    NoiseUnavailableError,
     OutputError,
     RoundEndedError,
     ServiceError,
@@ -41,7 +42,8 @@ EXIT_CODES: dict[int, str] = {
     EXIT_COOLDOWN: "cooldown: schedule.every_seconds has not elapsed since the last release",
     EXIT_BUDGET: "privacy budget exhausted (grant more with 'budget grant')",
     EXIT_TEMPORARY: (
-        "temporary failure: an output or the ledger could not be written, or a secure round ended early"
+        "temporary failure: an output or the ledger could not be written, the noise could not be "
+        "drawn, or a secure round ended early"
     ),
     EXIT_INTERRUPTED: "interrupted by a signal before anything was released",
     EXIT_SERVICE: "service file not written or removed (it exists, or no rights to write there)",
@@ -57,6 +59,7 @@ _ERROR_CODES: dict[type[CpuTrackerError], int] = {
     OutputError: EXIT_TEMPORARY,
     LedgerUnavailableError: EXIT_TEMPORARY,
     RoundEndedError: EXIT_TEMPORARY,
+    NoiseUnavailableError: EXIT_TEMPORARY,
     Interrupted: EXIT_INTERRUPTED,
     ServiceError: EXIT_SERVICE,
 }

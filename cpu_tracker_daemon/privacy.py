@@ -299,18 +299,21 @@ def statistic(window: Window, calibration: Calibration) -> Statistic:
     )
 
 
-def load_mechanisms(mechanism: str) -> None:
-    """Import what ``mechanism`` needs, before any budget is reserved, so a broken install
-    costs no budget. The discrete mechanisms need only the standard library; Snapping imports
-    diffprivlib (about 1 s and 100 MiB the first time)."""
-    if mechanism == SNAPPING:
-        _load_snapping()
-
-
-def _load_snapping() -> Any:
+def load_snapping() -> Any:
+    """diffprivlib's Snapping class, imported (numpy, scipy, scikit-learn with it)."""
     from diffprivlib.mechanisms import Snapping
 
     return Snapping
+
+
+def snap(percent: float, calibration: Calibration, seed: int | None) -> float:
+    """Snapping's noisy ``percent`` (diffprivlib; about 1 s and 100 MiB to import the first time:
+    the daemon calls this in a child process, :mod:`drawing`)."""
+    c = calibration
+    mechanism = load_snapping()(
+        epsilon=c.epsilon, sensitivity=c.sensitivity, lower=c.lower, upper=c.upper, random_state=seed
+    )
+    return float(mechanism.randomise(percent))
 
 
 def add_noise(value: Statistic, calibration: Calibration, random_state: RandomLike = None) -> Noisy:
@@ -318,11 +321,7 @@ def add_noise(value: Statistic, calibration: Calibration, random_state: RandomLi
     c = calibration
     rng = discrete.system_random() if random_state is None else random_state
     if c.mechanism == SNAPPING:
-        seed = None if random_state is None else rng.randrange(2**32)
-        mechanism = _load_snapping()(
-            epsilon=c.epsilon, sensitivity=c.sensitivity, lower=c.lower, upper=c.upper, random_state=seed
-        )
-        return Noisy(float(mechanism.randomise(value.percent)), None)
+        return Noisy(snap(value.percent, c, None if random_state is None else rng.randrange(2**32)), None)
     if c.mechanism == DISCRETE_GAUSSIAN:
         from fractions import Fraction
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from cpu_tracker_daemon import budget_requests, metrics, permissions, storage, timewords
+from cpu_tracker_daemon import budget_requests, drawing, metrics, permissions, storage, timewords
 from cpu_tracker_daemon.accounting import SECURE_DISCRETE_LAPLACE, Event
 from cpu_tracker_daemon.budget import BudgetStatus, CapStatus, caps_for, promise_for
 from cpu_tracker_daemon.config import Config
@@ -29,6 +29,7 @@ from cpu_tracker_daemon.errors import (
     Interrupted,
     LedgerCorruptError,
     LedgerUnavailableError,
+    NoiseUnavailableError,
     OutputError,
     RoundEndedError,
     UsageError,
@@ -42,14 +43,7 @@ from cpu_tracker_daemon.ledger import (
     boot_clock,
     open_ledger,
 )
-from cpu_tracker_daemon.privacy import (
-    Calibration,
-    Statistic,
-    add_noise,
-    calibrate,
-    load_mechanisms,
-    statistic,
-)
+from cpu_tracker_daemon.privacy import Calibration, Statistic, calibrate, statistic
 from cpu_tracker_daemon.records import private_record, public_record
 from cpu_tracker_daemon.sampling import CpuSource, Window, sample_window
 from cpu_tracker_daemon.schedule import (
@@ -105,6 +99,7 @@ _REFUSALS_OUTCOME: dict[type[CpuTrackerError], str] = {
     OutputError: "write_failed",
     LedgerUnavailableError: "ledger_unavailable",
     RoundEndedError: "round_ended",
+    NoiseUnavailableError: "noise_failed",
 }
 _REFUSALS = tuple(_REFUSALS_OUTCOME)
 
@@ -236,7 +231,7 @@ class Tracker:
         outcome = _REFUSALS_OUTCOME[type(exc)]
         remaining = None
         due = None
-        if outcome in ("budget_exhausted", "cooldown", "round_ended"):
+        if outcome in ("budget_exhausted", "cooldown", "round_ended", "noise_failed"):
             remaining = ledger.status(caps_for(self.config), self.clock()).remaining
             due = self.next_due(ledger)
             if isinstance(exc, CooldownError):  # the process's own spacing may say later
@@ -306,7 +301,7 @@ class Tracker:
         blocking = self.blocking_cap(ledger, calibration.event, force)
         if blocking is not None:
             raise BudgetExhaustedError(blocking.name, blocking.spent, blocking.limit, calibration.epsilon)
-        load_mechanisms(calibration.mechanism)
+        drawing.ready(calibration.mechanism)
         if not force:
             due = self.next_due(ledger)
             now = self.clock()
@@ -372,7 +367,7 @@ class Tracker:
             self.spacing.last_window_start = window_started
         # The spend is committed. Only now is noise drawn, and its result committed before use.
         raw = statistic(window, calibration)
-        noisy = add_noise(raw, calibration, self.random_state)
+        noisy = drawing.draw(raw, calibration, self.random_state)
         public = public_record(release_id, noisy, planned, window_end, config.sampling, calibration)
         ledger.record(release_id, "drawn", self.clock(), payload=public)
         storage.write_json(

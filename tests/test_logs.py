@@ -41,7 +41,7 @@ class TestNoRawValueInLogs:
         def broken(value: float, *args: object, **kwargs: object) -> float:
             raise RuntimeError("noise failed")
 
-        monkeypatch.setattr("cpu_tracker_daemon.tracker.add_noise", broken)
+        monkeypatch.setattr("cpu_tracker_daemon.drawing.draw", broken)
         config = load_config(write_config(tmp_path))
         layout = layout_for(config)
         prepare(layout)

@@ -1,0 +1,123 @@
+"""Where the daemon draws a release's noise: in this process for the discrete mechanisms, which
+need only the standard library, and in a short-lived child process for Snapping, so that the
+long-running daemon never holds diffprivlib's scientific stack (numpy, scipy, scikit-learn:
+about 95 MiB resident, against the daemon's 31).
+
+The child is ``python -m cpu_tracker_daemon.drawing``. It reads one request from its stdin (a
+pipe: the pre-noise value is never in its arguments or its environment), writes the noisy value
+to its stdout, and exits; it logs nothing, and its stderr goes nowhere, so not even a traceback
+can carry the value out. A child that fails, dies, is killed or outlives :data:`TIMEOUT_SECONDS`
+is a :class:`NoiseUnavailableError`: the cycle is refused with its spend kept, as the ledger
+already holds it, and the next cycle draws for a new window (a window's noise is never drawn
+twice). Before any budget is spent, :func:`ready` runs a child that only imports diffprivlib,
+once a process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+from cpu_tracker_daemon.accounting import SNAPPING
+from cpu_tracker_daemon.errors import MechanismUnavailableError, NoiseUnavailableError
+from cpu_tracker_daemon.privacy import Calibration, Noisy, Statistic, add_noise, load_snapping, snap
+
+TYPE_CHECKING = False  # not typing's (mypy knows the name)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+    from cpu_tracker_daemon.privacy import RandomLike
+
+CHILD: Sequence[str] = (sys.executable, "-m", "cpu_tracker_daemon.drawing")
+TIMEOUT_SECONDS = 120.0  # importing diffprivlib takes about 1 s here; a slow board, far more
+MAX_ANSWER_BYTES = 4096
+CHILD_FAILED = 70  # the child's exit code for anything that went wrong (EX_SOFTWARE)
+
+_ready: set[str] = set()
+
+
+def ready(mechanism: str, child: Sequence[str] | None = None, timeout: float | None = None) -> None:
+    """Check, before anything is reserved, that ``mechanism`` can draw: for Snapping, that a
+    child imports diffprivlib (once a process, the first time; about 1 s)."""
+    if mechanism != SNAPPING or mechanism in _ready:
+        return
+    try:
+        answer = _ask({"check": True}, child, timeout)
+    except NoiseUnavailableError as exc:
+        raise MechanismUnavailableError("snapping", exc.reason) from None
+    if answer != {"ready": True}:
+        raise MechanismUnavailableError("snapping", "its child process gave no answer")
+    _ready.add(mechanism)
+
+
+def draw(
+    value: Statistic,
+    calibration: Calibration,
+    random_state: RandomLike = None,
+    child: Sequence[str] | None = None,
+    timeout: float | None = None,
+) -> Noisy:
+    """``value`` plus its calibrated noise, as :func:`privacy.add_noise` draws it: Snapping's in a
+    child process, the others here."""
+    if calibration.mechanism != SNAPPING:
+        return add_noise(value, calibration, random_state)
+    seed = None if random_state is None else random_state.randrange(2**32)
+    request = {"percent": value.percent, "calibration": calibration._asdict(), "seed": seed}
+    answer = _ask(request, child, timeout)
+    cpu = answer.get("cpu")
+    if not (isinstance(cpu, float) and math.isfinite(cpu) and calibration.lower <= cpu <= calibration.upper):
+        raise NoiseUnavailableError("the Snapping child process answered with something other than a value")
+    return Noisy(cpu, None)
+
+
+def _ask(request: dict[str, Any], child: Sequence[str] | None, timeout: float | None) -> dict[str, Any]:
+    limit = TIMEOUT_SECONDS if timeout is None else timeout
+    try:
+        done = subprocess.run(
+            list(CHILD if child is None else child),
+            input=json.dumps(request).encode(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            timeout=limit,
+            check=False,
+            close_fds=True,
+        )
+    except subprocess.TimeoutExpired:  # run() has killed and reaped it
+        raise NoiseUnavailableError(f"the Snapping child process took longer than {limit:g} s") from None
+    except OSError as exc:
+        raise NoiseUnavailableError(f"the Snapping child process could not start: {exc.strerror}") from None
+    if done.returncode < 0:
+        raise NoiseUnavailableError(f"the Snapping child process was killed by signal {-done.returncode}")
+    if done.returncode != 0:
+        raise NoiseUnavailableError(f"the Snapping child process exited with code {done.returncode}")
+    try:
+        answer = json.loads(done.stdout[:MAX_ANSWER_BYTES])
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise NoiseUnavailableError("the Snapping child process answered with something other than a value")
+    return answer
+
+
+def _child() -> int:
+    """The child's whole life: one request in, one answer out, nothing else anywhere."""
+    try:
+        request = json.loads(sys.stdin.buffer.read(MAX_ANSWER_BYTES))
+        if request.get("check"):
+            load_snapping()  # the check is that it imports
+            answer: dict[str, Any] = {"ready": True}
+        else:
+            calibration = Calibration(**request["calibration"])
+            answer = {"cpu": snap(float(request["percent"]), calibration, request["seed"])}
+        os.write(sys.stdout.fileno(), json.dumps(answer).encode())
+    except BaseException:  # noqa: BLE001 - nothing may leave this process but the answer
+        return CHILD_FAILED
+    return 0
+
+
+if __name__ == "__main__":
+    os._exit(_child())  # no atexit handlers, no flush of anything else
