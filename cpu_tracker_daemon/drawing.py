@@ -23,7 +23,15 @@ import sys
 
 from cpu_tracker_daemon.accounting import SNAPPING
 from cpu_tracker_daemon.errors import MechanismUnavailableError, NoiseUnavailableError
-from cpu_tracker_daemon.privacy import Calibration, Noisy, Statistic, add_noise, load_snapping, snap
+from cpu_tracker_daemon.privacy import (
+    Calibration,
+    Noisy,
+    Statistic,
+    add_noise,
+    load_snapping,
+    snap,
+    snapping_seed,
+)
 
 TYPE_CHECKING = False  # not typing's (mypy knows the name)
 if TYPE_CHECKING:
@@ -35,6 +43,7 @@ if TYPE_CHECKING:
 CHILD: Sequence[str] = (sys.executable, "-m", "cpu_tracker_daemon.drawing")
 TIMEOUT_SECONDS = 120.0  # importing diffprivlib takes about 1 s here; a slow board, far more
 MAX_ANSWER_BYTES = 4096
+NOT_A_VALUE = "the Snapping child process answered with something other than a value"
 CHILD_FAILED = 70  # the child's exit code for anything that went wrong (EX_SOFTWARE)
 
 _ready: set[str] = set()
@@ -65,12 +74,12 @@ def draw(
     child process, the others here."""
     if calibration.mechanism != SNAPPING:
         return add_noise(value, calibration, random_state)
-    seed = None if random_state is None else random_state.randrange(2**32)
+    seed = snapping_seed(random_state)
     request = {"percent": value.percent, "calibration": calibration._asdict(), "seed": seed}
     answer = _ask(request, child, timeout)
     cpu = answer.get("cpu")
     if not (isinstance(cpu, float) and math.isfinite(cpu) and calibration.lower <= cpu <= calibration.upper):
-        raise NoiseUnavailableError("the Snapping child process answered with something other than a value")
+        raise NoiseUnavailableError(NOT_A_VALUE)
     return Noisy(cpu, None)
 
 
@@ -99,7 +108,7 @@ def _ask(request: dict[str, Any], child: Sequence[str] | None, timeout: float | 
     except ValueError:
         answer = None
     if not isinstance(answer, dict):
-        raise NoiseUnavailableError("the Snapping child process answered with something other than a value")
+        raise NoiseUnavailableError(NOT_A_VALUE)
     return answer
 
 

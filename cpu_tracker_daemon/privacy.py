@@ -306,6 +306,12 @@ def load_snapping() -> Any:
     return Snapping
 
 
+def snapping_seed(random_state: RandomLike) -> int | None:
+    """The seed Snapping's draw is given: None (the OS's entropy) unless a test seeds the draw,
+    wherever it runs (here, or in :mod:`drawing`'s child)."""
+    return None if random_state is None else random_state.randrange(2**32)
+
+
 def snap(percent: float, calibration: Calibration, seed: int | None) -> float:
     """Snapping's noisy ``percent`` (diffprivlib; about 1 s and 100 MiB to import the first time:
     the daemon calls this in a child process, :mod:`drawing`)."""
@@ -319,9 +325,9 @@ def snap(percent: float, calibration: Calibration, seed: int | None) -> float:
 def add_noise(value: Statistic, calibration: Calibration, random_state: RandomLike = None) -> Noisy:
     """``value`` plus the calibrated noise: integer grid noise, or Snapping's clamped float."""
     c = calibration
-    rng = discrete.system_random() if random_state is None else random_state
     if c.mechanism == SNAPPING:
-        return Noisy(snap(value.percent, c, None if random_state is None else rng.randrange(2**32)), None)
+        return Noisy(snap(value.percent, c, snapping_seed(random_state)), None)
+    rng = discrete.system_random() if random_state is None else random_state
     if c.mechanism == DISCRETE_GAUSSIAN:
         from fractions import Fraction
 
