@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                 counted[size][FIRST_READ] = instructions([*cli, "status"], env=never)
             if args.daemon_seconds > 0:
                 daemon_rows[size] = real_daemon(config_path, args.daemon_seconds)
-    head = " | ".join(f"{s:,} releases" for s in sizes)
+    head = _head(sizes)
     print(f"ledger work of one cycle, CPU ms (median of {args.cycles} cycles):\n")
     print(f"| step | {head} |")
     print("| --- |" + " --- |" * len(sizes))
@@ -338,7 +338,7 @@ def print_instructions(counted: dict[int, dict[str, int | None]], floor_argv: li
     sizes = list(counted)
     base, low = instructions(PASS), instructions(floor_argv)
     print(f"\ninstructions, millions (valgrind): `python -c pass` {_m(base)}, the floor {_m(low)}\n")
-    print("| command | " + " | ".join(f"{s:,} releases" for s in sizes) + " |")
+    print(f"| command | {_head(sizes)} |")
     print("| --- |" + " --- |" * len(sizes))
     for name in [*COMMANDS, FIRST_READ]:
         print(f"| {_named(name)} | " + " | ".join(_m(counted[s][name]) for s in sizes) + " |")
@@ -355,10 +355,14 @@ DAEMON_ROWS = {
 def print_daemon(rows: dict[int, dict[str, float]], seconds: float) -> None:
     sizes = list(rows)
     print(f"\nthe real daemon at one release a second on each ledger, {seconds:.0f} s, 5 samples a window:\n")
-    print("| figure | " + " | ".join(f"{s:,} releases" for s in sizes) + " |")
+    print(f"| figure | {_head(sizes)} |")
     print("| --- |" + " --- |" * len(sizes))
     for name, (key, form) in DAEMON_ROWS.items():
         print(f"| {name} | " + " | ".join(form.format(rows[s][key]) for s in sizes) + " |")
+
+
+def _head(sizes: list[int]) -> str:
+    return " | ".join(f"{s:,} releases" for s in sizes)
 
 
 def _named(name: str) -> str:
