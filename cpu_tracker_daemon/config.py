@@ -7,9 +7,11 @@ the fix. It reads; it never writes or logs.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
+import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,10 +30,34 @@ CONFIG_ENV = "CPU_TRACKER_CONFIG"
 CONFIG_FILE = "config.toml"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_READERS = ("aggregator@openmined.org",)
-DEFAULT_BETA, MAX_BETA = 0.2, 0.5  # secure aggregation: the fraction that may drop out or collude
-ROUND_STEPS = 8  # a secure round's steps from its start to the last reveal collected, and one spare
+# Secure aggregation: the fractions of a round that may be declared absent and that may collude,
+# counted apart (a faked dropout must not eat into the colluders' margin), and together below 1.
+DEFAULT_BETA_DROPPED, DEFAULT_BETA_COLLUDING, MAX_BETA = 0.2, 0.2, 0.5
+DEFAULT_LOCAL_EPSILON = 5.0  # the floor a member's own noise keeps under any roster (docs/secure-aggregation.md)
+MIN_LOCAL_EPSILON, MAX_LOCAL_EPSILON = 0.01, 50.0
+DEFAULT_MIN_MEMBERS = 3
+ROUND_STEPS = 12  # a secure round's steps from its start to the last reveal collected, and one spare
 MAX_ROUND_MEMBERS = 100_000
 _EMAIL = r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$"  # compiled on first use: most configs name none
+MAX_EMAIL = 254  # the longest address SMTP carries; a datasite's folder is named by it
+MAX_CONFIG_BYTES = 16 << 20  # a 100,000-member roster of everyday addresses is about 3 MB
+MAX_PATH_BYTES, MAX_NAME_BYTES = 1024, 255  # macOS's PATH_MAX (the files below it need room); NAME_MAX
+YEAR = 365 * 86_400
+# The most each number may be: what a real network needs and no more, so that no arithmetic on a
+# value the config accepted overflows (the README's configuration table states each).
+MAXIMA: dict[str, int] = {
+    "sampling.interval_seconds": 86_400,
+    "schedule.every_seconds": YEAR,
+    "budget.lifetime_epsilon": 1_000_000,
+    "budget.window_epsilon": 1_000_000,
+    "budget.window_hours": 8_760,
+    "aggregator.every_seconds": YEAR,
+    "aggregator.max_age_seconds": YEAR,
+    "aggregator.max_weight_ratio": 1_000,
+    "secure_aggregation.step_seconds": 86_400,
+}
+# The most addresses each list may name.
+MAX_ITEMS: dict[str, int] = {"syftbox.readers": 1_000, "secure_aggregation.members": MAX_ROUND_MEMBERS}
 
 
 class PathsConfig(Frozen):
@@ -93,7 +119,10 @@ class SecureAggregationConfig(Frozen):
 
     enabled: bool = False
     aggregator: str = ""
-    beta: float = DEFAULT_BETA
+    beta_dropped: float = DEFAULT_BETA_DROPPED
+    beta_colluding: float = DEFAULT_BETA_COLLUDING
+    local_epsilon: float = DEFAULT_LOCAL_EPSILON
+    min_members: int = DEFAULT_MIN_MEMBERS
     step_seconds: float = 10.0
     members: tuple[str, ...] = ()
 
@@ -155,7 +184,10 @@ KEYS: dict[str, dict[str, str]] = {
     "secure_aggregation": {
         "enabled": "bool",
         "aggregator": "str",
-        "beta": "float",
+        "beta_dropped": "float",
+        "beta_colluding": "float",
+        "local_epsilon": "float",
+        "min_members": "int",
         "step_seconds": "float",
         "members": "emails",
     },
@@ -262,7 +294,7 @@ def _read_toml(path: Path, origin: str = "--config", cache: Path | None = None) 
     named = f"config file {path}" if origin == "--config" else f"config file {path} (from {origin})"
     drop = f"unset {CONFIG_ENV}" if origin.startswith("$") else "drop --config"
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise ConfigError([f"{named} does not exist; create it or {drop}"]) from None
     except IsADirectoryError:
@@ -272,8 +304,14 @@ def _read_toml(path: Path, origin: str = "--config", cache: Path | None = None) 
         raise ConfigError(
             [f"{named} cannot be read: {blocker} is a file, not a directory; fix the path or {drop}"]
         ) from None
+    except NotRegularFileError as exc:
+        raise ConfigError([f"{named} is {exc.kind}, not a regular file; name a TOML file or {drop}"]) from None
+    except FileTooLargeError:
+        big = f"{named} is larger than {MAX_CONFIG_BYTES >> 20} MiB, far more than any configuration"
+        raise ConfigError([f"{big}; name the right file or {drop}"]) from None
     except OSError as exc:
-        raise ConfigError([f"{named} cannot be read ({exc.strerror}); fix its permissions"]) from None
+        fix = "fix its permissions" if exc.errno in (errno.EACCES, errno.EPERM) else f"fix the path or {drop}"
+        raise ConfigError([f"{named} cannot be read ({exc.strerror or exc}); {fix}"]) from None
 
     def parse(data: bytes) -> dict[str, Any]:
         import tomllib  # only for a file no command has read before (parsecache)
@@ -282,10 +320,62 @@ def _read_toml(path: Path, origin: str = "--config", cache: Path | None = None) 
             return tomllib.loads(data.decode("utf-8"))
         except UnicodeDecodeError:
             raise ConfigError([f"{named} is not UTF-8 text; save it as UTF-8 TOML"]) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError([f"{named} is not valid TOML ({exc}); fix the syntax there"]) from None
+        except (ValueError, RecursionError) as exc:  # TOMLDecodeError, or what tomllib cannot hold:
+            # an integer past Python's digit limit, tables nested past the recursion limit
+            why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise ConfigError([f"{named} is not valid TOML ({why}); fix the syntax there"]) from None
 
     return parsecache.parsed(data, cache, parse)
+
+
+class NotRegularFileError(OSError):
+    """A FIFO, a device, a socket where a file was expected; ``kind`` says which, as "a FIFO"."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        super().__init__(f"{kind}, not a regular file")
+
+
+class FileTooLargeError(OSError):
+    """A file larger than its reader's cap."""
+
+
+def _kind(mode: int) -> str:
+    kinds = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+    return kinds.get(stat.S_IFMT(mode), "a socket" if stat.S_ISSOCK(mode) else "not a file")
+
+
+def read_regular_file(path: Path, max_bytes: int) -> bytes:
+    """The bytes of the regular file at ``path`` (symlinks followed), at most ``max_bytes``.
+
+    A FIFO, a device or a socket is refused before it is opened, so nothing waits for a writer
+    or reads without end; raises OSError (:class:`NotRegularFileError`, :class:`FileTooLargeError`,
+    IsADirectoryError, FileNotFoundError...)."""
+    info = os.stat(path)
+    if stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if not stat.S_ISREG(info.st_mode):
+        raise NotRegularFileError(_kind(info.st_mode))
+    if info.st_size > max_bytes:
+        raise FileTooLargeError(errno.EFBIG, os.strerror(errno.EFBIG), str(path))
+    # Non-blocking: swapped for a FIFO since the stat, the open still returns at once.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):
+            raise NotRegularFileError(_kind(opened.st_mode))
+        chunks, size = [], 0
+        while size <= max_bytes:
+            chunk = os.read(fd, max_bytes + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > max_bytes:
+        raise FileTooLargeError(errno.EFBIG, os.strerror(errno.EFBIG), str(path))
+    return b"".join(chunks)
 
 
 def _file_above(path: Path) -> Path:
@@ -297,6 +387,7 @@ def _file_above(path: Path) -> Path:
 
 
 SYFTBOX_CLIENT_CONFIG_ENV = "SYFTBOX_CLIENT_CONFIG_PATH"  # set by the SyftBox client for its apps
+MAX_CLIENT_CONFIG_BYTES = 1 << 20  # the client's config.json is a few hundred bytes
 
 
 def _with_client_datasite(table: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
@@ -310,12 +401,18 @@ def _with_client_datasite(table: dict[str, Any], environ: Mapping[str, str]) -> 
     try:
         import json  # only when the SyftBox client runs us as an app
 
-        client = json.loads(path.read_text(encoding="utf-8"))
+        client = json.loads(read_regular_file(path, MAX_CLIENT_CONFIG_BYTES).decode("utf-8"))
+    except NotRegularFileError as exc:
+        raise ConfigError([f"the SyftBox client config {path} is {exc.kind}, not a regular file; {fix}"]) from None
+    except FileTooLargeError:
+        raise ConfigError(
+            [f"the SyftBox client config {path} is larger than {MAX_CLIENT_CONFIG_BYTES >> 10} KiB; {fix}"]
+        ) from None
     except OSError as exc:
         raise ConfigError(
             [f"the SyftBox client config {path} cannot be read ({exc.strerror}); {fix}"]
         ) from None
-    except ValueError:
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested past the recursion limit
         raise ConfigError([f"the SyftBox client config {path} is not JSON; {fix}"]) from None
     data_dir = client.get("data_dir") if isinstance(client, dict) else None
     email = client.get("email") if isinstance(client, dict) else None
@@ -389,7 +486,17 @@ def parse_config(
     return config
 
 
+_RETIRED = {
+    "secure_aggregation.beta": (
+        "secure_aggregation.beta is now two keys; replace it with beta_dropped and beta_colluding "
+        "(the fractions that may be declared absent and that may collude, counted apart)"
+    ),
+}
+
+
 def _unknown(name: str, known: list[str], what: str = "key") -> str:
+    if name in _RETIRED:
+        return _RETIRED[name]
     import difflib  # only for a misspelt key
 
     close = difflib.get_close_matches(name, known, n=1)
@@ -398,38 +505,89 @@ def _unknown(name: str, known: list[str], what: str = "key") -> str:
 
 
 def _convert(name: str, kind: str, value: Any, base: Path) -> tuple[Any, str]:
-    wrong = f"{name} must be {_KIND_HINT[kind]}, not {type(value).__name__} {value!r}; fix its type"
+    def wrong() -> tuple[None, str]:
+        return None, f"{name} must be {_KIND_HINT[kind]}, not {type(value).__name__} {_show(value)}; fix its type"
+
     if kind == "bool":
-        return (value, "") if isinstance(value, bool) else (None, wrong)
+        return (value, "") if isinstance(value, bool) else wrong()
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
-            return None, wrong
+            return wrong()
         return value, ""
     if kind == "float":
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return None, wrong
-        if not math.isfinite(value):
-            return None, f"{name} must be a finite number, not {value!r}; give a finite value"
-        return float(value), ""
+        return _convert_float(name, value) if not isinstance(value, bool) else wrong()
     if kind == "str":
-        return (value, "") if isinstance(value, str) else (None, wrong)
+        return (value, "") if isinstance(value, str) else wrong()
     if kind == "path":
-        if not isinstance(value, str):
-            return None, wrong
-        if not value:
-            return None, ""
-        try:
-            path = Path(value).expanduser()
-        except RuntimeError:  # "~name" of a user this machine does not know
-            return None, f"{name} names the home of an unknown user ({value!r}); give an absolute path"
-        return (path if path.is_absolute() else base / path), ""
+        return _convert_path(name, value, base) if isinstance(value, str) else wrong()
     # emails
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        return None, wrong
-    bad = [v for v in value if not re.match(_EMAIL, v)]
+    if not isinstance(value, list):
+        return wrong()
+    most = MAX_ITEMS[name]
+    if len(value) > most:
+        return None, (
+            f"{name} lists {len(value)} addresses; at most {most:,} are allowed (a real network needs "
+            "no more): shorten the list"
+        )
+    if not all(isinstance(v, str) for v in value):
+        return wrong()
+    bad = [v for v in value if not is_email(v)]
     if bad:
-        return None, f"{name} has invalid email addresses {bad}; give addresses like name@example.org"
+        shown = ", ".join(_show(v) for v in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        return None, f"{name} has invalid email addresses ({shown}); give addresses like name@example.org"
     return tuple(value), ""
+
+
+def _convert_float(name: str, value: Any) -> tuple[float | None, str]:
+    if not isinstance(value, int | float):
+        return None, f"{name} must be a number, not {type(value).__name__} {_show(value)}; fix its type"
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float
+        number = math.inf
+    if not math.isfinite(number):
+        return None, f"{name} must be a finite number, not {_show(value)}; give a finite value"
+    most = MAXIMA.get(name)
+    if most is not None and number > most:
+        return None, f"{name} must be at most {most:,} (got {number:g}); lower it"
+    return number, ""
+
+
+def _convert_path(name: str, value: str, base: Path) -> tuple[Path | None, str]:
+    if not value:
+        return None, ""
+    if "\0" in value:
+        return None, f"{name} contains a NUL character ({_show(value)}); no path can: remove it"
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # "~name" of a user this machine does not know
+        return None, f"{name} names the home of an unknown user ({_show(value)}); give an absolute path"
+    path = path if path.is_absolute() else base / path
+    try:
+        encoded = os.fsencode(path)
+    except UnicodeError:  # pragma: no cover - TOML strings are valid Unicode, and the file system's
+        return None, f"{name} cannot be encoded for this file system ({_show(value)}); rename it"
+    longest = max(len(part) for part in encoded.split(b"/"))
+    if len(encoded) > MAX_PATH_BYTES or longest > MAX_NAME_BYTES:
+        return None, (
+            f"{name} is too long ({_show(str(path))}: {len(encoded):,} bytes, the longest name in it "
+            f"{longest}); give a path of at most {MAX_PATH_BYTES} bytes, each name at most {MAX_NAME_BYTES}"
+        )
+    return path, ""
+
+
+def is_email(text: str) -> bool:
+    """Whether ``text`` is an email address a datasite may have (and name a folder by)."""
+    return len(text) <= MAX_EMAIL and re.match(_EMAIL, text) is not None
+
+
+def _show(value: object) -> str:
+    """``value`` as a message shows it: its repr, cut short (a config may hold megabytes)."""
+    import reprlib  # only for a problem to report
+
+    shown = reprlib.Repr()
+    shown.maxstring, shown.maxother, shown.maxlong = 80, 80, 40
+    return shown.repr(value)
 
 
 def _positive(problems: list[str], name: str, value: float) -> None:
@@ -458,6 +616,8 @@ def _check(config: Config) -> list[str]:
             "shorten the window"
         )
     problems.extend(check_privacy(p))
+    if p.mechanism != "gaussian" and not 0 <= p.delta < 1:  # the Gaussian's own check says (0, 1)
+        problems.append(f"privacy.delta must be in [0, 1) (got {p.delta:g}); use e.g. 1e-6")
     positive("budget.lifetime_epsilon", b.lifetime_epsilon)
     positive("budget.window_epsilon", b.window_epsilon)
     positive("budget.window_hours", b.window_hours)
@@ -471,15 +631,20 @@ def _check(config: Config) -> list[str]:
     sb = config.syftbox
     if (sb.dir is None) != (not sb.email):
         problems.append("syftbox.dir and syftbox.email go together; set both or neither")
-    if sb.email and not re.match(_EMAIL, sb.email):
-        problems.append(f"syftbox.email {sb.email!r} is not an email address; give your datasite's")
+    if sb.email and not is_email(sb.email):
+        problems.append(f"syftbox.email {_show(sb.email)} is not an email address; give your datasite's")
+    log_file = config.logging.file
+    if log_file is not None and os.path.isdir(log_file):
+        problems.append(
+            f"logging.file {log_file} is a directory; name a file in it, e.g. {log_file / 'cpu-tracker.log'}"
+        )
     if config.logging.format not in LOG_FORMATS:
         problems.append(
-            f"logging.format must be one of {', '.join(LOG_FORMATS)} (got {config.logging.format!r})"
+            f"logging.format must be one of {', '.join(LOG_FORMATS)} (got {_show(config.logging.format)})"
         )
     if config.logging.level not in LOG_LEVELS:
         problems.append(
-            f"logging.level must be one of {', '.join(LOG_LEVELS)} (got {config.logging.level!r})"
+            f"logging.level must be one of {', '.join(LOG_LEVELS)} (got {_show(config.logging.level)})"
         )
     return problems
 
@@ -505,10 +670,27 @@ def _check_aggregator(config: Config) -> list[str]:
 def _check_secure_aggregation(config: Config) -> list[str]:
     sa = config.secure_aggregation
     problems: list[str] = []
-    if not 0 <= sa.beta <= MAX_BETA:
+    for name, beta in (("beta_dropped", sa.beta_dropped), ("beta_colluding", sa.beta_colluding)):
+        if not 0 <= beta <= MAX_BETA:
+            problems.append(
+                f"secure_aggregation.{name} must be in [0, {MAX_BETA:g}] (got {beta:g}); 0.2 allows a "
+                "fifth of a round's members"
+            )
+    if 0 <= sa.beta_dropped <= MAX_BETA and 0 <= sa.beta_colluding <= MAX_BETA:
+        if sa.beta_dropped + sa.beta_colluding >= 1 - 1e-9:
+            problems.append(
+                "secure_aggregation.beta_dropped and beta_colluding must add up to less than 1 "
+                f"(got {sa.beta_dropped:g} + {sa.beta_colluding:g}): someone honest must be left to add noise"
+            )
+    if not MIN_LOCAL_EPSILON <= sa.local_epsilon <= MAX_LOCAL_EPSILON:
         problems.append(
-            f"secure_aggregation.beta must be in [0, {MAX_BETA:g}] (got {sa.beta:g}); 0.2 allows a fifth "
-            "of the members to drop out or collude"
+            f"secure_aggregation.local_epsilon must be in [{MIN_LOCAL_EPSILON:g}, {MAX_LOCAL_EPSILON:g}] "
+            f"(got {sa.local_epsilon:g}); it is the most a cheating aggregator can learn of one window"
+        )
+    if not 1 <= sa.min_members <= MAX_ROUND_MEMBERS:
+        problems.append(
+            f"secure_aggregation.min_members must be in [1, {MAX_ROUND_MEMBERS}] (got {sa.min_members}); "
+            "a member refuses a smaller roster"
         )
     if not sa.step_seconds > 0:
         problems.append(
@@ -523,8 +705,8 @@ def _check_secure_aggregation(config: Config) -> list[str]:
         problems.append(
             "secure_aggregation.enabled needs secure_aggregation.aggregator: the email that runs the rounds"
         )
-    elif sa.aggregator and not re.match(_EMAIL, sa.aggregator):
-        problems.append(f"secure_aggregation.aggregator {sa.aggregator!r} is not an email address")
+    elif sa.aggregator and not is_email(sa.aggregator):
+        problems.append(f"secure_aggregation.aggregator {_show(sa.aggregator)} is not an email address")
     if sa.enabled and config.privacy.mechanism != "laplace":
         problems.append(
             'secure_aggregation.enabled needs privacy.mechanism = "laplace": the rounds add discrete '

@@ -138,7 +138,11 @@ class Daemon:
             self._tracker = self._make_tracker(self._config)
             # Snapping's child proves it can load diffprivlib before READY, not in a cycle.
             calibration = calibrate(self._config.privacy, self._config.sampling.samples)
-            drawing.ready(calibration.mechanism)
+            try:
+                drawing.ready(calibration.mechanism, stop=self._stop)
+            except Interrupted:  # stopped while the check's child ran: nothing was begun
+                self._log.info("daemon.stopped", summary="stopped before the first release")
+                return
             with self._tracker.open_ledger(full=True) as ledger:  # all of it, before promising anything
                 first_run = self._tracker.next_due(ledger)
                 blocking = self._tracker.blocking_cap(ledger, calibration.event)

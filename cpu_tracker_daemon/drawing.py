@@ -3,14 +3,19 @@ need only the standard library, and in a short-lived child process for Snapping,
 long-running daemon never holds diffprivlib's scientific stack (numpy, scipy, scikit-learn:
 about 95 MiB resident, against the daemon's 31).
 
-The child is ``python -m cpu_tracker_daemon.drawing``. It reads one request from its stdin (a
-pipe: the pre-noise value is never in its arguments or its environment), writes the noisy value
+The child is ``python -I -m cpu_tracker_daemon.drawing``, started in ``/`` with an environment
+of its own (:data:`CHILD_ENV`): isolated mode puts neither the working directory nor the user's
+site on its path and ignores every ``PYTHON*`` variable, so it imports only the standard library
+and the installed packages (an editable install's path comes from site-packages, which it keeps),
+never a module another user left where the command was run. It reads one request from its stdin
+(a pipe: the pre-noise value is never in its arguments or its environment), writes the noisy value
 to its stdout, and exits; it logs nothing, and its stderr goes nowhere, so not even a traceback
 can carry the value out. A child that fails, dies, is killed or outlives :data:`TIMEOUT_SECONDS`
 is a :class:`NoiseUnavailableError`: the cycle is refused with its spend kept, as the ledger
 already holds it, and the next cycle draws for a new window (a window's noise is never drawn
-twice). Before any budget is spent, :func:`ready` runs a child that only imports diffprivlib,
-once a process.
+twice). A stop request while the child runs kills and reaps it within :data:`POLL_SECONDS` and
+is :class:`Interrupted`, with the spend kept the same way. Before any budget is spent,
+:func:`ready` runs a child that only imports diffprivlib, once a process.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 from cpu_tracker_daemon.accounting import SNAPPING
-from cpu_tracker_daemon.errors import MechanismUnavailableError, NoiseUnavailableError
+from cpu_tracker_daemon.errors import Interrupted, MechanismUnavailableError, NoiseUnavailableError
 from cpu_tracker_daemon.privacy import (
     Calibration,
     Noisy,
@@ -35,13 +41,18 @@ from cpu_tracker_daemon.privacy import (
 
 TYPE_CHECKING = False  # not typing's (mypy knows the name)
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
     from typing import Any
 
     from cpu_tracker_daemon.privacy import RandomLike
+    from cpu_tracker_daemon.signals import StopRequest
 
-CHILD: Sequence[str] = (sys.executable, "-m", "cpu_tracker_daemon.drawing")
+# -I: no working directory or script directory on sys.path, no user site, no PYTHON* variables.
+CHILD: Sequence[str] = (sys.executable, "-I", "-m", "cpu_tracker_daemon.drawing")
+CHILD_CWD = "/"  # nothing of the caller's directory, and nothing there to keep busy or unmounted
+CHILD_ENV: Mapping[str, str] = {"PATH": os.defpath}  # none of the caller's variables
 TIMEOUT_SECONDS = 120.0  # importing diffprivlib takes about 1 s here; a slow board, far more
+POLL_SECONDS = 0.25  # how often a wait on the child looks at the stop request
 MAX_ANSWER_BYTES = 4096
 NOT_A_VALUE = "the Snapping child process answered with something other than a value"
 CHILD_FAILED = 70  # the child's exit code for anything that went wrong (EX_SOFTWARE)
@@ -49,13 +60,19 @@ CHILD_FAILED = 70  # the child's exit code for anything that went wrong (EX_SOFT
 _ready: set[str] = set()
 
 
-def ready(mechanism: str, child: Sequence[str] | None = None, timeout: float | None = None) -> None:
+def ready(
+    mechanism: str,
+    child: Sequence[str] | None = None,
+    timeout: float | None = None,
+    stop: StopRequest | None = None,
+) -> None:
     """Check, before anything is reserved, that ``mechanism`` can draw: for Snapping, that a
-    child imports diffprivlib (once a process, the first time; about 1 s)."""
+    child imports diffprivlib (once a process, the first time; about 1 s). ``stop`` set while it
+    runs is :class:`Interrupted`."""
     if mechanism != SNAPPING or mechanism in _ready:
         return
     try:
-        answer = _ask({"check": True}, child, timeout)
+        answer = _ask({"check": True}, child, timeout, stop)
     except NoiseUnavailableError as exc:
         raise MechanismUnavailableError("snapping", exc.reason) from None
     if answer != {"ready": True}:
@@ -69,47 +86,72 @@ def draw(
     random_state: RandomLike = None,
     child: Sequence[str] | None = None,
     timeout: float | None = None,
+    stop: StopRequest | None = None,
 ) -> Noisy:
     """``value`` plus its calibrated noise, as :func:`privacy.add_noise` draws it: Snapping's in a
-    child process, the others here."""
+    child process, the others here. ``stop`` set while the child runs kills it and is
+    :class:`Interrupted`: that window's noise is never drawn."""
     if calibration.mechanism != SNAPPING:
         return add_noise(value, calibration, random_state)
     seed = snapping_seed(random_state)
     request = {"percent": value.percent, "calibration": calibration._asdict(), "seed": seed}
-    answer = _ask(request, child, timeout)
+    answer = _ask(request, child, timeout, stop)
     cpu = answer.get("cpu")
     if not (isinstance(cpu, float) and math.isfinite(cpu) and calibration.lower <= cpu <= calibration.upper):
         raise NoiseUnavailableError(NOT_A_VALUE)
     return Noisy(cpu, None)
 
 
-def _ask(request: dict[str, Any], child: Sequence[str] | None, timeout: float | None) -> dict[str, Any]:
-    limit = TIMEOUT_SECONDS if timeout is None else timeout
+def _ask(
+    request: dict[str, Any], child: Sequence[str] | None, timeout: float | None, stop: StopRequest | None
+) -> dict[str, Any]:
     try:
-        done = subprocess.run(
+        proc = subprocess.Popen(
             list(CHILD if child is None else child),
-            input=json.dumps(request).encode(),
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            timeout=limit,
-            check=False,
+            cwd=CHILD_CWD,
+            env=dict(CHILD_ENV),
             close_fds=True,
         )
-    except subprocess.TimeoutExpired:  # run() has killed and reaped it
-        raise NoiseUnavailableError(f"the Snapping child process took longer than {limit:g} s") from None
     except OSError as exc:
         raise NoiseUnavailableError(f"the Snapping child process could not start: {exc.strerror}") from None
-    if done.returncode < 0:
-        raise NoiseUnavailableError(f"the Snapping child process was killed by signal {-done.returncode}")
-    if done.returncode != 0:
-        raise NoiseUnavailableError(f"the Snapping child process exited with code {done.returncode}")
+    with proc:  # closes the pipes and reaps the child, however this ends
+        out = _wait(proc, json.dumps(request).encode(), TIMEOUT_SECONDS if timeout is None else timeout, stop)
+    if proc.returncode < 0:
+        raise NoiseUnavailableError(f"the Snapping child process was killed by signal {-proc.returncode}")
+    if proc.returncode != 0:
+        raise NoiseUnavailableError(f"the Snapping child process exited with code {proc.returncode}")
     try:
-        answer = json.loads(done.stdout[:MAX_ANSWER_BYTES])
+        answer = json.loads(out[:MAX_ANSWER_BYTES])
     except ValueError:
         answer = None
     if not isinstance(answer, dict):
         raise NoiseUnavailableError(NOT_A_VALUE)
     return answer
+
+
+def _wait(proc: subprocess.Popen[bytes], request: bytes, limit: float, stop: StopRequest | None) -> bytes:
+    """Give ``proc`` the request and return its stdout once it exits, looking at ``stop`` every
+    :data:`POLL_SECONDS`; a stop request or ``limit`` seconds kill and reap it."""
+    deadline = time.monotonic() + limit
+    given: bytes | None = request
+    while True:
+        try:
+            out, _ = proc.communicate(given, timeout=max(0.0, min(POLL_SECONDS, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:  # it keeps what it has read and written so far
+            given = None
+        else:
+            return out
+        if stop is not None and stop.is_set():
+            proc.kill()
+            proc.wait()
+            raise Interrupted()
+        if time.monotonic() >= deadline:
+            proc.kill()
+            proc.wait()
+            raise NoiseUnavailableError(f"the Snapping child process took longer than {limit:g} s")
 
 
 def _child() -> int:

@@ -44,7 +44,10 @@ HELP: dict[str, str] = {
     "prometheus.textfile_dir": "write node_exporter textfiles here",
     "secure_aggregation.enabled": "take part in the aggregator's secure rounds instead of a local release",
     "secure_aggregation.aggregator": "the email that runs the rounds",
-    "secure_aggregation.beta": "the fraction of members that may drop out or collude (0 to 0.5)",
+    "secure_aggregation.beta_dropped": "the fraction of a round that may be declared absent (0 to 0.5)",
+    "secure_aggregation.beta_colluding": "the fraction of a round that may collude with the aggregator",
+    "secure_aggregation.local_epsilon": "a member's own noise: the most a cheating aggregator learns",
+    "secure_aggregation.min_members": "a member refuses a roster smaller than this",
     "secure_aggregation.step_seconds": "one phase of a round; longer than the SyftBox sync delay",
     "secure_aggregation.members": "on the aggregator: run rounds for these members",
 }

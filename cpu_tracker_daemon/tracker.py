@@ -301,7 +301,7 @@ class Tracker:
         blocking = self.blocking_cap(ledger, calibration.event, force)
         if blocking is not None:
             raise BudgetExhaustedError(blocking.name, blocking.spent, blocking.limit, calibration.epsilon)
-        drawing.ready(calibration.mechanism)
+        drawing.ready(calibration.mechanism, stop=self.stop)
         if not force:
             due = self.next_due(ledger)
             now = self.clock()
@@ -367,7 +367,7 @@ class Tracker:
             self.spacing.last_window_start = window_started
         # The spend is committed. Only now is noise drawn, and its result committed before use.
         raw = statistic(window, calibration)
-        noisy = drawing.draw(raw, calibration, self.random_state)
+        noisy = drawing.draw(raw, calibration, self.random_state, stop=self.stop)
         public = public_record(release_id, noisy, planned, window_end, config.sampling, calibration)
         ledger.record(release_id, "drawn", self.clock(), payload=public)
         storage.write_json(

@@ -24,12 +24,13 @@ class Uniform01(Protocol):
 _SYSTEM = random.SystemRandom()
 
 
-def calibrated_members(members: int, beta: float) -> int:
-    """How many members' shares must add up to the whole noise when up to ``beta`` of the
-    ``members`` may drop out or collude: ceil((1 - beta) members), at least 1."""
-    if not 0 <= beta < 1:
-        raise ValueError("beta must be in [0, 1)")
-    return max(1, math.ceil((1 - beta) * members - 1e-9))
+def calibrated_members(members: int, dropped: int, colluding: int) -> int:
+    """How many members' shares must add up to the whole noise when up to ``dropped`` of the
+    ``members`` may be declared absent and, apart from them, up to ``colluding`` may collude:
+    the rest, at least 1."""
+    if not (dropped >= 0 and colluding >= 0 and dropped + colluding < members):
+        raise ValueError("the absent and the colluding must leave at least one member")
+    return members - dropped - colluding
 
 
 def share(scale: float, members: int, rng: Uniform01 = _SYSTEM) -> int:
@@ -71,6 +72,44 @@ def logarithmic(q: float, rng: Uniform01 = _SYSTEM) -> int:
     if v <= w * w:
         return int(1 + math.log(v) / math.log(w))
     return 2 if v <= w else 1
+
+
+def interval(
+    scale: float, calibrated: int, present: int, local_scale: float | None, level: float = 0.95
+) -> tuple[int, bool]:
+    """The half width of the noise's ``level`` interval in a round's sum, and whether it is
+    exact: :func:`half_width` for the shares alone; with each present member's own discrete
+    Laplace noise of ``local_scale`` too, by inverting the noise's characteristic function on a
+    lattice wide enough that the aliased mass is below 1e-12, or, for a sum too wide for that,
+    a normal approximation (not exact: said so)."""
+    import numpy as np
+
+    if local_scale is None:
+        return half_width(scale, calibrated, present, level), True
+    r = present / calibrated
+    q, ql = math.exp(-1.0 / scale), math.exp(-1.0 / local_scale)
+    sd = math.sqrt(2 * r * q / (1 - q) ** 2 + present * 2 * ql / (1 - ql) ** 2)
+    size = 1 << max(10, math.ceil(math.log2(48 * sd + 64)))
+    if size > MAX_LATTICE:
+        z = _normal_quantile(0.5 + level / 2)
+        return math.ceil(z * sd), False
+    theta = 2 * math.pi * np.arange(size // 2 + 1) / size
+    cos = np.cos(theta)
+    log_phi = r * (2 * math.log1p(-q) - np.log1p(q * q - 2 * q * cos))
+    log_phi += present * (2 * math.log1p(-ql) - np.log1p(ql * ql - 2 * ql * cos))
+    pmf = np.fft.irfft(np.exp(log_phi), n=size)
+    inside = pmf[0] + 2 * np.cumsum(pmf[1 : size // 2])  # inside[x - 1] = P(|noise| <= x)
+    reach = int(np.searchsorted(inside, level))
+    return (0 if pmf[0] >= level else reach + 1), True
+
+
+MAX_LATTICE = 1 << 21  # 16 MiB a float array: the aggregator's memory, not the interval, sets it
+
+
+def _normal_quantile(p: float) -> float:
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(p)
 
 
 def half_width(scale: float, calibrated: int, present: int, level: float = 0.95) -> int:

@@ -1,17 +1,21 @@
 """The rounds of one secure aggregation, as pure functions over the messages they exchange.
 
-A member shares its secrets with its neighbours (round 2), sends its masked value (3), and,
-once the aggregator names who arrived (4), reveals for each neighbour one share: of the self
-mask seed of one who arrived, or of the mask key of one who shared and then dropped (5). The
-aggregator removes the masks and reads the noisy sum (6). Transport, files and deadlines are
+A member commits to fresh round keys and to graph randomness (round 0), opens the randomness
+once the roster is fixed (1), shares its secrets with its neighbours in a graph nobody could
+predict (2), sends its masked value (3), endorses the one survivor set it is shown (4) and
+reveals, once a quorum of the roster endorsed that same set, one share per neighbour: of the
+self-mask seed of one who arrived, or of the mask key of one who dropped (5). The aggregator
+removes the masks and reads the noisy sum (6). Transport, signatures, files and deadlines are
 the caller's; see docs/secure-aggregation.md.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
+from collections import defaultdict
 from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 
@@ -21,57 +25,152 @@ from cpu_tracker_daemon.secagg import masks, noise, shares
 
 MAX_MEMBERS = 100_000  # 10^4 grid units each: the sum and its noise stay within 2^31
 COMPLETE_UP_TO = 16  # rounds this small use every pair; larger ones a sparse graph (SecAgg+)
+_COMMIT = b"cpu-tracker secagg v2 graph commitment\n"
+_SEED = b"cpu-tracker secagg v2 graph seed\n"
+_ROSTER = b"cpu-tracker secagg v2 roster\n"
+_SURVIVORS = b"cpu-tracker secagg v2 survivors\n"
 
 
 class ProtocolError(ValueError):
     """A message that breaks the protocol: the round aborts for whoever meets it."""
 
 
+def commitment(randomness: bytes) -> bytes:
+    """What a member publishes of its graph randomness before the roster is fixed."""
+    return hashlib.sha256(_COMMIT + randomness).digest()
+
+
 @dataclass(frozen=True)
 class PublicKeys:
-    """What a member publishes once per key epoch (``keys.json``)."""
+    """What a member publishes at a round's start (``keys.json``), signed by its identity."""
 
     c: bytes  # X25519: shares are sealed under agreement with it
     s: bytes  # X25519: pairwise mask seeds are agreed with it
+    commit: bytes  # SHA-256 of this round's graph randomness, opened once the roster is fixed
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Roster:
-    """Round 1: who is in the round, the calibration, and the noise (``roster.json``)."""
+    """Round 1: who is in the round with which keys, and the calibration (``roster.json``).
+
+    ``beta_dropped`` members may be declared absent and ``beta_colluding`` may collude, counted
+    apart: the noise is calibrated so that the members who are neither still add all of it."""
 
     round_id: str
-    members: tuple[str, ...]
-    beta: float  # the fraction that may drop out or collude
+    keys: Mapping[str, PublicKeys]
+    beta_dropped: float
+    beta_colluding: float
     scale: float  # the discrete Laplace scale of the noise on the sum, in grid units
+    local_scale: float  # the discrete Laplace scale of each member's own noise, in grid units
+    members: tuple[str, ...] = field(init=False)
+    digest: bytes = field(init=False)
 
     def __post_init__(self) -> None:
-        if len(set(self.members)) != len(self.members) or not 1 <= len(self.members) <= MAX_MEMBERS:
+        members = tuple(sorted(self.keys))
+        if not 1 <= len(members) <= MAX_MEMBERS:
             raise ProtocolError(f"a roster names 1 to {MAX_MEMBERS} distinct members")
-        if not 0 <= self.beta < 1 or not (math.isfinite(self.scale) and self.scale > 0):
-            raise ProtocolError("a roster's beta is in [0, 1) and its noise scale positive")
+        betas = (self.beta_dropped, self.beta_colluding)
+        if not (all(0 <= b < 1 for b in betas) and sum(betas) < 1):
+            raise ProtocolError("a roster's betas are in [0, 1) and add up to less than 1")
+        if not all(math.isfinite(x) and x > 0 for x in (self.scale, self.local_scale)):
+            raise ProtocolError("a roster's noise scales are positive")
+        if any(len(k.c) != 32 or len(k.s) != 32 or len(k.commit) != 32 for k in self.keys.values()):
+            raise ProtocolError("a roster's keys and commitments are 32 bytes each")
+        object.__setattr__(self, "members", members)
+        object.__setattr__(self, "digest", hashlib.sha256(_ROSTER + self.canonical()).digest())
+
+    @property
+    def context(self) -> str:
+        """What every box of this round is bound to: the round and this exact roster, so a box
+        sealed under one roster opens under no other (an aggregator that shows two rosters
+        cannot carry shares from one to the other)."""
+        return f"{self.round_id}|{self.digest.hex()}"
+
+    def canonical(self) -> bytes:
+        """The bytes the roster's digest covers: everything a member acts on."""
+        body = {
+            "round": self.round_id,
+            "beta_dropped": self.beta_dropped,
+            "beta_colluding": self.beta_colluding,
+            "scale": self.scale,
+            "local_scale": self.local_scale,
+            "keys": [
+                [m, self.keys[m].c.hex(), self.keys[m].s.hex(), self.keys[m].commit.hex()]
+                for m in self.members
+            ],
+        }
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    @property
+    def max_dropped(self) -> int:
+        return math.floor(self.beta_dropped * len(self.members) + 1e-9)
+
+    @property
+    def max_colluding(self) -> int:
+        return math.floor(self.beta_colluding * len(self.members) + 1e-9)
 
     @property
     def calibrated(self) -> int:
-        """How many members' noise shares make the whole noise; fewer arriving aborts."""
-        return noise.calibrated_members(len(self.members), self.beta)
+        """How many members' noise shares make the whole noise: those neither declared absent
+        nor colluding, at the worst."""
+        return noise.calibrated_members(len(self.members), self.max_dropped, self.max_colluding)
+
+    @property
+    def quorum(self) -> int:
+        """Endorsements of one survivor set a member needs before it reveals: more than half of
+        the roster plus its colluders, so no two sets can both reach it."""
+        return (len(self.members) + self.max_colluding) // 2 + 1
+
+    @property
+    def must_arrive(self) -> int:
+        """Masked values the round needs: all but the absent it is calibrated for, and a quorum."""
+        return max(len(self.members) - self.max_dropped, self.quorum)
+
+
+@dataclass(frozen=True, eq=False)
+class Graph:
+    """Who masks and shares with whom: fixed by randomness every member committed to before the
+    roster was, so neither the aggregator nor a member can choose its place in it."""
+
+    roster: Roster
+    seed: bytes
+    _at: dict[str, int] = field(init=False, repr=False)
+    _order: tuple[str, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        order = sorted(self.roster.members, key=lambda m: hashlib.sha256(self.seed + m.encode()).digest())
+        object.__setattr__(self, "_order", tuple(order))
+        object.__setattr__(self, "_at", {m: i for i, m in enumerate(order)})
+
+    @property
+    def half(self) -> int:
+        n = len(self._order)
+        return (n - 1) // 2 if n <= COMPLETE_UP_TO else min((n - 1) // 2, 3 * math.ceil(math.log2(n)))
 
     def neighbours(self, member: str) -> tuple[str, ...]:
-        """The members ``member`` masks with and shares with: all others in a small round; in a
-        large one its k nearest on a ring ordered by a hash of the round (k = 6 ceil(log2 n):
-        42 at 100 members, 60 at 1,000), the same graph for everyone. With a fifth of them
-        dropped at random, fewer than a majority of a member's neighbours survive with odds of
-        1.4e-5 at 100 members and 2e-7 at 1,000 (binomial)."""
-        n = len(self.members)
+        """All others in a small round; in a large one the k nearest on the ring (k = 6
+        ceil(log2 n): 42 at 100 members, 60 at 1,000)."""
+        n = len(self._order)
         if n <= COMPLETE_UP_TO:
-            return tuple(m for m in self.members if m != member)
-        order = sorted(self.members, key=lambda m: hashlib.sha256(f"{self.round_id}|{m}".encode()).digest())
-        at = order.index(member)
-        half = min((n - 1) // 2, 3 * math.ceil(math.log2(n)))
-        return tuple(order[(at + d) % n] for d in range(-half, half + 1) if d != 0)
+            return tuple(m for m in self.roster.members if m != member)
+        at = self._at[member]
+        return tuple(self._order[(at + d) % n] for d in range(-self.half, self.half + 1) if d != 0)
 
     def threshold(self, member: str) -> int:
         """Shares of ``member``'s secrets needed to rebuild them: a majority of its neighbours."""
         return len(self.neighbours(member)) // 2 + 1
+
+
+def graph_of(roster: Roster, openings: Mapping[str, bytes]) -> Graph:
+    """The round's graph from every roster member's opened randomness; one that does not open
+    its commitment is a protocol error naming the member (the round ends before any share)."""
+    parts = []
+    for member in roster.members:
+        r = openings.get(member)
+        if r is None or len(r) != 32 or commitment(r) != roster.keys[member].commit:
+            raise ProtocolError(f"{member}'s graph randomness does not open its commitment")
+        parts.append(r)
+    return Graph(roster, hashlib.sha256(_SEED + roster.digest + b"".join(parts)).digest())
 
 
 @dataclass(frozen=True)
@@ -85,120 +184,191 @@ class Survivors:
     def dropped(self) -> frozenset[str]:
         return self.shared - self.present
 
+    def digest(self, roster: Roster) -> bytes:
+        """What a member endorses: this set, in this roster (content-addressed)."""
+        body = json.dumps([sorted(self.shared), sorted(self.present)], separators=(",", ":")).encode()
+        return hashlib.sha256(_SURVIVORS + roster.digest + body).digest()
 
+
+Opened = tuple[int, bytes, bytes]  # a neighbour's share index, its share of b, its share of s
 Reveal = tuple[str, shares.Share]  # ("b", share of the self-mask seed) or ("s", share of the mask key)
 
 
 @dataclass
 class Member:
-    """One member's side of the rounds. Its keys are for one round only (:meth:`rekey` before
-    each): the aggregator rebuilds the mask key of a member that drops, and with it and the
-    self-mask seed of a later round could unmask that member, were the key used again."""
+    """One member's side of one round. Its keys and randomness are for this round only
+    (:meth:`rekey` before each): the aggregator rebuilds the mask key of a member that drops,
+    and with it and a later round's self-mask seed could unmask that member, were it reused."""
 
     name: str
     c_key: X25519PrivateKey = field(default_factory=masks.new_key)
     s_key: X25519PrivateKey = field(default_factory=masks.new_key)
+    _randomness: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
     _seed: bytes | None = field(default=None, repr=False)  # b: this round's self-mask seed
+    _accepted: bytes | None = field(default=None, repr=False)  # the one roster it acts on
+    _endorsed: bytes | None = field(default=None, repr=False)  # the one survivor set it answers
 
     def public(self) -> PublicKeys:
-        return PublicKeys(masks.public_bytes(self.c_key), masks.public_bytes(self.s_key))
+        return PublicKeys(
+            masks.public_bytes(self.c_key), masks.public_bytes(self.s_key), commitment(self._randomness)
+        )
 
     def rekey(self) -> PublicKeys:
-        """Fresh key pairs for a new round; the old ones are forgotten."""
-        self.c_key, self.s_key, self._seed = masks.new_key(), masks.new_key(), None
+        """Fresh key pairs and randomness for a new round; the old ones are forgotten."""
+        self.c_key, self.s_key, self._randomness = masks.new_key(), masks.new_key(), os.urandom(32)
+        self._seed = self._accepted = self._endorsed = None
         return self.public()
 
-    def share(self, roster: Roster, keys: Mapping[str, PublicKeys]) -> dict[str, bytes]:
+    def accept(self, roster: Roster) -> bytes:
+        """Round 1: check this member is in ``roster`` with its own keys; its randomness, to open.
+        It acts on one roster a round: a second, different one is refused."""
+        if roster.keys.get(self.name) != self.public():
+            raise ProtocolError(f"{self.name} is not in the roster of round {roster.round_id} with its keys")
+        if self._accepted is not None and self._accepted != roster.digest:
+            raise ProtocolError("a second, different roster in one round: the aggregator equivocates")
+        self._accepted = roster.digest
+        return self._randomness
+
+    def share(self, graph: Graph) -> dict[str, bytes]:
         """Round 2: a fresh self-mask seed; shares of it and of the mask key, one sealed box
         per neighbour."""
-        if self.name not in roster.members:
-            raise ProtocolError(f"{self.name} is not in the roster of round {roster.round_id}")
+        roster = graph.roster
+        self.accept(roster)
         self._seed = os.urandom(32)
-        peers = roster.neighbours(self.name)
-        t = roster.threshold(self.name)
+        peers = graph.neighbours(self.name)
+        t = graph.threshold(self.name)
         seed_shares = shares.split(self._seed, t, len(peers))
         key_shares = shares.split(masks.private_bytes(self.s_key), t, len(peers))
         out = {}
         for peer, (index, b), (_, s) in zip(peers, seed_shares, key_shares, strict=True):
             payload = index.to_bytes(4, "big") + b + s
-            out[peer] = shares.seal(self.c_key, keys[peer].c, roster.round_id, self.name, peer, payload)
+            out[peer] = shares.seal(self.c_key, roster.keys[peer].c, roster.context, self.name, peer, payload)
         return out
 
-    def masked(
-        self, roster: Roster, keys: Mapping[str, PublicKeys], shared: Set[str], value: int, noise_share: int
-    ) -> int:
-        """Round 3: value + noise share + self mask + a pairwise mask with each neighbour that
-        shared (the aggregator's U2), mod 2^32. The caller records the spend before sending it."""
+    def open_inbox(self, graph: Graph, boxes: Mapping[str, bytes]) -> dict[str, Opened]:
+        """Round 2, received: open every box from a neighbour now, before anything is spent. A
+        box that does not open is the sender's fault, named in the error."""
+        roster = graph.roster
+        opened: dict[str, Opened] = {}
+        neighbours = set(graph.neighbours(self.name))
+        for sender, box in boxes.items():
+            if sender not in neighbours:
+                raise ProtocolError(f"a box from {sender}, who is not a neighbour of {self.name}")
+            try:
+                self.accept(roster)
+                payload = shares.unseal(
+                    self.c_key, roster.keys[sender].c, roster.context, sender, self.name, box
+                )
+            except shares.ShareError:
+                raise ProtocolError(f"the box from {sender} does not open") from None
+            index = int.from_bytes(payload[:4], "big")
+            if len(payload) != 68 or not 0 < index < 1 << 16:
+                raise ProtocolError(f"the box from {sender} holds no share")
+            opened[sender] = (index, payload[4:36], payload[36:68])
+        return opened
+
+    def masked(self, graph: Graph, shared: Set[str], value: int, noise_share: int) -> int:
+        """Round 3: value + noise + self mask + a pairwise mask with each neighbour that shared
+        with it, mod 2^32. The caller records the spend before sending it."""
         if self._seed is None:
             raise ProtocolError("masked() before share(): the self-mask seed is not drawn")
+        roster = graph.roster
         total = value + noise_share + masks.self_mask(self._seed, roster.round_id)
-        for peer in roster.neighbours(self.name):
+        for peer in graph.neighbours(self.name):
             if peer in shared:
-                seed = masks.agreed(self.s_key, keys[peer].s, roster.round_id, "mask")
+                seed = masks.agreed(self.s_key, roster.keys[peer].s, roster.round_id, "mask")
                 total += masks.pairwise(self.name, peer, seed)
         return total % masks.MODULUS
 
-    def reveal(
-        self, roster: Roster, keys: Mapping[str, PublicKeys], survivors: Survivors, inbox: Mapping[str, bytes]
-    ) -> dict[str, Reveal]:
-        """Round 5: for each neighbour, the one share the survivor list allows. A list that is
-        not the roster's, names a member both ways, or leaves fewer than the calibration is
-        refused: revealing then could expose a value or leave too little noise."""
-        members = set(roster.members)
-        if not survivors.present <= survivors.shared <= members:
+    def endorse(self, graph: Graph, survivors: Survivors) -> bytes:
+        """Round 4: the digest this member signs for the survivor set it was shown. It answers
+        one set a round: a second, different one is refused (an aggregator that shows two is
+        equivocating)."""
+        roster = graph.roster
+        if not survivors.present <= survivors.shared <= set(roster.members):
             raise ProtocolError("the survivor list names members outside the round")
-        if len(survivors.present) < roster.calibrated:
+        if len(survivors.present) < roster.must_arrive:
             raise ProtocolError(
-                f"only {len(survivors.present)} of {len(members)} members arrived, fewer than the "
-                f"{roster.calibrated} whose noise the round was calibrated for: nothing is revealed"
+                f"only {len(survivors.present)} of {len(roster.members)} members arrived, fewer than the "
+                f"{roster.must_arrive} the round needs: nothing is revealed"
             )
         if self.name not in survivors.present:
             raise ProtocolError(f"{self.name} is not among the survivors it is asked to unmask")
+        digest = survivors.digest(roster)
+        if self._endorsed is not None and self._endorsed != digest:
+            raise ProtocolError("a second, different survivor set in one round: the aggregator equivocates")
+        self._endorsed = digest
+        return digest
+
+    def reveal(
+        self, graph: Graph, survivors: Survivors, endorsers: Set[str], opened: Mapping[str, Opened]
+    ) -> dict[str, Reveal]:
+        """Round 5: for each neighbour, the one share the endorsed survivor set allows, once
+        ``endorsers`` (roster members whose signatures over the same set the caller checked)
+        reach the quorum."""
+        roster = graph.roster
+        if self._endorsed is None or self._endorsed != survivors.digest(roster):
+            raise ProtocolError("asked to reveal for a survivor set this member did not endorse")
+        valid = set(endorsers) & set(roster.members)
+        if len(valid) < roster.quorum:
+            raise ProtocolError(
+                f"only {len(valid)} members endorsed the survivor set, {roster.quorum} needed: "
+                "nothing is revealed"
+            )
         out: dict[str, Reveal] = {}
-        for peer in roster.neighbours(self.name):
-            if peer not in survivors.shared or peer not in inbox:
+        for peer in graph.neighbours(self.name):
+            if peer not in survivors.shared or peer not in opened:
                 continue
-            payload = shares.unseal(self.c_key, keys[peer].c, roster.round_id, peer, self.name, inbox[peer])
-            index, b, s = int.from_bytes(payload[:4], "big"), payload[4:36], payload[36:68]
+            index, b, s = opened[peer]
             out[peer] = ("b", (index, b)) if peer in survivors.present else ("s", (index, s))
         return out
 
 
 def unmask(
-    roster: Roster,
-    keys: Mapping[str, PublicKeys],
+    graph: Graph,
     survivors: Survivors,
     masked: Mapping[str, int],
     reveals: Mapping[str, Mapping[str, Reveal]],
 ) -> int:
-    """Round 6, the aggregator: the signed sum of the present members' values and noise
-    shares. Raises ProtocolError when a secret cannot be rebuilt from agreeing shares."""
+    """Round 6, the aggregator: the signed sum of the present members' values and noise.
+    Raises ProtocolError when a secret cannot be rebuilt from agreeing shares."""
+    roster = graph.roster
+    found: dict[tuple[str, str], set[shares.Share]] = defaultdict(set)
+    for revealed in reveals.values():
+        for about, (kind, share) in revealed.items():
+            found[about, kind].add(share)
     total = sum(masked[m] for m in survivors.present)
     for member in sorted(survivors.present):
-        seed = _rebuild(roster, member, "b", reveals)
+        seed = _rebuild(graph, member, "b", found)
         total -= masks.self_mask(seed, roster.round_id)
     for gone in sorted(survivors.dropped):
-        key = masks.key_from(_rebuild(roster, gone, "s", reveals))
-        for peer in roster.neighbours(gone):
+        key = masks.key_from(_rebuild(graph, gone, "s", found))
+        for peer in graph.neighbours(gone):
             if peer in survivors.present:  # it added its mask for the pair (peer, gone)
-                seed = masks.agreed(key, keys[peer].s, roster.round_id, "mask")
+                seed = masks.agreed(key, roster.keys[peer].s, roster.round_id, "mask")
                 total -= masks.pairwise(peer, gone, seed)
     return masks.signed(total)
 
 
-def _rebuild(roster: Roster, member: str, kind: str, reveals: Mapping[str, Mapping[str, Reveal]]) -> bytes:
+def _rebuild(
+    graph: Graph, member: str, kind: str, found: Mapping[tuple[str, str], set[shares.Share]]
+) -> bytes:
     """``member``'s secret from its neighbours' shares; with more than needed, two different
     subsets must agree (a garbage share from one neighbour is caught, not believed)."""
-    found: set[shares.Share] = set()
-    for revealed in reveals.values():
-        what, share = revealed.get(member, ("", (0, b"")))
-        if what == kind:
-            found.add(share)
-    t = roster.threshold(member)
-    if len(found) < t:
-        raise ProtocolError(f"only {len(found)} shares of {member}'s {kind}, {t} needed: the round aborts")
-    ordered = sorted(found)
-    secret = shares.combine(ordered[:t])
-    if len(ordered) > t and shares.combine(ordered[-t:]) != secret:
-        raise ProtocolError(f"the shares of {member}'s {kind} disagree: a neighbour sent garbage")
+    by_index: dict[int, bytes] = {}
+    for index, share in found.get((member, kind), ()):
+        if by_index.setdefault(index, share) != share:
+            raise ProtocolError(f"two different shares of {member}'s {kind} at index {index}")
+    t = graph.threshold(member)
+    if len(by_index) < t:
+        raise ProtocolError(f"only {len(by_index)} shares of {member}'s {kind}, {t} needed: the round aborts")
+    ordered = sorted(by_index.items())
+    try:
+        secret = shares.combine(ordered[:t])
+        if len(ordered) > t and shares.combine(ordered[-t:]) != secret:
+            raise ProtocolError(f"the shares of {member}'s {kind} disagree: a neighbour sent garbage")
+    except ValueError as exc:
+        if isinstance(exc, ProtocolError):
+            raise
+        raise ProtocolError(f"the shares of {member}'s {kind} do not combine: {exc}") from None
     return secret

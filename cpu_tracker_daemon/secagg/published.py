@@ -13,12 +13,13 @@ from typing import Any
 from cpu_tracker_daemon import __version__, permissions, storage
 from cpu_tracker_daemon.accounting import SECURE_DISCRETE_LAPLACE
 from cpu_tracker_daemon.config import Config
+from cpu_tracker_daemon.discrete import laplace_scale
 from cpu_tracker_daemon.estimate import INFORMATIVE_FRACTION, TARGET_HALF_WIDTH
 from cpu_tracker_daemon.privacy import Calibration
 from cpu_tracker_daemon.secagg import noise
 
 SCHEMA = "cpu-tracker/secure-aggregate"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SECURE_NAME = "secure.json"
 INVALID_SIGMAS = 8  # a sum this many noise deviations outside the values' range is not an estimate
 
@@ -52,8 +53,10 @@ def secure_record(
         "computed_at": now.isoformat(),
         "members": present,
         "roster": roster,
-        "beta": sa.beta,
+        "beta_dropped": sa.beta_dropped,
+        "beta_colluding": sa.beta_colluding,
         "epsilon": calibration.epsilon,
+        "local_epsilon": sa.local_epsilon,
         "mechanism": SECURE_DISCRETE_LAPLACE,
         "aborted": result.get("aborted"),
         "estimate": None,
@@ -61,7 +64,8 @@ def secure_record(
     }
     total = result.get("sum_units")
     if record["aborted"] is None and isinstance(total, int):
-        estimate = secure_estimate(calibration, int(result["calibrated"]), present, total)
+        local = float(laplace_scale(calibration.sensitivity_units, sa.local_epsilon))
+        estimate = secure_estimate(calibration, int(result["calibrated"]), present, total, local)
         if estimate is None:
             record["aborted"] = (
                 "the sum lies outside what the members' values allow: a member sent a bad value"
@@ -71,18 +75,23 @@ def secure_record(
 
 
 def secure_estimate(
-    calibration: Calibration, calibrated: int, present: int, total: int
+    calibration: Calibration, calibrated: int, present: int, total: int, local_scale: float | None = None
 ) -> dict[str, Any] | None:
     """The mean of ``present`` members' values from their noisy sum ``total`` (grid units),
-    with the exact 95% interval of the noise; None when the sum is impossible."""
+    with the 95% interval of the noise (the members' shares and, with ``local_scale``, each
+    one's own noise); None when the sum is impossible."""
     scale = scale_of(calibration)
     q = math.exp(-1.0 / scale)
     r = present / calibrated
-    sd_units = math.sqrt(2 * r * q) / (1 - q)
+    variance = 2 * r * q / (1 - q) ** 2
+    if local_scale is not None:
+        ql = math.exp(-1.0 / local_scale)
+        variance += present * 2 * ql / (1 - ql) ** 2
+    sd_units = math.sqrt(variance)
     low_units, high_units = calibration.lower_units * present, calibration.upper_units * present
     if not low_units - INVALID_SIGMAS * sd_units <= total <= high_units + INVALID_SIGMAS * sd_units:
         return None
-    half_units = noise.half_width(scale, calibrated, present)
+    half_units, exact = noise.interval(scale, calibrated, present, local_scale)
     per_point = present * 100  # grid units of the sum per percentage point of the mean
     mean, half = total / per_point, half_units / per_point
     lower, upper = calibration.lower, calibration.upper
@@ -95,7 +104,7 @@ def secure_estimate(
         "mean": mean,
         "standard_error": sd_units / per_point,
         "ci95": [mean - half, mean + half],
-        "ci95_exact": True,
+        "ci95_exact": exact,
         "members": present,
         "informative": half <= INFORMATIVE_FRACTION * (upper - lower),
         "reading": {

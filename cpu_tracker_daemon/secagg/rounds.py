@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
+from fractions import Fraction
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,8 +21,9 @@ from typing import Any
 from cpu_tracker_daemon import schedule
 from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.errors import Interrupted
+from cpu_tracker_daemon.discrete import discrete_laplace, laplace_scale, system_random
 from cpu_tracker_daemon.privacy import Calibration, calibrate
-from cpu_tracker_daemon.secagg import noise, transport
+from cpu_tracker_daemon.secagg import identity, noise, transport
 from cpu_tracker_daemon.secagg.protocol import Member, Roster
 from cpu_tracker_daemon.secagg.published import publish, scale_of, secure_record
 from cpu_tracker_daemon.signals import StopRequest
@@ -47,21 +49,48 @@ def stop_clock(stop: StopRequest) -> transport.Clock:
 # -- a member ------------------------------------------------------------------------------------
 
 
+def local_scale_of(config: Config, calibration: Calibration) -> float:
+    """The discrete Laplace scale of a member's own noise: its contribution alone is then
+    ``local_epsilon``-DP, whatever the roster (grid units)."""
+    return float(laplace_scale(calibration.sensitivity_units, config.secure_aggregation.local_epsilon))
+
+
+def keyring_of(
+    config: Config, tree: transport.Tree, log: transport.Log
+) -> tuple[identity.Identity, transport.Keyring]:
+    """This datasite's identity (its did.json published) and the peers' keys as pinned."""
+    me = identity.Identity.load_or_create(identity.identity_path(config))
+    identity.publish(tree.root, config.syftbox.email, me)
+    return me, transport.Keyring(tree, identity.Pins.load(identity.pins_path(config)), log)
+
+
 def take_part(
     config: Config,
     slot: datetime,
     value_units: int,
     before_sending: Callable[[], None],
     clock: transport.Clock,
+    log: transport.Log = transport._no_log,
 ) -> str:
     """This member's part in the round of ``slot``; ``before_sending`` records the spend.
     Returns ``revealed`` or why the round ended for this member."""
     sa = config.secure_aggregation
     round_id, tree, calibration, start = _round_of(config, slot)
+    signer, keyring = keyring_of(config, tree, log)
 
     def noise_share(roster: Roster) -> int:
-        return noise.share(roster.scale, roster.calibrated)
+        """Its share of the central noise, and its own noise at the roster's local scale (at
+        least this member's: the roster was refused otherwise)."""
+        own = discrete_laplace(Fraction(roster.local_scale), system_random())
+        return noise.share(roster.scale, roster.calibrated) + own
 
+    requirements = transport.Requirements(
+        beta_dropped=sa.beta_dropped,
+        beta_colluding=sa.beta_colluding,
+        scale=scale_of(calibration),
+        local_scale=local_scale_of(config, calibration),
+        min_members=sa.min_members,
+    )
     # The keys appear at the round's start, a point of the schedule, not when this window's
     # sampling happened to end (as the public file of a local release waits for its hold).
     if (wait := start - clock.now()) > 0:
@@ -69,6 +98,8 @@ def take_part(
     return transport.member_round(
         tree,
         Member(config.syftbox.email),
+        signer,
+        keyring,
         sa.aggregator,
         round_id,
         start,
@@ -77,8 +108,7 @@ def take_part(
         noise_share,
         before_sending,
         clock,
-        min_beta=sa.beta,
-        min_scale=scale_of(calibration),
+        requirements,
     )
 
 
@@ -137,7 +167,11 @@ def current_slot(config: Config, now: datetime) -> datetime:
 
 
 def run_round(
-    config: Config, slot: datetime, clock: transport.Clock, now: Callable[[], datetime]
+    config: Config,
+    slot: datetime,
+    clock: transport.Clock,
+    now: Callable[[], datetime],
+    log: transport.Log = transport._no_log,
 ) -> RoundOutcome:
     """Run the round of ``slot`` for the configured members and publish its outcome."""
     sa = config.secure_aggregation
@@ -145,15 +179,19 @@ def run_round(
     if clock.now() > start + sa.step_seconds:  # the members have stopped waiting for a roster
         result: dict[str, Any] = {"members": 0, "sum_units": None, "aborted": "the aggregator started late"}
     else:
+        signer, keyring = keyring_of(config, tree, log)
         result = transport.aggregator_round(
             tree,
+            signer,
+            keyring,
             config.syftbox.email,
             sa.members,
             round_id,
             start,
             sa.step_seconds,
-            sa.beta,
-            scale_of(calibration),
+            transport.Calibration(
+                sa.beta_dropped, sa.beta_colluding, scale_of(calibration), local_scale_of(config, calibration)
+            ),
             clock,
         )
     record = secure_record(config, calibration, slot, round_id, result, now())

@@ -1,29 +1,32 @@
-"""The rounds over a SyftBox tree: each message a JSON file in its writer's datasite, readable
-by exactly those who need it (docs/secure-aggregation.md, "Rounds and files").
+"""The rounds over a SyftBox tree: each message a signed JSON file in its writer's datasite,
+relayed through the aggregator (docs/secure-aggregation.md, "Rounds and files").
 
-Everything is under ``datasites/<writer>/app_data/cpu_tracker/secagg/<round>/``: a member's
-``keys.json`` (everyone: fresh keys every round), ``shares.json`` (its neighbours and, sealed,
-the aggregator), ``masked.json`` and ``reveal.json`` (the aggregator); the aggregator's
-``roster.json``, ``shared.json`` and ``survivors.json`` (the roster's members) and
-``result.json`` (everyone).
-Each phase ends at a deadline fixed from the round's start, never when the last file came.
-Files another machine wrote are read capped, without following links, and checked; one that
-fails is a member that did not take part.
+A member writes only for the aggregator, under
+``datasites/<member>/app_data/cpu_tracker/secagg/<round>/``: ``keys``, ``open``, ``shares``,
+``masked``, ``endorse`` and ``reveal``. The aggregator relays what members need in its own round
+folder: ``roster``, ``openings``, ``survivors`` and ``endorsements`` for the roster's members,
+``inbox-<member>`` (the boxes sealed for that member) for that member alone, ``result`` for
+everyone. Every file is signed by its writer's identity over the round, its kind and its
+content; a member's signatures travel inside the aggregator's files, so a relay can drop a
+message but not forge, alter or replay one. Files another machine wrote are read capped,
+reached without following links, and checked; one that fails is a member that did not take part.
+Each phase ends at a deadline fixed from the round's start, or when every file is in.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cpu_tracker_daemon import permissions, storage
-from cpu_tracker_daemon.secagg import masks
+from cpu_tracker_daemon.secagg import identity, masks
 from cpu_tracker_daemon.secagg.protocol import (
     Member,
     ProtocolError,
@@ -31,17 +34,25 @@ from cpu_tracker_daemon.secagg.protocol import (
     Reveal,
     Roster,
     Survivors,
+    graph_of,
     unmask,
 )
 
-SCHEMA = "cpu-tracker/secagg"
-MAX_BYTES = 1 << 20
+SCHEMA = "cpu-tracker/secagg/v2"
+MAX_BYTES = 8 << 20  # the roster at 100,000 members: some 250 bytes each
 _ROUND = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
+_ENVELOPE = ("schema", "kind", "round", "from", "sig")
 # When each wait ends, in steps from the round's start: a member waits for the aggregator's next
 # file one step after the aggregator stops collecting the files that file is made from, so a
 # file published at its deadline is still seen. One step must exceed the tree's sync delay.
-MEMBER_WAITS = {"roster": 2, "shared": 4, "inbox": 4, "survivors": 6}
-AGGREGATOR_COLLECTS = {"keys": 1, "shares": 3, "masked": 5, "reveal": 7}
+MEMBER_WAITS = {"roster": 2, "openings": 4, "inbox": 6, "survivors": 8, "endorsements": 10}
+AGGREGATOR_COLLECTS = {"keys": 1, "open": 3, "shares": 5, "masked": 7, "endorse": 9, "reveal": 11}
+
+Log = Callable[..., None]
+
+
+def _no_log(event: str, **fields: Any) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,8 @@ class Tree:
     def file(self, who: str, round_id: str, name: str) -> Path:
         if not _ROUND.match(round_id):
             raise ProtocolError(f"round id {round_id!r} is not a safe directory name")
+        if not identity._safe_name(who):
+            raise ProtocolError(f"{who!r} is not a datasite name")
         return self.base(who) / round_id / f"{name}.json"
 
 
@@ -68,63 +81,143 @@ class Clock:
     poll: float = 0.2
 
 
+@dataclass
+class Keyring:
+    """Whose signature is whose: each peer's identity key as pinned (on first use, from its
+    did.json in the tree); a key that changed is refused and said once in the log."""
+
+    tree: Tree
+    pins: identity.Pins
+    log: Log = _no_log
+    _refused: set[str] = field(default_factory=set)
+
+    def prefetch(self, who: Iterable[str]) -> None:
+        """Pin, in one write, the published keys of those not pinned yet."""
+        found = {}
+        for name in who:
+            if (
+                self.pins.get(name) is None
+                and (key := identity.read_identity(self.tree.root, name)) is not None
+            ):
+                found[name] = key
+        if found:
+            self.pins.check_all(found)
+
+    def key_of(self, who: str) -> bytes | None:
+        key = self.pins.get(who)
+        if key is None:
+            self.prefetch((who,))
+            key = self.pins.get(who)
+        return key
+
+    def verify(self, who: str, round_id: str, kind: str, body: Mapping[str, Any], signature: Any) -> bool:
+        key = self.key_of(who)
+        if key is not None and identity.verify_message(key, round_id, kind, body, signature, sender=who):
+            return True
+        if who not in self._refused:
+            self._refused.add(who)
+            published = identity.read_identity(self.tree.root, who)
+            if key is None:
+                reason = "no identity key is published (public/did.json)"
+            elif published is not None and published != key:
+                reason = (
+                    f"its identity key changed from {identity.fingerprint(key)} to "
+                    f"{identity.fingerprint(published)}; if its owner confirms the new key, run "
+                    f"'cpu-tracker secagg accept-key {who}'"
+                )
+            else:
+                reason = "the signature does not verify (forged, altered or replayed)"
+            self.log("secagg.message_refused", sender=who, round=round_id, kind=kind, reason=reason)
+        return False
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def _unb64(text: Any) -> bytes:
-    if not isinstance(text, str):
+def _unb64(text: Any, size: int | None = None) -> bytes:
+    if not isinstance(text, str) or len(text) > MAX_BYTES:
         raise ValueError("not base64 text")  # noqa: TRY004 - every malformed field is a ValueError here
-    return base64.b64decode(text, validate=True)
+    data = base64.b64decode(text, validate=True)
+    if size is not None and len(data) != size:
+        raise ValueError(f"{size} bytes expected")
+    return data
 
 
-def _write(tree: Tree, owner: str, path: Path, body: dict[str, Any], folder: permissions.Folder) -> None:
-    """Write one message with the permission files of its folder (they grant each file's
-    readers; the folder is terminal, so nothing above grants more)."""
+def _signed(
+    signer: identity.Identity, who: str, round_id: str, kind: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    sig = identity.sign_message(signer, round_id, kind, body, sender=who)
+    return {"schema": SCHEMA, "kind": kind, "round": round_id, "from": who, **body, "sig": sig}
+
+
+def _write(
+    tree: Tree,
+    signer: identity.Identity,
+    who: str,
+    round_id: str,
+    kind: str,
+    body: dict[str, Any],
+    folder: permissions.Folder,
+    name: str | None = None,
+) -> None:
+    """Write one signed message with the permission files of its folder (they grant each
+    file's readers; the folder is terminal, so nothing above grants more)."""
+    path = tree.file(who, round_id, name or kind)
     storage.ensure_dir(path.parent, tree.root)
     permissions.ensure(path.parent, folder, tree.root)
-    kind = path.name.removesuffix(".json")
-    storage.write_json(path, {"schema": SCHEMA, "kind": kind, **body}, storage.PUBLIC_FILE_MODE, tree.root)
+    doc = _signed(signer, who, round_id, kind, body)
+    storage.write_json(path, doc, storage.PUBLIC_FILE_MODE, tree.root)
 
 
-def member_folder(owner: str, neighbours: Iterable[str], aggregator: str) -> permissions.Folder:
-    """A member's round: the sealed shares for its neighbours and the aggregator (who learns
-    from them only that this member shared: each box is sealed for one neighbour, as the
-    server relays them in Bonawitz et al.), the rest for the aggregator alone."""
-    rules = (
-        permissions.Rule("keys.json", read=(permissions.EVERYONE,)),
-        permissions.Rule("shares.json", read=(*neighbours, aggregator)),
-        permissions.Rule("masked.json", read=(aggregator,)),
-        permissions.Rule("reveal.json", read=(aggregator,)),
+def _read(
+    tree: Tree, keyring: Keyring, who: str, round_id: str, kind: str, name: str | None = None
+) -> dict[str, Any] | None:
+    """``who``'s message of ``kind`` in this round, its signature checked, or None. The file is
+    reached from the tree's root without following a link (a round folder linked to another
+    member's is not read as this member's)."""
+    path = tree.file(who, round_id, name or kind)
+    try:
+        directory = storage.open_dir(path.parent, tree.root)
+    except (OSError, ValueError):
+        return None
+    try:
+        doc = storage.strict_json(storage.read_untrusted(Path(path.name), MAX_BYTES, dir_fd=directory))
+    except ValueError:
+        return None
+    finally:
+        os.close(directory)
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or doc.get("kind") != kind:
+        return None
+    if doc.get("round") != round_id or doc.get("from") != who:
+        return None
+    body = {k: v for k, v in doc.items() if k not in _ENVELOPE}
+    if not keyring.verify(who, round_id, kind, body, doc.get("sig")):
+        return None
+    return {**body, "sig": doc["sig"]}  # checked: the aggregator relays it with the content
+
+
+def member_folder(owner: str, aggregator: str) -> permissions.Folder:
+    """A member's round: everything for the aggregator alone, who relays what others need."""
+    return permissions.Folder(
+        owner, _COMMENT, (permissions.Rule("*.json", read=(aggregator,)),), terminal=True
     )
-    return permissions.Folder(owner, _COMMENT, rules, terminal=True)
 
 
 def aggregator_folder(owner: str, members: Iterable[str]) -> permissions.Folder:
-    """The aggregator's round: who takes part, for the members; the result, for everyone."""
+    """The aggregator's round: the roster's files for its members, each inbox for its member,
+    the result for everyone."""
     readers = tuple(members)
-    rules = (
-        permissions.Rule("roster.json", read=readers),
-        permissions.Rule("shared.json", read=readers),
-        permissions.Rule("survivors.json", read=readers),
-        permissions.Rule("result.json", read=(permissions.EVERYONE,)),
-    )
-    return permissions.Folder(owner, _COMMENT, rules, terminal=True)
+    rules = [
+        permissions.Rule(f"{name}.json", read=readers)
+        for name in ("roster", "openings", "survivors", "endorsements")
+    ]
+    rules += [permissions.Rule(f"inbox-{m}.json", read=(m,)) for m in readers]
+    rules.append(permissions.Rule("result.json", read=(permissions.EVERYONE,)))
+    return permissions.Folder(owner, _COMMENT, tuple(rules), terminal=True)
 
 
 _COMMENT = "Written by cpu-tracker: secure aggregation (docs/secure-aggregation.md)."
-
-
-def _read(path: Path, kind: str, round_id: str | None) -> dict[str, Any] | None:
-    try:
-        doc = storage.strict_json(storage.read_untrusted(path, MAX_BYTES))
-    except ValueError:
-        return None
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or doc.get("kind") != kind:
-        return None
-    if round_id is not None and doc.get("round") != round_id:
-        return None
-    return doc
 
 
 def _wait(clock: Clock, deadline: float, ready: Callable[[], bool]) -> bool:
@@ -133,157 +226,6 @@ def _wait(clock: Clock, deadline: float, ready: Callable[[], bool]) -> bool:
             return False
         clock.sleep(min(clock.poll, max(deadline - clock.now(), 0.0)))
     return True
-
-
-# -- keys --------------------------------------------------------------------------------------
-
-
-def publish_keys(tree: Tree, me: Member, round_id: str, aggregator: str) -> None:
-    """Round 0: this round's fresh public keys (their folder's grants come with them; the
-    shares' readers are known only once the roster is, so they are granted then)."""
-    keys = me.rekey()
-    path = tree.file(me.name, round_id, "keys")
-    _write(
-        tree,
-        me.name,
-        path,
-        {"round": round_id, "c": _b64(keys.c), "s": _b64(keys.s)},
-        member_folder(me.name, (), aggregator),
-    )
-
-
-def read_keys(tree: Tree, who: str, round_id: str) -> PublicKeys | None:
-    doc = _read(tree.file(who, round_id, "keys"), "keys", round_id)
-    try:
-        keys = PublicKeys(_unb64(doc["c"]), _unb64(doc["s"])) if doc else None
-    except (KeyError, ValueError):
-        return None
-    return keys if keys is not None and len(keys.c) == len(keys.s) == 32 else None
-
-
-# -- a member's round --------------------------------------------------------------------------
-
-
-def member_round(
-    tree: Tree,
-    me: Member,
-    aggregator: str,
-    round_id: str,
-    start: float,
-    step: float,
-    value: int,
-    noise_share: Callable[[Roster], int],
-    before_sending: Callable[[], None],
-    clock: Clock = Clock(),
-    min_beta: float = 0.0,
-    min_scale: float = 0.0,
-) -> str:
-    """Take part in one round; return what happened (``revealed`` or why it stopped).
-
-    ``noise_share`` draws this member's share for the roster's calibration; ``before_sending``
-    runs just before the masked value is written (the ledger's spend goes there: it is made
-    before anything that depends on the value can be seen). A roster that calibrates for less
-    noise than ``min_beta`` and ``min_scale`` (this member's own configuration) is refused."""
-    deadline = _deadlines(start, step, MEMBER_WAITS)
-    publish_keys(tree, me, round_id, aggregator)
-
-    def from_aggregator(kind: str, until: float) -> dict[str, Any] | None:
-        doc: dict[str, Any] | None = _await(
-            clock, until, lambda: _read(tree.file(aggregator, round_id, kind), kind, round_id)
-        )
-        return doc
-
-    roster_doc = from_aggregator("roster", deadline["roster"])
-    if roster_doc is None:
-        return "no roster"
-    try:
-        members, beta, scale = roster_doc["members"], float(roster_doc["beta"]), float(roster_doc["scale"])
-        if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
-            return "bad roster"
-        roster = Roster(round_id, tuple(members), beta, scale)
-    except (KeyError, TypeError, ValueError, ProtocolError):
-        return "bad roster"
-    if roster.beta < min_beta or roster.scale < min_scale * (1 - 1e-12):
-        return (
-            f"the roster calibrates for beta {roster.beta:g} and scale {roster.scale:g}, less noise than "
-            f"this member's beta {min_beta:g} and scale {min_scale:g}"
-        )
-    keys = {who: k for who in roster.members if (k := read_keys(tree, who, round_id)) is not None}
-    if keys.get(me.name) != me.public():
-        return "not in the roster with this round's keys"
-    peers = roster.neighbours(me.name)
-    if any(p not in keys for p in peers):
-        return "a neighbour's keys are missing"
-    mine = member_folder(me.name, peers, aggregator)
-
-    def send(name: str, body: dict[str, Any]) -> None:
-        _write(tree, me.name, tree.file(me.name, round_id, name), {"round": round_id, **body}, mine)
-
-    send("shares", shares_body(me.share(roster, keys)))
-    shared_doc = from_aggregator("shared", deadline["shared"])
-    if shared_doc is None:
-        return "no list of who shared"
-    shared = _names(shared_doc.get("shared")) & set(roster.members)
-    expected = [p for p in peers if p in shared]
-    inbox = _await(clock, deadline["inbox"], lambda: _boxes_for(tree, me.name, round_id, expected))
-    if inbox is None:
-        return "a neighbour's shares did not arrive"
-    masked = me.masked(roster, keys, shared, value, noise_share(roster))
-    before_sending()
-    send("masked", {"masked": masked})
-    survivors_doc = from_aggregator("survivors", deadline["survivors"])
-    if survivors_doc is None:
-        return "no survivor list"
-    try:
-        survivors = Survivors(_names(survivors_doc["shared"]), _names(survivors_doc["present"]))
-        revealed = me.reveal(roster, keys, survivors, inbox)
-    except (KeyError, TypeError, ProtocolError, ValueError) as exc:
-        return f"refused to reveal: {exc}"
-    send("reveal", reveal_body(revealed))
-    return "revealed"
-
-
-def keys_body(keys: PublicKeys) -> dict[str, Any]:
-    return {"c": _b64(keys.c), "s": _b64(keys.s)}
-
-
-def shares_body(boxes: Mapping[str, bytes]) -> dict[str, Any]:
-    return {"boxes": {peer: _b64(box) for peer, box in boxes.items()}}
-
-
-def reveal_body(revealed: Mapping[str, Reveal]) -> dict[str, Any]:
-    return {
-        "reveals": {
-            about: {"kind": k, "index": i, "share": _b64(sh)} for about, (k, (i, sh)) in revealed.items()
-        }
-    }
-
-
-def message_bytes(round_id: str, kind: str, body: dict[str, Any]) -> int:
-    """The size of the file ``_write`` makes of ``body``."""
-    doc = {"schema": SCHEMA, "kind": kind, "round": round_id, **body}
-    return len((json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
-
-
-def _names(value: Any) -> frozenset[str]:
-    """A list of member names from a file another machine wrote; anything else is empty."""
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        return frozenset()
-    return frozenset(value)
-
-
-def _boxes_for(tree: Tree, me: str, round_id: str, senders: Iterable[str]) -> dict[str, bytes] | None:
-    """The sealed share each of ``senders`` wrote for ``me``, or None while one is missing."""
-    inbox = {}
-    for sender in senders:
-        doc = _read(tree.file(sender, round_id, "shares"), "shares", round_id)
-        try:
-            inbox[sender] = _unb64(doc["boxes"][me]) if doc else b""
-        except (KeyError, TypeError, ValueError):
-            return None
-        if not inbox[sender]:
-            return None
-    return inbox
 
 
 def _await(clock: Clock, deadline: float, attempt: Callable[[], Any]) -> Any:
@@ -299,86 +241,362 @@ def _await(clock: Clock, deadline: float, attempt: Callable[[], Any]) -> Any:
     return found
 
 
+def _deadlines(start: float, step: float, steps: Mapping[str, int]) -> dict[str, float]:
+    return {phase: start + step * n for phase, n in steps.items()}
+
+
+# -- message bodies --------------------------------------------------------------------------------
+
+
+def keys_body(keys: PublicKeys) -> dict[str, Any]:
+    return {"c": _b64(keys.c), "s": _b64(keys.s), "commit": _b64(keys.commit)}
+
+
+def parse_keys(body: Mapping[str, Any]) -> PublicKeys:
+    return PublicKeys(_unb64(body["c"], 32), _unb64(body["s"], 32), _unb64(body["commit"], 32))
+
+
+def shares_body(roster: Roster, boxes: Mapping[str, bytes]) -> dict[str, Any]:
+    return {"roster": roster.digest.hex(), "boxes": {peer: _b64(box) for peer, box in boxes.items()}}
+
+
+def reveal_body(roster: Roster, revealed: Mapping[str, Reveal]) -> dict[str, Any]:
+    return {
+        "roster": roster.digest.hex(),
+        "reveals": {
+            about: {"kind": k, "index": i, "share": _b64(sh)} for about, (k, (i, sh)) in revealed.items()
+        },
+    }
+
+
+def roster_body(roster: Roster, signatures: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "beta_dropped": roster.beta_dropped,
+        "beta_colluding": roster.beta_colluding,
+        "scale": roster.scale,
+        "local_scale": roster.local_scale,
+        "keys": {m: {**keys_body(roster.keys[m]), "sig": signatures[m]} for m in roster.members},
+    }
+
+
+def parse_roster(round_id: str, body: Mapping[str, Any]) -> tuple[Roster, dict[str, Any]]:
+    """The roster in an aggregator's file and each member's signature over its keys."""
+    entries = body["keys"]
+    if not isinstance(entries, Mapping):
+        raise ValueError("keys must be a table")
+    keys = {str(m): parse_keys(e) for m, e in entries.items()}
+    signatures = {str(m): e.get("sig") for m, e in entries.items()}
+    numbers = [body[k] for k in ("beta_dropped", "beta_colluding", "scale", "local_scale")]
+    if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in numbers):
+        raise ValueError("the calibration must be numbers")
+    return Roster(round_id, keys, *(float(x) for x in numbers)), signatures
+
+
+def message_bytes(round_id: str, kind: str, body: dict[str, Any]) -> int:
+    """The size of the file ``_write`` makes of ``body`` (its signature included)."""
+    doc = {
+        "schema": SCHEMA,
+        "kind": kind,
+        "round": round_id,
+        "from": "m00000@example.org",
+        **body,
+        "sig": "x" * 88,
+    }
+    return len((json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _names(value: Any) -> frozenset[str]:
+    """A list of member names from a file another machine wrote; anything else is empty."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return frozenset()
+    return frozenset(value)
+
+
+def _of_roster(body: Mapping[str, Any] | None, roster: Roster) -> Mapping[str, Any] | None:
+    return body if body is not None and body.get("roster") == roster.digest.hex() else None
+
+
+# -- a member's round --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a member asks of a roster before it takes part: at least its own calibration."""
+
+    beta_dropped: float = 0.0
+    beta_colluding: float = 0.0
+    scale: float = 0.0
+    local_scale: float = 0.0
+    min_members: int = 1
+
+    def refusal(self, roster: Roster) -> str | None:
+        if len(roster.members) < self.min_members:
+            return f"the roster has {len(roster.members)} members, fewer than this member's minimum {self.min_members}"
+        ours = (self.beta_dropped, self.beta_colluding, self.scale, self.local_scale)
+        theirs = (roster.beta_dropped, roster.beta_colluding, roster.scale, roster.local_scale)
+        if any(t < o * (1 - 1e-12) for t, o in zip(theirs, ours, strict=True)):
+            return (
+                "the roster calibrates for less noise than this member's configuration "
+                f"(beta_dropped {theirs[0]:g}, beta_colluding {theirs[1]:g}, scale {theirs[2]:g}, "
+                f"local scale {theirs[3]:g} against {ours[0]:g}, {ours[1]:g}, {ours[2]:g}, {ours[3]:g})"
+            )
+        return None
+
+
+def member_round(
+    tree: Tree,
+    me: Member,
+    signer: identity.Identity,
+    keyring: Keyring,
+    aggregator: str,
+    round_id: str,
+    start: float,
+    step: float,
+    value: int,
+    noise_share: Callable[[Roster], int],
+    before_sending: Callable[[], None],
+    clock: Clock = Clock(),
+    requirements: Requirements = Requirements(),
+) -> str:
+    """Take part in one round; return what happened (``revealed`` or why it stopped).
+
+    ``noise_share`` draws this member's noise for the roster's calibration (its share of the
+    central noise and its own); ``before_sending`` runs just before the masked value is written
+    (the ledger's spend goes there: it is made before anything that depends on the value can be
+    seen). Everything a neighbour or the aggregator could break is checked before it: a round
+    that ends earlier costs nothing."""
+    deadline = _deadlines(start, step, MEMBER_WAITS)
+    mine = member_folder(me.name, aggregator)
+
+    def send(kind: str, body: dict[str, Any]) -> None:
+        _write(tree, signer, me.name, round_id, kind, body, mine)
+
+    def relayed(name: str, kind: str, until: float, roster: Roster | None = None) -> Mapping[str, Any] | None:
+        def attempt() -> Mapping[str, Any] | None:
+            body = _read(tree, keyring, aggregator, round_id, kind, name)
+            return body if roster is None else _of_roster(body, roster)
+
+        found: Mapping[str, Any] | None = _await(clock, until, attempt)
+        return found
+
+    send("keys", keys_body(me.rekey()))
+    roster_doc = relayed("roster", "roster", deadline["roster"])
+    if roster_doc is None:
+        return "no roster"
+    try:
+        roster, signatures = parse_roster(round_id, roster_doc)
+        randomness = me.accept(roster)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return f"bad roster: {exc}"
+    if (why := requirements.refusal(roster)) is not None:
+        return why
+    send("open", {"roster": roster.digest.hex(), "r": _b64(randomness)})
+    openings_doc = relayed("openings", "openings", deadline["openings"], roster)
+    if openings_doc is None:
+        return "no openings"
+    try:
+        raw = openings_doc["openings"]
+        graph = graph_of(roster, {m: _unb64(raw.get(m), 32) for m in roster.members})
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return f"bad openings: {exc}"
+    peers = graph.neighbours(me.name)
+    keyring.prefetch(peers)
+    forged = [
+        p
+        for p in peers
+        if not keyring.verify(p, round_id, "keys", keys_body(roster.keys[p]), signatures.get(p))
+    ]
+    if forged:
+        return f"refused: the keys of {', '.join(sorted(forged)[:3])} are not signed by their owners"
+    send("shares", shares_body(roster, me.share(graph)))
+    inbox_doc = relayed(f"inbox-{me.name}", "inbox", deadline["inbox"], roster)
+    if inbox_doc is None:
+        return "no inbox"
+    try:
+        boxes = {str(s): _unb64(b) for s, b in inbox_doc["boxes"].items()}
+        opened = me.open_inbox(graph, boxes)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return f"refused: {exc}"
+    masked = me.masked(graph, set(opened), value, noise_share(roster))
+    before_sending()
+    send("masked", {"roster": roster.digest.hex(), "masked": masked})
+    survivors_doc = relayed("survivors", "survivors", deadline["survivors"], roster)
+    if survivors_doc is None:
+        return "no survivor list"
+    try:
+        survivors = Survivors(_names(survivors_doc["shared"]), _names(survivors_doc["present"]))
+        digest = me.endorse(graph, survivors)
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"refused to reveal: {exc}"
+    send("endorse", {"roster": roster.digest.hex(), "survivors": digest.hex()})
+    endorsed = relayed("endorsements", "endorsements", deadline["endorsements"], roster)
+    if endorsed is None or endorsed.get("survivors") != digest.hex():
+        return "refused to reveal: no endorsements of the survivor set this member endorsed"
+    try:
+        endorsers = _endorsers(keyring, round_id, roster, digest, endorsed["endorsements"])
+        revealed = me.reveal(graph, survivors, endorsers, opened)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return f"refused to reveal: {exc}"
+    send("reveal", reveal_body(roster, revealed))
+    return "revealed"
+
+
+def _endorsers(keyring: Keyring, round_id: str, roster: Roster, digest: bytes, signatures: Any) -> set[str]:
+    """The roster members whose signatures over ``digest`` verify, checked until the quorum."""
+    if not isinstance(signatures, Mapping):
+        return set()
+    body = {"roster": roster.digest.hex(), "survivors": digest.hex()}
+    members = set(roster.members)
+    candidates = [m for m in signatures if m in members]
+    keyring.prefetch(candidates)
+    valid: set[str] = set()
+    for member in candidates:
+        if keyring.verify(member, round_id, "endorse", body, signatures[member]):
+            valid.add(member)
+            if len(valid) >= roster.quorum:
+                break
+    return valid
+
+
 # -- the aggregator's round --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What the aggregator announces: the fractions it tolerates and the noise scales."""
+
+    beta_dropped: float
+    beta_colluding: float
+    scale: float
+    local_scale: float
 
 
 def aggregator_round(
     tree: Tree,
+    signer: identity.Identity,
+    keyring: Keyring,
     me: str,
     members: Iterable[str],
     round_id: str,
     start: float,
     step: float,
-    beta: float,
-    scale: float,
+    calibration: Calibration,
     clock: Clock = Clock(),
 ) -> dict[str, Any]:
-    """Run one round for ``members`` (those with keys take part); publish and return the result."""
+    """Run one round for ``members`` (those whose signed keys arrive take part); publish and
+    return the result."""
     deadline = _deadlines(start, step, AGGREGATOR_COLLECTS)
     candidates = sorted(set(members))
+    keyring.prefetch(candidates)
+    result: dict[str, Any] = {"members": 0, "roster": 0, "calibrated": 0, "sum_units": None}
 
-    def round_keys() -> dict[str, PublicKeys]:
-        return {who: k for who in candidates if (k := read_keys(tree, who, round_id)) is not None}
-
-    _wait(clock, deadline["keys"], lambda: len(round_keys()) == len(candidates))
-    keys = round_keys()
-    if not keys:
-        return {"round": round_id, "members": 0, "sum_units": None, "aborted": "no member published keys"}
-    roster = Roster(round_id, tuple(keys), beta, scale)
-    ours = aggregator_folder(me, roster.members)
-
-    def publish(name: str, body: dict[str, Any]) -> None:
-        _write(tree, me, tree.file(me, round_id, name), {"round": round_id, **body}, ours)
-
-    publish("roster", {"members": list(roster.members), "beta": beta, "scale": scale})
-
-    def collected(kind: str) -> dict[str, dict[str, Any]]:
-        found = {}
-        for who in roster.members:
-            doc = _read(tree.file(who, round_id, kind), kind, round_id)
-            if doc is not None:
-                found[who] = doc
+    def collect(
+        kind: str, among: Iterable[str], roster: Roster | None = None
+    ) -> dict[str, Mapping[str, Any]]:
+        found: dict[str, Mapping[str, Any]] = {}
+        for who in among:
+            body: Mapping[str, Any] | None = _read(tree, keyring, who, round_id, kind)
+            if roster is not None:
+                body = _of_roster(body, roster)
+            if body is not None:
+                found[who] = body
         return found
 
-    _wait(clock, deadline["shares"], lambda: len(collected("shares")) == len(roster.members))
-    shared = frozenset(collected("shares"))
-    publish("shared", {"shared": sorted(shared)})
-    _wait(clock, deadline["masked"], lambda: set(collected("masked")) >= shared)
-    masked: dict[str, int] = {}
-    for who, doc in collected("masked").items():
-        value = doc.get("masked")
-        if (
-            who in shared
-            and isinstance(value, int)
-            and not isinstance(value, bool)
-            and 0 <= value < masks.MODULUS
-        ):
-            masked[who] = value
-    survivors = Survivors(shared, frozenset(masked))
-    result: dict[str, Any] = {
-        "members": len(survivors.present),
-        "roster": len(roster.members),
-        "calibrated": roster.calibrated,
-        "sum_units": None,
-    }
-    if len(survivors.present) < roster.calibrated:
-        result["aborted"] = (
-            f"{len(survivors.present)} arrived, fewer than the {roster.calibrated} calibrated for"
-        )
+    def gather(kind: str, among: list[str], roster: Roster | None = None) -> dict[str, Mapping[str, Any]]:
+        got: dict[str, Mapping[str, Any]] = {}
+
+        def ready() -> bool:
+            got.update(collect(kind, [w for w in among if w not in got], roster))
+            return len(got) == len(among)
+
+        _wait(clock, deadline[kind], ready)
+        return got
+
+    keys: dict[str, PublicKeys] = {}
+    signatures: dict[str, str] = {}
+    for who, body in gather("keys", candidates).items():
+        try:
+            keys[who] = parse_keys(body)
+        except (KeyError, TypeError, ValueError):
+            continue
+        signatures[who] = body["sig"]
+    if not keys:
+        result["aborted"] = "no member published keys"
+        return result
+    roster = Roster(
+        round_id,
+        keys,
+        calibration.beta_dropped,
+        calibration.beta_colluding,
+        calibration.scale,
+        calibration.local_scale,
+    )
+    result.update(roster=len(roster.members), calibrated=roster.calibrated)
+    ours = aggregator_folder(me, roster.members)
+
+    def publish(kind: str, body: dict[str, Any], name: str | None = None) -> None:
+        _write(tree, signer, me, round_id, kind, body, ours, name)
+
+    def abort(why: str) -> dict[str, Any]:
+        result["aborted"] = why
         publish("result", result)
         return result
-    publish("survivors", {"shared": sorted(shared), "present": sorted(masked)})
-    _wait(clock, deadline["reveal"], lambda: set(collected("reveal")) >= survivors.present)
-    reveals: dict[str, dict[str, Reveal]] = {}
-    for who, doc in collected("reveal").items():
-        reveals[who] = _parse_reveals(doc.get("reveals"))
+
+    digest = roster.digest.hex()
+    publish("roster", roster_body(roster, signatures))
+    opens = gather("open", list(roster.members), roster)
+    openings: dict[str, bytes] = {}
+    for who, body in opens.items():
+        try:
+            openings[who] = _unb64(body["r"], 32)
+        except (KeyError, ValueError):
+            continue
     try:
-        total = unmask(roster, keys, survivors, masked, reveals)
+        graph = graph_of(roster, openings)
     except ProtocolError as exc:
-        result["aborted"] = str(exc)
-    else:
-        result.update(sum_units=total, mean=total / len(survivors.present) / 100)
-        result["aborted"] = None
+        return abort(f"before any share: {exc}")
+    publish("openings", {"roster": digest, "openings": {m: _b64(r) for m, r in openings.items()}})
+    boxes: dict[str, dict[str, str]] = {}
+    for who, body in gather("shares", list(roster.members), roster).items():
+        sent = body.get("boxes")
+        if isinstance(sent, Mapping):
+            boxes[who] = {str(k): v for k, v in sent.items() if isinstance(v, str)}
+    if len(boxes) < roster.must_arrive:
+        return abort(f"{len(boxes)} members shared, fewer than the {roster.must_arrive} the round needs")
+    for member in roster.members:
+        inbox = {
+            s: sent[member] for s, sent in boxes.items() if member in sent and member in graph.neighbours(s)
+        }
+        publish("inbox", {"roster": digest, "boxes": inbox}, name=f"inbox-{member}")
+    shared = frozenset(boxes)
+    masked: dict[str, int] = {}
+    for who, body in gather("masked", sorted(shared), roster).items():
+        value = body.get("masked")
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < masks.MODULUS:
+            masked[who] = value
+    survivors = Survivors(shared, frozenset(masked))
+    result["members"] = len(survivors.present)
+    if len(survivors.present) < roster.must_arrive:
+        return abort(f"{len(survivors.present)} arrived, fewer than the {roster.must_arrive} the round needs")
+    publish("survivors", {"roster": digest, "shared": sorted(shared), "present": sorted(masked)})
+    agreed = survivors.digest(roster).hex()
+    endorsements = {
+        who: body["sig"]
+        for who, body in gather("endorse", sorted(survivors.present), roster).items()
+        if body.get("survivors") == agreed
+    }
+    if len(endorsements) < roster.quorum:
+        return abort(f"{len(endorsements)} members endorsed the survivor set, {roster.quorum} needed")
+    publish("endorsements", {"roster": digest, "survivors": agreed, "endorsements": endorsements})
+    reveals = {
+        who: _parse_reveals(body.get("reveals"))
+        for who, body in gather("reveal", sorted(survivors.present), roster).items()
+    }
+    try:
+        total = unmask(graph, survivors, masked, reveals)
+    except ProtocolError as exc:
+        return abort(str(exc))
+    result.update(sum_units=total, mean=total / len(survivors.present) / 100, aborted=None)
     publish("result", result)
     return result
 
@@ -389,13 +607,9 @@ def _parse_reveals(raw: Any) -> dict[str, Reveal]:
         return out
     for about, item in raw.items():
         try:
-            kind, index, share = item["kind"], item["index"], _unb64(item["share"])
+            kind, index, share = item["kind"], item["index"], _unb64(item["share"], 32)
         except (KeyError, TypeError, ValueError):
             continue
-        if kind in ("b", "s") and isinstance(index, int) and 0 < index < 1 << 16 and len(share) == 32:
+        if kind in ("b", "s") and isinstance(index, int) and 0 < index < 1 << 16:
             out[str(about)] = (kind, (index, share))
     return out
-
-
-def _deadlines(start: float, step: float, steps: Mapping[str, int]) -> dict[str, float]:
-    return {phase: start + step * n for phase, n in steps.items()}
