@@ -22,6 +22,11 @@ timezone-aware, created not in the future and not yet expired. A bad file is ski
 reason and never raises. Replays (an id already decided, kept in the ledger) and duplicates (the
 same ask under another id, pending or already decided) are not pending.
 
+Each reader's folder is read on its own and capped on its own, so one reader's files, junk or
+not, cannot hide another's: at most :data:`MAX_FILES_PER_READER` request files are read from a
+folder (the first by name), the rest are counted and not read, and what was skipped is also
+counted by the folder's reader. A folder is streamed, never listed whole.
+
 An approval grants exactly what the owner was shown: ``budget requests`` keeps what it listed
 (each file's amounts and SHA-256) in the state directory, and ``budget approve ID`` reads that one
 file again and refuses when it is not byte for byte the one listed. A reader who rewrites its
@@ -34,10 +39,12 @@ import base64
 import binascii
 import dataclasses
 import hashlib
+import heapq
 import json
+import os
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -60,7 +67,7 @@ MAX_BYTES = 8192
 MAX_EPSILON = 1000.0
 MAX_DELTA = 1e-4  # the ledger refuses more (ledger.MAX_TOTAL_DELTA)
 MAX_REASON = 500
-MAX_FILES = 100_000  # request files read at most; a bound on work, not on one requester
+MAX_FILES_PER_READER = 20_000  # request files read from one reader's folder; the rest are counted
 MAX_PER_REQUESTER = 100  # valid pending requests listed per requester, oldest first
 CLOCK_SKEW = timedelta(minutes=5)
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{7,63}$")
@@ -92,7 +99,8 @@ class Request:
 class Scan:
     pending: list[Request] = field(default_factory=list)
     decided: list[Request] = field(default_factory=list)
-    skipped: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)  # by reason
+    skipped_from: Counter[str] = field(default_factory=Counter)  # by the reader whose folder held them
 
 
 def requests_folder(owner: str, readers: Iterable[str]) -> permissions.Folder:
@@ -164,13 +172,16 @@ def parse(path: Path, readers: Iterable[str], now: datetime, url: str | None = N
         doc = storage.strict_json(data)
     except ValueError:
         raise NotAccepted("not UTF-8 JSON") from None
-    request = _validate(doc, path.name, set(readers), now, url)
+    known = readers if isinstance(readers, set | frozenset) else set(readers)
+    request = _validate(doc, path.name, known, now, url)
     if request.requester != path.parent.name:
         raise NotAccepted("sender is not the owner of its folder")
     return dataclasses.replace(request, digest=hashlib.sha256(data).hexdigest())
 
 
-def _validate(doc: Any, filename: str, readers: set[str], now: datetime, url: str | None) -> Request:
+def _validate(
+    doc: Any, filename: str, readers: set[str] | frozenset[str], now: datetime, url: str | None
+) -> Request:
     if not isinstance(doc, dict):
         raise NotAccepted("not a JSON object")
     keys = set(doc)
@@ -247,50 +258,88 @@ def scan(
     decided: Iterable[str] | dict[str, Decision],
     now: datetime,
     url: str | None = None,
+    max_files: int = MAX_FILES_PER_READER,
 ) -> Scan:
-    """Sort every request file into pending, already decided, or skipped (counted by reason).
+    """Sort every request file into pending, already decided, or skipped (counted by reason, and
+    by reader for those in a reader's folder).
 
     ``decided`` are the ledger's decisions (or just their ids): an ask already decided, filed
-    again under a new id, is a duplicate.
+    again under a new id, is a duplicate. Each reader's folder is read on its own: at most
+    ``max_files`` of its request files (the first by name), so one reader's files cannot push
+    another's out of the listing.
     """
     result = Scan()
     done = set(decided)
     decided_asks = {_decided_ask(d) for d in decided.values()} if isinstance(decided, dict) else set()
-    readers = list(readers)
-    paths = []
+    known = frozenset(readers)
+    folders = []
     try:
-        for entry in sorted(directory.iterdir()):
-            if entry.name.endswith(REQUEST_SUFFIX):
-                result.skipped["not in its requester's folder"] += 1
-            elif entry.is_dir() and not entry.is_symlink() and entry.name in readers:
-                paths += sorted(p for p in entry.iterdir() if p.name.endswith(REQUEST_SUFFIX))
-            elif entry.is_dir():
-                result.skipped["not a listed reader's folder"] += 1
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.endswith(REQUEST_SUFFIX):
+                    result.skipped["not in its requester's folder"] += 1
+                elif entry.is_dir(follow_symlinks=False) and entry.name in known:
+                    folders.append(entry.name)
+                elif entry.is_dir():
+                    result.skipped["not a listed reader's folder"] += 1
     except (FileNotFoundError, NotADirectoryError):
         return result
-    if len(paths) > MAX_FILES:
-        result.skipped["too many files"] += len(paths) - MAX_FILES
-        paths = paths[:MAX_FILES]
-    asks: set[tuple[str, str, float, float, str]] = set(decided_asks)
-    valid = []
-    for path in paths:
-        try:
-            valid.append(parse(path, readers, now, url))
-        except NotAccepted as why:
-            result.skipped[str(why)] += 1
-    per_requester: Counter[str] = Counter()
-    for request in sorted(valid, key=lambda r: (r.created_at, r.request_id)):
-        if request.request_id in done:
-            result.decided.append(request)
-        elif request.ask in asks:
-            result.skipped["duplicate"] += 1
-        elif per_requester[request.requester] >= MAX_PER_REQUESTER:
-            result.skipped["too many from one requester"] += 1
-        else:
-            asks.add(request.ask)
-            per_requester[request.requester] += 1
-            result.pending.append(request)
+    for reader in sorted(folders):
+        valid, skipped = _read_folder(directory / reader, known, now, url, max_files)
+        asks: set[tuple[str, str, float, float, str]] = set()
+        for request in sorted(valid, key=_age):
+            if request.request_id in done:
+                result.decided.append(request)
+            elif request.ask in decided_asks or request.ask in asks:
+                skipped["duplicate"] += 1
+            elif len(asks) >= MAX_PER_REQUESTER:
+                skipped["too many from one requester"] += 1
+            else:
+                asks.add(request.ask)
+                result.pending.append(request)
+        result.skipped.update(skipped)
+        if skipped.total():
+            result.skipped_from[reader] = skipped.total()
+    result.pending.sort(key=_age)
+    result.decided.sort(key=_age)
     return result
+
+
+def _age(request: Request) -> tuple[str, str]:
+    return (request.created_at, request.request_id)
+
+
+def _read_folder(
+    folder: Path, readers: frozenset[str], now: datetime, url: str | None, max_files: int
+) -> tuple[list[Request], Counter[str]]:
+    """One reader's valid requests among its first ``max_files`` request files by name, and what
+    was skipped, by reason: the files that did not parse, and those past ``max_files``, unread.
+    The folder is streamed; at most ``max_files`` names are held, however many it has."""
+    skipped: Counter[str] = Counter()
+    total = 0
+
+    def names() -> Iterator[str]:
+        nonlocal total
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.endswith(REQUEST_SUFFIX):
+                    total += 1
+                    yield entry.name
+
+    try:
+        first = heapq.nsmallest(max_files, names())
+    except OSError:  # gone, or not readable, since the endpoint was listed
+        skipped["reader's folder not readable"] += 1
+        return [], skipped
+    if total > len(first):
+        skipped["too many files from one reader"] += total - len(first)
+    valid = []
+    for name in first:
+        try:
+            valid.append(parse(folder / name, readers, now, url))
+        except NotAccepted as why:
+            skipped[str(why)] += 1
+    return valid, skipped
 
 
 def decide(

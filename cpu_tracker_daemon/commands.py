@@ -379,6 +379,7 @@ def _budget_requests(config: Config, as_json: bool) -> int:
                     "pending": [r.__dict__ for r in found.pending],
                     "already_decided": [r.request_id for r in found.decided],
                     "skipped": dict(found.skipped),
+                    "skipped_from": dict(found.skipped_from),
                 },
                 indent=2,
             )
@@ -398,6 +399,8 @@ def _budget_requests(config: Config, as_json: bool) -> int:
         lines.append(f"  already decided (ignored): {len(found.decided)}")
     for why, count in sorted(found.skipped.items()):
         lines.append(f"  skipped, {why}: {count}")
+    for sender, count in sorted(found.skipped_from.items()):
+        lines.append(f"  skipped from {sender}: {count} files")
     if found.pending:
         lines.append("approve: cpu-tracker budget approve ID; deny: cpu-tracker budget deny ID --reason TEXT")
     print("\n".join(lines))

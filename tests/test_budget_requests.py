@@ -14,11 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cpu_tracker_daemon import budget_requests, permissions
+from cpu_tracker_daemon import budget_requests, permissions, storage
 from cpu_tracker_daemon.cli import main
+from cpu_tracker_daemon.config import load_config
 from cpu_tracker_daemon.exit_codes import EXIT_USAGE
 from cpu_tracker_daemon.untrusted import NotAccepted
-from tests.conftest import write_config
+from tests.conftest import run_cli, write_config
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 READER = "aggregator@openmined.org"
@@ -320,6 +321,98 @@ class TestApproveAndDeny:
         err = capsys.readouterr().err
         assert err.count("\n") == 1
         assert "budget requests" in err
+
+
+NOISY = "aaron@example.org"  # a listed reader whose folder sorts before READER's
+OWNER = "me@example.org"
+
+
+def junk(folder: Path, count: int, prefix: str = "a") -> None:
+    """``count`` request files that are not JSON, named to sort before any real request."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(count):
+        fd = os.open(
+            folder / f"{prefix}{n:07d}-junk{budget_requests.REQUEST_SUFFIX}", os.O_WRONLY | os.O_CREAT
+        )
+        os.write(fd, b"junk")
+        os.close(fd)
+
+
+class TestOneReaderCannotHideAnother:
+    def syftbox(self, tmp_path: Path) -> tuple[str, Path]:
+        """A member of a SyftBox tree under tmp_path with two readers, its folders and its budget
+        endpoint made as the daemon makes them; its config, and the endpoint."""
+        sb = tmp_path / "SyftBox"
+        config = write_config(
+            tmp_path, {"syftbox": {"dir": str(sb), "email": OWNER, "readers": [NOISY, READER]}}
+        )
+        layout = storage.layout_for(load_config(config))
+        storage.prepare(layout)
+        box = budget_requests.ensure_requests_dir(layout)
+        assert box == sb / "datasites" / OWNER / "app_data" / "cpu_tracker" / "rpc" / "budget"
+        return str(config), box
+
+    def test_each_readers_files_are_capped_on_their_own(self, tmp_path: Path) -> None:
+        """One reader's files past the cap are counted against it alone: the other reader's
+        request, in a folder that sorts after, is still read and pending."""
+        junk(tmp_path / NOISY, 7)
+        drop(tmp_path, request_doc(request_id="zz-0001-abc"))
+        found = budget_requests.scan(tmp_path, [NOISY, READER], [], NOW, max_files=5)
+        assert [r.request_id for r in found.pending] == ["zz-0001-abc"]
+        assert dict(found.skipped) == {"not UTF-8 JSON": 5, "too many files from one reader": 2}
+        assert dict(found.skipped_from) == {NOISY: 7}
+
+    def test_a_reader_at_the_cap_in_its_own_folder_is_read_by_name(self, tmp_path: Path) -> None:
+        """Within one folder the first files by name are read, whatever order the directory
+        gives: a request that sorts before the junk is pending, one after it is counted."""
+        junk(tmp_path / READER, 4, prefix="m")
+        drop(tmp_path, request_doc(request_id="aa-0001-abc"))
+        drop(tmp_path, request_doc(request_id="zz-0001-abc", epsilon=1.0))
+        found = budget_requests.scan(tmp_path, [READER], [], NOW, max_files=3)
+        assert [r.request_id for r in found.pending] == ["aa-0001-abc"]
+        assert dict(found.skipped) == {"not UTF-8 JSON": 2, "too many files from one reader": 3}
+        assert dict(found.skipped_from) == {READER: 5}
+
+    def test_nothing_skipped_names_no_reader(self, tmp_path: Path) -> None:
+        """A reader whose files are all valid is not named among the senders of skipped files."""
+        drop(tmp_path, request_doc())
+        found = budget_requests.scan(tmp_path, [NOISY, READER], [], NOW)
+        assert (len(found.pending), dict(found.skipped_from)) == (1, {})
+
+    def test_the_owner_is_told_how_many_were_skipped_from_whom(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The listing says in one line how many files each reader's folder had skipped, and the
+        JSON has the same counts by reader."""
+        config, box = self.syftbox(tmp_path)
+        junk(box / NOISY, 3)
+        drop(box, request_doc(created_at=datetime.now(UTC).isoformat()))
+        assert main(["--config", config, "budget", "requests"]) == 0
+        out = capsys.readouterr().out
+        assert f"  skipped from {NOISY}: 3 files\n" in out
+        assert READER + " asks epsilon 5" in out
+        assert main(["--config", config, "budget", "requests", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["skipped_from"] == {NOISY: 3}
+
+    @pytest.mark.slow
+    def test_100001_junk_files_from_one_reader_do_not_hide_anothers(self, tmp_path: Path) -> None:
+        """The attack: 100,001 junk request files from one listed reader, and the other reader's
+        valid request was no longer listed ("too many files") and approving it exited 2. Each
+        reader is now capped on its own: listed, approved, answered, the junk counted against
+        its sender."""
+        config, box = self.syftbox(tmp_path)
+        junk(box / NOISY, 100_001)
+        drop(box, request_doc(request_id="zz-0001-abc", created_at=datetime.now(UTC).isoformat()))
+        listing = run_cli("--config", config, "budget", "requests")
+        assert (listing.returncode, listing.stderr) == (0, "")
+        assert f"  zz-0001-abc  {READER} asks epsilon 5 for the lifetime cap" in listing.stdout
+        cap = budget_requests.MAX_FILES_PER_READER
+        assert f"  skipped, not UTF-8 JSON: {cap}\n" in listing.stdout
+        assert f"  skipped, too many files from one reader: {100_001 - cap}\n" in listing.stdout
+        assert f"  skipped from {NOISY}: 100001 files\n" in listing.stdout
+        approve = run_cli("--config", config, "budget", "approve", "zz-0001-abc")
+        assert (approve.returncode, approve.stderr) == (0, "")
+        assert answer(box / READER / "zz-0001-abc.response")["decision"] == "approved"
 
 
 def test_permission_file_lets_each_reader_write_requests_in_its_own_folder_only() -> None:
