@@ -95,6 +95,14 @@ def config_show(args: Args, config: Config, path: Path | None, env: Env) -> int:
     return EXIT_OK
 
 
+def secagg_identity(args: Args, config: Config, path: Path | None, env: Env) -> int:
+    return _secagg_identity(config, as_json=args.json)
+
+
+def secagg_accept_key(args: Args, config: Config, path: Path | None, env: Env) -> int:
+    return _secagg_accept_key(config, args.email, args.fingerprint)
+
+
 # These two run before any configuration is loaded: there may be none yet, or it is not theirs.
 
 
@@ -463,4 +471,69 @@ def _aggregate(config: Config, as_json: bool) -> int:
     if result.record.get("secure") is not None:
         value, detail = secure_lines(result.record["secure"])
         print(f"secure aggregation: {value} ({detail})")
+    return EXIT_OK
+
+
+def _secagg_identity(config: Config, as_json: bool) -> int:
+    from cpu_tracker_daemon.secagg import identity
+
+    key_file = identity.identity_path(config)
+    me = identity.Identity.load_or_create(key_file)
+    sb = config.syftbox
+    did = identity.did_path(sb.dir, sb.email) if sb.dir is not None else None
+    published = identity.read_identity(sb.dir, sb.email) if sb.dir is not None else None
+    state = (
+        "no [syftbox] dir: nothing to publish"
+        if did is None
+        else "published"
+        if published == me.public
+        else "not published yet"
+        if published is None
+        else f"holds another key, {identity.fingerprint(published)}"
+    )
+    if as_json:
+        view = {"fingerprint": me.fingerprint, "public_key": me.public.hex(), "key_file": str(key_file)}
+        print(json.dumps({**view, "did_json": str(did) if did else None, "did_json_state": state}, indent=2))
+        return EXIT_OK
+    print(f"signing key {me.fingerprint} ({key_file}); peers confirm it with this fingerprint")
+    print(f"did.json: {did} ({state})" if did is not None else f"did.json: {state}")
+    return EXIT_OK
+
+
+def _secagg_accept_key(config: Config, email: str, given: str | None) -> int:
+    from cpu_tracker_daemon.secagg import identity
+
+    if config.syftbox.dir is None:
+        raise ConfigError(["secagg accept-key reads the peer's did.json from [syftbox] dir; set it"])
+    offered = identity.read_identity(config.syftbox.dir, email)
+    if offered is None:
+        raise identity.IdentityError(
+            f"{identity.did_path(config.syftbox.dir, email)} is missing or not a valid DID document; "
+            "nothing was changed",
+            "ask its owner to publish one ('cpu-tracker secagg identity' says where), then try again",
+        )
+    pins = identity.Pins.load(identity.pins_path(config))
+    old, new = pins.get(email), identity.fingerprint(offered)
+    if old == offered:
+        print(f"{email} is already pinned to {new}; nothing to accept")
+        return EXIT_OK
+    print(f"{email}: pinned {identity.fingerprint(old) if old else 'nothing yet'}, its did.json holds {new}")
+    if given is not None and not identity.fingerprint_matches(offered, given):
+        raise identity.IdentityError(
+            f"--fingerprint {one_line(given)} is not the key {email}'s did.json holds ({new}); nothing "
+            "was changed",
+            "confirm the fingerprint with its owner ('cpu-tracker secagg identity' on their machine)",
+        )
+    if given is None and not sys.stdin.isatty():
+        raise UsageError(f"pass --fingerprint {new} once {email}'s owner confirmed it; no key is taken blind")
+    if given is None:
+        print(f"Has {email}'s owner confirmed {new}? Type yes to accept it: ", end="", file=sys.stderr)
+        try:
+            answer = input()
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() != "yes":
+            raise UsageError("not accepted; nothing was changed")
+    pins.accept(email, offered)
+    print(f"accepted: {email} is pinned to {new}")
     return EXIT_OK

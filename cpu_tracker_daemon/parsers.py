@@ -136,6 +136,7 @@ def build_parser(words: list[str] | None = None) -> argparse.ArgumentParser:
         help="one aggregation pass over the SyftBox tree's releases",
     )
     sub.add("service", _fill_service, help="print, install or remove the systemd unit or launchd plist")
+    sub.add("secagg", _fill_secagg, help="secure aggregation's signing key, and the peers' keys pinned")
     _describe(parser)
     return parser
 
@@ -307,6 +308,35 @@ def _describe(parser: argparse.ArgumentParser) -> None:
                     text = str(lines[name])
                     child.description = text[0].upper() + text[1:] + "."
                 _describe(child)
+
+
+def _fill_secagg(secagg: argparse.ArgumentParser, words: list[str] | None) -> None:
+    ssub = _Commands(secagg, words, dest="secagg_command", metavar="ACTION")
+    ssub.add(
+        "identity",
+        _json_leaf("secagg_identity", writes_state=True),
+        help="this member's signing-key fingerprint (created if missing) and where its did.json is",
+    )
+    ssub.add(
+        "accept-key",
+        _fill_accept_key,
+        help="pin a peer's new signing key, once its owner has confirmed the fingerprint",
+        description=(
+            "Read EMAIL's did.json from the SyftBox tree, show the pinned and the new key's "
+            "fingerprints, and pin the new one. Without a terminal, --fingerprint must name the new "
+            "key, so that nobody accepts a key blind."
+        ),
+    )
+
+
+def _fill_accept_key(accept: argparse.ArgumentParser, words: list[str] | None) -> None:
+    accept.set_defaults(handler="secagg_accept_key", writes_state=True)
+    accept.add_argument("email", metavar="EMAIL", help="the peer whose did.json holds a new key")
+    accept.add_argument(
+        "--fingerprint",
+        metavar="FP",
+        help="the new key's fingerprint, as its owner's 'secagg identity' prints it (without a terminal)",
+    )
 
 
 _SERVICE_ACTIONS = {

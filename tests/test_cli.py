@@ -864,7 +864,7 @@ def test_a_command_builds_only_its_own_parser() -> None:
     ]
     assert count(build_parser(["status"])) == 2
     assert count(build_parser(["budget", "show"])) == 3
-    assert count(build_parser([])) == 9  # --help: the commands, listed
+    assert count(build_parser([])) == 10  # --help: the commands, listed
     assert count(build_parser()) == len(every_subparser()) + 1
 
 
