@@ -137,21 +137,23 @@ def _wait(proc: subprocess.Popen[bytes], request: bytes, limit: float, stop: Sto
     :data:`POLL_SECONDS`; a stop request or ``limit`` seconds kill and reap it."""
     deadline = time.monotonic() + limit
     given: bytes | None = request
-    while True:
-        try:
-            out, _ = proc.communicate(given, timeout=max(0.0, min(POLL_SECONDS, deadline - time.monotonic())))
-        except subprocess.TimeoutExpired:  # it keeps what it has read and written so far
-            given = None
-        else:
-            return out
-        if stop is not None and stop.is_set():
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                out, _ = proc.communicate(given, timeout=max(0.0, min(POLL_SECONDS, left)))
+            except subprocess.TimeoutExpired:  # it keeps what it has read and written so far
+                given = None
+            else:
+                return out
+            if stop is not None and stop.is_set():
+                raise Interrupted()
+            if time.monotonic() >= deadline:
+                raise NoiseUnavailableError(f"the Snapping child process took longer than {limit:g} s")
+    finally:
+        if proc.poll() is None:  # stopped, out of time, or anything else: it goes now
             proc.kill()
             proc.wait()
-            raise Interrupted()
-        if time.monotonic() >= deadline:
-            proc.kill()
-            proc.wait()
-            raise NoiseUnavailableError(f"the Snapping child process took longer than {limit:g} s")
 
 
 def _child() -> int:
