@@ -305,7 +305,9 @@ class Daemon:
         config = self._config
         slot = rounds.current_slot(config, self._clock())
         try:
-            outcome = rounds.run_round(config, slot, rounds.stop_clock(self._stop), self._clock)
+            outcome = rounds.run_round(
+                config, slot, rounds.stop_clock(self._stop), self._clock, self._log.warning
+            )
         except Interrupted:
             return
         except CpuTrackerError as exc:

@@ -351,6 +351,7 @@ class Tracker:
             sensitivity=calibration.sensitivity,
             planned_start=planned,
             planned_boot_seconds=boot_at_plan,
+            worst_epsilon=config.secure_aggregation.local_epsilon if self.secure else None,
         )
         if self.secure:
             return self._take_part(
@@ -422,7 +423,9 @@ class Tracker:
             if self.spacing is not None:
                 self.spacing.last_window_start = window_started
 
-        outcome = rounds.take_part(config, planned, raw.units, before_sending, rounds.stop_clock(self.stop))
+        outcome = rounds.take_part(
+            config, planned, raw.units, before_sending, rounds.stop_clock(self.stop), self.log.warning
+        )
         if not reserved:
             raise RoundEndedError(outcome)
         round_id = schedule_round_id(planned, self.every)

@@ -375,7 +375,7 @@ class TestDidDocument:
         files); read_identity returns its key, and syft-crypto's reader the same key."""
         me = Identity.generate()
         path = publish(tmp_path, ALICE, me)
-        assert tmp_path / "datasites" / ALICE / "public" / "did.json" == path
+        assert tmp_path / "datasites" / ALICE / "app_data" / "cpu_tracker" / "identity" / "did.json" == path
         assert mode(path) == 0o644
         assert {"did.json", "syft.pub.yaml", "syftperm.yaml"} == set(os.listdir(path.parent))
         assert 'read: ["*"]' in (path.parent / "syft.pub.yaml").read_text()

@@ -6,8 +6,9 @@ peers' keys pinned on first use (issue 28, "Identities that sign").
   processes racing both end with the one key that won and nobody reads half a file). It is never
   regenerated: a file that is there but unusable (a symlink, another owner, readable by group or
   others, the wrong size or format) stops secure rounds, as a corrupt ledger stops releases.
-* The published form is OpenMined syft-crypto's DID document, ``datasites/<email>/public/did.json``
-  (``syft_crypto/did_utils.py``, ``create_x3dh_did_document``): a did:web id, the Ed25519 key as
+* The published form is OpenMined syft-crypto's DID document (``syft_crypto/did_utils.py``,
+  ``create_x3dh_did_document``), at ``datasites/<email>/app_data/cpu_tracker/identity/did.json``,
+  not at ``public/did.json``, which syft-crypto's own apps hold: a did:web id, the Ed25519 key as
   a JWK under ``#identity-key``, and an X25519 prekey signed by it under ``#signed-prekey``. The
   prekey is derived from the identity key by HKDF, so the document is the same every time it is
   written; cpu-tracker uses nothing of it yet, beyond publishing it as syft-crypto does.
@@ -350,8 +351,10 @@ def _safe_name(email: Any) -> bool:
 
 
 def did_path(root: Path, email: str) -> Path:
-    """Where ``email`` publishes its DID document in the SyftBox folder ``root``."""
-    return root / "datasites" / email / "public" / DID_NAME
+    """Where ``email`` publishes its DID document in the SyftBox folder ``root``: in syft-crypto's
+    format, in a folder of this app's, readable by everyone. Not ``public/did.json`` itself:
+    syft-crypto's own apps refuse to start beside a did.json whose keys they do not hold."""
+    return root / "datasites" / email / "app_data" / storage.APP_DIR / "identity" / DID_NAME
 
 
 def did_id(email: str, domain: str = DEFAULT_DOMAIN) -> str:
@@ -484,7 +487,7 @@ def read_identity(root: Path, email: str) -> bytes | None:
 
 
 def _public_folder(owner: str) -> permissions.Folder:
-    comment = "Written by cpu-tracker: everyone may read this datasite's public folder (did.json)."
+    comment = "Written by cpu-tracker: everyone may read this identity (did.json)."
     return permissions.Folder(owner, comment, (permissions.Rule("**", read=(permissions.EVERYONE,)),))
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from fractions import Fraction
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cpu_tracker_daemon import schedule
 from cpu_tracker_daemon.config import Config
@@ -27,6 +27,9 @@ from cpu_tracker_daemon.secagg import identity, noise, transport
 from cpu_tracker_daemon.secagg.protocol import Member, Roster
 from cpu_tracker_daemon.secagg.published import publish, scale_of, secure_record
 from cpu_tracker_daemon.signals import StopRequest
+
+if TYPE_CHECKING:
+    from cpu_tracker_daemon.discrete import Uniform
 
 KEEP_ROUNDS = 24  # round folders kept in a datasite; older ones are removed
 
@@ -55,6 +58,14 @@ def local_scale_of(config: Config, calibration: Calibration) -> float:
     return float(laplace_scale(calibration.sensitivity_units, config.secure_aggregation.local_epsilon))
 
 
+def member_noise(roster: Roster, rng: noise.Uniform01 | None = None, exact: Uniform | None = None) -> int:
+    """A member's noise in a round: its share of the central noise, and its own discrete
+    Laplace noise at the roster's local scale (at least this member's: it refused the roster
+    otherwise), each from the OS CSPRNG unless a test injects a source."""
+    own = discrete_laplace(Fraction(roster.local_scale), exact or system_random())
+    return noise.share(roster.scale, roster.calibrated, *((rng,) if rng is not None else ())) + own
+
+
 def keyring_of(
     config: Config, tree: transport.Tree, log: transport.Log
 ) -> tuple[identity.Identity, transport.Keyring]:
@@ -78,12 +89,6 @@ def take_part(
     round_id, tree, calibration, start = _round_of(config, slot)
     signer, keyring = keyring_of(config, tree, log)
 
-    def noise_share(roster: Roster) -> int:
-        """Its share of the central noise, and its own noise at the roster's local scale (at
-        least this member's: the roster was refused otherwise)."""
-        own = discrete_laplace(Fraction(roster.local_scale), system_random())
-        return noise.share(roster.scale, roster.calibrated) + own
-
     requirements = transport.Requirements(
         beta_dropped=sa.beta_dropped,
         beta_colluding=sa.beta_colluding,
@@ -105,7 +110,7 @@ def take_part(
         start,
         sa.step_seconds,
         value_units,
-        noise_share,
+        member_noise,
         before_sending,
         clock,
         requirements,
