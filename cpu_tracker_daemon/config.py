@@ -48,8 +48,8 @@ YEAR = 365 * 86_400
 MAXIMA: dict[str, int] = {
     "sampling.interval_seconds": 86_400,
     "schedule.every_seconds": YEAR,
-    "budget.lifetime_epsilon": 1_000_000,
-    "budget.window_epsilon": 1_000_000,
+    "budget.lifetime_epsilon": 1_000_000_000,
+    "budget.window_epsilon": 1_000_000_000,
     "budget.window_hours": 8_760,
     "aggregator.every_seconds": YEAR,
     "aggregator.max_age_seconds": YEAR,
@@ -305,7 +305,8 @@ def _read_toml(path: Path, origin: str = "--config", cache: Path | None = None) 
             [f"{named} cannot be read: {blocker} is a file, not a directory; fix the path or {drop}"]
         ) from None
     except NotRegularFileError as exc:
-        raise ConfigError([f"{named} is {exc.kind}, not a regular file; name a TOML file or {drop}"]) from None
+        odd = f"{named} is {exc.kind}, not a regular file"
+        raise ConfigError([f"{odd}; name a TOML file or {drop}"]) from None
     except FileTooLargeError:
         big = f"{named} is larger than {MAX_CONFIG_BYTES >> 20} MiB, far more than any configuration"
         raise ConfigError([f"{big}; name the right file or {drop}"]) from None
@@ -351,7 +352,7 @@ def read_regular_file(path: Path, max_bytes: int) -> bytes:
     A FIFO, a device or a socket is refused before it is opened, so nothing waits for a writer
     or reads without end; raises OSError (:class:`NotRegularFileError`, :class:`FileTooLargeError`,
     IsADirectoryError, FileNotFoundError...)."""
-    info = os.stat(path)
+    info = path.stat()
     if stat.S_ISDIR(info.st_mode):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     if not stat.S_ISREG(info.st_mode):
@@ -403,7 +404,8 @@ def _with_client_datasite(table: dict[str, Any], environ: Mapping[str, str]) -> 
 
         client = json.loads(read_regular_file(path, MAX_CLIENT_CONFIG_BYTES).decode("utf-8"))
     except NotRegularFileError as exc:
-        raise ConfigError([f"the SyftBox client config {path} is {exc.kind}, not a regular file; {fix}"]) from None
+        odd = f"the SyftBox client config {path} is {exc.kind}, not a regular file"
+        raise ConfigError([f"{odd}; {fix}"]) from None
     except FileTooLargeError:
         raise ConfigError(
             [f"the SyftBox client config {path} is larger than {MAX_CLIENT_CONFIG_BYTES >> 10} KiB; {fix}"]
@@ -506,7 +508,8 @@ def _unknown(name: str, known: list[str], what: str = "key") -> str:
 
 def _convert(name: str, kind: str, value: Any, base: Path) -> tuple[Any, str]:
     def wrong() -> tuple[None, str]:
-        return None, f"{name} must be {_KIND_HINT[kind]}, not {type(value).__name__} {_show(value)}; fix its type"
+        given = f"{type(value).__name__} {_show(value)}"
+        return None, f"{name} must be {_KIND_HINT[kind]}, not {given}; fix its type"
 
     if kind == "bool":
         return (value, "") if isinstance(value, bool) else wrong()
@@ -526,7 +529,7 @@ def _convert(name: str, kind: str, value: Any, base: Path) -> tuple[Any, str]:
     most = MAX_ITEMS[name]
     if len(value) > most:
         return None, (
-            f"{name} lists {len(value)} addresses; at most {most:,} are allowed (a real network needs "
+            f"{name} lists {len(value):,} addresses; at most {most:,} are allowed (a real network needs "
             "no more): shorten the list"
         )
     if not all(isinstance(v, str) for v in value):
@@ -586,8 +589,9 @@ def _show(value: object) -> str:
     import reprlib  # only for a problem to report
 
     shown = reprlib.Repr()
-    shown.maxstring, shown.maxother, shown.maxlong = 80, 80, 40
-    return shown.repr(value)
+    shown.maxstring, shown.maxother, shown.maxlong, shown.maxlist, shown.maxdict = 60, 60, 40, 3, 3
+    text = shown.repr(value)
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def _positive(problems: list[str], name: str, value: float) -> None:
@@ -634,7 +638,7 @@ def _check(config: Config) -> list[str]:
     if sb.email and not is_email(sb.email):
         problems.append(f"syftbox.email {_show(sb.email)} is not an email address; give your datasite's")
     log_file = config.logging.file
-    if log_file is not None and os.path.isdir(log_file):
+    if log_file is not None and log_file.is_dir():
         problems.append(
             f"logging.file {log_file} is a directory; name a file in it, e.g. {log_file / 'cpu-tracker.log'}"
         )

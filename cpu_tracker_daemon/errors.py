@@ -55,18 +55,47 @@ class DeltaCapError(UsageError):
         )
 
 
+MAX_PROBLEMS = 20  # a file of junk has thousands: the first ones say what is wrong
+MAX_PROBLEM_CHARS = 1000  # a problem quoting megabytes of the file is cut to this
+
+
 class ConfigError(CpuTrackerError):
-    """The configuration is invalid; every problem is reported at once."""
+    """The configuration is invalid; every problem is reported at once (the first
+    :data:`MAX_PROBLEMS` of them shown, each at most :data:`MAX_PROBLEM_CHARS` long)."""
 
     def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = [one_line(problem) for problem in problems]
-        super().__init__("invalid configuration: " + "; ".join(self.problems))
+        self.problems = [_cut(one_line(problem)) for problem in problems]
+        super().__init__("invalid configuration: " + "; ".join(self._shown()))
+
+    def _shown(self) -> list[str]:
+        more = len(self.problems) - MAX_PROBLEMS
+        return self.problems[:MAX_PROBLEMS] + ([f"and {more} more problems"] if more > 0 else [])
 
     def lines(self) -> list[str]:
         """For a terminal: one line, or a header and one line per problem."""
         if len(self.problems) == 1:
             return [str(self)]
-        return [f"invalid configuration ({len(self.problems)} problems):"] + [f"  {p}" for p in self.problems]
+        return [f"invalid configuration ({len(self.problems)} problems):"] + [f"  {p}" for p in self._shown()]
+
+
+def _cut(text: str) -> str:
+    if len(text) <= MAX_PROBLEM_CHARS:
+        return text
+    return text[: MAX_PROBLEM_CHARS - 20] + f"... ({len(text)} chars)"
+
+
+class StateAccessError(ConfigError):
+    """The state directory is another user's, and this one may not use it."""
+
+    def __init__(self, directory: str, owner: str, uid: int) -> None:
+        self.directory, self.owner, self.uid = directory, owner, uid
+        run_as = "sudo cpu-tracker ..." if owner == "root" else f"sudo -u {owner} cpu-tracker ..."
+        CpuTrackerError.__init__(
+            self,
+            f"the state in {directory} belongs to {owner}, and this user (uid {uid}) may not use it; "
+            f"run the command as {owner} ({run_as}), or set paths.data_dir to a directory of your own",
+        )
+        self.problems = [str(self)]
 
 
 class LedgerCorruptError(CpuTrackerError):

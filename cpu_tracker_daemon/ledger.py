@@ -43,7 +43,7 @@ from cpu_tracker_daemon.errors import (
 )
 from cpu_tracker_daemon.frozen import Frozen
 from cpu_tracker_daemon.schedule import earliest_start
-from cpu_tracker_daemon.storage import fsync_dir, make_dirs_durably
+from cpu_tracker_daemon.storage import fsync_dir, make_dirs_durably, state_access_error
 
 TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
 if TYPE_CHECKING:
@@ -803,7 +803,11 @@ def open_ledger(
     the spends: the daemon does that when it starts (and ``ledger verify`` on demand), not in
     each cycle, where it would cost more the longer the history.
     """
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except PermissionError:  # another user's private state directory
+        raise state_access_error(path) from None
+    if not exists:
         if not create:
             return None
         _create(path, caps, now)
@@ -894,6 +898,8 @@ def _check_file(path: Path) -> None:
     try:
         info = os.lstat(path)
         parent = path.parent.stat()
+    except PermissionError:
+        raise state_access_error(path) from None
     except OSError as exc:
         raise LedgerUnavailableError(str(path), exc.strerror or str(exc)) from None
     if stat.S_ISLNK(info.st_mode):
@@ -908,6 +914,8 @@ def _check_file(path: Path) -> None:
         )
     euid = os.geteuid()
     if euid not in (0, info.st_uid):
+        if parent.st_uid == info.st_uid:  # another user's state, as it should be: theirs to use
+            raise state_access_error(path)
         raise LedgerCorruptError(str(path), f"owned by uid {info.st_uid}, not by this user (uid {euid})")
     if parent.st_mode & 0o002 and not parent.st_mode & stat.S_ISVTX:
         raise LedgerCorruptError(str(path), "its directory is writable by everyone, who could replace it")

@@ -82,7 +82,13 @@ def configure(
     fmt: str = "json", level: str = "info", file: Path | None = None, stream: TextIO | None = None
 ) -> None:
     """(Re)configure logging; safe to call again on SIGHUP. ``fmt`` is json, console or auto
-    (console when ``stream``, stdout by default, is a terminal)."""
+    (console when ``stream``, stdout by default, is a terminal). A log file that cannot be opened
+    raises ConfigError, and the logging stays as it was."""
+    handlers: list[logging.Handler] = []
+    if file is not None:
+        to_file = _open_log_file(file)
+        to_file.setFormatter(_formatter("console" if fmt == "console" else "json"))
+        handlers.append(to_file)
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
         root.removeHandler(handler)
@@ -91,12 +97,7 @@ def configure(
     terminal = _is_terminal(out)
     console = _StdoutHandler(out)
     console.setFormatter(_formatter(resolve(fmt, out), colors=terminal and "NO_COLOR" not in os.environ))
-    handlers: list[logging.Handler] = [console]
-    if file is not None:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        to_file = logging.handlers.WatchedFileHandler(file, encoding="utf-8")
-        to_file.setFormatter(_formatter("console" if fmt == "console" else "json"))
-        handlers.append(to_file)
+    handlers.insert(0, console)
     for handler in handlers:
         setattr(handler, _HANDLER_MARK, True)
         root.addHandler(handler)
@@ -108,6 +109,23 @@ def configure(
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
+
+
+def _open_log_file(file: Path) -> logging.Handler:
+    """A handler appending to ``file`` (its directory made), or ConfigError naming logging.file."""
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        # Non-blocking first: a FIFO nobody reads fails at once (ENXIO) instead of waiting.
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+        os.close(os.open(file, flags, 0o666))
+        return logging.handlers.WatchedFileHandler(file, encoding="utf-8")
+    except OSError as exc:
+        from cpu_tracker_daemon.errors import ConfigError
+
+        why = "a FIFO nobody reads" if exc.errno == errno.ENXIO else exc.strerror or str(exc)
+        raise ConfigError(
+            [f"logging.file {file} cannot be opened ({why}); name a file this user can write, or unset it"]
+        ) from None
 
 
 def resolve(fmt: str, stream: TextIO) -> str:

@@ -183,7 +183,7 @@ def check_privacy(p: PrivacyConfig) -> list[str]:
             "CPU busy is a percentage"
         )
     for name, bound in (("privacy.lower", p.lower), ("privacy.upper", p.upper)):
-        if math.isfinite(bound) and round(bound * 100) / 100 != bound:
+        if 0 <= bound <= 100 and round(bound * 100) / 100 != bound:  # beyond, bound * 100 may overflow
             problems.append(
                 f"{name} must be a multiple of 0.01, the grid releases are published on (got {bound!r}); "
                 f"round it to two decimals"

@@ -23,7 +23,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from cpu_tracker_daemon.config import Config
-from cpu_tracker_daemon.errors import ConfigError, OutputError
+from cpu_tracker_daemon.errors import ConfigError, OutputError, StateAccessError
 from cpu_tracker_daemon.frozen import Frozen
 
 TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
@@ -190,7 +190,8 @@ def _file_in_the_way(directory: Path, name: str, reported: set[Path], problems: 
 def check_creatable(layout: Layout) -> None:
     """Without writing anything, raise ConfigError for each directory that could not be made.
 
-    A directory passes if it exists writable, or its nearest existing ancestor is.
+    A directory passes if it exists writable, or its nearest existing ancestor is. One this user
+    cannot even see into (another user's private directory) is as good as missing.
     """
     problems: list[str] = []
     blockers: set[Path] = set()
@@ -198,14 +199,48 @@ def check_creatable(layout: Layout) -> None:
         if _file_in_the_way(directory, name, blockers, problems):
             continue
         probe = directory
-        while not probe.exists() and probe.parent != probe:
+        # os.path's, not Path's: a directory this user may not enter is as good as missing, not an error.
+        while not os.path.exists(probe) and probe.parent != probe:  # noqa: PTH110
             probe = probe.parent
-        if not (probe.is_dir() and os.access(probe, os.W_OK | os.X_OK)):
+        if not (os.path.isdir(probe) and os.access(probe, os.W_OK | os.X_OK)):  # noqa: PTH112
+            owner = _other_owner(probe)
+            fix = f"{probe} is {owner}'s: run the command as {owner}, or " if owner else ""
             problems.append(
-                f"{name} {directory} cannot be created or written by this user; choose another directory"
+                f"{name} {directory} cannot be created or written by this user; {fix}choose another directory"
             )
     if problems:
         raise ConfigError(problems)
+
+
+def user_name(uid: int) -> str:
+    """The name of the user ``uid``, or ``uid N`` when the system knows none."""
+    import pwd  # only to name another user
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _other_owner(path: Path) -> str | None:
+    """The name of ``path``'s owner when that is another user (None for this one, or unknown)."""
+    try:
+        uid = path.stat().st_uid
+    except OSError:
+        return None
+    return None if uid == os.geteuid() else user_name(uid)
+
+
+def state_access_error(path: Path) -> StateAccessError:
+    """For a file of the state this user may not reach: the nearest directory above it that this
+    user can see, with its owner, and what to do."""
+    for directory in path.parents:
+        try:
+            uid = directory.stat().st_uid
+        except OSError:
+            continue
+        return StateAccessError(str(directory), user_name(uid), os.geteuid())
+    return StateAccessError(str(path.parent), "another user", os.geteuid())  # pragma: no cover - / is seen
 
 
 def prepare(layout: Layout) -> None:

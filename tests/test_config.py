@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import tomllib
 from pathlib import Path
 
@@ -12,10 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cpu_tracker_daemon.config import (
+    KEYS,
+    MAX_ITEMS,
+    MAXIMA,
+    FileTooLargeError,
+    _convert,
     config_path_from,
     default_data_dir,
     load_config,
     parse_config,
+    read_regular_file,
     to_toml,
 )
 from cpu_tracker_daemon.errors import ConfigError
@@ -412,3 +419,129 @@ def test_a_sigma_below_the_grid_is_a_config_error_not_a_crash(mechanism: str, si
     with pytest.raises(ConfigError) as info:
         parse_config({"privacy": {"sigma": sigma, "mechanism": mechanism}}, environ={})
     assert any("privacy.sigma must be at least 0.01" in p for p in info.value.problems)
+
+
+def keys_of(kind: str) -> list[str]:
+    return [f"{section}.{key}" for section, keys in KEYS.items() for key, of in keys.items() if of == kind]
+
+
+def _raw(name: str, value: object) -> dict[str, dict[str, object]]:
+    section, key = name.split(".")
+    return {section: {key: value}}
+
+
+class TestBounds:
+    """Issue 33: every number has a finite range, every path a length and no NUL, every list a
+    bound, so no value the loader accepts overflows, fails to open or takes minutes later."""
+
+    @pytest.mark.parametrize("value", [1.7976931348623157e308, -1.7976931348623157e308, 10**400])
+    @pytest.mark.parametrize("name", keys_of("float"))
+    def test_every_number_at_the_float_limits_is_one_problem_naming_it(self, name: str, value: float) -> None:
+        """Each float key at +-1.8e308 (or an integer no float holds): a ConfigError naming the key."""
+        with pytest.raises(ConfigError) as info:
+            parse_config(_raw(name, value), environ={"HOME": "/h"})
+        assert any(name in p for p in info.value.problems), info.value.problems
+
+    @pytest.mark.parametrize("name", sorted(MAXIMA))
+    def test_each_maximum_is_enforced_and_stated(self, name: str) -> None:
+        """Just past its maximum, a key is refused with the maximum in the message."""
+        with pytest.raises(ConfigError, match=f"{name} must be at most {MAXIMA[name]:,}"):
+            parse_config(_raw(name, MAXIMA[name] * 1.5), environ={"HOME": "/h"})
+
+    def test_a_year_long_schedule_loads(self) -> None:
+        """The bounds leave room: a release once a year, a peer a year old, a year-long window."""
+        config = parse_config(
+            {
+                "schedule": {"every_seconds": MAXIMA["schedule.every_seconds"]},
+                "budget": {"window_hours": MAXIMA["budget.window_hours"]},
+                "aggregator": {"max_age_seconds": MAXIMA["aggregator.max_age_seconds"]},
+            },
+            environ={"HOME": "/h"},
+        )
+        assert config.schedule.every_seconds == 365 * 86_400
+
+    @pytest.mark.parametrize(
+        ("value", "says"),
+        [
+            ("/var/lib/x\x00y", "contains a NUL character"),
+            ("/" + "a" * 256, "is too long"),
+            ("/" + "/".join(["b" * 200] * 6), "is too long"),
+        ],
+        ids=["NUL", "a name past 255 bytes", "a path past 1024 bytes"],
+    )
+    @pytest.mark.parametrize("name", keys_of("path"))
+    def test_a_path_no_file_system_takes_is_refused(self, name: str, value: str, says: str) -> None:
+        """A NUL, a name longer than 255 bytes, a path longer than 1024 bytes: one problem each."""
+        with pytest.raises(ConfigError) as info:
+            parse_config(_raw(name, value), environ={"HOME": "/h"})
+        assert any(name in p and says in p for p in info.value.problems), info.value.problems
+
+    def test_a_log_file_that_is_a_directory_is_refused(self, tmp_path: Path) -> None:
+        """`logging.file` naming a directory names a file to use in it instead."""
+        with pytest.raises(ConfigError, match=r"logging\.file .* is a directory; name a file in it"):
+            parse_config({"logging": {"file": str(tmp_path)}}, environ={"HOME": "/h"})
+
+    @pytest.mark.parametrize("name", sorted(MAX_ITEMS))
+    def test_each_list_takes_its_bound_and_not_one_more(self, name: str) -> None:
+        """Exactly the bound is accepted by the conversion; one more is one problem naming both."""
+        most = MAX_ITEMS[name]
+        emails = [f"m{i}@example.org" for i in range(most + 1)]
+        converted, problem = _convert(name, "emails", emails[:most], Path("/"))
+        assert (len(converted), problem) == (most, "")
+        with pytest.raises(ConfigError, match=f"{name} lists {most + 1:,} addresses; at most {most:,}"):
+            parse_config(_raw(name, emails), environ={"HOME": "/h"})
+
+    def test_an_address_too_long_to_name_a_folder_is_refused(self) -> None:
+        """A 255-character address (longer than SMTP carries) would name a folder no file system takes."""
+        long = "a" * 243 + "@example.org"
+        with pytest.raises(ConfigError, match=r"syftbox\.readers has invalid email addresses"):
+            parse_config({"syftbox": {"readers": [long]}}, environ={"HOME": "/h"})
+
+    def test_a_huge_bad_value_is_shown_cut_short(self) -> None:
+        """A wrong-typed value of megabytes is quoted in a few dozen characters."""
+        with pytest.raises(ConfigError) as info:
+            parse_config({"sampling": {"samples": ["x" * 1_000_000] * 100}}, environ={"HOME": "/h"})
+        assert len(str(info.value)) < 300
+
+    def test_a_file_of_junk_lists_its_first_problems(self) -> None:
+        """Thousands of unknown keys: the count, the first twenty, and how many more."""
+        with pytest.raises(ConfigError) as info:
+            parse_config({"sampling": {f"junk{i}": 1 for i in range(5000)}}, environ={"HOME": "/h"})
+        lines = info.value.lines()
+        assert lines[0] == "invalid configuration (5000 problems):"
+        assert lines[-1] == "  and 4980 more problems"
+        assert len(lines) == 22
+
+
+class TestOddFiles:
+    """Issue 33: the config is read capped, from a regular file only."""
+
+    def test_a_fifo_is_refused_before_it_is_opened(self, tmp_path: Path) -> None:
+        """A FIFO nobody writes to: a ConfigError saying what it is, not a wait."""
+        fifo = tmp_path / "c.toml"
+        os.mkfifo(fifo)
+        with pytest.raises(ConfigError, match="is a FIFO, not a regular file"):
+            load_config(fifo)
+
+    def test_a_device_is_refused(self) -> None:
+        """/dev/zero is never read (it has no end)."""
+        with pytest.raises(ConfigError, match="/dev/zero is a character device, not a regular file"):
+            load_config(Path("/dev/zero"))
+
+    def test_the_size_cap_holds_whatever_the_file_says_its_size_is(self, tmp_path: Path) -> None:
+        """The read stops one byte past the cap, so a file that grows after its stat is refused too."""
+        path = tmp_path / "c.toml"
+        path.write_bytes(b"#" * 101)
+        assert read_regular_file(path, 101) == b"#" * 101
+        with pytest.raises(FileTooLargeError):
+            read_regular_file(path, 100)
+
+    @pytest.mark.parametrize(
+        "text", ["a = " + "9" * 5000, "a = " + "[" * 5000 + "]" * 5000], ids=["digits", "nesting"]
+    )
+    def test_toml_python_cannot_hold_is_invalid_toml(self, tmp_path: Path, text: str) -> None:
+        """An integer past Python's digit limit, nesting past the recursion limit: invalid TOML."""
+        path = tmp_path / "c.toml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match="is not valid TOML"):
+            load_config(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from cpu_tracker_daemon.config import KEYS
+from cpu_tracker_daemon.config import KEYS, MAX_ITEMS, MAXIMA
 from cpu_tracker_daemon.exit_codes import EXIT_CODES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,3 +42,9 @@ class TestReadme:
         for section, keys in KEYS.items():
             for key in keys:
                 assert f"`{section}.{key}`" in README, f"{section}.{key}"
+
+    def test_every_bound_is_in_its_keys_row(self) -> None:
+        """Each number's maximum and each list's bound is stated in that key's row."""
+        rows = {line.split("|")[1].strip(): line for line in README.splitlines() if line.startswith("| `")}
+        for name, most in {**MAXIMA, **MAX_ITEMS}.items():
+            assert f"{most:,}" in rows[f"`{name}`"], name
