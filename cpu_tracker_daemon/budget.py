@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from cpu_tracker_daemon.accounting import Event, compose
+from cpu_tracker_daemon.accounting import SECURE_DISCRETE_LAPLACE, Event, compose
 from cpu_tracker_daemon.frozen import Frozen
 
 TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
@@ -34,6 +34,16 @@ class Promise(Frozen):
             f"unit {self.unit}, {self.samples} samples of {self.interval_seconds:g} s, "
             f"bounds [{self.lower:g}, {self.upper:g}]"
         )
+
+
+def worst_epsilon(mechanism: str, epsilon: float, worst: float | None) -> float:
+    """The most one release gives away to anyone: its recorded worst case (a secure window's own
+    noise, what a cheating aggregator with any roster learns at most); a local release's own
+    epsilon; no bound for a secure window recorded without one (before members added noise of
+    their own, an aggregator that cheats could learn it exactly)."""
+    if worst is not None:
+        return worst
+    return float("inf") if mechanism == SECURE_DISCRETE_LAPLACE else epsilon
 
 
 def iso(ts: float) -> str:
@@ -62,6 +72,9 @@ class CapStatus(Frozen):
     granted_delta: float = 0.0
     method: str = "none"
     counts: tuple[tuple[Event, int], ...] = ()  # the spends it covers, by kind
+    # The same spends' worst cases summed (:func:`worst_epsilon`): what a cheating secure
+    # aggregator can learn at most. Recorded and reported; the caps hold ``spent``.
+    worst_spent: float = 0.0
 
     @property
     def remaining(self) -> float:
@@ -71,18 +84,29 @@ class CapStatus(Frozen):
     def releases(self) -> int:
         return sum(n for _, n in self.counts)
 
+    @property
+    def secure_releases(self) -> int:
+        """How many of its spends were windows sent to secure rounds."""
+        return sum(n for event, n in self.counts if event.mechanism == SECURE_DISCRETE_LAPLACE)
+
     def fits(self, event: Event) -> bool:
         return self.plus(event).within_limit()
 
     def within_limit(self) -> bool:
         return self.spent <= self.limit + _TOLERANCE * max(1.0, self.limit)
 
-    def plus(self, event: Event) -> CapStatus:
-        """This cap with one more release of ``event`` counted (composed once)."""
+    def plus(self, event: Event, worst: float | None = None) -> CapStatus:
+        """This cap with one more release of ``event`` counted (composed once), whose worst case
+        is ``worst`` (None: its own epsilon)."""
         counts = dict(self.counts)
         counts[event] = counts.get(event, 0) + 1
         composed = compose(counts, self.delta)
-        return self._replace(spent=composed.epsilon, method=composed.method, counts=tuple(counts.items()))
+        return self._replace(
+            spent=composed.epsilon,
+            method=composed.method,
+            counts=tuple(counts.items()),
+            worst_spent=self.worst_spent + (event.epsilon if worst is None else worst),
+        )
 
 
 class BudgetStatus(Frozen):
@@ -115,18 +139,28 @@ class BudgetStatus(Frozen):
     def remaining(self) -> float:
         return min(c.remaining for c in self.caps)
 
+    @property
+    def secure_releases(self) -> int:
+        """How many windows were ever sent to secure rounds: when there are any, the spent
+        epsilons are what an aggregator that follows the protocol learns, and ``worst_spent``
+        what a cheating one can learn at most."""
+        return self.lifetime.secure_releases
+
     def first_blocking(self, event: Event) -> CapStatus | None:
         return next((c for c in self.caps if not c.fits(event)), None)
 
-    def plus(self, event: Event, reserved_ts: float, anchor_ts: float) -> BudgetStatus:
-        """The budget once a release of ``event`` reserved at ``reserved_ts``, anchoring the
-        cooldown at ``anchor_ts``, is counted: in the lifetime, and in the rolling period that
-        ends at its own planned start. What :meth:`Ledger.reserve` returns, without reading again."""
-        lifetime = self.lifetime.plus(event)
+    def plus(
+        self, event: Event, reserved_ts: float, anchor_ts: float, worst: float | None = None
+    ) -> BudgetStatus:
+        """The budget once a release of ``event`` (worst case ``worst``, None: its own epsilon)
+        reserved at ``reserved_ts``, anchoring the cooldown at ``anchor_ts``, is counted: in the
+        lifetime, and in the rolling period that ends at its own planned start. What
+        :meth:`Ledger.reserve` returns, without reading again."""
+        lifetime = self.lifetime.plus(event, worst)
         last = self.last_release_at
         return self._replace(
             lifetime=lifetime,
-            window=self.window.plus(event),
+            window=self.window.plus(event, worst),
             releases=lifetime.releases,
             last_release_at=iso(reserved_ts) if last is None or iso(reserved_ts) > last else last,
             cooldown_anchor_ts=anchor_ts,

@@ -15,6 +15,9 @@
 * A schema-1 ledger (pure epsilon caps) is read as it is, and migrated to schema 2 in one
   transaction the first time it is opened for writing; its delta caps start at 0 (it was created
   under pure epsilon-DP), so only the owner's grant can allow delta.
+* A window sent to a secure round has two figures: its epsilon, what an aggregator that follows
+  the protocol learns, which the caps hold; and its worst case (schema 6), what a cheating
+  aggregator with any roster learns at most, recorded with the spend and summed beside each cap.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from datetime import datetime
 from pathlib import Path
 
 from cpu_tracker_daemon.accounting import Event, compose, event_of
-from cpu_tracker_daemon.budget import CAPS, BudgetStatus, Caps, CapStatus, Promise, iso
+from cpu_tracker_daemon.budget import CAPS, BudgetStatus, Caps, CapStatus, Promise, iso, worst_epsilon
 from cpu_tracker_daemon.errors import (
     BudgetExhaustedError,
     CooldownError,
@@ -49,8 +52,8 @@ TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy kn
 if TYPE_CHECKING:
     from typing import Any
 
-SCHEMA_VERSION = 5
-READABLE_VERSIONS = ("1", "2", "3", "4", "5")
+SCHEMA_VERSION = 6
+READABLE_VERSIONS = ("1", "2", "3", "4", "5", "6")
 APPLICATION_ID = 0x43505554  # "CPUT"
 LOCK_TIMEOUT_SECONDS = 10.0  # how long an open waits for another process's lock on the ledger
 # The most delta a cap may ever have, base and grants together: a chance of 1 in 10,000 that the
@@ -164,6 +167,14 @@ ALTER TABLE spends ADD COLUMN planned_boot_seconds REAL;
 CREATE INDEX spends_by_plan ON spends (planned_ts);
 CREATE INDEX spends_by_boot_plan ON spends (boot_id, planned_boot_seconds);
 """
+# Schema 6 = schema 5 plus each spend's worst case: for a window sent to a secure round, the
+# epsilon its own noise keeps against a cheating aggregator with any roster (NULL for a local
+# release, whose worst case is its epsilon); and, on each guarantee, the lifetime sum of the
+# worst cases after that spend, so the lifetime worst case is read from the newest row too.
+_SCHEMA_6 = """
+ALTER TABLE spends ADD COLUMN worst_epsilon REAL CHECK (worst_epsilon > 0);
+ALTER TABLE guarantees ADD COLUMN lifetime_worst REAL;
+"""
 # The spends from before schema 5 count from when they were reserved, which is later than their
 # plan: they stay in the rolling period a window longer, never shorter.
 _PLANNED_FROM_RESERVED = "UPDATE spends SET planned_ts = reserved_ts, planned_boot_seconds = boot_seconds"
@@ -218,6 +229,9 @@ class Spend(Frozen):
     sensitivity: float
     planned_start: datetime | None = None  # the published start; the cooldown counts from it
     planned_boot_seconds: float | None = None  # the boot clock at the planned start (None: at reserve)
+    # A secure window's worst case: what a cheating aggregator with any roster learns at most
+    # (its own noise's epsilon). None for a local release: its worst case is its epsilon.
+    worst_epsilon: float | None = None
 
 
 class Unfinished(Frozen):
@@ -333,9 +347,11 @@ class Ledger:
         now_ts: float,
         lifetime: list[Any] | None = None,
         at: tuple[float, float | None] | None = None,
+        lifetime_worst: float | None = None,
     ) -> BudgetStatus:
-        """The budget now; ``lifetime`` (rows of mechanism, epsilon, delta, count) when the caller
-        already has the lifetime counts (a spend being reserved is not on a guarantee yet).
+        """The budget now; ``lifetime`` (rows of mechanism, epsilon, delta, count) and
+        ``lifetime_worst`` when the caller already has the lifetime counts and worst case (a spend
+        being reserved is not on a guarantee yet).
 
         The rolling period ends now, or ``at``: the planned start of the window being checked, on
         the wall clock and on the boot clock (None: as far from the boot clock's now as from the
@@ -352,6 +368,11 @@ class Ledger:
         window_seconds = window_hours * 3600.0
         if lifetime is None:
             lifetime = self._lifetime_counts(conn)
+        if lifetime_worst is None:
+            lifetime_worst = self._lifetime_worst(conn)
+        # Per kind, also the worst cases summed and how many spends recorded one (before schema
+        # 6 none did): the window's worst case comes from the same rows as its counts.
+        worst_sql = f"TOTAL(COALESCE({self._worst_column}, epsilon)), COUNT({self._worst_column})"
         if self.version >= 5:
             # A spend is in the rolling period while the wall clock says so, or, within the boot
             # it was made in, while the time since boot says so: a clock set forward never
@@ -361,7 +382,7 @@ class Ledger:
             if end_boot is None:
                 end_boot = boot_now + (end_ts - now_ts)
             window = conn.execute(
-                "SELECT mechanism, epsilon, delta, COUNT(*) FROM spends "
+                f"SELECT mechanism, epsilon, delta, COUNT(*), {worst_sql} FROM spends "  # noqa: S608 - ours
                 "WHERE planned_ts > ? OR (boot_id = ? AND planned_boot_seconds > ?) "
                 "GROUP BY mechanism, epsilon, delta",
                 (end_ts - window_seconds, boot_id, end_boot - window_seconds + BOOT_SLACK_SECONDS),
@@ -369,21 +390,21 @@ class Ledger:
         elif self.version >= 3:
             boot_id, boot_now = self._boot()
             window = conn.execute(
-                "SELECT mechanism, epsilon, delta, COUNT(*) FROM spends "
+                f"SELECT mechanism, epsilon, delta, COUNT(*), {worst_sql} FROM spends "  # noqa: S608 - ours
                 "WHERE reserved_ts > ? OR (boot_id = ? AND boot_seconds > ?) "
                 "GROUP BY mechanism, epsilon, delta",
                 (now_ts - window_seconds, boot_id, boot_now - window_seconds),
             ).fetchall()
         else:
             window = conn.execute(
-                "SELECT mechanism, epsilon, delta, COUNT(*) FROM spends WHERE reserved_ts > ? "
-                "GROUP BY mechanism, epsilon, delta",
+                f"SELECT mechanism, epsilon, delta, COUNT(*), {worst_sql} FROM spends "  # noqa: S608 - ours
+                "WHERE reserved_ts > ? GROUP BY mechanism, epsilon, delta",
                 (now_ts - window_seconds,),
             ).fetchall()
         (last_ts,) = conn.execute("SELECT MAX(reserved_ts) FROM spends").fetchone()  # by its index
         anchor = conn.execute("SELECT anchor_ts FROM cooldown WHERE id = 1").fetchone()
 
-        def cap_status(name: str, epsilon: float, delta: float, rows: list[Any]) -> CapStatus:
+        def cap_status(name: str, epsilon: float, delta: float, rows: list[Any], worst: float) -> CapStatus:
             counts: dict[Event, int] = {}
             for mechanism, eps, spend_delta, n in rows:
                 event = event_of(mechanism, eps, spend_delta)
@@ -402,12 +423,15 @@ class Ledger:
                 granted[name][1],
                 composed.method,
                 tuple(counts.items()),
+                worst,
             )
 
-        life = cap_status("lifetime", caps.lifetime_epsilon, caps.lifetime_delta, lifetime)
+        life = cap_status("lifetime", caps.lifetime_epsilon, caps.lifetime_delta, lifetime, lifetime_worst)
+        window_worst = _worst_sum(window)
+        window_counts = [row[:4] for row in window]
         return BudgetStatus(
             lifetime=life,
-            window=cap_status("window", caps.window_epsilon, caps.window_delta, window),
+            window=cap_status("window", caps.window_epsilon, caps.window_delta, window_counts, window_worst),
             releases=life.releases,
             last_release_at=iso(last_ts) if last_ts is not None else None,
             cooldown_anchor_ts=float(anchor[0]) if anchor else None,
@@ -431,6 +455,20 @@ class Ledger:
                     )
                 return running
         return _counted_lifetime(conn)
+
+    @property
+    def _worst_column(self) -> str:
+        """The spends' worst-case column, or NULL in a ledger from before it (read as it is)."""
+        return "worst_epsilon" if self.version >= 6 else "NULL"
+
+    def _lifetime_worst(self, conn: sqlite3.Connection) -> float:
+        """The worst cases of every release summed: from the newest guarantee, which carries the
+        sum (schema 6), or, before the first spend that stored it, summed over the history."""
+        if self.version >= 6:
+            row = conn.execute("SELECT lifetime_worst FROM guarantees ORDER BY rowid DESC LIMIT 1").fetchone()
+            if row is not None and row[0] is not None:
+                return float(row[0])
+        return _counted_worst(conn, self._worst_column)
 
     def _window_hours(self, conn: sqlite3.Connection, caps: Caps) -> float:
         """The rolling period: the configured one, or the longest ever recorded if that is longer.
@@ -574,9 +612,14 @@ class Ledger:
         Raises CooldownError or BudgetExhaustedError and records nothing when it does not fit.
         Returns the budget as it stands after the spend.
         """
+        if spend.worst_epsilon is not None and not (
+            math.isfinite(spend.worst_epsilon) and spend.worst_epsilon > 0
+        ):
+            raise ValueError(f"a worst-case epsilon must be positive and finite, not {spend.worst_epsilon!r}")
         now_ts = now.timestamp()
         start_ts = spend.window_start.timestamp()
         planned_ts = start_ts if spend.planned_start is None else spend.planned_start.timestamp()
+        worst = worst_epsilon(spend.mechanism, spend.epsilon, spend.worst_epsilon)
         with self._transaction() as conn:
             anchor_row = conn.execute("SELECT anchor_ts FROM cooldown WHERE id = 1").fetchone()
             anchor = float(anchor_row[0]) if anchor_row else None
@@ -587,14 +630,15 @@ class Ledger:
                 self._hold_promise(conn, promise, now)
                 self._hold_period(conn, caps, now)
             lifetime = self._lifetime_counts(conn)
+            lifetime_worst = self._lifetime_worst(conn)
             boot = self._boot()
             planned_boot = boot[1] if spend.planned_boot_seconds is None else spend.planned_boot_seconds
-            before = self._status(conn, caps, now_ts, lifetime, at=(planned_ts, planned_boot))
+            before = self._status(conn, caps, now_ts, lifetime, (planned_ts, planned_boot), lifetime_worst)
             event = event_of(spend.mechanism, spend.epsilon, spend.delta)
             # A window that starts after now straddled a clock set back: it anchors at now, not in
             # the future, so the next release waits one interval, not one plus the size of the step.
             anchor_after = min(planned_ts, now_ts) if anchor is None else max(anchor, min(planned_ts, now_ts))
-            after = before.plus(event, now_ts, anchor_after)
+            after = before.plus(event, now_ts, anchor_after, worst)
             for cap, with_this in zip(before.caps, after.caps, strict=True):
                 if not with_this.within_limit():
                     raise BudgetExhaustedError(cap.name, cap.spent, cap.limit, spend.epsilon)
@@ -614,6 +658,8 @@ class Ledger:
                 values += list(boot)
             if self.version >= 5:
                 values += [planned_ts, planned_boot]
+            if self.version >= 6:  # in the same row, so in the same transaction as the spend
+                values.append(spend.worst_epsilon)
             marks = ", ".join("?" * len(values))
             conn.execute(f"INSERT INTO spends VALUES ({marks})", values)  # noqa: S608 - placeholders only
             conn.execute(  # the anchor read above, in this same transaction, moved as after says
@@ -623,7 +669,12 @@ class Ledger:
             )
             counts = _plus_one(lifetime, (spend.mechanism, spend.epsilon, spend.delta))
             row = (spend.release_id, after.lifetime.spent, after.lifetime.delta, after.lifetime.method)
-            if self.version >= 4:
+            if self.version >= 6:
+                conn.execute(
+                    "INSERT INTO guarantees VALUES (?, ?, ?, ?, ?, ?)",
+                    (*row, json.dumps(counts), after.lifetime.worst_spent),
+                )
+            elif self.version >= 4:
                 conn.execute("INSERT INTO guarantees VALUES (?, ?, ?, ?, ?)", (*row, json.dumps(counts)))
             else:
                 conn.execute("INSERT INTO guarantees VALUES (?, ?, ?, ?)", row)
@@ -757,6 +808,27 @@ def _counted_lifetime(conn: sqlite3.Connection) -> list[Any]:
     return [tuple(row) for row in rows]
 
 
+def _counted_worst(conn: sqlite3.Connection, column: str = "worst_epsilon") -> float:
+    """The worst cases of every release summed over the whole history (the full recomputation)."""
+    rows = conn.execute(
+        f"SELECT mechanism, NULL, NULL, COUNT(*), TOTAL(COALESCE({column}, epsilon)), COUNT({column}) "  # noqa: S608 - ours
+        "FROM spends GROUP BY mechanism"
+    ).fetchall()
+    return _worst_sum(rows)
+
+
+def _worst_sum(rows: list[Any]) -> float:
+    """The worst cases summed, from rows of (mechanism, epsilon, delta, count, the worst cases
+    recorded summed with the others' epsilons, how many recorded one): a secure window that
+    recorded none has no bound (:func:`budget.worst_epsilon`)."""
+    total = 0.0
+    for mechanism, _, _, n, summed, recorded in rows:
+        total += float(summed)  # a missing one counted at its epsilon,
+        if int(recorded) < int(n):  # which is all a local release gives away; a secure one, none
+            total += worst_epsilon(mechanism, 0.0, None)
+    return total
+
+
 def _parse_counts(text: str) -> list[Any] | None:
     """The running counts as stored (a JSON list of [mechanism, epsilon, delta, count]), or None."""
     try:
@@ -832,7 +904,7 @@ def _journal_size(path: Path) -> int:
 
 
 def _migrate(conn: sqlite3.Connection, path: Path, now: datetime) -> None:
-    """Schema 1, 2, 3 or 4 to 5 in one transaction; a failure leaves the file as it was.
+    """Schema 1, 2, 3, 4 or 5 to 6 in one transaction; a failure leaves the file as it was.
 
     1 to 2: delta grants, the guarantees and requests tables, delta caps of 0 (a schema-1
     ledger was created under pure epsilon-DP). 2 to 3: the recorded rolling period, the privacy
@@ -840,6 +912,9 @@ def _migrate(conn: sqlite3.Connection, path: Path, now: datetime) -> None:
     4: the running counts on each guarantee (empty before it: the first spend after the
     migration counts the history once). 4 to 5: each spend's planned start, taken to be when it
     was reserved for the spends before it (later than planned: they count longer, not shorter).
+    5 to 6: each spend's worst case, NULL for the spends before it (a local release's is its
+    epsilon; a secure window sent without noise of its own has none), and the lifetime sum on
+    each guarantee (empty before it: the first spend after the migration sums the history once).
     """
     try:
         conn.execute("BEGIN IMMEDIATE")
@@ -857,12 +932,15 @@ def _migrate(conn: sqlite3.Connection, path: Path, now: datetime) -> None:
                 script += _SCHEMA_4
             if version in ("1", "2", "3", "4"):
                 script += _SCHEMA_5
+            if version in ("1", "2", "3", "4", "5"):
+                script += _SCHEMA_6
                 for statement in _statements(script):
                     conn.execute(statement)
-                # The one deliberate change to spends: the new columns, from what each recorded.
-                conn.execute("DROP TRIGGER spends_no_update")
-                conn.execute(_PLANNED_FROM_RESERVED)
-                conn.execute(_SPENDS_NO_UPDATE)
+                if version != "5":
+                    # The one deliberate change to spends: the new columns, from what each recorded.
+                    conn.execute("DROP TRIGGER spends_no_update")
+                    conn.execute(_PLANNED_FROM_RESERVED)
+                    conn.execute(_SPENDS_NO_UPDATE)
                 conn.execute("DROP TRIGGER meta_no_update")  # the one deliberate change to meta
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
                 conn.execute(_META_NO_UPDATE)
@@ -987,7 +1065,7 @@ def _verify(conn: sqlite3.Connection, path: Path, full: bool = True) -> int:
             str(path), f"schema version {version!r}, this cpu-tracker reads {', '.join(READABLE_VERSIONS)}"
         )
     expected = (set() if version == "1" else {"guarantees", "requests"}) | (
-        _TABLES_3 if version in ("3", "4", "5") else set()
+        _TABLES_3 if version in ("3", "4", "5", "6") else set()
     )
     if not tables >= expected:
         raise LedgerCorruptError(str(path), f"missing tables {sorted(expected - tables)}")
@@ -1006,8 +1084,10 @@ def _verify(conn: sqlite3.Connection, path: Path, full: bool = True) -> int:
                 raise LedgerCorruptError(str(path), f"meta.{key} is missing or not a number") from None
             if not 0 <= value < 1:
                 raise LedgerCorruptError(str(path), f"meta.{key} is not in [0, 1)")
-    if full and version in ("4", "5"):
+    if full and version in ("4", "5", "6"):
         _check_counts(conn, path)
+    if full and version == "6":
+        _check_worst(conn, path)
     return int(version)
 
 
@@ -1022,12 +1102,24 @@ def _check_counts(conn: sqlite3.Connection, path: Path) -> None:
         )
 
 
+def _check_worst(conn: sqlite3.Connection, path: Path) -> None:
+    """The newest guarantee's running worst case must be what the spends' worst cases add up to."""
+    row = conn.execute("SELECT lifetime_worst FROM guarantees ORDER BY rowid DESC LIMIT 1").fetchone()
+    if row is None or row[0] is None:
+        return  # no spend since the migration: there is nothing running to check
+    if not math.isclose(float(row[0]), _counted_worst(conn), rel_tol=1e-9, abs_tol=1e-9):
+        raise LedgerCorruptError(
+            str(path), "its running worst-case epsilon disagrees with its spends, so it cannot be trusted"
+        )
+
+
 _APPEND_ONLY_BY_VERSION = {
     "1": ("spends", "outcomes", "grants", "meta"),
     "2": ("spends", "outcomes", "grants", "meta", "guarantees", "requests"),
     "3": ("spends", "outcomes", "grants", "meta", "guarantees", "requests", *sorted(_TABLES_3)),
     "4": ("spends", "outcomes", "grants", "meta", "guarantees", "requests", *sorted(_TABLES_3)),
     "5": ("spends", "outcomes", "grants", "meta", "guarantees", "requests", *sorted(_TABLES_3)),
+    "6": ("spends", "outcomes", "grants", "meta", "guarantees", "requests", *sorted(_TABLES_3)),
 }
 
 
@@ -1063,7 +1155,7 @@ def _create(path: Path, caps: Caps, now: datetime) -> None:
             tmp.unlink()
         conn = sqlite3.connect(tmp, isolation_level=None)
         try:
-            schema = _SCHEMA + _SCHEMA_2 + _SCHEMA_3 + _SCHEMA_4 + _SCHEMA_5 + _APPEND_ONLY
+            schema = _SCHEMA + _SCHEMA_2 + _SCHEMA_3 + _SCHEMA_4 + _SCHEMA_5 + _SCHEMA_6 + _APPEND_ONLY
             conn.executescript("BEGIN;" + schema + "COMMIT;")
             conn.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)",

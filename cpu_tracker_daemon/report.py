@@ -110,7 +110,57 @@ def mode_view(config: Config, layout: storage.Layout) -> dict[str, Any]:
     if not sa.enabled:
         return {"name": "local"}
     rounds = layout.public_dir / "secagg"  # secagg.transport.Tree.base
-    return {"name": "secure_aggregation", "aggregator": sa.aggregator, "beta": sa.beta, "rounds": str(rounds)}
+    return {
+        "name": "secure_aggregation",
+        "aggregator": sa.aggregator,
+        "beta_dropped": sa.beta_dropped,
+        "beta_colluding": sa.beta_colluding,
+        "local_epsilon": sa.local_epsilon,
+        "rounds": str(rounds),
+    }
+
+
+def worst_case_view(snap: Snapshot) -> dict[str, Any] | None:
+    """Both figures of a ledger that holds windows sent to secure rounds, in numbers and in plain
+    words: what an aggregator that follows the protocol learns (the spent epsilons, which the caps
+    enforce) and what a cheating one can learn at most (the worst cases, recorded beside them).
+    None when every release was local: its epsilon is all anyone learns."""
+    status, config = snap.status, snap.config
+    if not status.secure_releases:
+        return None
+    life, win = status.lifetime, status.window
+    hours = config.budget.window_hours
+    sa = config.secure_aggregation
+    local = sa.local_epsilon if sa.enabled else None
+    return {
+        "caps_enforce": "protocol",
+        "secure_releases": status.secure_releases,
+        "local_epsilon": local,
+        "spent_epsilon": finite(life.worst_spent),
+        "window_spent_epsilon": finite(win.worst_spent),
+        "protocol": (
+            f"epsilon spent {_num(finite(life.spent))} of {life.limit:g} (last {hours:g} h: "
+            f"{_num(finite(win.spent))} of {win.limit:g}): what an aggregator that follows the protocol "
+            "learns; the caps enforce these"
+        ),
+        "cheating_aggregator": (
+            f"against a cheating aggregator (any roster, its own accounts included), "
+            f"{_at_most(life.worst_spent, 'epsilon ')} (last {hours:g} h: {_at_most(win.worst_spent)}): "
+            f"{_floor_words(life.worst_spent, local)}; recorded, not capped"
+        ),
+    }
+
+
+def _at_most(worst: float, what: str = "") -> str:
+    return f"at most {what}{worst:.3g}" if math.isfinite(worst) else "no bound"
+
+
+def _floor_words(worst: float, local: float | None) -> str:
+    """Where the worst case comes from, in a few words."""
+    own = "each window's own noise" + ("" if local is None else f", local_epsilon {local:g}")
+    if math.isfinite(worst):
+        return own
+    return f"windows sent before members added noise of their own have none; later ones, {own}"
 
 
 def budget_view(snap: Snapshot) -> dict[str, Any]:
@@ -119,6 +169,17 @@ def budget_view(snap: Snapshot) -> dict[str, Any]:
     status = snap.status
     caps = {cap.name: _cap_view(cap) for cap in status.caps}
     caps["window"]["hours"] = snap.config.budget.window_hours
+    budget = {
+        "spent_epsilon": finite(status.lifetime.spent),
+        "remaining_epsilon": status.remaining,
+        "caps": caps,
+        "releases_possible_now": status.first_blocking(snap.calibration.event) is None,
+    }
+    worst = worst_case_view(snap)
+    if worst is not None:  # a ledger of local releases alone reads as it always has
+        for cap in status.caps:
+            caps[cap.name]["worst_spent"] = finite(cap.worst_spent)
+        budget["worst_case"] = worst
     return {
         "paths": {
             "state": str(layout.data_dir),
@@ -134,12 +195,7 @@ def budget_view(snap: Snapshot) -> dict[str, Any]:
         "last_release_at": status.last_release_at,
         "next_due_at": snap.next_due.isoformat(),
         "releases": status.releases,
-        "budget": {
-            "spent_epsilon": finite(status.lifetime.spent),
-            "remaining_epsilon": status.remaining,
-            "caps": caps,
-            "releases_possible_now": status.first_blocking(snap.calibration.event) is None,
-        },
+        "budget": budget,
         "grants": [g._asdict() for g in snap.grants],
     }
 
@@ -293,6 +349,18 @@ def privacy_report(snap: Snapshot, planned: dict[str, Any]) -> str:
             f"  {label}: {count} release{'s' if count != 1 else ''}, {spent}; "
             f"cap epsilon {cap.limit:g}, delta {cap.delta:g}"
         )
+    worst = worst_case_view(snap)
+    if worst is not None:
+        lines += [
+            f"  Of these releases, {worst['secure_releases']} went to secure rounds. The figures above are "
+            "what an aggregator that follows the protocol learns (with no more colluding members than the "
+            "rounds are calibrated for), and they are what the caps enforce.",
+            f"  Against a cheating aggregator (any roster, its own accounts included): "
+            f"{_at_most(status.lifetime.worst_spent, 'epsilon ')} over all history and "
+            f"{_at_most(status.window.worst_spent)} over the last {config.budget.window_hours:g} h "
+            f"({_floor_words(status.lifetime.worst_spent, worst['local_epsilon'])}, each window's worst "
+            "case summed). This is recorded with each spend; no cap enforces it.",
+        ]
     lines += ["", "When releases pause"]
     every = config.schedule.every_seconds
     left = planned["releases_remaining"]
@@ -364,17 +432,30 @@ def status_text(view: dict[str, Any], snap: Snapshot, now: datetime, version: st
         f"               last {win['hours']:g} h {_num(win['spent'])} of {win['limit']:g} spent, "
         f"{win['remaining']:.3g} left",
     ]
+    worst = b.get("worst_case")
+    if worst is not None:
+        lines.append(
+            "               (what an aggregator that follows the protocol learns; the caps hold these)"
+        )
     if not b["releases_possible_now"] and view["ledger_exists"]:
         lines.append(
             "               PAUSED: the next release does not fit; "
             "'cpu-tracker budget grant EPSILON --reason TEXT' resumes releases"
         )
+    if worst is not None:
+        life_w, win_w = (math.inf if w is None else w for w in (life["worst_spent"], win["worst_spent"]))
+        lines += [
+            f"worst case:    against a cheating aggregator, {_at_most(life_w)} lifetime, "
+            f"{_at_most(win_w)} in the last {win['hours']:g} h",
+            f"               ({_floor_words(life_w, worst['local_epsilon'])}; recorded, not capped)",
+        ]
     mode = view["mode"]
     secure = mode["name"] == "secure_aggregation"
     if secure:
         lines.append(
             f"mode:          secure aggregation: each window goes, masked, to {mode['aggregator']}'s round "
-            f"(beta {mode['beta']:g}); no release of its own"
+            f"(up to {mode['beta_dropped']:g} absent and {mode['beta_colluding']:g} colluding); "
+            "no release of its own"
         )
     lines += [
         f"public:        {mode['rounds'] if secure else view['paths']['public']}",

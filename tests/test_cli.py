@@ -573,7 +573,7 @@ class TestLedgerVerify:
             )
             (mechanism, epsilon) = conn.execute("SELECT mechanism, epsilon FROM spends LIMIT 1").fetchone()
             forged = json.dumps([[mechanism, epsilon / 10, 0.0, 2]])
-            conn.execute("INSERT INTO guarantees VALUES ('forged', 0.1, 0.0, 'sum', ?)", (forged,))
+            conn.execute("INSERT INTO guarantees VALUES ('forged', 0.1, 0.0, 'sum', ?, NULL)", (forged,))
 
     def test_verify_says_sound_and_refuses_forged_counts(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -586,7 +586,7 @@ class TestLedgerVerify:
         assert main(["--config", config, "once"]) == 0
         capsys.readouterr()
         assert main(["--config", config, "ledger", "verify"]) == 0
-        assert "is sound: schema 5, 1 releases" in capsys.readouterr().out
+        assert "is sound: schema 6, 1 releases" in capsys.readouterr().out
         self.forge(tmp_path / "data")
         assert main(["--config", config, "status"]) == 0  # a read takes the cheap checks only
         capsys.readouterr()

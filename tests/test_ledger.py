@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import multiprocessing
+import signal
 import sqlite3
+import subprocess
+import sys
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cpu_tracker_daemon import ledger as module
+from cpu_tracker_daemon.accounting import SECURE_DISCRETE_LAPLACE as SECURE
 from cpu_tracker_daemon.accounting import Event, releases_within
 from cpu_tracker_daemon.budget import Caps, Promise
 from cpu_tracker_daemon.errors import (
@@ -24,6 +30,7 @@ from cpu_tracker_daemon.errors import (
     PromiseChangedError,
 )
 from cpu_tracker_daemon.ledger import BootClock, Ledger, Spend, open_ledger
+from tests.conftest import run_cli, write_config
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 CAPS = Caps(lifetime_epsilon=3.0, window_epsilon=2.0, window_hours=24.0)
@@ -197,6 +204,7 @@ class TestAppendOnly:
         "statement",
         [
             "UPDATE spends SET epsilon = 0.0001",
+            "UPDATE spends SET worst_epsilon = 0.0001",
             "DELETE FROM spends",
             "DELETE FROM grants",
             "UPDATE meta SET value = '1000' WHERE key = 'base_lifetime_epsilon'",
@@ -435,7 +443,7 @@ class TestProperties:
     @given(
         steps=st.lists(
             st.tuples(
-                st.sampled_from(["discrete_laplace", "gaussian"]),
+                st.sampled_from(["discrete_laplace", "gaussian", SECURE]),
                 st.sampled_from([0.25, 0.5, 1.0]),  # epsilon
                 st.floats(-2, 30),  # hours since start: the clock may go back
                 st.floats(0, 2),  # seconds the window was planned before now
@@ -457,8 +465,18 @@ class TestProperties:
                 now = T0 + timedelta(hours=hours)
                 planned = now - timedelta(seconds=early)
                 delta = 1e-8 if mechanism == "gaussian" else 0.0
+                worst = 5.0 if mechanism == SECURE else None
                 s = Spend(
-                    f"s{n}", planned, now, epsilon, delta, mechanism, "window", 1.0, planned_start=planned
+                    f"s{n}",
+                    planned,
+                    now,
+                    epsilon,
+                    delta,
+                    mechanism,
+                    "window",
+                    1.0,
+                    planned_start=planned,
+                    worst_epsilon=worst,
                 )
                 try:
                     after = ledger.reserve(s, caps, now, None)
@@ -475,6 +493,7 @@ class TestProperties:
                         theirs.method,
                         theirs.limit,
                     )
+                    assert mine.worst_spent == pytest.approx(theirs.worst_spent, rel=1e-12)
 
 
 GAUSS_CAPS = Caps(
@@ -669,12 +688,28 @@ class TestMigration:
 BIG = Caps(
     lifetime_epsilon=1e6, window_epsilon=1e6, window_hours=24.0, lifetime_delta=1e-5, window_delta=1e-5
 )
-KINDS = (("discrete_laplace", 0.5, 0.0), ("discrete_laplace", 1.0, 0.0), ("discrete_gaussian", 1.0, 1e-7))
+KINDS = (
+    ("discrete_laplace", 0.5, 0.0),
+    ("discrete_laplace", 1.0, 0.0),
+    ("discrete_gaussian", 1.0, 1e-7),
+    (SECURE, 0.5, 0.0),
+)
 
 
 def kind_spend(n: int, kind: tuple[str, float, float], at: datetime) -> Spend:
     mechanism, epsilon, delta = kind
-    return Spend(f"k{n}", at, at + timedelta(seconds=1), epsilon, delta, mechanism, "window", 100.0)
+    worst = 5.0 if mechanism == SECURE else None
+    return Spend(
+        f"k{n}",
+        at,
+        at + timedelta(seconds=1),
+        epsilon,
+        delta,
+        mechanism,
+        "window",
+        100.0,
+        worst_epsilon=worst,
+    )
 
 
 def sneak_spend(conn: sqlite3.Connection, release_id: str) -> None:
@@ -705,6 +740,7 @@ class TestConstantCost:
                 ledger.reserve(kind_spend(n, kind, at), BIG, at, None, PROMISE)
             conn = ledger._conn
             assert module._counted_lifetime(conn) == ledger._lifetime_counts(conn)
+            assert ledger._lifetime_worst(conn) == pytest.approx(module._counted_worst(conn), rel=1e-12)
             now = T0 + timedelta(minutes=len(kinds))
             running = ledger._status(conn, BIG, now.timestamp())
             recounted = ledger._status(conn, BIG, now.timestamp(), module._counted_lifetime(conn))
@@ -722,7 +758,7 @@ class TestConstantCost:
         with closing(sqlite3.connect(tmp_path / "ledger.sqlite3", isolation_level=None)) as conn:
             # As schema 3 left it: guarantees without counts (an INSERT, which append-only allows).
             sneak_spend(conn, "old")
-            conn.execute("INSERT INTO guarantees VALUES ('old', 4.0, 0.0, 'sum', NULL)")
+            conn.execute("INSERT INTO guarantees VALUES ('old', 4.0, 0.0, 'sum', NULL, NULL)")
         with fresh(tmp_path, BIG) as ledger:
             assert ledger.status(BIG, T0).releases == 4  # counted over the history
             ledger.reserve(kind_spend(9, KINDS[1], T0), BIG, T0, None, PROMISE)
@@ -751,7 +787,7 @@ class TestConstantCost:
         with closing(sqlite3.connect(path, isolation_level=None)) as conn:
             sneak_spend(conn, "forged")
             forged = '[["discrete_laplace", 0.5, 0.0, 2]]'
-            conn.execute("INSERT INTO guarantees VALUES ('forged', 0.5, 0.0, 'sum', ?)", (forged,))
+            conn.execute("INSERT INTO guarantees VALUES ('forged', 0.5, 0.0, 'sum', ?, NULL)", (forged,))
         cheap = open_ledger(path, BIG, T0, boot=no_boot, full=False)
         assert cheap is not None
         cheap.close()
@@ -773,3 +809,277 @@ class TestConstantCost:
             ledger.record("k999", "drawn", late, {"n": 999})
             found = ledger.unfinished()
         assert [(u.release_id, u.status, u.payload) for u in found] == [("k999", "drawn", {"n": 999})]
+
+
+def make_schema_5_ledger(path: Path, mechanisms: tuple[str, ...] = ("discrete_laplace", SECURE)) -> None:
+    """A ledger exactly as the previous version (schema 5) wrote it: one spend of each of
+    ``mechanisms`` at epsilon 0.5 (a secure one sent before members added noise of their own),
+    each with its guarantee and running counts."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    script = (
+        module._SCHEMA + module._SCHEMA_2 + module._SCHEMA_3 + module._SCHEMA_4 + module._SCHEMA_5
+        + module._append_only(module._APPEND_ONLY_BY_VERSION["5"])
+    )  # fmt: skip
+    conn.executescript(f"BEGIN;{script}COMMIT;")
+    conn.executemany(
+        "INSERT INTO meta VALUES (?, ?)",
+        [("schema_version", "5"), ("created_at", T0.isoformat()), ("base_lifetime_epsilon", "3.0"),
+         ("base_window_epsilon", "2.0"), ("base_lifetime_delta", "1e-06"),
+         ("base_window_delta", "1e-06")],
+    )  # fmt: skip
+    counts: dict[tuple[str, float, float], int] = {}
+    for n, mechanism in enumerate(mechanisms):
+        at = T0 + timedelta(minutes=n)
+        conn.execute(
+            "INSERT INTO spends VALUES (?, ?, ?, ?, ?, 0.5, 0.0, ?, 'window', 100.0, NULL, NULL, ?, NULL)",
+            (
+                f"old{n}",
+                at.timestamp(),
+                at.isoformat(),
+                at.isoformat(),
+                at.isoformat(),
+                mechanism,
+                at.timestamp(),
+            ),
+        )
+        counts[(mechanism, 0.5, 0.0)] = counts.get((mechanism, 0.5, 0.0), 0) + 1
+        running = json.dumps([[*kind, k] for kind, k in sorted(counts.items())])
+        conn.execute(
+            "INSERT INTO guarantees VALUES (?, ?, 0.0, 'sum', ?)", (f"old{n}", 0.5 * (n + 1), running)
+        )
+    conn.close()
+
+
+def secure_spend(n: int, at: datetime, worst: float | None = 5.0) -> Spend:
+    """A window sent to a secure round: epsilon 0.5 under the protocol, ``worst`` against a cheat."""
+    return Spend(
+        f"s{n}", at, at + timedelta(seconds=50), 0.5, 0.0, SECURE, "window", 100.0, worst_epsilon=worst
+    )
+
+
+class TestWorstCaseMigration:
+    """Schema 6 adds each spend's worst case; a schema-5 ledger is read as it is and migrated in
+    one transaction, every row kept, the new columns empty."""
+
+    def test_schema_5_is_read_as_it_is(self, tmp_path: Path) -> None:
+        """A read-only open of a schema-5 ledger reports both figures without changing a byte: the
+        local release's worst case is its epsilon, the secure window sent before members added
+        noise of their own has no bound."""
+        path = tmp_path / "ledger.sqlite3"
+        make_schema_5_ledger(path)
+        before = path.read_bytes()
+        with open_ledger(path, CAPS, T0, create=False, boot=no_boot) as ledger:  # type: ignore[union-attr]
+            assert ledger.version == 5
+            status = ledger.status(CAPS, T0)
+        assert (2, 1, 1.0, math.inf) == (
+            status.releases,
+            status.secure_releases,
+            status.lifetime.spent,
+            status.lifetime.worst_spent,
+        )
+        assert path.read_bytes() == before
+        local = tmp_path / "local.sqlite3"
+        make_schema_5_ledger(local, ("discrete_laplace", "discrete_laplace"))
+        with open_ledger(local, CAPS, T0, create=False, boot=no_boot) as ledger:  # type: ignore[union-attr]
+            status = ledger.status(CAPS, T0)
+        assert (
+            status.secure_releases,
+            status.lifetime.worst_spent,
+            status.window.worst_spent,
+        ) == (0, 1.0, 1.0)
+
+    def test_schema_5_is_migrated_keeping_every_row_and_adding_nulls(self, tmp_path: Path) -> None:
+        """Opened for writing, a schema-5 ledger becomes schema 6: every spend and guarantee is
+        kept as it was, with NULL in the new columns; the file passes the full verification; a
+        new secure spend records its worst case, and the spends stay append-only."""
+        path = tmp_path / "ledger.sqlite3"
+        make_schema_5_ledger(path)
+        with closing(sqlite3.connect(path)) as conn:
+            spends = conn.execute("SELECT * FROM spends ORDER BY rowid").fetchall()
+            guarantees = conn.execute("SELECT * FROM guarantees ORDER BY rowid").fetchall()
+        with open_ledger(path, CAPS, T0, boot=no_boot) as ledger:  # type: ignore[union-attr]
+            assert module.SCHEMA_VERSION == ledger.version == 6
+        with closing(sqlite3.connect(path)) as conn:
+            assert [(*row, None) for row in spends] == conn.execute(
+                "SELECT * FROM spends ORDER BY rowid"
+            ).fetchall()
+            assert [(*row, None) for row in guarantees] == conn.execute(
+                "SELECT * FROM guarantees ORDER BY rowid"
+            ).fetchall()
+            meta = dict(conn.execute("SELECT key, value FROM meta"))
+            assert meta["schema_version"] == "6"
+            assert "migrated_to_6_at" in meta
+        later = T0 + timedelta(hours=1)
+        with open_ledger(path, CAPS, later, boot=no_boot) as ledger:  # type: ignore[union-attr]
+            after = ledger.reserve(secure_spend(1, later), CAPS, later, None)
+        assert (math.inf, math.inf) == (after.lifetime.worst_spent, after.window.worst_spent)  # old0 has none
+        with open_ledger(path, CAPS, later, boot=no_boot) as ledger:  # type: ignore[union-attr]
+            status = ledger.status(CAPS, later)
+        assert (3, math.inf, 2) == (status.releases, status.lifetime.worst_spent, status.secure_releases)
+        with closing(sqlite3.connect(path)) as conn:
+            assert conn.execute("SELECT release_id, worst_epsilon FROM spends ORDER BY rowid").fetchall() == [
+                ("old0", None),
+                ("old1", None),
+                ("s1", 5.0),
+            ]
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                conn.execute("UPDATE spends SET worst_epsilon = 5.0 WHERE release_id = 'old1'")
+
+    def test_a_failed_migration_leaves_schema_5_as_it_was(self, tmp_path: Path) -> None:
+        """The migration is one transaction: if any statement fails, the file is left exactly as
+        schema 5 (a foreign column named like the new one stops it half-way)."""
+        path = tmp_path / "ledger.sqlite3"
+        make_schema_5_ledger(path)
+        with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+            conn.execute(
+                "ALTER TABLE guarantees ADD COLUMN lifetime_worst REAL"
+            )  # the second statement fails
+        before = path.read_bytes()
+        with pytest.raises(LedgerUnavailableError, match="cannot migrate to schema 6"):
+            open_ledger(path, CAPS, T0, boot=no_boot)
+        assert path.read_bytes() == before
+
+    @pytest.mark.slow
+    def test_status_reads_a_schema_5_ledger_without_migrating_it(self, tmp_path: Path) -> None:
+        """``cpu-tracker status`` (a real process) reads a schema-5 ledger as it is: the window
+        sent before members added noise of their own has no bound against a cheating aggregator,
+        and the file is not changed."""
+        config = write_config(tmp_path)
+        (tmp_path / "data").mkdir(mode=0o700)
+        path = tmp_path / "data" / "ledger.sqlite3"
+        make_schema_5_ledger(path)
+        before = path.read_bytes()
+        result = run_cli("--config", str(config), "status")
+        assert result.returncode == 0, result.stderr
+        assert "worst case:    against a cheating aggregator, no bound lifetime" in result.stdout
+        assert "windows sent before members added noise of their own have none" in result.stdout
+        assert path.read_bytes() == before
+
+
+class TestWorstCase:
+    """Each secure spend's worst case is stored with it, in the same row and transaction, summed
+    beside each cap, and covered by the full verification."""
+
+    def test_a_secure_spends_worst_case_survives_a_reopen(self, tmp_path: Path) -> None:
+        """Two secure windows (worst case 5 each) and a local release (its epsilon, 0.5): reopened
+        read-only a day later, the lifetime sums 10.5 and the rolling period holds the newest
+        window's 5; the caps count the protocol's epsilons (0.5 each)."""
+        path = tmp_path / "ledger.sqlite3"
+        later = T0 + timedelta(hours=25)
+        with fresh(tmp_path, BIG) as ledger:
+            ledger.reserve(secure_spend(0, T0), BIG, T0, None)
+            ledger.reserve(kind_spend(1, KINDS[0], T0), BIG, T0, None)
+            after = ledger.reserve(secure_spend(2, later), BIG, later, None)
+        assert (after.lifetime.worst_spent, after.window.worst_spent) == (10.5, 5.0)
+        with open_ledger(path, BIG, later, create=False, boot=no_boot) as ledger:  # type: ignore[union-attr]
+            status = ledger.status(BIG, later)
+        assert (status.releases, status.secure_releases, status.lifetime.spent) == (3, 2, 1.5)
+        assert (
+            status.lifetime.worst_spent,
+            status.window.worst_spent,
+            status.window.spent,
+        ) == (10.5, 5.0, 0.5)
+        with closing(sqlite3.connect(path)) as conn:
+            rows = conn.execute("SELECT release_id, worst_epsilon FROM spends ORDER BY rowid").fetchall()
+            running = conn.execute("SELECT lifetime_worst FROM guarantees ORDER BY rowid").fetchall()
+        assert rows == [("s0", 5.0), ("k1", None), ("s2", 5.0)]
+        assert running == [(5.0,), (5.5,), (10.5,)]
+
+    def test_a_local_releases_worst_case_is_its_epsilon(self, tmp_path: Path) -> None:
+        """A ledger of local releases records no worst case: it is their epsilon, summed."""
+        with fresh(tmp_path, BIG) as ledger:
+            ledger.reserve(kind_spend(0, KINDS[0], T0), BIG, T0, None)
+            status = ledger.reserve(kind_spend(1, KINDS[1], T0), BIG, T0, None)
+        assert (
+            status.secure_releases,
+            status.lifetime.worst_spent,
+            status.window.worst_spent,
+        ) == (0, 1.5, 1.5)
+
+    def test_a_secure_window_recorded_without_a_worst_case_has_no_bound(self, tmp_path: Path) -> None:
+        """A secure spend with no worst case (sent without noise of its own) is never counted as
+        bounded: against a cheating aggregator it has none."""
+        with fresh(tmp_path, BIG) as ledger:
+            status = ledger.reserve(secure_spend(0, T0, worst=None), BIG, T0, None)
+            assert (math.inf, math.inf) == (status.lifetime.worst_spent, status.window.worst_spent)
+            assert status == ledger.status(BIG, T0, at=T0)
+        open_ledger(tmp_path / "ledger.sqlite3", BIG, T0, boot=no_boot).close()  # type: ignore[union-attr]
+
+    @pytest.mark.parametrize("worst", [0.0, -1.0, math.inf, math.nan])
+    def test_a_worst_case_that_is_not_a_positive_number_is_refused(
+        self, tmp_path: Path, worst: float
+    ) -> None:
+        """Nothing is recorded for a spend whose worst case is not a positive finite epsilon."""
+        with fresh(tmp_path, BIG) as ledger:
+            with pytest.raises(ValueError, match="worst-case epsilon"):
+                ledger.reserve(secure_spend(0, T0, worst), BIG, T0, None)
+            assert ledger.status(BIG, T0).releases == 0
+
+    def test_a_rewritten_worst_case_is_refused_by_the_full_verification(self, tmp_path: Path) -> None:
+        """Someone who may drop the triggers lowered the recorded worst cases and put the trigger
+        back exactly as it was: the cheap per-cycle open cannot tell, the full verification
+        (the daemon's start, ``ledger verify``) recomputes the sum and refuses the ledger."""
+        with fresh(tmp_path, BIG) as ledger:
+            ledger.reserve(secure_spend(0, T0), BIG, T0, None)
+            ledger.reserve(secure_spend(1, T0), BIG, T0, None)
+        path = tmp_path / "ledger.sqlite3"
+        with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+            conn.execute("DROP TRIGGER spends_no_update")
+            conn.execute("UPDATE spends SET worst_epsilon = 0.5")
+            conn.execute(module._SPENDS_NO_UPDATE)
+        open_ledger(path, BIG, T0, boot=no_boot, full=False).close()  # type: ignore[union-attr]
+        with pytest.raises(LedgerCorruptError, match="running worst-case epsilon disagrees"):
+            open_ledger(path, BIG, T0, boot=no_boot)
+
+    @pytest.mark.slow
+    def test_ledger_verify_refuses_a_rewritten_worst_case(self, tmp_path: Path) -> None:
+        """The same through ``cpu-tracker ledger verify`` (a real process): sound before, exit 4
+        with one line after the worst cases were rewritten."""
+        config = str(write_config(tmp_path))
+        (tmp_path / "data").mkdir(mode=0o700)
+        with fresh(tmp_path / "data", BIG) as ledger:
+            ledger.reserve(secure_spend(0, T0), BIG, T0, None)
+        sound = run_cli("--config", config, "ledger", "verify")
+        assert "is sound: schema 6, 1 releases" in sound.stdout, sound.stderr
+        with closing(sqlite3.connect(tmp_path / "data" / "ledger.sqlite3", isolation_level=None)) as conn:
+            conn.execute("DROP TRIGGER spends_no_update")
+            conn.execute("UPDATE spends SET worst_epsilon = 0.5")
+            conn.execute(module._SPENDS_NO_UPDATE)
+        refused = run_cli("--config", config, "ledger", "verify")
+        assert (refused.returncode, refused.stderr.count("\n")) == (4, 1)
+        assert "running worst-case epsilon disagrees" in refused.stderr
+
+    @pytest.mark.slow
+    def test_worst_cases_survive_kill_9_while_reserving(self, tmp_path: Path) -> None:
+        """A process reserving secure windows is killed with SIGKILL at an arbitrary point: every
+        spend the file holds has its worst case, the running sum equals the recount, and the
+        full verification passes (a spend and its worst case are one row, one transaction)."""
+        path = tmp_path / "ledger.sqlite3"
+        code = (
+            "import sys\n"
+            "from datetime import timedelta\n"
+            "from pathlib import Path\n"
+            "from tests.test_ledger import BIG, T0, no_boot, secure_spend\n"
+            "from cpu_tracker_daemon.ledger import open_ledger\n"
+            f"ledger = open_ledger(Path({str(path)!r}), BIG, T0, boot=no_boot)\n"
+            "for n in range(100_000):\n"
+            "    at = T0 + timedelta(seconds=n)\n"
+            "    ledger.reserve(secure_spend(n, at), BIG, at, None)\n"
+            "    print(n, flush=True)\n"
+        )
+        root = Path(__file__).resolve().parent.parent
+        child = subprocess.Popen(
+            [sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert child.stdout is not None
+        for _ in range(20):  # some spends committed, and the next under way
+            assert child.stdout.readline(), child.stderr.read() if child.stderr else ""
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        with open_ledger(path, BIG, T0, boot=no_boot) as ledger:  # type: ignore[union-attr]
+            status = ledger.status(BIG, T0)
+            assert status.releases >= 20
+            assert 5.0 * status.releases == status.lifetime.worst_spent
+            assert ledger._lifetime_worst(ledger._conn) == module._counted_worst(ledger._conn)
+        with closing(sqlite3.connect(path)) as conn:
+            assert conn.execute("SELECT DISTINCT worst_epsilon FROM spends").fetchall() == [(5.0,)]
