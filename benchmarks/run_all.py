@@ -33,6 +33,7 @@ FULL = [
     ("ledger work as the history grows", ["ledger_scale.py"]),
     ("delivery over a real SyftBox network", ["syftbox_latency.py", "--releases", "20", "--requests", "5"]),
     ("secure aggregation beside local DP", ["secagg_accuracy.py"]),
+    ("Shamir sharing, ours beside PyCryptodome", ["shamir.py"]),
     ("kill -9 fault injection", ["faults.py", "--kills", "200"]),
     ("soak, 30 minutes at 1 s", ["soak.py", "--minutes", "30"]),
     ("soak, 10 minutes at 1 s, stopped now and then", ["soak.py", "--minutes", "10", "--stall"]),
@@ -49,6 +50,7 @@ QUICK = [
     ("timing side channel of the public record", ["side_channel.py", "--releases", "10"]),
     ("one lying peer against the network estimate", ["robustness.py", "--trials", "200"]),
     ("aggregation at scale", ["aggregate_scale.py", "--sizes", "1000,10000"]),
+    ("Shamir sharing, ours beside PyCryptodome", ["shamir.py", "--quick"]),
     (
         "ledger work as the history grows",
         ["ledger_scale.py", "--sizes", "100,1000", "--cycles", "5", "--daemon-seconds", "5"],
