@@ -36,7 +36,7 @@ DEFAULT_BETA_DROPPED, DEFAULT_BETA_COLLUDING, MAX_BETA = 0.2, 0.2, 0.5
 DEFAULT_LOCAL_EPSILON = 5.0  # the floor a member's own noise keeps under any roster (docs/secure-aggregation.md)
 MIN_LOCAL_EPSILON, MAX_LOCAL_EPSILON = 0.01, 50.0
 DEFAULT_MIN_MEMBERS = 3
-ROUND_STEPS = 12  # a secure round's steps from its start to the last reveal collected, and one spare
+ROUND_STEPS = 14  # a secure round's steps from its start to the last reveal collected, and one spare
 MAX_ROUND_MEMBERS = 100_000
 _EMAIL = r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$"  # compiled on first use: most configs name none
 MAX_EMAIL = 254  # the longest address SMTP carries; a datasite's folder is named by it
@@ -341,7 +341,8 @@ class FileTooLargeError(OSError):
     """A file larger than its reader's cap."""
 
 
-def _kind(mode: int) -> str:
+def kind_of(mode: int) -> str:
+    """What a file of ``mode`` is, as a message names it: "a FIFO", "a character device"..."""
     kinds = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
     return kinds.get(stat.S_IFMT(mode), "a socket" if stat.S_ISSOCK(mode) else "not a file")
 
@@ -356,7 +357,7 @@ def read_regular_file(path: Path, max_bytes: int) -> bytes:
     if stat.S_ISDIR(info.st_mode):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     if not stat.S_ISREG(info.st_mode):
-        raise NotRegularFileError(_kind(info.st_mode))
+        raise NotRegularFileError(kind_of(info.st_mode))
     if info.st_size > max_bytes:
         raise FileTooLargeError(errno.EFBIG, os.strerror(errno.EFBIG), str(path))
     # Non-blocking: swapped for a FIFO since the stat, the open still returns at once.
@@ -364,7 +365,7 @@ def read_regular_file(path: Path, max_bytes: int) -> bytes:
     try:
         opened = os.fstat(fd)
         if not stat.S_ISREG(opened.st_mode):
-            raise NotRegularFileError(_kind(opened.st_mode))
+            raise NotRegularFileError(kind_of(opened.st_mode))
         chunks, size = [], 0
         while size <= max_bytes:
             chunk = os.read(fd, max_bytes + 1 - size)

@@ -6,14 +6,19 @@ stated guarantee, never in a member's exact value."""
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from cpu_tracker_daemon.secagg import masks, noise, shares
+from cpu_tracker_daemon.secagg import identity, masks, noise, shares, transport
 from cpu_tracker_daemon.secagg.protocol import (
     Graph,
     Member,
@@ -52,7 +57,9 @@ def play(names: Iterable[str], rng: random.Random, round_id: str = "299357842") 
     roster = Roster(round_id, {m: x.public() for m, x in members.items()}, 0.2, 0.2, SCALE, LOCAL_SCALE)
     graph = graph_of(roster, {m: x.accept(roster) for m, x in members.items()})
     boxes = {m: x.share(graph) for m, x in members.items()}
-    opened = {m: x.open_inbox(graph, {s: b[m] for s, b in boxes.items() if m in b}) for m, x in members.items()}
+    opened = {
+        m: x.open_inbox(graph, {s: b[m] for s, b in boxes.items() if m in b}) for m, x in members.items()
+    }
     values = {m: rng.randrange(10_001) for m in members}
     noises = {m: member_noise(roster, rng, rng) for m in members}
     masked = {m: x.masked(graph, set(opened[m]), values[m], noises[m]) for m, x in members.items()}
@@ -92,7 +99,9 @@ def equivocate(done: Round, target: str, colluders: set[str], shown_arrived: int
     s_shares: set[shares.Share] = set()
     for member, survivors in shown.items():
         try:
-            revealed = done.members[member].reveal(done.graph, survivors, endorsed[survivors], done.opened[member])
+            revealed = done.members[member].reveal(
+                done.graph, survivors, endorsed[survivors], done.opened[member]
+            )
         except ProtocolError:
             continue
         if target in revealed:
@@ -149,7 +158,9 @@ class TestEquivocation:
         survivors = Survivors(everyone, everyone)
         for member in done.members.values():
             member.endorse(done.graph, survivors)
-        reveals = {m: x.reveal(done.graph, survivors, everyone, done.opened[m]) for m, x in done.members.items()}
+        reveals = {
+            m: x.reveal(done.graph, survivors, everyone, done.opened[m]) for m, x in done.members.items()
+        }
         expected = sum(done.values.values()) + sum(done.noises.values())
         assert expected == unmask(done.graph, survivors, done.masked, reveals)
 
@@ -175,7 +186,9 @@ class TestEquivocation:
         sender, recipient = names[0], names[1]
         box = done.members[sender].share(done.graph)[recipient]
         again = {m: replace(x, _accepted=None) for m, x in done.members.items() if m != names[3]}
-        other = Roster(done.roster.round_id, {m: x.public() for m, x in again.items()}, 0.2, 0.2, SCALE, LOCAL_SCALE)
+        other = Roster(
+            done.roster.round_id, {m: x.public() for m, x in again.items()}, 0.2, 0.2, SCALE, LOCAL_SCALE
+        )
         graph = graph_of(other, {m: x.accept(other) for m, x in again.items()})
         other_member = again[recipient]
         with pytest.raises(ProtocolError, match="does not open"):
@@ -258,7 +271,10 @@ class TestFakedDropouts:
         honest_present = n - roster.max_dropped - roster.max_colluding
         assert roster.calibrated == honest_present
         rng = random.Random(n)
-        sums = [sum(noise.share(SCALE, roster.calibrated, rng) for _ in range(honest_present)) for _ in range(4000)]
+        sums = [
+            sum(noise.share(SCALE, roster.calibrated, rng) for _ in range(honest_present))
+            for _ in range(4000)
+        ]
         q = math.exp(-1 / SCALE)
         target = 2 * q / (1 - q) ** 2
         variance = sum(s * s for s in sums) / len(sums)
@@ -273,3 +289,336 @@ class TestFakedDropouts:
         for name in present:
             with pytest.raises(ProtocolError, match="fewer than the"):
                 done.members[name].endorse(done.graph, Survivors(everyone, present))
+
+
+# -- signed messages over real files ---------------------------------------------------------------
+
+
+@dataclass
+class Party:
+    name: str
+    signer: identity.Identity
+    keyring: transport.Keyring
+
+
+def party(tmp_path: Path, tree: transport.Tree, name: str, log: list[dict[str, Any]]) -> Party:
+    """A datasite with its identity published in the tree and its own pins."""
+    state = tmp_path / "state" / name
+    state.mkdir(parents=True)
+    signer = identity.Identity.load_or_create(state / "identity.key")
+    identity.publish(tree.root, name, signer)
+
+    def record(event: str, **fields: Any) -> None:
+        log.append({"event": event, **fields})
+
+    return Party(name, signer, transport.Keyring(tree, identity.Pins.load(state / "pins.json"), record))
+
+
+class TestSignedMessages:
+    AGG = "aggregator@example.org"
+
+    def one_member(
+        self, tmp_path: Path, write_roster: Callable[[transport.Tree, Party, str], None]
+    ) -> tuple[str, bool, list[dict[str, Any]]]:
+        """A member's round against a roster file ``write_roster`` puts in the aggregator's
+        folder; its outcome, whether it spent, and its log."""
+        tree = transport.Tree(tmp_path / "SyftBox")
+        log: list[dict[str, Any]] = []
+        member = party(tmp_path, tree, "m0@example.org", log)
+        aggregator = party(tmp_path, tree, self.AGG, [])
+        member.keyring.prefetch([self.AGG])  # pinned on first use, earlier
+        write_roster(tree, aggregator, "101")
+        spent: list[bool] = []
+        outcome = transport.member_round(
+            tree,
+            Member(member.name),
+            member.signer,
+            member.keyring,
+            self.AGG,
+            "101",
+            time.monotonic(),
+            0.2,
+            5000,
+            lambda roster: 0,
+            lambda: spent.append(True),
+            transport.Clock(poll=0.02),
+        )
+        return outcome, bool(spent), log
+
+    @staticmethod
+    def roster_doc(tree: transport.Tree, signer: identity.Identity, round_id: str, signed_round: str) -> None:
+        members = {f"m{i}@example.org": Member(f"m{i}@example.org") for i in range(3)}
+        roster = Roster(
+            signed_round, {m: x.public() for m, x in members.items()}, 0.2, 0.2, SCALE, LOCAL_SCALE
+        )
+        body = transport.roster_body(roster, dict.fromkeys(roster.members, ""))
+        doc = {
+            "schema": transport.SCHEMA,
+            "kind": "roster",
+            "round": round_id,
+            "from": TestSignedMessages.AGG,
+            **body,
+        }
+        doc["sig"] = identity.sign_message(
+            signer, signed_round, "roster", body, sender=TestSignedMessages.AGG
+        )
+        path = tree.file(TestSignedMessages.AGG, round_id, "roster")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc))
+
+    def test_a_forged_roster_is_refused_with_one_line_and_nothing_spent(self, tmp_path: Path) -> None:
+        """A roster in the aggregator's folder signed by someone else's key (a server or another
+        writer forging it): the member logs one refusal naming the sender and spends nothing."""
+        outcome, spent, log = self.one_member(
+            tmp_path, lambda tree, agg, r: self.roster_doc(tree, identity.Identity.generate(), r, r)
+        )
+        assert (outcome, spent) == ("no roster", False)
+        refused = [e for e in log if e["event"] == "secagg.message_refused"]
+        assert len(refused) == 1
+        assert refused[0]["sender"] == self.AGG
+        assert "forged, altered or replayed" in refused[0]["reason"]
+
+    def test_a_replayed_roster_from_another_round_is_refused(self, tmp_path: Path) -> None:
+        """The aggregator's own signature over round 100's roster, put in round 101's file."""
+        outcome, spent, log = self.one_member(
+            tmp_path, lambda tree, agg, r: self.roster_doc(tree, agg.signer, r, "100")
+        )
+        assert (outcome, spent) == ("no roster", False)
+        assert [e["event"] for e in log] == ["secagg.message_refused"]
+
+    def test_a_changed_aggregator_key_is_refused_until_accepted(self, tmp_path: Path) -> None:
+        """The aggregator's did.json now holds a new key, and its roster is signed with it: the
+        member refuses, says how to accept the key, and spends nothing."""
+
+        def new_key(tree: transport.Tree, agg: Party, round_id: str) -> None:
+            identity.did_path(tree.root, self.AGG).unlink()
+            fresh = identity.Identity.generate()
+            identity.publish(tree.root, self.AGG, fresh)
+            self.roster_doc(tree, fresh, round_id, round_id)
+
+        outcome, spent, log = self.one_member(tmp_path, new_key)
+        assert (outcome, spent) == ("no roster", False)
+        (refused,) = [e for e in log if e["event"] == "secagg.message_refused"]
+        assert f"cpu-tracker secagg accept-key {self.AGG}" in refused["reason"]
+        assert "identity key changed" in refused["reason"]
+
+    def test_a_forged_member_message_keeps_it_out_of_the_roster(self, tmp_path: Path) -> None:
+        """keys.json in a member's folder signed by a key that is not its own: the aggregator
+        leaves that member out of the roster and logs it once."""
+        tree = transport.Tree(tmp_path / "SyftBox")
+        log: list[dict[str, Any]] = []
+        aggregator = party(tmp_path, tree, self.AGG, log)
+        honest = [party(tmp_path, tree, f"m{i}@example.org", []) for i in range(3)]
+        party(tmp_path, tree, "victim@example.org", [])
+        forger = identity.Identity.generate()
+        body = transport.keys_body(Member("victim@example.org").public())
+        path = tree.file("victim@example.org", "7", "keys")
+        path.parent.mkdir(parents=True)
+        sig = identity.sign_message(forger, "7", "keys", body, sender="victim@example.org")
+        path.write_text(
+            json.dumps(
+                {
+                    "schema": transport.SCHEMA,
+                    "kind": "keys",
+                    "round": "7",
+                    "from": "victim@example.org",
+                    **body,
+                    "sig": sig,
+                }
+            )
+        )
+        for p in honest:
+            transport._write(
+                tree,
+                p.signer,
+                p.name,
+                "7",
+                "keys",
+                transport.keys_body(Member(p.name).public()),
+                transport.member_folder(p.name, self.AGG),
+            )
+        result = transport.aggregator_round(
+            tree,
+            aggregator.signer,
+            aggregator.keyring,
+            self.AGG,
+            [p.name for p in honest] + ["victim@example.org"],
+            "7",
+            time.monotonic() - 1,
+            0.2,
+            transport.Calibration(0.2, 0.2, SCALE, LOCAL_SCALE),
+            transport.Clock(poll=0.02),
+        )
+        assert result["roster"] == 3
+        roster = json.loads(tree.file(self.AGG, "7", "roster").read_text())
+        assert "victim@example.org" not in roster["keys"]
+        assert [(e["event"], e["sender"]) for e in log] == [("secagg.message_refused", "victim@example.org")]
+
+
+# -- a member that lies or breaks (issue 29) -----------------------------------------------------
+
+
+def file_round(
+    tmp_path: Path,
+    n: int,
+    break_member: Callable[[Member], None] | None = None,
+    up: int | None = None,
+    min_members: int = 3,
+) -> tuple[dict[str, Any], dict[str, str], dict[str, bool], list[dict[str, Any]]]:
+    """A round over real files: ``n`` listed members (the first ``up`` of them running, each
+    in a thread), the first one broken by ``break_member``, and the aggregator. Returns the
+    result, each member's outcome, whether each spent, and the aggregator's log."""
+    tree = transport.Tree(tmp_path / "SyftBox")
+    log: list[dict[str, Any]] = []
+    agg = party(tmp_path, tree, TestSignedMessages.AGG, log)
+    names = [f"m{i}@example.org" for i in range(n)]
+    parties = {name: party(tmp_path, tree, name, []) for name in names[: n if up is None else up]}
+    outcomes: dict[str, str] = {}
+    spent: dict[str, bool] = dict.fromkeys(parties, False)
+    start, step = time.monotonic() + 0.3, 0.25
+    clock = transport.Clock(poll=0.02)
+
+    def run(who: Party) -> None:
+        member = Member(who.name)
+        if break_member is not None and who.name == names[0]:
+            break_member(member)
+
+        def spend() -> None:
+            spent[who.name] = True
+
+        outcomes[who.name] = transport.member_round(
+            tree,
+            member,
+            who.signer,
+            who.keyring,
+            TestSignedMessages.AGG,
+            "42",
+            start,
+            step,
+            5_000,
+            lambda roster: 0,
+            spend,
+            clock,
+            transport.Requirements(min_members=min_members),
+        )
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in parties.values()]
+    for thread in threads:
+        thread.start()
+    result = transport.aggregator_round(
+        tree,
+        agg.signer,
+        agg.keyring,
+        TestSignedMessages.AGG,
+        names,
+        "42",
+        start,
+        step,
+        transport.Calibration(0.2, 0.2, SCALE, LOCAL_SCALE),
+        clock,
+    )
+    for thread in threads:
+        thread.join()
+    return result, outcomes, spent, log
+
+
+class TestLyingMember:
+    @staticmethod
+    def garbage_boxes(member: Member) -> None:
+        """Its boxes for two neighbours are garbage (the sealing is right, the bytes are not)."""
+        share = member.share
+
+        def lying(graph: Graph) -> dict[str, bytes]:
+            boxes = share(graph)
+            for peer in sorted(boxes)[:2]:
+                boxes[peer] = bytes(len(boxes[peer]))
+            return boxes
+
+        member.share = lying  # type: ignore[method-assign]
+
+    def test_a_garbage_box_removes_its_sender_before_anyone_spends(self, tmp_path: Path) -> None:
+        """One member's garbage boxes: the two neighbours that got them name it, it leaves the
+        round before any spend (left out, nothing spent), and the others' round completes."""
+        result, outcomes, spent, log = file_round(tmp_path, 6, self.garbage_boxes)
+        liar = "m0@example.org"
+        assert outcomes[liar].startswith("left out before the spend")
+        assert not spent[liar]
+        assert result["aborted"] is None
+        assert result["members"] == 5
+        assert result["sum_units"] == 5 * 5_000
+        assert all(outcomes[m] == "revealed" and spent[m] for m in outcomes if m != liar)
+        assert [e["members"] for e in log if e["event"] == "secagg.members_left_out"] == [[liar]]
+
+    def test_a_replayed_box_is_a_garbage_box(self, tmp_path: Path) -> None:
+        """A box sealed for another round (a replay) does not open under this round's roster."""
+
+        def replaying(member: Member) -> None:
+            share = member.share
+
+            def lying(graph: Graph) -> dict[str, bytes]:
+                boxes = share(graph)
+                for peer in sorted(boxes)[:2]:
+                    boxes[peer] = shares.seal(
+                        member.c_key, graph.roster.keys[peer].c, "41|old", member.name, peer, b"x" * 68
+                    )
+                return boxes
+
+            member.share = lying  # type: ignore[method-assign]
+
+        result, outcomes, spent, _ = file_round(tmp_path, 6, replaying)
+        assert outcomes["m0@example.org"].startswith("left out before the spend")
+        assert (result["aborted"], result["members"]) == (None, 5)
+
+    def test_a_roster_too_small_to_finish_spends_nothing(self, tmp_path: Path) -> None:
+        """Three listed, one up: the roster of one is refused (min_members 3), nothing spent."""
+        result, outcomes, spent, _ = file_round(tmp_path, 3, up=1)
+        assert outcomes["m0@example.org"].startswith("the roster has 1 members, fewer than")
+        assert spent == {"m0@example.org": False}
+        assert result["aborted"] is not None
+
+    def test_a_reveal_at_a_repeated_index_is_the_revealers_fault(self) -> None:
+        """A member reveals its share under another neighbour's index (a repeated Shamir index):
+        the share is left out as its sender's, and the round unmasks the exact sum."""
+        done = play((f"m{i}@example.org" for i in range(8)), random.Random(6))
+        everyone = frozenset(done.roster.members)
+        survivors = Survivors(everyone, everyone)
+        for member in done.members.values():
+            member.endorse(done.graph, survivors)
+        reveals = {
+            m: x.reveal(done.graph, survivors, everyone, done.opened[m]) for m, x in done.members.items()
+        }
+        liar, about = done.roster.members[1], done.roster.members[0]
+        kind, (_, share) = reveals[liar][about]
+        reveals[liar][about] = (kind, (1 if done.graph.index(about, liar) != 1 else 2, share))
+        expected = sum(done.values.values()) + sum(done.noises.values())
+        assert expected == unmask(done.graph, survivors, done.masked, reveals)
+
+    @pytest.mark.parametrize(("extra", "completes"), [(2, True), (1, False)])
+    def test_one_garbage_share_is_left_out_when_two_subsets_can_agree(
+        self, extra: int, completes: bool
+    ) -> None:
+        """One garbage share among t + 2: subsets are tried and the secret two agree on is
+        taken; among t + 1 no subset can be told good from bad, and the round aborts (the doc
+        says so) rather than believe one."""
+        done = play((f"m{i}@example.org" for i in range(12)), random.Random(7))
+        target = done.roster.members[0]
+        t = done.graph.threshold(target)
+        everyone = frozenset(done.roster.members)
+        survivors = Survivors(everyone, everyone)
+        for member in done.members.values():
+            member.endorse(done.graph, survivors)
+        reveals = {
+            m: x.reveal(done.graph, survivors, everyone, done.opened[m]) for m, x in done.members.items()
+        }
+        holders = [m for m in done.graph.neighbours(target)]
+        for extra_holder in holders[t + extra :]:
+            reveals[extra_holder].pop(target)
+        liar = holders[0]
+        kind, (index, _) = reveals[liar][target]
+        reveals[liar][target] = (kind, (index, bytes(32)))
+        if completes:
+            expected = sum(done.values.values()) + sum(done.noises.values())
+            assert expected == unmask(done.graph, survivors, done.masked, reveals)
+        else:
+            with pytest.raises(ProtocolError, match="disagree"):
+                unmask(done.graph, survivors, done.masked, reveals)

@@ -160,6 +160,12 @@ class Graph:
         """Shares of ``member``'s secrets needed to rebuild them: a majority of its neighbours."""
         return len(self.neighbours(member)) // 2 + 1
 
+    def index(self, owner: str, holder: str) -> int:
+        """The index of the share of ``owner``'s secrets that ``holder`` holds: its place among
+        ``owner``'s neighbours, from 1 (0 for one who holds none)."""
+        peers = self.neighbours(owner)
+        return peers.index(holder) + 1 if holder in peers else 0
+
 
 def graph_of(roster: Roster, openings: Mapping[str, bytes]) -> Graph:
     """The round's graph from every roster member's opened randomness; one that does not open
@@ -246,26 +252,39 @@ class Member:
         return out
 
     def open_inbox(self, graph: Graph, boxes: Mapping[str, bytes]) -> dict[str, Opened]:
-        """Round 2, received: open every box from a neighbour now, before anything is spent. A
-        box that does not open is the sender's fault, named in the error."""
+        """:meth:`check_inbox`, raising for the first box that does not open."""
+        opened, bad = self.check_inbox(graph, boxes)
+        if bad:
+            raise ProtocolError(f"the box from {bad[0]} does not open")
+        return opened
+
+    def check_inbox(self, graph: Graph, boxes: Mapping[str, bytes]) -> tuple[dict[str, Opened], list[str]]:
+        """Round 2, received: open every box from a neighbour now, before anything is spent;
+        return what opened and who sent a box that did not (garbage, a replay, a share with no
+        index, or a box from someone who is not a neighbour): the aggregator drops both ends of
+        such a pair before anyone spends."""
         roster = graph.roster
+        self.accept(roster)
         opened: dict[str, Opened] = {}
+        bad: list[str] = []
         neighbours = set(graph.neighbours(self.name))
-        for sender, box in boxes.items():
+        for sender, box in sorted(boxes.items()):
             if sender not in neighbours:
-                raise ProtocolError(f"a box from {sender}, who is not a neighbour of {self.name}")
+                bad.append(sender)
+                continue
             try:
-                self.accept(roster)
                 payload = shares.unseal(
                     self.c_key, roster.keys[sender].c, roster.context, sender, self.name, box
                 )
             except shares.ShareError:
-                raise ProtocolError(f"the box from {sender} does not open") from None
+                bad.append(sender)
+                continue
             index = int.from_bytes(payload[:4], "big")
-            if len(payload) != 68 or not 0 < index < 1 << 16:
-                raise ProtocolError(f"the box from {sender} holds no share")
+            if len(payload) != 68 or index != graph.index(sender, self.name):
+                bad.append(sender)
+                continue
             opened[sender] = (index, payload[4:36], payload[36:68])
-        return opened
+        return opened, bad
 
     def masked(self, graph: Graph, shared: Set[str], value: int, noise_share: int) -> int:
         """Round 3: value + noise + self mask + a pairwise mask with each neighbour that shared
@@ -331,12 +350,15 @@ def unmask(
     reveals: Mapping[str, Mapping[str, Reveal]],
 ) -> int:
     """Round 6, the aggregator: the signed sum of the present members' values and noise.
-    Raises ProtocolError when a secret cannot be rebuilt from agreeing shares."""
+    ``reveals`` maps each revealer to what it revealed about each neighbour; a share at another
+    index than the revealer holds is its sender's fault and left out. Raises ProtocolError when
+    a secret cannot be rebuilt from agreeing shares."""
     roster = graph.roster
-    found: dict[tuple[str, str], set[shares.Share]] = defaultdict(set)
-    for revealed in reveals.values():
-        for about, (kind, share) in revealed.items():
-            found[about, kind].add(share)
+    found: dict[tuple[str, str], dict[int, bytes]] = defaultdict(dict)
+    for revealer, revealed in reveals.items():
+        for about, (kind, (index, share)) in revealed.items():
+            if about in roster.keys and index == graph.index(about, revealer) and index > 0:
+                found[about, kind][index] = share
     total = sum(masked[m] for m in survivors.present)
     for member in sorted(survivors.present):
         seed = _rebuild(graph, member, "b", found)
@@ -351,24 +373,21 @@ def unmask(
 
 
 def _rebuild(
-    graph: Graph, member: str, kind: str, found: Mapping[tuple[str, str], set[shares.Share]]
+    graph: Graph, member: str, kind: str, found: Mapping[tuple[str, str], dict[int, bytes]]
 ) -> bytes:
-    """``member``'s secret from its neighbours' shares; with more than needed, two different
-    subsets must agree (a garbage share from one neighbour is caught, not believed)."""
-    by_index: dict[int, bytes] = {}
-    for index, share in found.get((member, kind), ()):
-        if by_index.setdefault(index, share) != share:
-            raise ProtocolError(f"two different shares of {member}'s {kind} at index {index}")
+    """``member``'s secret from its neighbours' shares. With ``t`` shares it is believed; with
+    more, two subsets of ``t`` that overlap in all but one share must agree, and windows are
+    tried in turn, so one garbage share among ``t + 2`` or more is left out, not believed."""
+    by_index = found.get((member, kind), {})
     t = graph.threshold(member)
     if len(by_index) < t:
         raise ProtocolError(f"only {len(by_index)} shares of {member}'s {kind}, {t} needed: the round aborts")
     ordered = sorted(by_index.items())
-    try:
-        secret = shares.combine(ordered[:t])
-        if len(ordered) > t and shares.combine(ordered[-t:]) != secret:
-            raise ProtocolError(f"the shares of {member}'s {kind} disagree: a neighbour sent garbage")
-    except ValueError as exc:
-        if isinstance(exc, ProtocolError):
-            raise
-        raise ProtocolError(f"the shares of {member}'s {kind} do not combine: {exc}") from None
-    return secret
+    if len(ordered) == t:
+        return shares.combine(ordered)
+    for start in range(len(ordered)):
+        window = ordered[start:] + ordered[:start]
+        secret = shares.combine(window[:t])
+        if shares.combine(window[1 : t + 1]) == secret:
+            return secret
+    raise ProtocolError(f"the shares of {member}'s {kind} disagree: neighbours sent garbage")

@@ -45,8 +45,16 @@ _ENVELOPE = ("schema", "kind", "round", "from", "sig")
 # When each wait ends, in steps from the round's start: a member waits for the aggregator's next
 # file one step after the aggregator stops collecting the files that file is made from, so a
 # file published at its deadline is still seen. One step must exceed the tree's sync delay.
-MEMBER_WAITS = {"roster": 2, "openings": 4, "inbox": 6, "survivors": 8, "endorsements": 10}
-AGGREGATOR_COLLECTS = {"keys": 1, "open": 3, "shares": 5, "masked": 7, "endorse": 9, "reveal": 11}
+MEMBER_WAITS = {"roster": 2, "openings": 4, "inbox": 6, "proceed": 8, "survivors": 10, "endorsements": 12}
+AGGREGATOR_COLLECTS = {
+    "keys": 1,
+    "open": 3,
+    "shares": 5,
+    "check": 7,
+    "masked": 9,
+    "endorse": 11,
+    "reveal": 13,
+}
 
 Log = Callable[..., None]
 
@@ -210,7 +218,7 @@ def aggregator_folder(owner: str, members: Iterable[str]) -> permissions.Folder:
     readers = tuple(members)
     rules = [
         permissions.Rule(f"{name}.json", read=readers)
-        for name in ("roster", "openings", "survivors", "endorsements")
+        for name in ("roster", "openings", "proceed", "survivors", "endorsements")
     ]
     rules += [permissions.Rule(f"inbox-{m}.json", read=(m,)) for m in readers]
     rules.append(permissions.Rule("result.json", read=(permissions.EVERYONE,)))
@@ -289,7 +297,11 @@ def parse_roster(round_id: str, body: Mapping[str, Any]) -> tuple[Roster, dict[s
     numbers = [body[k] for k in ("beta_dropped", "beta_colluding", "scale", "local_scale")]
     if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in numbers):
         raise ValueError("the calibration must be numbers")
-    return Roster(round_id, keys, *(float(x) for x in numbers)), signatures
+    try:
+        calibration = [float(x) for x in numbers]
+    except OverflowError:  # an integer past a float's range
+        raise ValueError("the calibration must be numbers a float holds") from None
+    return Roster(round_id, keys, *calibration), signatures
 
 
 def message_bytes(round_id: str, kind: str, body: dict[str, Any]) -> int:
@@ -414,10 +426,20 @@ def member_round(
         return "no inbox"
     try:
         boxes = {str(s): _unb64(b) for s, b in inbox_doc["boxes"].items()}
-        opened = me.open_inbox(graph, boxes)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        return f"refused: {exc}"
-    masked = me.masked(graph, set(opened), value, noise_share(roster))
+        return f"bad inbox: {exc}"
+    opened, bad = me.check_inbox(graph, boxes)
+    send("check", {"roster": roster.digest.hex(), "bad": bad})
+    proceed = relayed("proceed", "proceed", deadline["proceed"], roster)
+    if proceed is None:
+        return "no word to proceed"
+    shared = _names(proceed.get("shared"))
+    if me.name not in shared:
+        why = f"a box from {', '.join(bad[:3])} did not open" if bad else "the aggregator left it out"
+        return f"left out before the spend: {why}"
+    if any(peer in shared for peer in bad):
+        return "refused: the aggregator kept a member whose box did not open"
+    masked = me.masked(graph, shared & set(opened), value, noise_share(roster))
     before_sending()
     send("masked", {"roster": roster.digest.hex(), "masked": masked})
     survivors_doc = relayed("survivors", "survivors", deadline["survivors"], roster)
@@ -568,7 +590,17 @@ def aggregator_round(
             s: sent[member] for s, sent in boxes.items() if member in sent and member in graph.neighbours(s)
         }
         publish("inbox", {"roster": digest, "boxes": inbox}, name=f"inbox-{member}")
-    shared = frozenset(boxes)
+    checks = gather("check", sorted(boxes), roster)
+    accusations = {who: _names(body.get("bad")) & set(roster.members) for who, body in checks.items()}
+    leaving = _left_out(accusations)
+    if leaving:
+        keyring.log(
+            "secagg.members_left_out", round=round_id, members=sorted(leaving)[:10], count=len(leaving)
+        )
+    shared = frozenset(checks) - leaving
+    if len(shared) < roster.must_arrive:
+        return abort(f"{len(shared)} members may go on, fewer than the {roster.must_arrive} the round needs")
+    publish("proceed", {"roster": digest, "shared": sorted(shared)})
     masked: dict[str, int] = {}
     for who, body in gather("masked", sorted(shared), roster).items():
         value = body.get("masked")
@@ -599,6 +631,29 @@ def aggregator_round(
     result.update(sum_units=total, mean=total / len(survivors.present) / 100, aborted=None)
     publish("result", result)
     return result
+
+
+def _left_out(accusations: Mapping[str, frozenset[str]]) -> frozenset[str]:
+    """Who leaves the round, before anyone spends, over boxes that did not open. One of each
+    such pair lies or is broken, and nobody else can tell which: a member named by two or more,
+    or naming two or more, leaves alone (one liar cannot take two honest members with it);
+    otherwise both ends of the accusation leave."""
+    named: dict[str, set[str]] = {}
+    for accuser, accused in accusations.items():
+        for who in accused:
+            named.setdefault(who, set()).add(accuser)
+    out: set[str] = set()
+    for accuser, accused in accusations.items():
+        if len(accused) >= 2:
+            out.add(accuser)
+    for who, by in named.items():
+        if len(by) >= 2:
+            out.add(who)
+    for accuser, accused in accusations.items():
+        for who in accused:
+            if accuser not in out and who not in out:
+                out |= {accuser, who}
+    return frozenset(out)
 
 
 def _parse_reveals(raw: Any) -> dict[str, Reveal]:
