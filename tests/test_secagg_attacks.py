@@ -622,3 +622,36 @@ class TestLyingMember:
         else:
             with pytest.raises(ProtocolError, match="disagree"):
                 unmask(done.graph, survivors, done.masked, reveals)
+
+
+class TestIsolation:
+    @pytest.mark.slow
+    def test_declaring_a_members_whole_neighbourhood_absent_recovers_nothing(self) -> None:
+        """At 300 members a fifth absent (60) covers a member's 54 neighbours: the aggregator
+        declares them all absent to rebuild every mask key around the target. The members near
+        it refuse to answer a set that leaves them fewer than a majority of their neighbours, and
+        the rest hold too few shares of those keys: 0 exact recoveries."""
+        done = play((f"m{i:04d}@example.org" for i in range(300)), random.Random(8))
+        target = done.roster.members[0]
+        around = set(done.graph.neighbours(target))
+        assert len(around) <= done.roster.max_dropped
+        everyone = frozenset(done.roster.members)
+        survivors = Survivors(everyone, everyone - around)
+        endorsers: set[str] = set()
+        for name in survivors.present:
+            try:
+                done.members[name].endorse(done.graph, survivors)
+            except ProtocolError:
+                continue
+            endorsers.add(name)
+        key_shares: dict[str, set[shares.Share]] = {j: set() for j in around}
+        b_shares: set[shares.Share] = set()
+        for name in endorsers:
+            revealed = done.members[name].reveal(done.graph, survivors, endorsers, done.opened[name])
+            for about, (kind, share) in revealed.items():
+                if kind == "s" and about in around:
+                    key_shares[about].add(share)
+                elif kind == "b" and about == target:
+                    b_shares.add(share)
+        rebuilt = [j for j in around if len(key_shares[j]) >= done.graph.threshold(j)]
+        assert len(rebuilt) < len(around), f"{len(rebuilt)} of {len(around)} neighbours' mask keys rebuilt"

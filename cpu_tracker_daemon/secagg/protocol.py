@@ -313,6 +313,12 @@ class Member:
             )
         if self.name not in survivors.present:
             raise ProtocolError(f"{self.name} is not among the survivors it is asked to unmask")
+        near = graph.neighbours(self.name)
+        if len(survivors.present.intersection(near)) < graph.threshold(self.name):
+            raise ProtocolError(
+                f"fewer than {graph.threshold(self.name)} of {self.name}'s {len(near)} neighbours arrived: "
+                "a set that isolates members is not answered"
+            )
         digest = survivors.digest(roster)
         if self._endorsed is not None and self._endorsed != digest:
             raise ProtocolError("a second, different survivor set in one round: the aggregator equivocates")
