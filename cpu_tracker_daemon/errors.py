@@ -195,11 +195,13 @@ class OutputError(CpuTrackerError):
 class RoundEndedError(CpuTrackerError):
     """A secure-aggregation round ended before this member's masked value was sent."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, spent: bool = False) -> None:
         self.reason = reason
+        self.spent = spent
+        kept = "its spend is kept" if spent else "nothing was spent"
         super().__init__(
-            f"the secure round ended before this member's value was sent ({one_line(reason)}); nothing "
-            "was spent, and the member takes part in the next round"
+            f"the secure round ended before this member's value was sent ({one_line(reason)}); {kept}, "
+            "and the member takes part in the next round"
         )
 
 

@@ -429,6 +429,11 @@ class Tracker:
         if not reserved:
             raise RoundEndedError(outcome)
         round_id = schedule_round_id(planned, self.every)
+        if outcome.startswith(rounds.WRITE_FAILED):  # spent, and the masked value never left
+            ledger.record(
+                spend.release_id, "abandoned", self.clock(), payload={"round": round_id, "outcome": outcome}
+            )
+            raise RoundEndedError(outcome, spent=True)
         ledger.record(
             spend.release_id,
             "published",

@@ -655,3 +655,86 @@ class TestIsolation:
                     b_shares.add(share)
         rebuilt = [j for j in around if len(key_shares[j]) >= done.graph.threshold(j)]
         assert len(rebuilt) < len(around), f"{len(rebuilt)} of {len(around)} neighbours' mask keys rebuilt"
+
+
+class TestFaults:
+    @pytest.mark.slow
+    def test_a_full_disk_ends_the_round_said_as_such(self, tmp_path: Path) -> None:
+        """The member's SyftBox folder on a full disk: its round ends with 'could not write its
+        message', no exception, nothing spent (the old text promised a noisy value it never drew)."""
+        import os
+        import subprocess
+
+        if os.geteuid() != 0:
+            pytest.skip("mounting a small filesystem needs root")
+        mount = tmp_path / "small"
+        mount.mkdir()
+        if subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=False
+        ).returncode:
+            pytest.skip("this machine cannot mount a tmpfs")
+        try:
+            tree = transport.Tree(mount)
+            member = party(tmp_path, tree, "m0@example.org", [])
+            fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                while os.write(fd, b"\0" * 4096):
+                    pass
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+            spent: list[bool] = []
+            outcome = transport.member_round(
+                tree,
+                Member(member.name),
+                member.signer,
+                member.keyring,
+                TestSignedMessages.AGG,
+                "9",
+                time.monotonic(),
+                0.1,
+                5_000,
+                lambda roster: 0,
+                lambda: spent.append(True),
+                transport.Clock(poll=0.02),
+            )
+            assert outcome.startswith(transport.WRITE_FAILED)
+            assert not spent
+        finally:
+            subprocess.run(["umount", "-l", str(mount)], check=False)
+
+    def test_a_round_folder_linked_to_another_members_is_not_read(self, tmp_path: Path) -> None:
+        """m1's round folder is a symbolic link to m0's (one shared tree): the aggregator does not
+        read m0's files under m1's name; m1 is simply not in the roster."""
+        tree = transport.Tree(tmp_path / "SyftBox")
+        log: list[dict[str, Any]] = []
+        agg = party(tmp_path, tree, TestSignedMessages.AGG, log)
+        m0, m1 = (party(tmp_path, tree, f"m{i}@example.org", []) for i in range(2))
+        transport._write(
+            tree,
+            m0.signer,
+            m0.name,
+            "5",
+            "keys",
+            transport.keys_body(Member(m0.name).public()),
+            transport.member_folder(m0.name, TestSignedMessages.AGG),
+        )
+        linked = tree.file(m1.name, "5", "keys").parent
+        linked.parent.mkdir(parents=True)
+        linked.symlink_to(tree.file(m0.name, "5", "keys").parent)
+        result = transport.aggregator_round(
+            tree,
+            agg.signer,
+            agg.keyring,
+            TestSignedMessages.AGG,
+            [m0.name, m1.name],
+            "5",
+            time.monotonic() - 1,
+            0.1,
+            transport.Calibration(0.2, 0.2, SCALE, LOCAL_SCALE),
+            transport.Clock(poll=0.02),
+        )
+        roster = json.loads(tree.file(TestSignedMessages.AGG, "5", "roster").read_text())
+        assert sorted(roster["keys"]) == [m0.name]
+        assert result["roster"] == 1

@@ -31,6 +31,7 @@ from cpu_tracker_daemon.signals import StopRequest
 if TYPE_CHECKING:
     from cpu_tracker_daemon.discrete import Uniform
 
+WRITE_FAILED = transport.WRITE_FAILED
 KEEP_ROUNDS = 24  # round folders kept in a datasite; older ones are removed
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cpu_tracker_daemon import permissions, storage
+from cpu_tracker_daemon.errors import OutputError
 from cpu_tracker_daemon.secagg import identity, masks
 from cpu_tracker_daemon.secagg.protocol import (
     Member,
@@ -57,6 +58,7 @@ AGGREGATOR_COLLECTS = {
 }
 
 Log = Callable[..., None]
+WRITE_FAILED = "could not write its message"
 
 
 def _no_log(event: str, **fields: Any) -> None:
@@ -376,7 +378,43 @@ def member_round(
     central noise and its own); ``before_sending`` runs just before the masked value is written
     (the ledger's spend goes there: it is made before anything that depends on the value can be
     seen). Everything a neighbour or the aggregator could break is checked before it: a round
-    that ends earlier costs nothing."""
+    that ends earlier costs nothing. A file this member cannot write (a full disk) ends its
+    round, said as such: whether it had spent is the caller's ledger's to say."""
+    try:
+        return _member_round(
+            tree,
+            me,
+            signer,
+            keyring,
+            aggregator,
+            round_id,
+            start,
+            step,
+            value,
+            noise_share,
+            before_sending,
+            clock,
+            requirements,
+        )
+    except OutputError as exc:
+        return f"{WRITE_FAILED} ({exc.reason})"
+
+
+def _member_round(
+    tree: Tree,
+    me: Member,
+    signer: identity.Identity,
+    keyring: Keyring,
+    aggregator: str,
+    round_id: str,
+    start: float,
+    step: float,
+    value: int,
+    noise_share: Callable[[Roster], int],
+    before_sending: Callable[[], None],
+    clock: Clock = Clock(),
+    requirements: Requirements = Requirements(),
+) -> str:
     deadline = _deadlines(start, step, MEMBER_WAITS)
     mine = member_folder(me.name, aggregator)
 
