@@ -738,3 +738,56 @@ class TestFaults:
         roster = json.loads(tree.file(TestSignedMessages.AGG, "5", "roster").read_text())
         assert sorted(roster["keys"]) == [m0.name]
         assert result["roster"] == 1
+
+
+class TestClockSkew:
+    def test_a_member_a_step_fast_still_takes_part(self, tmp_path: Path) -> None:
+        """A member whose clock is almost a step ahead of the aggregator's, in a round where one
+        listed member never comes (so the aggregator waits out its deadlines): the member waits
+        long enough for each file, and the round completes with it."""
+        tree = transport.Tree(tmp_path / "SyftBox")
+        agg = party(tmp_path, tree, TestSignedMessages.AGG, [])
+        names = [f"m{i}@example.org" for i in range(4)]
+        parties = {name: party(tmp_path, tree, name, []) for name in names[:3]}
+        start, step = time.monotonic() + 0.3, 0.3
+        outcomes: dict[str, str] = {}
+
+        def run(who: Party, skew: float) -> None:
+            clock = transport.Clock(now=lambda: time.monotonic() + skew, poll=0.02)
+            outcomes[who.name] = transport.member_round(
+                tree,
+                Member(who.name),
+                who.signer,
+                who.keyring,
+                TestSignedMessages.AGG,
+                "3",
+                start,
+                step,
+                1_000,
+                lambda roster: 0,
+                lambda: None,
+                clock,
+            )
+
+        threads = [
+            threading.Thread(target=run, args=(p, 0.97 * step if i == 0 else 0.0))
+            for i, p in enumerate(parties.values())
+        ]
+        for thread in threads:
+            thread.start()
+        result = transport.aggregator_round(
+            tree,
+            agg.signer,
+            agg.keyring,
+            TestSignedMessages.AGG,
+            names,
+            "3",
+            start,
+            step,
+            transport.Calibration(0.2, 0.2, SCALE, LOCAL_SCALE),
+            transport.Clock(poll=0.02),
+        )
+        for thread in threads:
+            thread.join()
+        assert outcomes == dict.fromkeys(names[:3], "revealed")
+        assert (result["aborted"], result["sum_units"]) == (None, 3_000)

@@ -44,9 +44,10 @@ MAX_BYTES = 8 << 20  # the roster at 100,000 members: some 250 bytes each
 _ROUND = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
 _ENVELOPE = ("schema", "kind", "round", "from", "sig")
 # When each wait ends, in steps from the round's start: a member waits for the aggregator's next
-# file one step after the aggregator stops collecting the files that file is made from, so a
-# file published at its deadline is still seen. One step must exceed the tree's sync delay.
-MEMBER_WAITS = {"roster": 2, "openings": 4, "inbox": 6, "proceed": 8, "survivors": 10, "endorsements": 12}
+# file two steps after the aggregator stops collecting the files that file is made from, so a
+# file published at its deadline is still seen by a member whose clock is up to a step fast.
+# One step must exceed the tree's sync delay.
+MEMBER_WAITS = {"roster": 3, "openings": 5, "inbox": 7, "proceed": 9, "survivors": 11, "endorsements": 13}
 AGGREGATOR_COLLECTS = {
     "keys": 1,
     "open": 3,
