@@ -50,7 +50,16 @@ if TYPE_CHECKING:
 # -I: no working directory or script directory on sys.path, no user site, no PYTHON* variables.
 CHILD: Sequence[str] = (sys.executable, "-I", "-m", "cpu_tracker_daemon.drawing")
 CHILD_CWD = "/"  # nothing of the caller's directory, and nothing there to keep busy or unmounted
-CHILD_ENV: Mapping[str, str] = {"PATH": os.defpath}  # none of the caller's variables
+CHILD_ENV: Mapping[str, str] = {"PATH": os.defpath}  # none of the caller's variables, but:
+# the numeric libraries' tuning, which some processors need for numpy to compute right or at all
+# (OPENBLAS_CORETYPE on a CPU an old OpenBLAS misdetects); none of it chooses what is imported.
+PASSED_ON = (
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+    "OPENBLAS_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+)
 TIMEOUT_SECONDS = 120.0  # importing diffprivlib takes about 1 s here; a slow board, far more
 POLL_SECONDS = 0.25  # how often a wait on the child looks at the stop request
 MAX_ANSWER_BYTES = 4096
@@ -112,7 +121,7 @@ def _ask(
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             cwd=CHILD_CWD,
-            env=dict(CHILD_ENV),
+            env={**CHILD_ENV, **{k: v for k in PASSED_ON if (v := os.environ.get(k)) is not None}},
             close_fds=True,
         )
     except OSError as exc:

@@ -280,7 +280,7 @@ class TestTheChildImportsOnlyThePackage:
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """Whatever the caller's working directory and environment, the child starts in / and
-        sees none of the caller's variables."""
+        sees none of the caller's variables but the numeric libraries' tuning."""
         seen = tmp_path / "seen.json"
         spy = child(
             f"""
@@ -292,10 +292,12 @@ class TestTheChildImportsOnlyThePackage:
         )
         monkeypatch.chdir(tmp_path)
         monkeypatch.setenv("CPU_TRACKER_TEST_MARK", "from the caller")
+        monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
         drawing.draw(Statistic(SECRET, 1235), SNAPPING, child=spy)
         got = json.loads(seen.read_text())
         assert got["cwd"] == "/"
         assert "CPU_TRACKER_TEST_MARK" not in got["env"]
+        assert got["env"]["OPENBLAS_CORETYPE"] == "Haswell"  # numpy's tuning on processors that need it
         assert not [name for name in got["env"] if name.startswith("PYTHON")]
 
 
