@@ -38,10 +38,11 @@ FULL = [
     ("soak, 30 minutes at 1 s", ["soak.py", "--minutes", "30"]),
     ("soak, 10 minutes at 1 s, stopped now and then", ["soak.py", "--minutes", "10", "--stall"]),
     ("coverage-guided fuzzing (atheris)", ["fuzz.py", "--seconds", "120"]),
+    ("hostile configs and odd command lines", ["fuzz_config.py", "--count", "1000"]),
 ]
 # The quick subset CI runs after the tests. The accuracy, soak, fuzzing and kill -9 checks are
-# not here: the test suite runs them (tests/test_benchmarks_quick.py, tests/test_faults.py), and
-# CI runs each check once.
+# not here: the test suite runs them (tests/test_benchmarks_quick.py, tests/test_faults.py, and
+# fuzz_config.py's seeded subset in tests/test_bad_input.py), and CI runs each check once.
 QUICK = [
     ("overhead, side by side", ["overhead.py", "--quick"]),
     ("daemon overhead and stop latency", ["daemon_overhead.py", "--quick"]),

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cpu_tracker_daemon import storage
+from cpu_tracker_daemon.errors import OutputError
 
 MEMBER_FILE = "cpu_tracker.prom"
 NETWORK_FILE = "cpu_tracker_network.prom"
@@ -165,8 +166,12 @@ def secure_text(secure: Mapping[str, Any]) -> str:
 
 
 def write_textfile(directory: Path, name: str, text: str) -> Path:
-    """Write ``text`` as ``directory/name`` atomically, readable by node_exporter (0644)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write ``text`` as ``directory/name`` atomically, readable by node_exporter (0644); raise
+    OutputError (a file, a loop of symlinks or no rights where the directory should be, too)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(str(directory), exc.strerror or str(exc)) from None
     target = directory / name
     storage.atomic_write(target, text.encode(), storage.PUBLIC_FILE_MODE)
     return target

@@ -7,10 +7,11 @@ changes nothing until a line is uncommented; the README's configuration table sa
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from cpu_tracker_daemon.config import KEYS, as_dict, parse_config, toml_value
+from cpu_tracker_daemon.config import KEYS, NotRegularFileError, as_dict, kind_of, parse_config, toml_value
 
 HELP: dict[str, str] = {
     "paths.data_dir": "ledger, lock and outputs; default: $STATE_DIRECTORY or ~/.local/share/cpu-tracker",
@@ -86,9 +87,18 @@ def starter_toml(environ: Mapping[str, str] = os.environ) -> str:
 
 def write_starter(path: Path, force: bool, environ: Mapping[str, str] = os.environ) -> None:
     """Write the starter file at ``path`` (mode 0644, its directory made); never over a file
-    that exists unless ``force``. Raises FileExistsError or OSError."""
+    that exists unless ``force``, and never into a FIFO or a device (the open does not wait for
+    a reader). Raises FileExistsError or OSError."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if force else os.O_EXCL)
-    fd = os.open(path, flags, 0o644)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    fd = os.open(path, flags | (0 if force else os.O_EXCL), 0o644)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(kind_of(mode))
+        os.ftruncate(fd, 0)  # only now: a device or a FIFO is never truncated
+    except BaseException:
+        os.close(fd)
+        raise
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(starter_toml(environ))

@@ -18,7 +18,8 @@ from typing import Any, ClassVar
 import pytest
 
 import cpu_tracker_daemon
-from cpu_tracker_daemon.exit_codes import EXIT_CONFIG
+from cpu_tracker_daemon.exit_codes import EXIT_CONFIG, EXIT_INTERNAL
+from tests.bench import benchmark
 from tests.conftest import cli_env, merge, write_config
 
 pytestmark = pytest.mark.slow
@@ -135,6 +136,15 @@ class TestOddConfigFiles:
         by_env = run_installed("status", env=cli_env(CPU_TRACKER_CONFIG=str(fifo)), timeout=30)
         assert_one_clear_line(by_env, EXIT_CONFIG, "$CPU_TRACKER_CONFIG", "not a regular file")
 
+    def test_config_init_never_waits_on_a_fifo_or_writes_a_device(self, tmp_path: Path) -> None:
+        """The fuzz's find: `config init --force` onto a FIFO nobody reads waited forever; onto
+        /dev/null it "wrote" the starter there. Both are exit 3 at once, naming the file."""
+        fifo = tmp_path / "config.toml"
+        os.mkfifo(fifo)
+        for target in (str(fifo), "/dev/null"):
+            result = run_installed("--config", target, "config", "init", "--force", timeout=30)
+            assert_one_clear_line(result, EXIT_CONFIG, target)
+
     def test_a_config_larger_than_any_real_one_is_refused(self, tmp_path: Path) -> None:
         """A 17 MiB file (a comment): refused by its size, not parsed."""
         path = tmp_path / "c.toml"
@@ -204,7 +214,8 @@ def _python_for(user: str) -> tuple[str, dict[str, str]]:
         pytest.skip(f"no {version} that {user} may run: this suite's is {sys.executable}")
     source_root = str(Path(cpu_tracker_daemon.__file__).resolve().parent.parent)
     site = [p for p in sys.path if p.endswith("site-packages")]
-    return python, {"PYTHONPATH": os.pathsep.join([source_root, *site])}
+    given = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []  # as the console script's
+    return python, {"PYTHONPATH": os.pathsep.join([*given, source_root, *site])}
 
 
 @pytest.fixture(scope="module")
@@ -293,3 +304,18 @@ class TestAnotherUsersState:
         assert ledger.read_bytes() == before
         made_by_once = ["cpu-tracker.lock", "ledger.sqlite3", "private", "public"]
         assert sorted(p.name for p in data.iterdir()) == made_by_once
+
+
+# -- the fuzz: generated configs and odd command lines ---------------------------------------------
+
+
+def test_a_seeded_fuzz_finds_no_internal_error_traceback_or_hang(tmp_path: Path) -> None:
+    """A small seeded run of benchmarks/fuzz_config.py: its configs and odd command lines, each
+    through the installed command, end in a documented code, in one line, with nothing left
+    half-written, and never hang."""
+    fuzz = benchmark("fuzz_config")
+    counts = fuzz.run(count=12, seed=33, workdir=tmp_path, jobs=2)
+    assert counts["runs"] == 12 * 6
+    for failure in fuzz.FAILURES:  # internal, tracebacks, hangs, signals, undocumented, ...
+        assert counts[failure] == [], (failure, counts[failure])
+    assert EXIT_INTERNAL not in counts["exits"]
