@@ -62,7 +62,8 @@ def play(names: Iterable[str], rng: random.Random, round_id: str = "299357842") 
     }
     values = {m: rng.randrange(10_001) for m in members}
     noises = {m: member_noise(roster, rng, rng) for m in members}
-    masked = {m: x.masked(graph, set(opened[m]), values[m], noises[m]) for m, x in members.items()}
+    everyone = frozenset(members)
+    masked = {m: x.masked(graph, everyone, values[m], noises[m], opened[m]) for m, x in members.items()}
     return Round(members, graph, opened, values, noises, masked)
 
 
@@ -464,6 +465,8 @@ def file_round(
     break_member: Callable[[Member], None] | None = None,
     up: int | None = None,
     min_members: int = 3,
+    tamper: Callable[[str, str, dict[str, Any]], dict[str, Any]] | None = None,
+    monkeypatch: pytest.MonkeyPatch | None = None,
 ) -> tuple[dict[str, Any], dict[str, str], dict[str, bool], list[dict[str, Any]]]:
     """A round over real files: ``n`` listed members (the first ``up`` of them running, each
     in a thread), the first one broken by ``break_member``, and the aggregator. Returns the
@@ -472,6 +475,25 @@ def file_round(
     log: list[dict[str, Any]] = []
     agg = party(tmp_path, tree, TestSignedMessages.AGG, log)
     names = [f"m{i}@example.org" for i in range(n)]
+    if tamper is not None:  # the aggregator deviates: what it writes, it writes altered (and signs)
+        assert monkeypatch is not None
+        honest_write = transport._write
+
+        def deviating(
+            tree: transport.Tree,
+            signer: identity.Identity,
+            who: str,
+            round_id: str,
+            kind: str,
+            body: dict[str, Any],
+            folder: Any,
+            name: str | None = None,
+        ) -> None:
+            if who == TestSignedMessages.AGG:
+                body = tamper(kind, name or kind, body)
+            honest_write(tree, signer, who, round_id, kind, body, folder, name)
+
+        monkeypatch.setattr(transport, "_write", deviating)
     parties = {name: party(tmp_path, tree, name, []) for name in names[: n if up is None else up]}
     outcomes: dict[str, str] = {}
     spent: dict[str, bool] = dict.fromkeys(parties, False)
@@ -791,3 +813,104 @@ class TestClockSkew:
             thread.join()
         assert outcomes == dict.fromkeys(names[:3], "revealed")
         assert (result["aborted"], result["sum_units"]) == (None, 3_000)
+
+
+class TestAuditedV2:
+    """What an outside audit of version 2 found (each ran as a script against the real code
+    first), as tests: each ends before the target spends, or with nothing revealed."""
+
+    def test_a_withheld_inbox_ends_the_round_before_the_target_spends(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The aggregator relays m0 an empty inbox and keeps it in the list of who goes on: m0
+        would have masked with nobody and sent its value under its self mask alone (recovered in
+        20 of 20 audited rounds); now it refuses before the spend."""
+
+        def withhold(kind: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+            return {**body, "boxes": {}} if name == "inbox-m0@example.org" else body
+
+        result, outcomes, spent, _ = file_round(tmp_path, 6, tamper=withhold, monkeypatch=monkeypatch)
+        assert outcomes["m0@example.org"].startswith("refused before the spend: no box that opens from")
+        assert not spent["m0@example.org"]
+
+    def test_a_list_of_who_goes_on_naming_only_the_target_is_refused(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """proceed = {m0}: m0 would mask with no neighbour; it refuses, and nobody spends."""
+
+        def only_target(kind: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+            return {**body, "shared": ["m0@example.org"]} if kind == "proceed" else body
+
+        _, outcomes, spent, _ = file_round(tmp_path, 6, tamper=only_target, monkeypatch=monkeypatch)
+        assert outcomes["m0@example.org"].startswith("refused before the spend")
+        assert not any(spent.values())
+
+    def test_an_arrival_not_proved_by_its_members_signature_is_refused(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """m0 goes on but never sends its masked value; the aggregator lists it as arrived anyway
+        (fewer honest noise shares than calibrated, in the audit): every member refuses to reveal."""
+
+        def silent(member: Member) -> None:
+            def no_value(*args: Any, **kwargs: Any) -> int:
+                raise ProtocolError("m0 goes quiet")
+
+            member.masked = no_value  # type: ignore[method-assign]
+
+        def phantom(kind: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+            if kind == "survivors":
+                return {**body, "present": sorted({*body["present"], "m0@example.org"})}
+            return body
+
+        result, outcomes, spent, _ = file_round(tmp_path, 6, silent, tamper=phantom, monkeypatch=monkeypatch)
+        others = [m for m in outcomes if m != "m0@example.org"]
+        assert all(
+            outcomes[m].startswith("refused to reveal: m0@example.org listed as arrived") for m in others
+        )
+        assert result["aborted"] is not None
+
+    def test_a_member_that_sends_no_boxes_goes_on_without_anyone(self, tmp_path: Path) -> None:
+        """A liar's shares.json with no boxes: it is not counted as having shared, nobody masks
+        with it, and the round completes without it (all honest spent for an output, in the audit
+        all spent for an abort)."""
+
+        def no_boxes(member: Member) -> None:
+            member.share = lambda graph: {}  # type: ignore[method-assign]
+
+        result, outcomes, spent, log = file_round(tmp_path, 6, no_boxes)
+        assert not spent["m0@example.org"]
+        assert (result["aborted"], result["members"], result["sum_units"]) == (None, 5, 25_000)
+        assert ("m0@example.org", "its boxes are incomplete") in [
+            (e["member"], e["reason"]) for e in log if e["event"] == "secagg.member_refused"
+        ]
+
+    @pytest.mark.parametrize("size", [4, 200])
+    def test_a_box_of_the_wrong_size_is_no_box(self, tmp_path: Path, size: int) -> None:
+        """Boxes too short for a nonce (which made a recipient raise) or too long: the sender
+        has not shared, and the round completes without it."""
+
+        def odd(member: Member) -> None:
+            share = member.share
+            member.share = lambda graph: {p: bytes(size) for p in share(graph)}  # type: ignore[method-assign]
+
+        result, outcomes, spent, _ = file_round(tmp_path, 6, odd)
+        assert not spent["m0@example.org"]
+        assert (result["aborted"], result["members"]) == (None, 5)
+
+    def test_a_small_order_key_keeps_its_member_out_of_the_roster(self, tmp_path: Path) -> None:
+        """A validly signed all-zero X25519 key (every agreement with it fails): left out of the
+        roster, so nobody's share() or masked() raises, and the round completes without it."""
+
+        def zero_key(member: Member) -> None:
+            rekey = member.rekey
+
+            def rekeyed() -> Any:
+                keys = rekey()
+                member.public = lambda: replace(keys, c=bytes(32))  # type: ignore[method-assign]
+                return member.public()
+
+            member.rekey = rekeyed  # type: ignore[method-assign]
+
+        result, outcomes, spent, log = file_round(tmp_path, 6, zero_key)
+        assert not spent["m0@example.org"]
+        assert (result["aborted"], result["roster"], result["members"]) == (None, 5, 5)

@@ -21,6 +21,19 @@ def new_key() -> X25519PrivateKey:
     return X25519PrivateKey.generate()
 
 
+_PROBE = X25519PrivateKey.generate()
+
+
+def valid_public(raw: bytes) -> bool:
+    """Whether ``raw`` is an X25519 public key agreement can use: 32 bytes that are not one of
+    the small-order points (with which every agreement fails, or gives a secret anyone knows)."""
+    try:
+        _PROBE.exchange(X25519PublicKey.from_public_bytes(raw))
+    except ValueError:
+        return False
+    return True
+
+
 def public_bytes(key: X25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(_RAW, serialization.PublicFormat.Raw)
 

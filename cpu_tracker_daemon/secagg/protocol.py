@@ -11,12 +11,13 @@ the caller's; see docs/secure-aggregation.md.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import os
 from collections import defaultdict
-from collections.abc import Mapping, Set
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -156,15 +157,31 @@ class Graph:
         at = self._at[member]
         return tuple(self._order[(at + d) % n] for d in range(-self.half, self.half + 1) if d != 0)
 
+    def degree(self) -> int:
+        """How many neighbours each member has: the same for all."""
+        n = len(self._order)
+        return n - 1 if n <= COMPLETE_UP_TO else 2 * self.half
+
     def threshold(self, member: str) -> int:
         """Shares of ``member``'s secrets needed to rebuild them: a majority of its neighbours."""
-        return len(self.neighbours(member)) // 2 + 1
+        return self.degree() // 2 + 1
 
     def index(self, owner: str, holder: str) -> int:
         """The index of the share of ``owner``'s secrets that ``holder`` holds: its place among
         ``owner``'s neighbours, from 1 (0 for one who holds none)."""
-        peers = self.neighbours(owner)
-        return peers.index(holder) + 1 if holder in peers else 0
+        n = len(self._order)
+        if n <= COMPLETE_UP_TO:
+            peers = self.neighbours(owner)
+            return peers.index(holder) + 1 if holder in peers else 0
+        at, other = self._at.get(owner), self._at.get(holder)
+        if at is None or other is None:
+            return 0
+        half, step = self.half, (other - at) % n  # holder is ``step`` places after owner on the ring
+        if 0 < step <= half:  # after it: indices half + 1 .. 2 half
+            return half + step
+        if n - half <= step:  # before it: indices 1 .. half
+            return step - (n - half) + 1
+        return 0
 
 
 def graph_of(roster: Roster, openings: Mapping[str, bytes]) -> Graph:
@@ -212,6 +229,7 @@ class Member:
     _randomness: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
     _seed: bytes | None = field(default=None, repr=False)  # b: this round's self-mask seed
     _accepted: bytes | None = field(default=None, repr=False)  # the one roster it acts on
+    _shared: frozenset[str] | None = field(default=None, repr=False)  # the U2 it masked with
     _endorsed: bytes | None = field(default=None, repr=False)  # the one survivor set it answers
 
     def public(self) -> PublicKeys:
@@ -223,6 +241,7 @@ class Member:
         """Fresh key pairs and randomness for a new round; the old ones are forgotten."""
         self.c_key, self.s_key, self._randomness = masks.new_key(), masks.new_key(), os.urandom(32)
         self._seed = self._accepted = self._endorsed = None
+        self._shared = None
         return self.public()
 
     def accept(self, roster: Roster) -> bytes:
@@ -276,7 +295,7 @@ class Member:
                 payload = shares.unseal(
                     self.c_key, roster.keys[sender].c, roster.context, sender, self.name, box
                 )
-            except shares.ShareError:
+            except ValueError:  # ShareError, and a box too short for its nonce and tag
                 bad.append(sender)
                 continue
             index = int.from_bytes(payload[:4], "big")
@@ -286,17 +305,38 @@ class Member:
             opened[sender] = (index, payload[4:36], payload[36:68])
         return opened, bad
 
-    def masked(self, graph: Graph, shared: Set[str], value: int, noise_share: int) -> int:
-        """Round 3: value + noise + self mask + a pairwise mask with each neighbour that shared
-        with it, mod 2^32. The caller records the spend before sending it."""
+    def masked(
+        self, graph: Graph, shared: Set[str], value: int, noise_share: int, opened: Mapping[str, Opened]
+    ) -> int:
+        """Round 3: value + noise + self mask + a pairwise mask with each neighbour in ``shared``
+        (U2, as the aggregator says who goes on), mod 2^32. Refused before anything is spent
+        unless this member is in U2, U2 is as large as the round needs, at least a threshold of
+        its neighbours are in it, and it opened the box of every neighbour in it: a member
+        masking with fewer would leave its value under its own self mask alone, which its
+        neighbours reveal. The caller records the spend before sending it."""
         if self._seed is None:
             raise ProtocolError("masked() before share(): the self-mask seed is not drawn")
         roster = graph.roster
+        shared = frozenset(shared)
+        if self.name not in shared or not shared <= set(roster.members):
+            raise ProtocolError("the list of who goes on leaves this member out or names outsiders")
+        if len(shared) < roster.must_arrive:
+            raise ProtocolError(
+                f"only {len(shared)} members go on, fewer than the {roster.must_arrive} the round needs"
+            )
+        peers = [p for p in graph.neighbours(self.name) if p in shared]
+        if len(peers) < graph.threshold(self.name):
+            raise ProtocolError(
+                f"only {len(peers)} of this member's neighbours go on, fewer than {graph.threshold(self.name)}"
+            )
+        missing = [p for p in peers if p not in opened]
+        if missing:
+            raise ProtocolError(f"no box that opens from {', '.join(missing[:3])}, who goes on")
+        self._shared = shared
         total = value + noise_share + masks.self_mask(self._seed, roster.round_id)
-        for peer in graph.neighbours(self.name):
-            if peer in shared:
-                seed = masks.agreed(self.s_key, roster.keys[peer].s, roster.round_id, "mask")
-                total += masks.pairwise(self.name, peer, seed)
+        for peer in peers:
+            seed = masks.agreed(self.s_key, roster.keys[peer].s, roster.round_id, "mask")
+            total += masks.pairwise(self.name, peer, seed)
         return total % masks.MODULUS
 
     def endorse(self, graph: Graph, survivors: Survivors) -> bytes:
@@ -306,6 +346,8 @@ class Member:
         roster = graph.roster
         if not survivors.present <= survivors.shared <= set(roster.members):
             raise ProtocolError("the survivor list names members outside the round")
+        if survivors.shared != self._shared:
+            raise ProtocolError("the survivor list's U2 is not the one this member masked with")
         if len(survivors.present) < roster.must_arrive:
             raise ProtocolError(
                 f"only {len(survivors.present)} of {len(roster.members)} members arrived, fewer than the "
@@ -370,7 +412,8 @@ def unmask(
         seed = _rebuild(graph, member, "b", found)
         total -= masks.self_mask(seed, roster.round_id)
     for gone in sorted(survivors.dropped):
-        key = masks.key_from(_rebuild(graph, gone, "s", found))
+        opens = functools.partial(_opens, roster.keys[gone].s)
+        key = masks.key_from(_rebuild(graph, gone, "s", found, opens))
         for peer in graph.neighbours(gone):
             if peer in survivors.present:  # it added its mask for the pair (peer, gone)
                 seed = masks.agreed(key, roster.keys[peer].s, roster.round_id, "mask")
@@ -378,22 +421,43 @@ def unmask(
     return masks.signed(total)
 
 
+def _opens(public: bytes, raw: bytes) -> bool:
+    """Whether ``raw`` is the private half of the X25519 key ``public`` (as the roster has it)."""
+    return masks.public_bytes(masks.key_from(raw)) == public
+
+
 def _rebuild(
-    graph: Graph, member: str, kind: str, found: Mapping[tuple[str, str], dict[int, bytes]]
+    graph: Graph,
+    member: str,
+    kind: str,
+    found: Mapping[tuple[str, str], dict[int, bytes]],
+    check: Callable[[bytes], bool] | None = None,
 ) -> bytes:
-    """``member``'s secret from its neighbours' shares. With ``t`` shares it is believed; with
-    more, two subsets of ``t`` that overlap in all but one share must agree, and windows are
-    tried in turn, so one garbage share among ``t + 2`` or more is left out, not believed."""
+    """``member``'s secret from its neighbours' shares. A secret ``check`` can test (a mask key
+    against its public half in the roster) is taken from the first window of ``t`` shares it
+    passes, so one garbage share among ``t + 1`` or more is left out and none is ever believed.
+    Without ``check``: with ``t`` shares the secret is believed; with more, two subsets of ``t``
+    that overlap in all but one share must agree, and windows are tried in turn, so one garbage
+    share among ``t + 2`` or more is left out, not believed. Each window's Lagrange coefficients
+    come from ``shares.combine``'s cache of Combiners: members whose revealers sit at the same
+    indices (all of them when nobody dropped) share them."""
     by_index = found.get((member, kind), {})
     t = graph.threshold(member)
     if len(by_index) < t:
         raise ProtocolError(f"only {len(by_index)} shares of {member}'s {kind}, {t} needed: the round aborts")
     ordered = sorted(by_index.items())
-    if len(ordered) == t:
+    if check is not None:
+        for start in range(len(ordered) if len(ordered) > t else 1):
+            window = ordered[start:] + ordered[:start]
+            secret = shares.combine(window[:t])
+            if check(secret):
+                return secret
+    elif len(ordered) == t:
         return shares.combine(ordered)
-    for start in range(len(ordered)):
-        window = ordered[start:] + ordered[:start]
-        secret = shares.combine(window[:t])
-        if shares.combine(window[1 : t + 1]) == secret:
-            return secret
+    else:
+        for start in range(len(ordered)):
+            window = ordered[start:] + ordered[:start]
+            secret = shares.combine(window[:t])
+            if shares.combine(window[1 : t + 1]) == secret:
+                return secret
     raise ProtocolError(f"the shares of {member}'s {kind} disagree: neighbours sent garbage")

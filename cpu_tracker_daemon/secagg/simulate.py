@@ -58,7 +58,7 @@ def one_round(
     }
     gone = set(rng.sample(names, dropped))
     masked = {
-        name: members[name].masked(graph, shared, values[name], noises[name])
+        name: members[name].masked(graph, shared, values[name], noises[name], opened[name])
         for name in names
         if name not in gone
     }

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
+import random
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -41,6 +43,8 @@ from cpu_tracker_daemon.secagg.protocol import (
 
 SCHEMA = "cpu-tracker/secagg/v2"
 MAX_BYTES = 8 << 20  # the roster at 100,000 members: some 250 bytes each
+# A member believes a quorum of endorsements that is not there with odds below 2^-40 a round.
+CERTAINTY_BITS = 40
 _ROUND = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
 _ENVELOPE = ("schema", "kind", "round", "from", "sig")
 # When each wait ends, in steps from the round's start: a member waits for the aggregator's next
@@ -60,6 +64,10 @@ AGGREGATOR_COLLECTS = {
 
 Log = Callable[..., None]
 WRITE_FAILED = "could not write its message"
+BOX_BYTES = 12 + 68 + 16  # a sealed share: AES-GCM's nonce, the index and two shares, its tag
+
+
+_SYSTEM_RANDOM = random.SystemRandom()
 
 
 def _no_log(event: str, **fields: Any) -> None:
@@ -71,16 +79,25 @@ class Tree:
     """Where each file of the protocol lives in a SyftBox folder."""
 
     root: Path  # the SyftBox folder: its datasites/ holds everyone's
+    _folders: dict[tuple[str, str], Path] = field(default_factory=dict, compare=False, repr=False)
 
     def base(self, who: str) -> Path:
         return self.root / "datasites" / who / "app_data" / storage.APP_DIR / "secagg"
 
+    def folder(self, who: str, round_id: str) -> Path:
+        """``who``'s folder for the round (its names checked once, the path kept: a round
+        reads and writes each folder many times)."""
+        found = self._folders.get((who, round_id))
+        if found is None:
+            if not _ROUND.match(round_id):
+                raise ProtocolError(f"round id {round_id!r} is not a safe directory name")
+            if not identity._safe_name(who):
+                raise ProtocolError(f"{who!r} is not a datasite name")
+            found = self._folders[who, round_id] = self.base(who) / round_id
+        return found
+
     def file(self, who: str, round_id: str, name: str) -> Path:
-        if not _ROUND.match(round_id):
-            raise ProtocolError(f"round id {round_id!r} is not a safe directory name")
-        if not identity._safe_name(who):
-            raise ProtocolError(f"{who!r} is not a datasite name")
-        return self.base(who) / round_id / f"{name}.json"
+        return self.folder(who, round_id) / f"{name}.json"
 
 
 @dataclass(frozen=True)
@@ -169,14 +186,17 @@ def _write(
     round_id: str,
     kind: str,
     body: dict[str, Any],
-    folder: permissions.Folder,
+    folder: permissions.Folder | None,
     name: str | None = None,
 ) -> None:
-    """Write one signed message with the permission files of its folder (they grant each
-    file's readers; the folder is terminal, so nothing above grants more)."""
+    """Write one signed message; with ``folder``, first the round folder and its permission
+    files (they grant each file's readers; the folder is terminal, so nothing above grants
+    more). A round passes its folder with its first message only: the aggregator's grants name
+    every member, and rendering them again for each of its messages made a round quadratic."""
     path = tree.file(who, round_id, name or kind)
-    storage.ensure_dir(path.parent, tree.root)
-    permissions.ensure(path.parent, folder, tree.root)
+    if folder is not None:
+        storage.ensure_dir(path.parent, tree.root)
+        permissions.ensure(path.parent, folder, tree.root)
     doc = _signed(signer, who, round_id, kind, body)
     storage.write_json(path, doc, storage.PUBLIC_FILE_MODE, tree.root)
 
@@ -188,6 +208,10 @@ def _read(
     reached from the tree's root without following a link (a round folder linked to another
     member's is not read as this member's)."""
     path = tree.file(who, round_id, name or kind)
+    try:  # a quick look first, following links: a poll mostly finds nothing yet
+        path.stat()
+    except (OSError, ValueError):
+        return None
     try:
         directory = storage.open_dir(path.parent, tree.root)
     except (OSError, ValueError):
@@ -417,10 +441,10 @@ def _member_round(
     requirements: Requirements = Requirements(),
 ) -> str:
     deadline = _deadlines(start, step, MEMBER_WAITS)
-    mine = member_folder(me.name, aggregator)
+    mine: list[permissions.Folder] = [member_folder(me.name, aggregator)]  # until the first send
 
     def send(kind: str, body: dict[str, Any]) -> None:
-        _write(tree, signer, me.name, round_id, kind, body, mine)
+        _write(tree, signer, me.name, round_id, kind, body, mine.pop() if mine else None)
 
     def relayed(name: str, kind: str, until: float, roster: Roster | None = None) -> Mapping[str, Any] | None:
         def attempt() -> Mapping[str, Any] | None:
@@ -459,15 +483,28 @@ def _member_round(
     ]
     if forged:
         return f"refused: the keys of {', '.join(sorted(forged)[:3])} are not signed by their owners"
+    unusable = [
+        p
+        for p in peers
+        if not (masks.valid_public(roster.keys[p].c) and masks.valid_public(roster.keys[p].s))
+    ]
+    if unusable:
+        return f"refused: the keys of {', '.join(sorted(unusable)[:3])} cannot be agreed with"
     send("shares", shares_body(roster, me.share(graph)))
     inbox_doc = relayed(f"inbox-{me.name}", "inbox", deadline["inbox"], roster)
     if inbox_doc is None:
         return "no inbox"
-    try:
-        boxes = {str(s): _unb64(b) for s, b in inbox_doc["boxes"].items()}
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        return f"bad inbox: {exc}"
+    raw_boxes = inbox_doc.get("boxes")
+    if not isinstance(raw_boxes, Mapping):
+        return "bad inbox: no boxes"
+    boxes, garbled = {}, []
+    for sender, text in raw_boxes.items():
+        try:
+            boxes[str(sender)] = _unb64(text, BOX_BYTES)
+        except ValueError:
+            garbled.append(str(sender))
     opened, bad = me.check_inbox(graph, boxes)
+    bad = sorted({*bad, *garbled})
     send("check", {"roster": roster.digest.hex(), "bad": bad})
     proceed = relayed("proceed", "proceed", deadline["proceed"], roster)
     if proceed is None:
@@ -478,7 +515,10 @@ def _member_round(
         return f"left out before the spend: {why}"
     if any(peer in shared for peer in bad):
         return "refused: the aggregator kept a member whose box did not open"
-    masked = me.masked(graph, shared & set(opened), value, noise_share(roster))
+    try:
+        masked = me.masked(graph, shared, value, noise_share(roster), opened)
+    except ProtocolError as exc:
+        return f"refused before the spend: {exc}"
     before_sending()
     send("masked", {"roster": roster.digest.hex(), "masked": masked})
     survivors_doc = relayed("survivors", "survivors", deadline["survivors"], roster)
@@ -486,6 +526,9 @@ def _member_round(
         return "no survivor list"
     try:
         survivors = Survivors(_names(survivors_doc["shared"]), _names(survivors_doc["present"]))
+        unproven = _unproven(keyring, round_id, roster, survivors.present, survivors_doc.get("proofs"))
+        if unproven:
+            return f"refused to reveal: {', '.join(unproven[:3])} listed as arrived without its signed masked value"
         digest = me.endorse(graph, survivors)
     except (KeyError, TypeError, ValueError) as exc:
         return f"refused to reveal: {exc}"
@@ -502,14 +545,61 @@ def _member_round(
     return "revealed"
 
 
-def _endorsers(keyring: Keyring, round_id: str, roster: Roster, digest: bytes, signatures: Any) -> set[str]:
-    """The roster members whose signatures over ``digest`` verify, checked until the quorum."""
+def sample_size(claimed: int, quorum: int) -> int:
+    """How many of ``claimed`` endorsements a member checks, drawn at random, so that were fewer
+    than ``quorum`` of them genuine it would draw a bad one but for odds of 2^-CERTAINTY_BITS:
+    the least s with ((quorum - 1) / claimed)^s <= 2^-CERTAINTY_BITS (docs/secure-aggregation.md,
+    "Checking the quorum"). ``claimed`` itself when there are too few to sample from."""
+    if quorum <= 1 or claimed < quorum:
+        return claimed
+    return min(claimed, math.ceil(CERTAINTY_BITS * math.log(2) / math.log(claimed / (quorum - 1))))
+
+
+def _unproven(
+    keyring: Keyring, round_id: str, roster: Roster, present: Iterable[str], proofs: Any
+) -> list[str]:
+    """Members listed as arrived whose signed masked message the aggregator did not relay: an
+    arrival is proved by the member's own signature, never taken on the aggregator's word (which
+    could list as arrived members it left out, and leave less noise than the round needs)."""
+    if not isinstance(proofs, Mapping):
+        return sorted(present)
+    body = {"roster": roster.digest.hex(), "masked": None}
+    missing = []
+    for member in sorted(present):
+        proof = proofs.get(member)
+        if not isinstance(proof, Mapping):
+            missing.append(member)
+            continue
+        body["masked"] = proof.get("masked")
+        if not keyring.verify(member, round_id, "masked", body, proof.get("sig")):
+            missing.append(member)
+    return missing
+
+
+def _endorsers(
+    keyring: Keyring,
+    round_id: str,
+    roster: Roster,
+    digest: bytes,
+    signatures: Any,
+    rng: random.Random = _SYSTEM_RANDOM,
+) -> set[str]:
+    """The roster members who endorsed ``digest``, enough to reach the quorum or all there are.
+    When a random sample of the claimed signatures (:func:`sample_size`, drawn from the OS
+    CSPRNG after the file was read) is smaller than the quorum and verifies in full, the claim
+    stands; otherwise, as when the sample meets a bad signature, every signature is checked
+    until the quorum is reached."""
     if not isinstance(signatures, Mapping):
         return set()
     body = {"roster": roster.digest.hex(), "survivors": digest.hex()}
     members = set(roster.members)
     candidates = [m for m in signatures if m in members]
     keyring.prefetch(candidates)
+    sample = sample_size(len(candidates), roster.quorum)
+    if sample < roster.quorum and all(
+        keyring.verify(m, round_id, "endorse", body, signatures[m]) for m in rng.sample(candidates, sample)
+    ):
+        return set(candidates)
     valid: set[str] = set()
     for member in candidates:
         if keyring.verify(member, round_id, "endorse", body, signatures[member]):
@@ -580,6 +670,12 @@ def aggregator_round(
             keys[who] = parse_keys(body)
         except (KeyError, TypeError, ValueError):
             continue
+        if not (masks.valid_public(keys[who].c) and masks.valid_public(keys[who].s)):
+            keyring.log(
+                "secagg.member_refused", round=round_id, member=who, reason="round keys cannot be agreed with"
+            )
+            del keys[who]
+            continue
         signatures[who] = body["sig"]
     if not keys:
         result["aborted"] = "no member published keys"
@@ -593,10 +689,10 @@ def aggregator_round(
         calibration.local_scale,
     )
     result.update(roster=len(roster.members), calibrated=roster.calibrated)
-    ours = aggregator_folder(me, roster.members)
+    ours: list[permissions.Folder] = [aggregator_folder(me, roster.members)]  # until the first
 
     def publish(kind: str, body: dict[str, Any], name: str | None = None) -> None:
-        _write(tree, signer, me, round_id, kind, body, ours, name)
+        _write(tree, signer, me, round_id, kind, body, ours.pop() if ours else None, name)
 
     def abort(why: str) -> dict[str, Any]:
         result["aborted"] = why
@@ -620,17 +716,27 @@ def aggregator_round(
     boxes: dict[str, dict[str, str]] = {}
     for who, body in gather("shares", list(roster.members), roster).items():
         sent = body.get("boxes")
-        if isinstance(sent, Mapping):
-            boxes[who] = {str(k): v for k, v in sent.items() if isinstance(v, str)}
+        if isinstance(sent, Mapping) and all(_well_formed(sent.get(p)) for p in graph.neighbours(who)):
+            boxes[who] = {p: sent[p] for p in graph.neighbours(who)}
+        else:  # a box missing or malformed: it has not shared, and nobody will mask with it
+            keyring.log(
+                "secagg.member_refused", round=round_id, member=who, reason="its boxes are incomplete"
+            )
     if len(boxes) < roster.must_arrive:
         return abort(f"{len(boxes)} members shared, fewer than the {roster.must_arrive} the round needs")
-    for member in roster.members:
-        inbox = {
-            s: sent[member] for s, sent in boxes.items() if member in sent and member in graph.neighbours(s)
-        }
+    shared_by = list(boxes)
+    inboxes: dict[str, dict[str, str]] = {member: {} for member in roster.members}
+    for sender, sent in boxes.items():  # each box to its recipient, if a neighbour of its sender
+        for recipient in graph.neighbours(sender):
+            if recipient in sent:
+                inboxes[recipient][sender] = sent[recipient]
+    del boxes
+    for member, inbox in inboxes.items():
         publish("inbox", {"roster": digest, "boxes": inbox}, name=f"inbox-{member}")
-    checks = gather("check", sorted(boxes), roster)
-    accusations = {who: _names(body.get("bad")) & set(roster.members) for who, body in checks.items()}
+    del inboxes
+    checks = gather("check", sorted(shared_by), roster)
+    everyone = frozenset(roster.members)
+    accusations = {who: _names(body.get("bad")) & everyone for who, body in checks.items()}
     leaving = _left_out(accusations)
     if leaving:
         keyring.log(
@@ -641,15 +747,19 @@ def aggregator_round(
         return abort(f"{len(shared)} members may go on, fewer than the {roster.must_arrive} the round needs")
     publish("proceed", {"roster": digest, "shared": sorted(shared)})
     masked: dict[str, int] = {}
+    proofs: dict[str, dict[str, Any]] = {}
     for who, body in gather("masked", sorted(shared), roster).items():
         value = body.get("masked")
         if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < masks.MODULUS:
             masked[who] = value
+            proofs[who] = {"masked": value, "sig": body["sig"]}
     survivors = Survivors(shared, frozenset(masked))
     result["members"] = len(survivors.present)
     if len(survivors.present) < roster.must_arrive:
         return abort(f"{len(survivors.present)} arrived, fewer than the {roster.must_arrive} the round needs")
-    publish("survivors", {"roster": digest, "shared": sorted(shared), "present": sorted(masked)})
+    publish(
+        "survivors", {"roster": digest, "shared": sorted(shared), "present": sorted(masked), "proofs": proofs}
+    )
     agreed = survivors.digest(roster).hex()
     endorsements = {
         who: body["sig"]
@@ -693,6 +803,14 @@ def _left_out(accusations: Mapping[str, frozenset[str]]) -> frozenset[str]:
             if accuser not in out and who not in out:
                 out |= {accuser, who}
     return frozenset(out)
+
+
+def _well_formed(box: Any) -> bool:
+    try:
+        _unb64(box, BOX_BYTES)
+    except ValueError:
+        return False
+    return True
 
 
 def _parse_reveals(raw: Any) -> dict[str, Reveal]:
