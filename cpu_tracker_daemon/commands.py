@@ -333,7 +333,7 @@ def _config_check(config: Config, path: Path | None) -> int:
 def _service(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from cpu_tracker_daemon import service
 
-    scope = args.scope or ("system" if os.geteuid() == 0 else "user")
+    scope = args.scope or service.default_scope(os.geteuid(), env)
     executable = Path(args.executable) if args.executable else service.installed_executable()
     home = Path(env.get("HOME") or Path.home())
     target = service.Target(args.manager, scope, executable, home, env)

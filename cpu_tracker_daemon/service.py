@@ -3,6 +3,11 @@
 Rendering is pure (:func:`render`); :func:`install` and :func:`uninstall` write or remove the
 files under a root directory and never overwrite anything unless told to. Nothing here starts,
 stops or enables a service: the command it prints does that.
+
+A member's SyftBox folder is in its home, beside the user's own sync client, so its service is
+the per-user one: its sandbox leaves writable just the directories the daemon writes (read from
+the config the service will read, at install), and its files stay the user's. The system
+service runs as its own user with homes hidden, so it refuses a config that writes in one.
 """
 
 from __future__ import annotations
@@ -13,12 +18,16 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cpu_tracker_daemon import storage
-from cpu_tracker_daemon.config import CONFIG_FILE, user_config_dir
-from cpu_tracker_daemon.errors import OutputError, ServiceError
+from cpu_tracker_daemon.config import CONFIG_FILE, default_data_dir, user_config_dir
+from cpu_tracker_daemon.errors import CpuTrackerError, OutputError, ServiceError
 from cpu_tracker_daemon.exit_codes import NO_RESTART
 from cpu_tracker_daemon.names import APP_NAME
+
+if TYPE_CHECKING:
+    from cpu_tracker_daemon.config import Config
 
 SCOPES = ("system", "user")
 UNIT_NAME = f"{APP_NAME}.service"
@@ -30,6 +39,9 @@ DEFAULT_HOME = Path("/Users/you")  # for the checked-in launchd agent only
 LOG_FILE = f"{APP_NAME}.log"
 
 NO_RESTART_EXIT_CODES = NO_RESTART  # the unit's RestartPreventExitStatus=
+# Where home directories are: the system unit hides them (ProtectHome=yes), and the system
+# service's own user may not write a member's files in any of them.
+HOMES = (Path("/home"), Path("/root"), Path("/run/user"), Path("/Users"), Path("/var/root"))
 
 
 def system_dirs(platform: str = sys.platform) -> dict[str, Path]:
@@ -57,6 +69,7 @@ class Target:
     home: Path
     environ: Mapping[str, str]
     opened: tuple[str, ...] = ()  # sandbox lines --force replaced (see hidden_from_service)
+    writable: tuple[Path, ...] = ()  # the user unit's ReadWritePaths= (see written_paths)
 
     @property
     def label(self) -> str:
@@ -91,6 +104,27 @@ class Target:
             **config,
             "LOGS_DIRECTORY": self.home / "Library" / "Logs" / APP_NAME,
         }
+
+    @property
+    def config_file(self) -> Path:
+        """The config file the service reads, if it exists (absolute, before any --root)."""
+        return self.directories["CONFIGURATION_DIRECTORY"] / CONFIG_FILE
+
+    @property
+    def service_environ(self) -> dict[str, str]:
+        """The environment the daemon sees under this service: its home and directories."""
+        env = {"HOME": str(self.home)}
+        if self.scope == "user":
+            env |= {k: v for k in ("XDG_CONFIG_HOME", "XDG_DATA_HOME") if (v := self.environ.get(k, ""))}
+        return env | {name: str(path) for name, path in self.directories.items()}
+
+    @property
+    def read_write_paths(self) -> tuple[Path, ...]:
+        """The user unit's writable directories: those given, else the default state directory."""
+        if self.writable:
+            return self.writable
+        xdg = {k: v for k in ("XDG_DATA_HOME",) if (v := self.environ.get(k, ""))}
+        return (default_data_dir({"HOME": str(self.home), **xdg}, "linux"),)
 
     @property
     def log_file(self) -> Path | None:
@@ -177,21 +211,37 @@ SystemCallFilter=~@privileged @resources
 SystemCallErrorNumber=EPERM
 """
 
-# A user manager cannot set up mount or user namespaces for an unprivileged service, so the
-# user unit keeps only what seccomp and no_new_privs give an ordinary user.
-_SYSTEMD_USER_HARDENING = """\
-NoNewPrivileges=yes
-RestrictAddressFamilies=AF_UNIX
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-MemoryDenyWriteExecute=yes
-SystemCallArchitectures=native
-SystemCallFilter=@system-service
-SystemCallFilter=~@privileged @resources
-SystemCallErrorNumber=EPERM
+# The user unit: the same sandbox, which a user manager sets up inside the user's own user
+# namespace (PrivateUsers=yes), with home read-only but for the directories the daemon writes.
+_SYSTEMD_USER_HARDENING_HEAD = """\
+# Hardening: as the system unit's. Home is read-only but for the directories below, where the
+# daemon writes: read from the config at install, so install again (--force) after changing
+# paths.data_dir, [syftbox] dir, prometheus.textfile_dir or logging.file. ProtectKernelLogs= is
+# left out: a user manager cannot mask /proc/kmsg (the unit fails, 226/NAMESPACE), and the
+# kernel log is not the user's anyway (/proc/kmsg is root's; PrivateDevices= drops /dev/kmsg).
+# `systemd-analyze security --user cpu-tracker` scores this 0.8.
 """
+
+
+def _unit_path(path: Path, home: Path) -> str:
+    """``path`` for a unit file: under the home as ``%h/...``, specifiers escaped, quoted if it
+    has a space."""
+    text = str(path).replace("%", "%%")
+    if path.is_relative_to(home):
+        text = "%h" + text[len(str(home).replace("%", "%%")) :]
+    if any(c.isspace() or c in "\"\\'" for c in text):
+        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
+
+
+def _user_hardening(target: Target) -> str:
+    writable = "".join(
+        f"ReadWritePaths={_unit_path(path, target.home)}\n" for path in target.read_write_paths
+    )
+    body = _SYSTEMD_HARDENING.split("\n", 3)[3]  # without the system unit's comment
+    body = body.replace("ProtectHome=yes\n", f"ProtectHome=read-only\n{writable}")
+    body = body.replace("ProtectKernelLogs=yes\n", "")
+    return _SYSTEMD_USER_HARDENING_HEAD + body
 
 
 def _systemd_unit(target: Target) -> str:
@@ -201,9 +251,9 @@ def _systemd_unit(target: Target) -> str:
     lines = [
         f"# Rendered by `cpu-tracker service print systemd --{target.scope}`.",
         f"# Optional configuration: {config}/{CONFIG_FILE} (embedded defaults otherwise).",
+        f"# Help: {target.executable} --help (its commands and exit codes).",
         "[Unit]",
         "Description=cpu-tracker: differentially private CPU usage telemetry",
-        "Documentation=https://github.com/OpenMined/cpu-tracker#running-as-a-service",
         *(["After=time-sync.target"] if system else []),
         "",
         "[Service]",
@@ -236,7 +286,7 @@ def _systemd_unit(target: Target) -> str:
         hardening = "".join(
             f"{line}\n" if old.startswith(f"{key}=") else old for old in hardening.splitlines(keepends=True)
         )
-    text = "\n".join(lines) + "\n" + (hardening if system else _SYSTEMD_USER_HARDENING)
+    text = "\n".join(lines) + "\n" + (hardening if system else _user_hardening(target))
     wanted = "multi-user.target" if system else "default.target"
     return text + f"\n[Install]\nWantedBy={wanted}\n"
 
@@ -321,7 +371,96 @@ def hidden_from_service(executable: Path, root: Path) -> list[tuple[Path, Path, 
     return found
 
 
+def service_config(target: Target, root: Path) -> Config:
+    """The configuration the service will run with: its config file under ``root`` if there is
+    one, read in the service's environment; paths it names under ``root`` as the service sees
+    them. Raises ConfigError (exit 3) for a file it would refuse."""
+    from cpu_tracker_daemon.config import load_config
+
+    path = _under(root, target.config_file)
+    config = load_config(path if path.exists() else None, target.service_environ, "the default location")
+    if root == Path("/"):
+        return config
+
+    def seen(p: Path | None) -> Path | None:
+        return Path("/") / p.relative_to(root) if p is not None and p.is_relative_to(root) else p
+
+    data_dir = seen(config.paths.data_dir)
+    assert data_dir is not None
+    return config._replace(
+        paths=config.paths._replace(data_dir=data_dir),
+        syftbox=config.syftbox._replace(dir=seen(config.syftbox.dir)),
+        prometheus=config.prometheus._replace(textfile_dir=seen(config.prometheus.textfile_dir)),
+        logging=config.logging._replace(file=seen(config.logging.file)),
+    )
+
+
+def written_paths(config: Config) -> tuple[tuple[str, Path], ...]:
+    """Each directory the daemon writes under ``config``, with the key that names it."""
+    found = [("paths.data_dir", config.paths.data_dir)]
+    if config.syftbox.dir is not None:
+        found.append(("syftbox.dir", config.syftbox.dir))
+    if config.prometheus.textfile_dir is not None:
+        found.append(("prometheus.textfile_dir", config.prometheus.textfile_dir))
+    if config.logging.file is not None:
+        found.append(("logging.file", config.logging.file.parent))
+    return tuple(found)
+
+
+def in_a_home(path: Path) -> Path | None:
+    """The home-directory prefix ``path`` is under, or None."""
+    return next((home for home in HOMES if path.is_relative_to(home)), None)
+
+
+def _refuse_homes(target: Target, config: Config) -> None:
+    """The system service cannot write in a home: its unit hides them, its user owns none."""
+    for name, path in written_paths(config):
+        if in_a_home(path) is None:
+            continue
+        user = SYSTEM_USER if target.manager == "systemd" else LAUNCHD_SYSTEM_USER
+        hides = "which its unit hides (ProtectHome=yes) and " if target.manager == "systemd" else ""
+        raise ServiceError(
+            f"the system service could not write {path} ({name} in {target.config_file}): it is in "
+            f"a home directory, {hides}where its own user {user} may not write; a SyftBox folder "
+            "in a home belongs to a per-user service: as that folder's owner, without sudo, run "
+            "'cpu-tracker service install --user'"
+        )
+
+
+def default_scope(euid: int, environ: Mapping[str, str]) -> str:
+    """``user`` for a member; ``system`` for root, except that a member who runs ``sudo
+    cpu-tracker service install`` with a SyftBox folder in its home is told to use ``--user``
+    (the system service could not write there): ServiceError."""
+    if euid != 0:
+        return "user"
+    member = environ.get("SUDO_USER", "")
+    if not member or member == "root":
+        return "system"
+    import pwd  # only as root under sudo
+
+    try:
+        home = Path(pwd.getpwnam(member).pw_dir)
+        config = service_config(Target("systemd", "user", DEFAULT_EXECUTABLE, home, {}), Path("/"))
+    except (KeyError, CpuTrackerError):  # no such user, or a config its own service would refuse
+        return "system"
+    folder = config.syftbox.dir
+    if folder is not None and in_a_home(folder) is not None:
+        raise ServiceError(
+            f"{member}'s SyftBox folder {folder} is in a home directory, where the system service "
+            f"may not write (its unit hides homes: ProtectHome=yes); as {member}, without sudo, run "
+            "'cpu-tracker service install --user' (or pass --system to install the system unit anyway)"
+        )
+    return "system"
+
+
 def plan_install(target: Target, root: Path, uid: int, force: bool = False) -> Plan:
+    config = service_config(target, root)
+    if target.scope == "system":
+        _refuse_homes(target, config)
+    elif target.manager == "systemd":
+        target = dataclasses.replace(
+            target, writable=tuple(dict.fromkeys(path for _, path in written_paths(config)))
+        )
     if target.manager == "systemd" and target.scope == "system":
         hidden = hidden_from_service(target.executable, root)
         if hidden and not force:
@@ -340,6 +479,8 @@ def plan_install(target: Target, root: Path, uid: int, force: bool = False) -> P
     directories: list[tuple[Path, int, str | None]] = [
         (_under(root, target.directories["CONFIGURATION_DIRECTORY"]), 0o755, None)
     ]
+    if target.writable:  # ReadWritePaths= must exist when the unit starts
+        directories += [(_under(root, path), 0o700, None) for path in target.writable]
     if target.manager == "launchd":
         owner = LAUNCHD_SYSTEM_USER if target.scope == "system" else None
         directories += [

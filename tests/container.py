@@ -17,11 +17,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SUITE = "bookworm"
-PACKAGES = ("systemd", "systemd-sysv", "dbus", "procps", "python3", "python3-venv")
+# libpam-systemd and dbus-user-session: a user's own systemd --user instance (linger), for the user unit.
+PACKAGES = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "procps",
+    "python3",
+    "python3-venv",
+    "libpam-systemd",
+    "dbus-user-session",
+)
 CACHE = Path(os.environ.get("CPU_TRACKER_TEST_CACHE", "/var/cache/cpu-tracker-test"))
 MIRROR = os.environ.get("CPU_TRACKER_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 REQUIRE_ENV = "CPU_TRACKER_REQUIRE_CONTAINER"
-_ROOT_VERSION = "2"  # bump when PACKAGES change, so a stale cached root is rebuilt
+_ROOT_VERSION = "3"  # bump when PACKAGES change, so a stale cached root is rebuilt
 
 
 def unavailable() -> str | None:

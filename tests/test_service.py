@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from cpu_tracker_daemon import cli, exit_codes, service
+from cpu_tracker_daemon import cli, exit_codes, names, service
 from cpu_tracker_daemon.errors import ServiceError
 from tests.conftest import FAST, log_events, render_toml
 
@@ -86,6 +86,29 @@ class TestRender:
         """A relative --executable would break under the service manager, so it is an error."""
         with pytest.raises(ServiceError, match="not absolute"):
             service.render(target("systemd", "system", Path("bin/cpu-tracker")))
+
+    @pytest.mark.parametrize("scope", service.SCOPES)
+    def test_help_is_the_installed_command_not_a_web_page(self, scope: str) -> None:
+        """Documentation= pointed at a repository that does not exist; the unit now names the
+        installed command's --help, and no web address."""
+        unit = service.render(target("systemd", scope))
+        assert "://" not in unit
+        assert f"# Help: {service.DEFAULT_EXECUTABLE} --help" in unit
+
+    @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+    def test_user_unit_scores_one_or_lower(self, tmp_path: Path) -> None:
+        """The per-user unit has the system unit's sandbox, in the user's own namespace: it scored
+        6.1 (seccomp only); `systemd-analyze security --user` scores it 1.0 or less."""
+        runtime = tmp_path / "runtime"
+        runtime.mkdir(mode=0o700)
+        done = subprocess.run(
+            ["systemd-analyze", "security", "--user", "--offline=true", "--no-pager",
+             str(CHECKED_IN["systemd", "user"])],
+            capture_output=True, text=True, check=True,
+            env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)},
+        )  # fmt: skip
+        score = float(done.stdout.strip().splitlines()[-1].split(":")[1].split()[0])
+        assert score <= 1.0, done.stdout
 
     @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
     def test_system_unit_scores_one_or_lower_and_verifies(self, tmp_path: Path) -> None:
@@ -204,6 +227,67 @@ class TestInstall:
         assert "next: systemctl --user enable --now cpu-tracker" in out
         assert "ExecStart=/x/cpu-tracker run" in unit.read_text()
         assert (tmp_path / "home/alice/.config/cpu-tracker").is_dir()
+
+    def test_user_unit_may_write_just_where_the_config_says(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A member's config puts its SyftBox folder in its home: the user unit keeps home
+        read-only but for that folder and the state directory, names them as %h/..., and
+        install creates them, so the unit can start before the sync client has run."""
+        home = Path("/home/alice")
+        config_dir = tmp_path / "home/alice/.config/cpu-tracker"
+        config_dir.mkdir(parents=True)
+        (config_dir / "config.toml").write_text(
+            '[syftbox]\ndir = "/home/alice/SyftBox"\nemail = "alice@example.org"\n'
+        )
+        code, out, err = run_main(
+            "service", "install", "systemd", "--user", "--root", str(tmp_path), "--executable",
+            "/x/cpu-tracker", home=home, capsys=capsys,
+        )  # fmt: skip
+        assert code == 0, err
+        assert "next: systemctl --user enable --now cpu-tracker" in out
+        unit = (tmp_path / "home/alice/.config/systemd/user/cpu-tracker.service").read_text()
+        writable = [line for line in unit.splitlines() if line.startswith("ReadWritePaths=")]
+        assert writable == ["ReadWritePaths=%h/.local/share/cpu-tracker", "ReadWritePaths=%h/SyftBox"]
+        assert "ProtectHome=read-only\n" in unit
+        assert "PrivateUsers=yes\n" in unit
+        assert (tmp_path / "home/alice/SyftBox").is_dir()
+        assert (tmp_path / "home/alice/.local/share/cpu-tracker").is_dir()
+
+    def test_user_install_refuses_a_config_the_service_would_refuse(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A unit that would exit 3 at start is not written: the config's own line, exit 3."""
+        config_dir = tmp_path / "home/alice/.config/cpu-tracker"
+        config_dir.mkdir(parents=True)
+        (config_dir / "config.toml").write_text('[sampling]\nsamples = "many"\n')
+        code, _, err = run_main(
+            "service", "install", "--user", "--root", str(tmp_path), "--executable", "/x/ct",
+            home=Path("/home/alice"), capsys=capsys,
+        )  # fmt: skip
+        assert (code, err.count("\n")) == (exit_codes.EXIT_CONFIG, 1)
+        assert "sampling.samples" in err
+        assert not (tmp_path / "home/alice/.config/systemd").exists()
+
+    @pytest.mark.parametrize("manager", names.MANAGERS)
+    def test_system_service_refuses_a_syftbox_folder_in_a_home(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], manager: str
+    ) -> None:
+        """The system config named a member's folder in /home: the unit installed, then the
+        daemon exited 3, "not writable (Permission denied)", its home hidden (ProtectHome=yes).
+        Install now refuses with one line naming --user, and writes nothing."""
+        etc = tmp_path / "etc/cpu-tracker"
+        etc.mkdir(parents=True)
+        (etc / "config.toml").write_text('[syftbox]\ndir = "/home/alice/SyftBox"\nemail = "a@example.org"\n')
+        code, _, err = run_main(
+            "service", "install", manager, "--system", "--root", str(tmp_path), "--executable", "/x/ct",
+            home=Path("/root"), capsys=capsys,
+        )  # fmt: skip
+        assert (code, err.count("\n")) == (exit_codes.EXIT_SERVICE, 1)
+        assert "/home/alice/SyftBox" in err
+        assert "'cpu-tracker service install --user'" in err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["etc"]
+        assert [p.name for p in (tmp_path / "etc").iterdir()] == ["cpu-tracker"]
 
     def test_dry_run_writes_nothing(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """--dry-run prints the file and the directories, and creates none of them."""

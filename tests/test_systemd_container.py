@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,3 +178,139 @@ class TestUnderSystemd:
         assert props == {"ActiveState": "failed", "ExecMainStatus": "3", "NRestarts": "0"}
         journal = machine.run("journalctl", "-u", "cpu-tracker", "-o", "cat", "--no-pager").stdout
         assert "sampling.samples" in journal
+
+
+MEMBER = "alice"
+MEMBER_EMAIL = "alice@example.org"
+MEMBER_HOME = f"/home/{MEMBER}"
+MEMBER_RELEASE = f"{MEMBER_HOME}/SyftBox/datasites/{MEMBER_EMAIL}/app_data/cpu_tracker/cpu_tracker.json"
+MEMBER_CONFIG = f"""\
+[sampling]
+samples = 5
+interval_seconds = 0.2
+
+[schedule]
+every_seconds = 3
+
+[syftbox]
+dir = "{MEMBER_HOME}/SyftBox"
+email = "{MEMBER_EMAIL}"
+"""
+
+
+@pytest.fixture(scope="module")
+def member(machine: container.Machine) -> str:
+    """A real user whose SyftBox folder is in its home, with its own systemd --user instance
+    (lingering, as for a member who is not logged in); returns its uid."""
+    machine.run("useradd", "--create-home", "--shell", "/bin/sh", MEMBER)
+    uid = machine.run("id", "-u", MEMBER).stdout.strip()
+    as_member(machine, "mkdir", "-p", f"{MEMBER_HOME}/SyftBox", f"{MEMBER_HOME}/.config/cpu-tracker")
+    as_member(
+        machine, "/bin/sh", "-c", f"cat > {MEMBER_HOME}/.config/cpu-tracker/config.toml", input=MEMBER_CONFIG
+    )
+    machine.run("loginctl", "enable-linger", MEMBER)
+    machine.wait_until(
+        f"test -S /run/user/{uid}/systemd/private", timeout=60, what="the member's systemd --user"
+    )
+    return uid
+
+
+def as_member(
+    machine: container.Machine, *argv: str, check: bool = True, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``argv`` run as the member, in its own environment, beside its user manager."""
+    uid = machine.run("id", "-u", MEMBER).stdout.strip()
+    env = [f"HOME={MEMBER_HOME}", f"USER={MEMBER}", f"XDG_RUNTIME_DIR=/run/user/{uid}",
+           f"DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/{uid}/bus"]  # fmt: skip
+    return machine.run("runuser", "-u", MEMBER, "--", "env", *env, *argv, check=check, input=input)
+
+
+class TestMembersUserUnit:
+    """A member's service: the per-user unit beside its own sync, writing into its SyftBox folder
+    in its home; the system unit refuses such a folder."""
+
+    def test_system_install_refuses_a_folder_in_a_home(self, machine: container.Machine, member: str) -> None:
+        """A system config naming the member's folder is refused at install with one line
+        naming --user (the unit would exit 3: ProtectHome=yes hides /home)."""
+        machine.sh(
+            "cat > /etc/cpu-tracker/config.toml <<'EOF'\n"
+            f'[syftbox]\ndir = "{MEMBER_HOME}/SyftBox"\nemail = "{MEMBER_EMAIL}"\nEOF'
+        )
+        done = machine.run(f"{VENV}/bin/cpu-tracker", "service", "install", "--system", check=False)
+        assert (done.returncode, done.stderr.count("\n")) == (10, 1), done.stderr
+        assert f"{MEMBER_HOME}/SyftBox" in done.stderr
+        assert "'cpu-tracker service install --user'" in done.stderr
+
+    def test_sudo_install_for_a_member_names_the_user_unit(
+        self, machine: container.Machine, member: str
+    ) -> None:
+        """`sudo cpu-tracker service install` by the member would install the system unit, which
+        cannot reach its folder: it says, in one line, to install the user unit as the member."""
+        machine.run("rm", "-f", "/etc/cpu-tracker/config.toml")
+        done = machine.run(
+            "env", f"SUDO_USER={MEMBER}", f"{VENV}/bin/cpu-tracker", "service", "install", check=False
+        )
+        assert (done.returncode, done.stderr.count("\n")) == (10, 1), done.stderr
+        assert f"as {MEMBER}, without sudo" in done.stderr
+        assert "--user" in done.stderr
+
+    def test_install_by_the_member_is_the_user_unit(self, machine: container.Machine, member: str) -> None:
+        """The member's own `cpu-tracker service install` writes the user unit, opening just its
+        state directory and its SyftBox folder."""
+        done = as_member(machine, f"{VENV}/bin/cpu-tracker", "service", "install")
+        assert "next: systemctl --user enable --now cpu-tracker" in done.stdout
+        unit = machine.run("cat", f"{MEMBER_HOME}/.config/systemd/user/cpu-tracker.service").stdout
+        assert "ReadWritePaths=%h/SyftBox\n" in unit
+        assert "ReadWritePaths=%h/.local/share/cpu-tracker\n" in unit
+        path = f"{MEMBER_HOME}/.config/systemd/user/cpu-tracker.service"
+        verify = as_member(machine, "systemd-analyze", "--user", "verify", path, check=False)
+        assert (verify.returncode, verify.stderr.strip()) == (0, "")
+
+    def test_user_unit_runs_and_releases_into_the_members_folder(
+        self, machine: container.Machine, member: str
+    ) -> None:
+        """`systemctl --user enable --now` reaches active (running) in the sandbox, and a release
+        lands in the member's SyftBox folder, the member's own file."""
+        as_member(machine, "systemctl", "--user", "enable", "--now", "cpu-tracker")
+        out = as_member(
+            machine, "systemctl", "--user", "show", "cpu-tracker",
+            "--property=Type", "--property=ActiveState", "--property=SubState",
+        ).stdout  # fmt: skip
+        props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        assert props == {"Type": "notify", "ActiveState": "active", "SubState": "running"}
+        machine.wait_until(f"test -s {MEMBER_RELEASE}", timeout=90, what="the member's release")
+        owner = machine.run("stat", "-c", "%U", MEMBER_RELEASE).stdout.strip()
+        assert owner == MEMBER
+
+    def test_a_second_process_of_the_member_reads_what_it_wrote(
+        self, machine: container.Machine, member: str
+    ) -> None:
+        """What the user's sync client must upload, the release and its permission file, is
+        readable by another process of that user (as syft-bg or the SyftBox client runs)."""
+        folder = MEMBER_RELEASE.rsplit("/", 1)[0]
+        script = (
+            "import json, pathlib, sys; d = pathlib.Path(sys.argv[1]); "
+            "r = json.loads((d / 'cpu_tracker.json').read_text()); "
+            "print(r['schema'], (d / 'syft.pub.yaml').read_text().count('read'))"
+        )
+        done = as_member(machine, "python3", "-c", script, folder)
+        schema, reads = done.stdout.split()
+        assert schema == "cpu-tracker/release"
+        assert int(reads) >= 1
+
+    def test_user_unit_security_score(self, machine: container.Machine, member: str) -> None:
+        """The loaded user unit, as the member's systemd sees it, scores 1.0 or lower."""
+        out = as_member(machine, "systemd-analyze", "security", "--user", "--no-pager", "cpu-tracker").stdout
+        score = float(out.strip().splitlines()[-1].split(":")[1].split()[0])
+        assert score <= 1.0, out
+
+    def test_user_unit_stops_cleanly(self, machine: container.Machine, member: str) -> None:
+        """`systemctl --user stop` ends it with status 0 and no temp file in the folder."""
+        as_member(machine, "systemctl", "--user", "stop", "cpu-tracker")
+        out = as_member(
+            machine, "systemctl", "--user", "show", "cpu-tracker",
+            "--property=ActiveState", "--property=Result", "--property=ExecMainStatus",
+        ).stdout  # fmt: skip
+        props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        assert props == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}
+        assert machine.run("find", f"{MEMBER_HOME}/SyftBox", "-name", "*.tmp").stdout == ""
