@@ -13,9 +13,12 @@ from typing import Any
 import pytest
 
 from cpu_tracker_daemon import schedule
-from cpu_tracker_daemon.config import Config, parse_config
+from cpu_tracker_daemon.config import ROUND_STEPS, Config, parse_config
 
 T0 = datetime(2026, 12, 1, 10, 0, 0, tzinfo=UTC)
+# The shortest schedule a secure member with 4 s steps may have: its 5 s window, the round's
+# steps and a second (62 s at 14 steps).
+SHORTEST_SECURE = 5.0 + ROUND_STEPS * 4.0 + 1
 
 
 def config(every: float = 3600.0, **secure: Any) -> Config:
@@ -92,7 +95,7 @@ class TestWaits:
         assert schedule.once_wait(config(every=3600)) == 0.0
         assert schedule.once_wait(config(every=3600, members=[])) > 0
 
-    @pytest.mark.parametrize("every", [50.0, 3600.0])
+    @pytest.mark.parametrize("every", [SHORTEST_SECURE, 3600.0])
     def test_a_secure_once_waits_long_enough_for_the_slot_its_cooldown_allows(self, every: float) -> None:
         """CI: a member whose last window was off the grid (an earlier test's 1 s schedule) was
         refused as in cooldown: the first slot its cooldown allowed was more than the interval

@@ -10,6 +10,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,31 @@ import pytest
 
 from cpu_tracker_daemon import permissions
 from cpu_tracker_daemon.discrete import laplace_pmf, laplace_variance
-from cpu_tracker_daemon.secagg import masks, noise, shares, transport
-from cpu_tracker_daemon.secagg.protocol import Member, ProtocolError, Roster, Survivors, unmask
+from cpu_tracker_daemon.secagg import identity, masks, noise, shares, transport
+from cpu_tracker_daemon.secagg.protocol import (
+    Graph,
+    Member,
+    ProtocolError,
+    PublicKeys,
+    Roster,
+    Survivors,
+    graph_of,
+    unmask,
+)
 from cpu_tracker_daemon.secagg.simulate import one_round
+
+SCALE = 20_000.0  # epsilon 0.5 on the 0.01 grid: 10,000 / 0.5
+LOCAL_SCALE = 2_000.0  # local_epsilon 5
+
+
+def start_round(
+    names: list[str], beta_dropped: float = 0.2, beta_colluding: float = 0.2, round_id: str = "r"
+) -> tuple[dict[str, Member], Graph]:
+    """Members with fresh keys, their roster and its graph (every member's randomness opened)."""
+    members = {name: Member(name) for name in names}
+    keys = {name: m.public() for name, m in members.items()}
+    roster = Roster(round_id, keys, beta_dropped, beta_colluding, SCALE, LOCAL_SCALE)
+    return members, graph_of(roster, {name: m.accept(roster) for name, m in members.items()})
 
 
 def chi_square_p(observed: Counter[int], pmf: dict[int, float], draws: int) -> float:
@@ -69,12 +92,24 @@ class TestNoise:
         assert variance == pytest.approx(laplace_variance(scale), rel=0.06)
 
     def test_calibration_leaves_enough_noise_with_beta_dropped(self) -> None:
-        """Calibrated for beta = 0.2 among 100, any 80 members' shares carry the whole noise."""
-        assert noise.calibrated_members(100, 0.2) == 80
-        assert noise.calibrated_members(101, 0.2) == 81
-        assert noise.calibrated_members(3, 0.0) == 3
-        with pytest.raises(ValueError, match="beta"):
-            noise.calibrated_members(10, 1.0)
+        """Calibrated for a fifth dropped among 100, any 80 members' shares carry the whole
+        noise; with a fifth colluding as well (counted apart), any 60."""
+        assert noise.calibrated_members(100, 20, 0) == 80
+        assert noise.calibrated_members(100, 20, 20) == 60
+        assert noise.calibrated_members(3, 0, 0) == 3
+        with pytest.raises(ValueError, match="at least one member"):
+            noise.calibrated_members(10, 5, 5)
+
+    def test_a_roster_counts_its_absent_and_colluding_down(self) -> None:
+        """beta 0.2 of 101 members is 20 of each (rounded down, so the calibration never
+        rounds the noise away): 101 - 20 = 81 calibrated for dropouts alone, 61 with colluders."""
+        keys = {f"m{i:03d}@example.org": Member(f"m{i:03d}@example.org").public() for i in range(101)}
+        alone = Roster("r", keys, 0.2, 0.0, SCALE, LOCAL_SCALE)
+        both = Roster("r", keys, 0.2, 0.2, SCALE, LOCAL_SCALE)
+        assert (alone.max_dropped, alone.max_colluding, alone.calibrated) == (20, 0, 81)
+        assert (both.max_dropped, both.max_colluding, both.calibrated) == (20, 20, 61)
+        with pytest.raises(ProtocolError, match="betas"):
+            Roster("r", keys, 0.5, 0.5, SCALE, LOCAL_SCALE)
 
 
 class TestMasks:
@@ -124,74 +159,128 @@ class TestRounds:
     def test_the_aggregator_gets_exactly_the_noisy_sum(self, n: int, dropped: int) -> None:
         """All present, or members dropping after they shared (up to beta): the masks cancel or
         are removed, and the sum is exactly the present members' values plus their noise."""
-        done = one_round(n, dropped, 0.2, 20_000.0, random.Random(3))
+        done = one_round(n, dropped, SCALE, random.Random(3))
         assert done.total == done.expected
         assert len(done.survivors.present) == n - dropped
         if n > 16:
-            assert len(done.roster.neighbours(done.roster.members[0])) < n - 1  # the sparse graph
+            assert len(done.graph.neighbours(done.graph.roster.members[0])) < n - 1  # the sparse graph
+
+    def test_each_members_own_noise_is_in_the_sum_too(self) -> None:
+        """With a local scale, each present member adds discrete Laplace noise of its own beside
+        its share: the sum is still exactly the values and all of that noise."""
+        done = one_round(12, 2, SCALE, random.Random(4), local_scale=LOCAL_SCALE)
+        assert done.total == done.expected
 
     def test_a_masked_value_alone_says_nothing_of_the_value(self) -> None:
         """Two members with the same value and noise send unrelated masked values."""
-        a, b = Member("a@example.org"), Member("b@example.org")
-        roster = Roster("r", ("a@example.org", "b@example.org"), 0.0, 20_000.0)
-        keys = {"a@example.org": a.public(), "b@example.org": b.public()}
-        a.share(roster, keys)
-        b.share(roster, keys)
-        shared = frozenset(keys)
-        assert a.masked(roster, keys, shared, 5000, 0) != b.masked(roster, keys, shared, 5000, 0)
+        members, graph = start_round(["a@example.org", "b@example.org"], 0.0, 0.0)
+        a, b = members.values()
+        to_a, to_b = b.share(graph)[a.name], a.share(graph)[b.name]
+        shared = frozenset(graph.roster.members)
+        masked_a = a.masked(graph, shared, 5000, 0, a.open_inbox(graph, {b.name: to_a}))
+        assert masked_a != b.masked(graph, shared, 5000, 0, b.open_inbox(graph, {a.name: to_b}))
 
     def test_too_few_survivors_reveal_nothing(self) -> None:
-        """Below the calibration the noise would be too little: a member refuses to reveal."""
-        members = {f"m{i}@example.org": Member(f"m{i}@example.org") for i in range(10)}
-        roster = Roster("r", tuple(sorted(members)), 0.2, 20_000.0)
-        keys = {name: m.public() for name, m in members.items()}
-        boxes = {name: m.share(roster, keys) for name, m in members.items()}
+        """Below the calibration the noise would be too little: a member refuses to endorse the
+        survivor set, and so to reveal; nor does it reveal for an endorsed set short of a quorum
+        of endorsements."""
+        members, graph = start_round([f"m{i}@example.org" for i in range(10)])
+        roster = graph.roster
+        boxes = {name: m.share(graph) for name, m in members.items()}
         me = roster.members[0]
-        inbox = {sender: box[me] for sender, box in boxes.items() if me in box}
+        opened = members[me].open_inbox(graph, {s: box[me] for s, box in boxes.items() if me in box})
+        members[me].masked(graph, frozenset(members), 5000, 0, opened)
         few = Survivors(frozenset(members), frozenset(roster.members[:7]))
         with pytest.raises(ProtocolError, match="fewer than the 8"):
-            members[me].reveal(roster, keys, few, inbox)
+            members[me].endorse(graph, few)
         outside = Survivors(frozenset(members) | {"x@example.org"}, frozenset(roster.members))
         with pytest.raises(ProtocolError, match="outside the round"):
-            members[me].reveal(roster, keys, outside, inbox)
+            members[me].endorse(graph, outside)
+        with pytest.raises(ProtocolError, match="did not endorse"):
+            members[me].reveal(graph, few, set(roster.members), opened)
+        enough = Survivors(frozenset(members), frozenset(roster.members[:8]))
+        members[me].endorse(graph, enough)
+        assert roster.quorum == 7
+        with pytest.raises(ProtocolError, match="only 6 members endorsed"):
+            members[me].reveal(graph, enough, set(roster.members[:6]), opened)
 
     def test_a_garbage_share_is_caught_not_believed(self) -> None:
-        """One neighbour reveals a wrong share: the aggregator's two subsets disagree, and it
-        aborts rather than publish a wrong sum."""
-        members = {f"m{i}@example.org": Member(f"m{i}@example.org") for i in range(6)}
-        roster = Roster("r", tuple(sorted(members)), 0.0, 20_000.0)
-        keys = {name: m.public() for name, m in members.items()}
-        boxes = {name: m.share(roster, keys) for name, m in members.items()}
-        shared = frozenset(members)
-        masked = {name: m.masked(roster, keys, shared, 100, 0) for name, m in members.items()}
-        survivors = Survivors(shared, frozenset(members))
-        reveals = {
-            name: members[name].reveal(
-                roster, keys, survivors, {s: b[name] for s, b in boxes.items() if name in b}
-            )
-            for name in members
+        """One neighbour reveals a wrong share: among five (two more than the threshold) the
+        windows of shares that agree leave it out and the sum is exact; with a second liar no
+        two subsets agree, and the aggregator aborts rather than publish a wrong sum."""
+        members, graph = start_round([f"m{i}@example.org" for i in range(6)], 0.0, 0.0)
+        roster = graph.roster
+        boxes = {name: m.share(graph) for name, m in members.items()}
+        opened = {
+            name: m.open_inbox(graph, {s: b[name] for s, b in boxes.items() if name in b})
+            for name, m in members.items()
         }
-        liar, victim = roster.members[0], roster.members[1]
-        kind, (index, _) = reveals[liar][victim]
-        reveals[liar] = {**reveals[liar], victim: (kind, (index, bytes(32)))}
+        shared = frozenset(members)
+        masked = {name: m.masked(graph, shared, 100, 0, opened[name]) for name, m in members.items()}
+        survivors = Survivors(shared, frozenset(members))
+        for m in members.values():
+            m.endorse(graph, survivors)
+        reveals = {
+            name: members[name].reveal(graph, survivors, survivors.present, opened[name]) for name in members
+        }
+        victim = roster.members[0]
+        for liar in roster.members[1:3]:
+            kind, (index, _) = reveals[liar][victim]
+            reveals[liar] = {**reveals[liar], victim: (kind, (index, bytes(32)))}
+            if liar == roster.members[1]:
+                assert unmask(graph, survivors, masked, reveals) == 6 * 100
         with pytest.raises(ProtocolError, match="disagree"):
-            unmask(roster, keys, survivors, masked, reveals)
+            unmask(graph, survivors, masked, reveals)
 
 
 AGGREGATOR = "aggregator@example.org"
 
 
+@dataclass(frozen=True, slots=True)
+class Datasite:
+    """One machine's identity, pins and the refusals its keyring logged."""
+
+    signer: identity.Identity
+    keyring: transport.Keyring
+    refused: list[dict[str, Any]]
+
+
+def datasite(tree: transport.Tree, state: Path, email: str) -> Datasite:
+    """``email``'s identity, created under ``state`` with its did.json published in the tree,
+    and its keyring (pins in ``state``), as rounds.keyring_of makes them."""
+    signer = identity.Identity.load_or_create(state / email / identity.IDENTITY_NAME)
+    identity.publish(tree.root, email, signer)
+    refused: list[dict[str, Any]] = []
+
+    def log(event: str, **fields: Any) -> None:
+        refused.append({"event": event, **fields})
+
+    pins = identity.Pins.load(state / email / identity.PINS_NAME)
+    return Datasite(signer, transport.Keyring(tree, pins, log), refused)
+
+
+def aggregator_round(
+    tree: transport.Tree, site: Datasite, names: list[str], round_id: str, start: float, step: float
+) -> dict[str, Any]:
+    return transport.aggregator_round(
+        tree, site.signer, site.keyring, AGGREGATOR, names, round_id, start, step,
+        transport.Calibration(0.2, 0.2, SCALE, LOCAL_SCALE), transport.Clock(poll=0.02),
+    )  # fmt: skip
+
+
 def round_over_files(
     tmp_path: Path, n: int, drop: int, at: str = "masked", round_id: str = "r1"
 ) -> tuple[dict[str, Any], int, dict[str, str], Path]:
-    """Members and the aggregator, each in its own thread, exchanging only files in one tree laid
-    out as SyftBox lays it out; ``drop`` members stop ``at`` a phase: before they share
-    (``shares``), after sharing, before their masked value (``masked``), or after it, before
-    they reveal (``reveal``). Returns the aggregator's result, what the members whose masked
-    values were sent put in, each member's outcome and the tree's datasites/."""
+    """Members and the aggregator, each in its own thread, exchanging only signed files in one
+    tree laid out as SyftBox lays it out; ``drop`` members stop ``at`` a phase: before they
+    publish keys (``shares``), after sharing, before their masked value (``masked``), or after
+    it, before they endorse and reveal (``reveal``). Returns the aggregator's result, what the
+    members whose masked values were sent put in, each member's outcome and the tree's
+    datasites/. No honest machine's keyring refuses a message."""
     tree = transport.Tree(tmp_path / "SyftBox")
     names = [f"m{i}@example.org" for i in range(n)]
     members = {name: Member(name) for name in names}
+    sites = {name: datasite(tree, tmp_path / "state", name) for name in [*names, AGGREGATOR]}
     for name in members:
         app = tree.root / "datasites" / name / "app_data" / "cpu_tracker"
         app.mkdir(parents=True, exist_ok=True)
@@ -229,10 +318,11 @@ def round_over_files(
         return transport.Clock(sleep=sleep, poll=0.02)
 
     def member(name: str) -> None:
+        site = sites[name]
         try:
             outcomes[name] = transport.member_round(
-                tree, members[name], AGGREGATOR, round_id, start, step, values[name], noise_for(name),
-                before(name), clock_for(name),
+                tree, members[name], site.signer, site.keyring, AGGREGATOR, round_id, start, step,
+                values[name], noise_for(name), before(name), clock_for(name),
             )  # fmt: skip
         except _Dropped:
             outcomes[name] = "dropped"
@@ -242,10 +332,10 @@ def round_over_files(
     threads = [threading.Thread(target=member, args=(name,)) for name in taking_part]
     for thread in threads:
         thread.start()
-    clock = transport.Clock(poll=0.02)
-    result = transport.aggregator_round(tree, AGGREGATOR, names, round_id, start, step, 0.2, 20_000.0, clock)
+    result = aggregator_round(tree, sites[AGGREGATOR], names, round_id, start, step)
     for thread in threads:
         thread.join(timeout=30)
+    assert [r for site in sites.values() for r in site.refused] == []
     expected = sum(values[m] + noises[m] for m in sent)
     return result, expected, outcomes, tree.root / "datasites"
 
@@ -265,7 +355,7 @@ class TestOverFiles:
     )
     def test_a_round_over_the_tree_gives_the_exact_noisy_sum(self, tmp_path: Path, at: str) -> None:
         """Six members and the aggregator exchange only files; one member vanishes at each
-        phase in turn: before sharing (it is left out), after sharing (its masks are removed),
+        phase in turn: before its keys (it is left out), after sharing (its masks are removed),
         after its masked value (its self mask is rebuilt from its neighbours). The result is
         exactly the values and noise of the members whose masked values came in."""
         result, expected, outcomes, _ = round_over_files(tmp_path, 6, 1, at)
@@ -281,32 +371,33 @@ class TestOverFiles:
         assert (result["aborted"], result["sum_units"]) == (None, expected)
 
     def test_a_replayed_file_from_another_round_is_refused(self, tmp_path: Path) -> None:
-        """Round r1's files (keys, shares, masked values) copied into round r2's folders count
-        for nothing: each file names its round (and each share's seal binds it to its round)."""
+        """Round r1's files (keys, openings, shares, masked values...) copied into round r2's
+        folders count for nothing: each file names its round, and its signature covers the
+        round, so naming r2 instead breaks the signature (and each box is bound to its roster)."""
         round_over_files(tmp_path, 3, 0, round_id="r1")
         datasites = tmp_path / "SyftBox" / "datasites"
         for old in datasites.glob("m*/app_data/cpu_tracker/secagg/r1/*.json"):
-            new = old.parent.parent / "r2" / old.name
-            new.parent.mkdir(exist_ok=True)
-            new.write_bytes(old.read_bytes())
+            for round_id, renamed in (("r2", False), ("r3", True)):
+                new = old.parent.parent / round_id / old.name
+                new.parent.mkdir(exist_ok=True)
+                doc = json.loads(old.read_text())
+                new.write_text(json.dumps({**doc, "round": round_id} if renamed else doc))
         tree = transport.Tree(tmp_path / "SyftBox")
         names = sorted(p.name for p in datasites.iterdir() if p.name.startswith("m"))
-        result = transport.aggregator_round(
-            tree,
-            AGGREGATOR,
-            names,
-            "r2",
-            time.monotonic() - 10,
-            0.5,
-            0.2,
-            20_000.0,
-            transport.Clock(poll=0.02),
-        )
-        assert (result["sum_units"], result["aborted"]) == (None, "no member published keys")
+        site = datasite(tree, tmp_path / "state", AGGREGATOR)
+        for round_id in ("r2", "r3"):
+            result = aggregator_round(tree, site, names, round_id, time.monotonic() - 10, 0.5)
+            assert (result["sum_units"], result["aborted"]) == (None, "no member published keys")
+        assert {(r["sender"], r["round"], r["kind"]) for r in site.refused} == {
+            (name, "r3", "keys") for name in names
+        }
+        assert {r["reason"] for r in site.refused} == {
+            "the signature does not verify (forged, altered or replayed)"
+        }
 
     @pytest.mark.slow
     def test_too_many_dropped_aborts_and_nothing_is_revealed(self, tmp_path: Path) -> None:
-        """Three of six gone (beta is 0.2): the aggregator aborts, no member reveals a share."""
+        """Three of six gone (beta_dropped is 0.2): the aggregator aborts, no member reveals a share."""
         result, _, outcomes, datasites = round_over_files(tmp_path, 6, 3)
         assert result["sum_units"] is None
         assert "fewer than the 5" in result["aborted"]
@@ -314,10 +405,11 @@ class TestOverFiles:
         assert "revealed" not in outcomes.values()
 
     def test_each_file_is_readable_by_exactly_whom_it_is_for(self, tmp_path: Path) -> None:
-        """The permission files, through the Go client's ACL engine (syft-permissions): sealed
-        shares for the neighbours and the aggregator (not an outsider), masked values and
-        reveals for the aggregator only, the roster for the members, the result and the keys
-        for everyone."""
+        """The permission files, through the Go client's ACL engine (syft-permissions): every
+        file a member writes (keys, openings, sealed shares, its inbox check, masked values,
+        endorsements, reveals) for the aggregator only, who relays what others need; the roster,
+        openings, the word to proceed, survivors and endorsements for the roster's members, each
+        inbox for its member alone, the result for everyone; nobody writes into another's round."""
         from syft_permissions import AccessLevel, ACLRequest, ACLService, User
 
         _, _, _, datasites = round_over_files(tmp_path, 3, 0)
@@ -325,17 +417,31 @@ class TestOverFiles:
         outsider = "someone@example.org"
         rnd = "app_data/cpu_tracker/secagg/r1"
         probes = [
-            (m1, m0, f"{rnd}/shares.json", "read", True),
+            (m1, m0, f"{rnd}/shares.json", "read", False),  # relayed: m1 reads its inbox
             (AGGREGATOR, m0, f"{rnd}/shares.json", "read", True),  # sealed: it sees who shared
             (outsider, m0, f"{rnd}/shares.json", "read", False),
             (AGGREGATOR, m0, f"{rnd}/masked.json", "read", True),
             (m1, m0, f"{rnd}/masked.json", "read", False),
             (AGGREGATOR, m0, f"{rnd}/reveal.json", "read", True),
             (m1, m0, f"{rnd}/reveal.json", "read", False),
-            (outsider, m0, f"{rnd}/keys.json", "read", True),
+            (AGGREGATOR, m0, f"{rnd}/keys.json", "read", True),
+            (m1, m0, f"{rnd}/keys.json", "read", False),  # the roster carries them, signed
+            (outsider, m0, f"{rnd}/keys.json", "read", False),
+            (m1, m0, f"{rnd}/check.json", "read", False),
+            (m1, m0, f"{rnd}/endorse.json", "read", False),
             (m1, m0, f"{rnd}/masked.json", "write", False),
+            (AGGREGATOR, m0, f"{rnd}/masked.json", "write", False),
             (m0, AGGREGATOR, f"{rnd}/roster.json", "read", True),
+            (m1, AGGREGATOR, f"{rnd}/openings.json", "read", True),
+            (m1, AGGREGATOR, f"{rnd}/proceed.json", "read", True),
+            (m1, AGGREGATOR, f"{rnd}/survivors.json", "read", True),
+            (m1, AGGREGATOR, f"{rnd}/endorsements.json", "read", True),
             (outsider, AGGREGATOR, f"{rnd}/roster.json", "read", False),
+            (outsider, AGGREGATOR, f"{rnd}/survivors.json", "read", False),
+            (m0, AGGREGATOR, f"{rnd}/inbox-{m0}.json", "read", True),
+            (m1, AGGREGATOR, f"{rnd}/inbox-{m0}.json", "read", False),
+            (outsider, AGGREGATOR, f"{rnd}/inbox-{m0}.json", "read", False),
+            (m0, AGGREGATOR, f"{rnd}/roster.json", "write", False),
             (outsider, AGGREGATOR, f"{rnd}/result.json", "read", True),
         ]
         got = []
@@ -344,7 +450,7 @@ class TestOverFiles:
             service.load_permissions_from_filesystem(datasites / owner)
             level = AccessLevel.READ if access == "read" else AccessLevel.WRITE
             got.append(service.can_access(ACLRequest(path=path, level=level, user=User(id=user))))
-        assert got == [p[4] for p in probes]
+        assert [p[4] for p in probes] == got
 
 
 class TestWhatIsSeen:
@@ -355,13 +461,14 @@ class TestWhatIsSeen:
         from scipy.stats import chisquare
 
         a, b = Member("a@example.org"), Member("b@example.org")
-        keys = {"a@example.org": a.public(), "b@example.org": b.public()}
         seen = []
         for r in range(4000):
-            roster = Roster(f"r{r}", tuple(keys), 0.0, 20_000.0)
-            a.share(roster, keys)
-            b.share(roster, keys)
-            seen.append(a.masked(roster, keys, frozenset(keys), 5000, 0))
+            keys = {a.name: a.rekey(), b.name: b.rekey()}  # as member_round does at each start
+            roster = Roster(f"r{r}", keys, 0.0, 0.0, SCALE, LOCAL_SCALE)
+            graph = graph_of(roster, {a.name: a.accept(roster), b.name: b.accept(roster)})
+            to_a = b.share(graph)[a.name]
+            a.share(graph)
+            seen.append(a.masked(graph, frozenset(keys), 5000, 0, a.open_inbox(graph, {b.name: to_a})))
         for bins in ([x >> 28 for x in seen], [x & 15 for x in seen]):
             assert chisquare([bins.count(k) for k in range(16)]).pvalue > 0.001
 
@@ -387,47 +494,113 @@ class TestWhatIsSeen:
         assert max(abs(r) for r in ratios) >= 0.5 - 0.12  # the bound is met, not just respected
 
 
+class StepClock:
+    """A round's clock that never really waits: each sleep moves it on."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += max(seconds, 0.01)
+
+    def clock(self) -> transport.Clock:
+        return transport.Clock(now=self.now, sleep=self.sleep, poll=0.5)
+
+
+def lone_member_round(tmp_path: Path, tree: transport.Tree, me: Member, round_id: str) -> str:
+    """``me`` alone in ``round_id``, on a clock that never waits: it publishes its keys and,
+    with no aggregator, gives up at the roster's deadline."""
+    site = datasite(tree, tmp_path / "state", me.name)
+    clock = StepClock()
+    return transport.member_round(
+        tree, me, site.signer, site.keyring, AGGREGATOR, round_id, clock.now(), 1.0, 5000,
+        lambda r: 0, lambda: None, clock.clock(),
+    )  # fmt: skip
+
+
 def test_every_round_has_fresh_keys(tmp_path: Path) -> None:
     """A dropped member's mask key is rebuilt by the aggregator: with it and a later round's
-    self-mask seed it could unmask that member, were the key used again. Keys are per round."""
+    self-mask seed it could unmask that member, were the key used again. Keys (and the graph
+    randomness committed to) are per round."""
     tree = transport.Tree(tmp_path / "SyftBox")
     tree.root.mkdir()
     me = Member("m0@example.org")
-    transport.publish_keys(tree, me, "r1", AGGREGATOR)
-    transport.publish_keys(tree, me, "r2", AGGREGATOR)
-    first, second = (transport.read_keys(tree, me.name, r) for r in ("r1", "r2"))
+    assert lone_member_round(tmp_path, tree, me, "r1") == "no roster"
+    assert lone_member_round(tmp_path, tree, me, "r2") == "no roster"
+    reader = datasite(tree, tmp_path / "state", AGGREGATOR)
+
+    def keys_of(round_id: str) -> PublicKeys | None:
+        path = tree.file(me.name, round_id, "keys")
+        if not path.exists():
+            return None
+        doc = json.loads(path.read_text())
+        body = {k: v for k, v in doc.items() if k not in ("schema", "kind", "round", "from", "sig")}
+        assert reader.keyring.verify(me.name, round_id, "keys", body, doc["sig"])
+        return transport.parse_keys(body)
+
+    first, second = keys_of("r1"), keys_of("r2")
     assert first is not None
     assert second == me.public()
-    assert (first.c, first.s) != (second.c, second.s)
-    assert transport.read_keys(tree, me.name, "r3") is None
+    assert first.c != second.c
+    assert first.s != second.s
+    assert first.commit != second.commit
+    assert keys_of("r3") is None
+
+
+_CALIBRATION = {"beta_dropped": 0.2, "beta_colluding": 0.2, "scale": SCALE, "local_scale": LOCAL_SCALE}
 
 
 @pytest.mark.parametrize(
     "roster",
-    [{"members": [{"a": 1}], "beta": 0.2, "scale": 20_000.0}, {"members": "m0", "beta": "x", "scale": 1},
-     {"members": ["m0@example.org"], "beta": 2.0, "scale": 20_000.0}, {}],
-)  # fmt: skip
+    [
+        {"keys": [{"a": 1}], **_CALIBRATION},
+        {"keys": "m0", **_CALIBRATION, "beta_dropped": "x", "scale": 1},
+        {"keys": {"m0@example.org": {"c": 1, "s": [], "commit": None}}, **_CALIBRATION},
+        {"keys": {"m0@example.org": ["c", "s"]}, **_CALIBRATION},
+        {"keys": {"m0@example.org": "self"}, **_CALIBRATION, "beta_dropped": 2.0},
+        {"keys": {"m0@example.org": "self"}, **_CALIBRATION, "beta_colluding": True},
+        {"keys": {"m0@example.org": "self"}, **_CALIBRATION, "scale": 10**400},
+        {"keys": {"m0@example.org": "self"}, **_CALIBRATION, "beta_dropped": 0.5, "beta_colluding": 0.5},
+        {"keys": {"m1@example.org": "self"}, **_CALIBRATION},
+        {"keys": {}, **_CALIBRATION},
+        {},
+    ],
+)
 def test_a_hostile_roster_ends_the_round_for_the_member_with_a_reason(
     tmp_path: Path, roster: dict[str, Any]
 ) -> None:
-    """Files another machine wrote are checked: a roster of the wrong shape is one outcome
-    ("bad roster"), never an exception out of the member's round."""
+    """Files another machine wrote are checked: a roster of the wrong shape, signed by the
+    aggregator (an unsigned one is not read at all), is one outcome ("bad roster"), never an
+    exception out of the member's round."""
     tree = transport.Tree(tmp_path / "SyftBox")
     tree.root.mkdir()
-    path = tree.file(AGGREGATOR, "r1", "roster")
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"schema": transport.SCHEMA, "kind": "roster", "round": "r1", **roster}))
-    clock = transport.Clock(poll=0.01)
+    me = Member("m0@example.org")
+    aggregator = datasite(tree, tmp_path / "state", AGGREGATOR)
+    site = datasite(tree, tmp_path / "state", me.name)
+    clock = StepClock()
+    roster_file = tree.file(AGGREGATOR, "r1", "roster")
+
+    def sleep(seconds: float) -> None:
+        """Once the member's keys are out, the aggregator's signed roster; "self" in it stands
+        for the member's keys as published (its signature included)."""
+        keys = tree.file(me.name, "r1", "keys")
+        if keys.exists() and not roster_file.exists():
+            body = roster
+            if isinstance(roster.get("keys"), dict):
+                mine = {**transport.keys_body(me.public()), "sig": json.loads(keys.read_text())["sig"]}
+                body = {**roster, "keys": {m: mine if e == "self" else e for m, e in roster["keys"].items()}}
+            sig = identity.sign_message(aggregator.signer, "r1", "roster", body, sender=AGGREGATOR)
+            doc = {"schema": transport.SCHEMA, "kind": "roster", "round": "r1", "from": AGGREGATOR}
+            roster_file.parent.mkdir(parents=True, exist_ok=True)
+            roster_file.write_text(json.dumps({**doc, **body, "sig": sig}))
+        clock.sleep(seconds)
+
     outcome = transport.member_round(
-        tree,
-        Member("m0@example.org"),
-        AGGREGATOR,
-        "r1",
-        clock.now(),
-        0.1,
-        5000,
-        lambda r: 0,
-        lambda: None,
-        clock,
-    )
-    assert outcome in ("bad roster", "no roster")
+        tree, me, site.signer, site.keyring, AGGREGATOR, "r1", clock.now(), 1.0, 5000,
+        lambda r: 0, lambda: None, transport.Clock(now=clock.now, sleep=sleep, poll=0.5),
+    )  # fmt: skip
+    assert outcome.startswith("bad roster"), outcome
+    assert site.refused == []  # read and checked: the roster's shape, not its signature, is bad

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import sqlite3
 import subprocess
@@ -25,6 +26,7 @@ from typing import Any
 import pytest
 
 from cpu_tracker_daemon import budget_requests
+from cpu_tracker_daemon.config import ROUND_STEPS
 from cpu_tracker_daemon.storage import read_json  # None until the client has written it whole
 from tests import syftbox_network
 from tests.conftest import run_cli, write_config
@@ -330,7 +332,33 @@ SECURE_STEP = 6.0  # seconds a phase may take: several of the clients' sync peri
 
 
 @pytest.fixture(scope="module")
-def secure_round(network: Network) -> dict[str, Any]:
+def identities(network: Network, configs: dict[str, Path]) -> dict[str, Any]:
+    """Each party's signing identity and pins, in its config's data folder as ``rounds.keyring_of``
+    makes them (the daemons below use the same), its did.json published in its own sync folder;
+    returned once every party's client has received every other's."""
+    from cpu_tracker_daemon.config import load_config
+    from cpu_tracker_daemon.secagg import identity
+
+    parties = (*MEMBERS, AGGREGATOR)
+    out: dict[str, Any] = {}
+    for email in parties:
+        config = load_config(configs[email])
+        signer = identity.Identity.load_or_create(identity.identity_path(config))
+        identity.publish(network.clients[email].box, email, signer)
+        out[email] = (signer, identity.Pins.load(identity.pins_path(config)))
+    for reader in parties:
+        for email in parties:
+            wait_until(
+                f"{email}'s did.json reaches {reader}",
+                lambda r=reader, e=email: (
+                    identity.read_identity(network.clients[r].box, e) == out[e][0].public
+                ),
+            )
+    return out
+
+
+@pytest.fixture(scope="module")
+def secure_round(network: Network, identities: dict[str, Any]) -> dict[str, Any]:
     import random
     import threading
 
@@ -338,6 +366,14 @@ def secure_round(network: Network) -> dict[str, Any]:
     from cpu_tracker_daemon.secagg.protocol import Member, Roster
 
     trees = {email: transport.Tree(network.clients[email].box) for email in (*MEMBERS, AGGREGATOR)}
+    refused: list[tuple[str, dict[str, Any]]] = []
+
+    def keyring(email: str) -> transport.Keyring:
+        def log(event: str, **fields: Any) -> None:
+            refused.append((email, {"event": event, **fields}))
+
+        return transport.Keyring(trees[email], identities[email][1], log)
+
     members = {email: Member(email) for email in MEMBERS}
     rng = random.Random(9)
     values = {email: rng.randrange(10_001) for email in MEMBERS}
@@ -351,24 +387,26 @@ def secure_round(network: Network) -> dict[str, Any]:
             return noises[email]
 
         outcomes[email] = transport.member_round(
-            trees[email], members[email], AGGREGATOR, "r1", started, SECURE_STEP, values[email], draw,
-            lambda: None,
+            trees[email], members[email], identities[email][0], keyring(email), AGGREGATOR, "r1", started,
+            SECURE_STEP, values[email], draw, lambda: None,
         )  # fmt: skip
 
     threads = [threading.Thread(target=member, args=(email,)) for email in MEMBERS]
     for thread in threads:
         thread.start()
     result = transport.aggregator_round(
-        trees[AGGREGATOR], AGGREGATOR, MEMBERS, "r1", started, SECURE_STEP, 0.2, 20_000.0
-    )
+        trees[AGGREGATOR], identities[AGGREGATOR][0], keyring(AGGREGATOR), AGGREGATOR, MEMBERS, "r1",
+        started, SECURE_STEP, transport.Calibration(0.2, 0.2, 20_000.0, 2_000.0),
+    )  # fmt: skip
     for thread in threads:
-        thread.join(timeout=60)
+        thread.join(timeout=120)
     took = time.monotonic() - started
     time.sleep(3)  # a few more sync rounds, so what should not arrive has had its chance
     return {
         "result": result,
         "expected": sum(values[e] + noises[e] for e in MEMBERS),
         "outcomes": outcomes,
+        "refused": refused,
         "seconds": took,
     }
 
@@ -382,26 +420,33 @@ class TestSecureAggregation:
         assert secure_round["outcomes"] == dict.fromkeys(MEMBERS, "revealed")
         assert secure_round["result"]["aborted"] is None
         assert secure_round["result"]["sum_units"] == secure_round["expected"]
+        assert secure_round["refused"] == []  # every message's signature verified where it arrived
 
     def test_each_file_reached_only_whom_it_is_for(
         self, network: Network, secure_round: dict[str, Any]
     ) -> None:
-        """What the real server let through: the sealed shares to the other members and the
-        aggregator, not to the outsider; masked values and reveals to the aggregator alone;
-        the result to everyone, the roster to the members only."""
+        """What the real server let through: every file a member writes (keys, opening, sealed
+        shares, inbox check, masked value, endorsement, reveal) to the aggregator alone, who
+        relays what the others need; the roster, openings, word to proceed, survivors and
+        endorsements to the members only; each inbox to its member alone; the result to
+        everyone."""
         rnd = APP / "secagg" / "r1"
+        everyone = (*MEMBERS, AGGREGATOR, OUTSIDER)
         for email in MEMBERS:
-            others = [m for m in MEMBERS if m != email]
-            readable = (("shares", [*others, AGGREGATOR]), ("masked", [AGGREGATOR]), ("reveal", [AGGREGATOR]))
-            for name, readers in readable:
-                for client in (*MEMBERS, AGGREGATOR, OUTSIDER):
+            for name in ("keys", "open", "shares", "check", "masked", "endorse", "reveal"):
+                for client in everyone:
                     if client == email:
                         continue
                     there = (network.clients[client].datasite(email) / rnd / f"{name}.json").exists()
-                    assert there == (client in readers), (name, email, client)
+                    assert there == (client == AGGREGATOR), (name, email, client)
+        relayed = ["roster", "openings", "proceed", "survivors", "endorsements"]
+        for name in relayed + [f"inbox-{m}" for m in MEMBERS]:
+            readers = [name.removeprefix("inbox-")] if name.startswith("inbox-") else MEMBERS
+            for client in (*MEMBERS, OUTSIDER):
+                there = (network.clients[client].datasite(AGGREGATOR) / rnd / f"{name}.json").exists()
+                assert there == (client in readers), (name, client)
         result = network.clients[OUTSIDER].datasite(AGGREGATOR) / rnd / "result.json"
         wait_until("the result reaches the outsider", result.exists)
-        assert not (network.clients[OUTSIDER].datasite(AGGREGATOR) / rnd / "roster.json").exists()
 
 
 class TestSecureDaemons:
@@ -410,7 +455,7 @@ class TestSecureDaemons:
     part and exits; every process reads and writes only its own client's folder."""
 
     STEP = 6.0
-    EVERY = 50.0  # the window, 8 steps and a second
+    EVERY = float(math.ceil(0.1 + ROUND_STEPS * STEP + 1))  # the window, a round's steps, a second
 
     def test_a_slot_of_the_grid_gives_every_member_one_secure_spend(
         self, network: Network, configs: dict[str, Path]
