@@ -22,7 +22,7 @@ from typing import Any
 from cpu_tracker_daemon import __version__, dashboard, metrics, permissions, storage
 from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.estimate import TARGET_HALF_WIDTH, Estimate, estimate, reading
-from cpu_tracker_daemon.peers import UNPARSEABLE, PeerRelease, peer_names, read_release
+from cpu_tracker_daemon.peers import PeerRelease, StillWriting, peer_names, read_release
 from cpu_tracker_daemon.secagg import published
 from cpu_tracker_daemon.untrusted import NotAccepted
 
@@ -33,7 +33,7 @@ AGGREGATE_NAME = "aggregate.json"
 HISTORY_NAME = "history.json"
 DASHBOARD_NAME = "index.html"
 
-REREAD_PAUSE_SECONDS = 0.5  # once per pass, when some release did not parse
+REREAD_PAUSE_SECONDS = 0.5  # once per pass, when some release did not parse and was just written
 Clock = Callable[[], datetime]
 
 
@@ -113,7 +113,7 @@ class Aggregator:
             accepted.add(read_release(datasites, peer, now, max_age))
         except NotAccepted as why:
             reason = str(why)
-            if reason == UNPARSEABLE and unsettled is not None:
+            if isinstance(why, StillWriting) and unsettled is not None:
                 unsettled.append(peer)
                 return
             skipped[reason] += 1

@@ -7,22 +7,27 @@ this peer's), the file is a regular file of at most ``MAX_BYTES``, strict UTF-8 
 member schema with finite numbers in range, a sane privacy block from an unbiased mechanism, and
 a timezone-aware timestamp that is neither in the future (beyond a small skew) nor older than
 ``max_age``. Anything else raises :class:`NotAccepted` with a short, stable reason; nothing here
-ever raises anything else for bad input.
+ever raises anything else for bad input. A file that does not parse and was written moments ago
+raises :class:`StillWriting` (the same reason): the 0.4 client writes received files in place.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
+import json
 import math
 import os
 import re
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cpu_tracker_daemon import accounting, discrete, storage
+from cpu_tracker_daemon import accounting, discrete
 from cpu_tracker_daemon.privacy import MECHANISM_NAMES, UNITS, PrivacyConfig, calibrate
 from cpu_tracker_daemon.records import SCHEMA, SCHEMA_VERSION
 from cpu_tracker_daemon.storage import APP_DIR, PUBLIC_NAME
@@ -43,6 +48,23 @@ _STDDEV_TOLERANCE = 1e-6  # relative: a declared noise this far from what its pa
 
 
 UNPARSEABLE = "not UTF-8 JSON"  # also what a file still being written in place reads as
+# A file that does not parse and was written less than this long ago may still be being written
+# in place; one written before has been whole for longer than any write of 64 KiB takes.
+SETTLING_SECONDS = 2.0
+_WALK = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_DIRECTORY
+_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+class StillWriting(NotAccepted):
+    """A release that does not parse (:data:`UNPARSEABLE`) and was written moments ago: its
+    writer may not be done, so it is worth one more look before it is skipped."""
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_STRICT = json.JSONDecoder(parse_constant=_no_constant)  # storage.strict_json's, built once
 
 
 @dataclass(frozen=True)
@@ -82,20 +104,23 @@ def read_release(datasites: Path, peer: str, now: datetime, max_age: timedelta) 
     """One peer's release, validated; raise :class:`NotAccepted` naming why it does not count."""
     if not _PEER.match(peer) or ".." in peer:
         raise NotAccepted("bad peer name")
-    data = _read_capped(datasites, (peer, "app_data", APP_DIR, PUBLIC_NAME))
+    data, written = _read_capped(datasites, (peer, "app_data", APP_DIR, PUBLIC_NAME))
     try:
-        doc = storage.strict_json(data)
-    except ValueError:
-        raise NotAccepted(UNPARSEABLE) from None
+        doc = _STRICT.decode(data.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        settled = written < time.time() - SETTLING_SECONDS
+        raise (NotAccepted if settled else StillWriting)(UNPARSEABLE) from None
     return _validate(doc, peer, now, max_age)
 
 
-def _read_capped(datasites: Path, parts: tuple[str, ...]) -> bytes:
-    """Walk down from ``datasites`` one component at a time without following any symlink.
+def _read_capped(datasites: Path, parts: tuple[str, ...]) -> tuple[bytes, float]:
+    """Walk down from ``datasites`` one component at a time without following any symlink; the
+    file's first ``MAX_BYTES`` and when it was last written.
 
     Each step opens the next name relative to the directory opened before it, with
     ``O_NOFOLLOW``: a symlinked peer folder or file is refused wherever it points, and nothing
-    can swap a component for a link between the check and the read.
+    can swap a component for a link between the check and the read. The file is opened as
+    ``storage.read_untrusted`` opens one: never a FIFO, never more than the cap.
     """
     try:
         fd = os.open(datasites, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -104,19 +129,35 @@ def _read_capped(datasites: Path, parts: tuple[str, ...]) -> bytes:
     try:
         for part in parts[:-1]:
             try:
-                child = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_DIRECTORY, dir_fd=fd)
+                child = os.open(part, _WALK, dir_fd=fd)
             except FileNotFoundError:
                 raise NotAccepted("no release") from None
             except OSError:
                 raise NotAccepted(_why_not(fd, part)) from None
             os.close(fd)
             fd = child
-        try:
-            return storage.read_untrusted(Path(parts[-1]), MAX_BYTES, dir_fd=fd)
-        except ValueError as why:
-            raise NotAccepted("no release" if str(why) == "missing" else str(why)) from None
+        return _read_file(fd, parts[-1])
     finally:
         os.close(fd)
+
+
+def _read_file(directory: int, name: str) -> tuple[bytes, float]:
+    try:
+        fd = os.open(name, _FILE, dir_fd=directory)
+    except FileNotFoundError:
+        raise NotAccepted("no release") from None
+    except OSError as exc:
+        raise NotAccepted("symlink" if exc.errno == errno.ELOOP else "unreadable") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotAccepted("not a regular file")
+        data = os.read(fd, MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_BYTES:
+        raise NotAccepted("too large")
+    return data, info.st_mtime
 
 
 def _why_not(directory_fd: int, name: str) -> str:
@@ -163,7 +204,9 @@ def _validate(doc: Any, peer: str, now: datetime, max_age: timedelta) -> PeerRel
         raise NotAccepted("bad noise_stddev")
     if not 0 <= lower < upper <= 100:
         raise NotAccepted("bad bounds")
-    if not math.isclose(stddev, _implied_stddev(doc, version), rel_tol=_STDDEV_TOLERANCE):
+    if not math.isclose(
+        stddev, _implied_stddev(privacy, doc.get("window"), version), rel_tol=_STDDEV_TOLERANCE
+    ):
         raise NotAccepted("declared noise does not match its parameters")
     cpu = finite_number(doc.get("cpu"), "cpu is not a finite number")
     if not lower - MAX_SIGMAS * stddev <= cpu <= upper + MAX_SIGMAS * stddev:
@@ -195,21 +238,41 @@ def _check_grid(units: Any, cpu: float) -> None:
         raise NotAccepted("cpu is not on the grid")
 
 
-def _implied_stddev(doc: dict[str, Any], version: int) -> float:
+def _implied_stddev(privacy: dict[str, Any], window: Any, version: int) -> float:
     """The noise standard deviation that the release's declared parameters imply.
 
     A peer cannot claim more noise than it added (which would let it place a value far out and
     still pass the range check) or less (which would buy it weight): the declaration is
     recomputed from mechanism, epsilon, delta, unit, bounds and samples. Only called once those
-    fields passed their own checks.
+    fields passed their own checks. Peers mostly declare the same parameters, so each set is
+    computed once (:func:`_stddev_of`).
     """
-    privacy, window = doc["privacy"], doc.get("window")
     samples = window.get("samples") if isinstance(window, dict) else None
     if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= 100_000:
         raise NotAccepted("bad window")
-    mechanism, unit = privacy["mechanism"], privacy["unit"]
-    epsilon, delta = float(privacy["epsilon"]), float(privacy["delta"])
-    lower, upper = float(privacy["lower"]), float(privacy["upper"])
+    return _stddev_of(
+        version,
+        privacy["mechanism"],
+        privacy["unit"],
+        float(privacy["epsilon"]),
+        float(privacy["delta"]),
+        float(privacy["lower"]),
+        float(privacy["upper"]),
+        samples,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _stddev_of(
+    version: int,
+    mechanism: str,
+    unit: str,
+    epsilon: float,
+    delta: float,
+    lower: float,
+    upper: float,
+    samples: int,
+) -> float:
     if not 1e-6 <= epsilon <= 1000:
         raise NotAccepted("bad epsilon")
     if version == 1:  # the continuous mechanisms of schema 1

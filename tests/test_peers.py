@@ -6,6 +6,7 @@ import contextlib
 import copy
 import json
 import os
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cpu_tracker_daemon.peers import MAX_BYTES, read_release, release_path
+from cpu_tracker_daemon.peers import MAX_BYTES, UNPARSEABLE, StillWriting, read_release, release_path
 from cpu_tracker_daemon.untrusted import NotAccepted
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -246,3 +247,46 @@ def test_schema_1_float_releases_from_older_members_still_count(tmp_path: Path) 
     old["privacy"]["noise_stddev"] = 2828.42712474619
     put(tmp_path, PEER, old)
     assert reason(tmp_path) == "declared noise does not match its parameters"
+
+
+class TestSettling:
+    """A release that does not parse is worth another look only while it may be being written."""
+
+    def test_one_just_written_may_still_be_written(self, tmp_path: Path) -> None:
+        """A file cut short and written now raises StillWriting, with the usual reason."""
+        put(tmp_path, PEER, None, raw=json.dumps(release()).encode()[:100])
+        with pytest.raises(StillWriting, match=f"^{UNPARSEABLE}$"):
+            read_release(tmp_path, PEER, NOW, MAX_AGE)
+
+    def test_one_written_long_ago_is_settled(self, tmp_path: Path) -> None:
+        """The same file last written a minute ago is skipped for good: NotAccepted, not
+        StillWriting, with the same reason."""
+        path = put(tmp_path, PEER, None, raw=b'{"cpu": NaN}')
+        then = time.time() - 60
+        os.utime(path, (then, then))
+        with pytest.raises(NotAccepted) as info:
+            read_release(tmp_path, PEER, NOW, MAX_AGE)
+        assert not isinstance(info.value, StillWriting)
+        assert str(info.value) == UNPARSEABLE
+
+    def test_the_pass_pauses_only_for_files_just_written(self, tmp_path: Path) -> None:
+        """An aggregation pass over a settled bad file skips it without its pause; one over a
+        file just written pauses once and reads it again."""
+        from cpu_tracker_daemon.aggregate import REREAD_PAUSE_SECONDS, Aggregator
+        from cpu_tracker_daemon.config import load_config
+        from tests.conftest import write_config
+
+        sb = tmp_path / "SyftBox"
+        path = put(sb / "datasites", PEER, None, raw=b'{"cpu": 4')
+        aggregator = {"dir": str(sb), "email": "aggregator@example.org"}
+        config = load_config(
+            write_config(tmp_path, {"syftbox": aggregator, "aggregator": {"enabled": True}}, name="a.toml")
+        )
+        quiet = type("Quiet", (), {"__getattr__": lambda self, name: lambda *a, **k: None})()
+        pauses: list[float] = []
+        assert Aggregator(config, quiet, sleep=pauses.append).run_pass().skipped[UNPARSEABLE] == 1
+        assert pauses == [REREAD_PAUSE_SECONDS]
+        then = time.time() - 60
+        os.utime(path, (then, then))
+        assert Aggregator(config, quiet, sleep=pauses.append).run_pass().skipped[UNPARSEABLE] == 1
+        assert pauses == [REREAD_PAUSE_SECONDS]
