@@ -1,6 +1,7 @@
 """Run every benchmark and print their tables: the one command behind the README's figures.
 
-    python benchmarks/run_all.py            # everything (about 85 minutes: the soaks are 40, fuzzing 6)
+    python benchmarks/run_all.py            # everything (about 100 minutes: the soaks are 40,
+                                            # a secure round at 10,000 members 10, fuzzing 6)
     python benchmarks/run_all.py --quick    # a fast subset of each (a few minutes; CI runs it)
 
 Prints the machine first, then each benchmark's own Markdown table. Exits non-zero if any
@@ -33,6 +34,7 @@ FULL = [
     ("ledger work as the history grows", ["ledger_scale.py"]),
     ("delivery over a real SyftBox network", ["syftbox_latency.py", "--releases", "20", "--requests", "5"]),
     ("secure aggregation beside local DP", ["secagg_accuracy.py"]),
+    ("a secure round at 1,000 and 10,000 members", ["secagg_scale.py"]),
     ("Shamir sharing, ours beside PyCryptodome", ["shamir.py"]),
     ("kill -9 fault injection", ["faults.py", "--kills", "200"]),
     ("soak, 30 minutes at 1 s", ["soak.py", "--minutes", "30"]),
@@ -51,6 +53,7 @@ QUICK = [
     ("timing side channel of the public record", ["side_channel.py", "--releases", "10"]),
     ("one lying peer against the network estimate", ["robustness.py", "--trials", "200"]),
     ("aggregation at scale", ["aggregate_scale.py", "--sizes", "1000,10000"]),
+    ("a secure round at 100 members", ["secagg_scale.py", "--quick"]),
     ("Shamir sharing, ours beside PyCryptodome", ["shamir.py", "--quick"]),
     (
         "ledger work as the history grows",
