@@ -5,6 +5,7 @@ the sample is used, still unmasking the exact sum."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import random
@@ -217,3 +218,30 @@ def test_a_round_over_files_at_200_members(tmp_path: Path) -> None:
     )
     for name, text in expected.items():
         assert text == (folder / name).read_text()
+
+
+class TestWait:
+    def test_the_aggregators_polls_drift_apart_and_the_deadline_is_looked_at(self) -> None:
+        """Over a 90 s wait with polls every 0.2 s, the aggregator's patience makes some 50
+        looks instead of 450, each at least an eighth of the time waited after the one before,
+        and the last at the deadline itself."""
+        now = [0.0]
+        looks: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            now[0] += seconds
+
+        def ready() -> bool:
+            looks.append(now[0])
+            return False
+
+        clock = transport.Clock(now=lambda: now[0], sleep=sleep, poll=0.2)
+        assert not transport._wait(clock, 90.0, ready, transport.PATIENCE)
+        assert looks[-1] == 90.0
+        assert 30 < len(looks) < 70
+        between = list(itertools.pairwise(looks[:-1]))  # the last look is cut short by the deadline
+        assert all(b - a >= max(0.2, a / 8) - 1e-9 for a, b in between)
+        looks.clear()
+        now[0] = 0.0
+        assert not transport._wait(clock, 90.0, ready)  # a member's wait: every poll
+        assert len(looks) == 451
