@@ -112,6 +112,53 @@ class TestNoise:
             Roster("r", keys, 0.5, 0.5, SCALE, LOCAL_SCALE)
 
 
+class TestInterval:
+    @staticmethod
+    def exact_half_width(scale: float, calibrated: int, present: int, local: float) -> int:
+        """The 95% half width by direct convolution of the exact pmfs (small scales only)."""
+        import numpy as np
+
+        def nb_diff(r: float, q: float, size: int) -> np.ndarray:
+            k = np.arange(size, dtype=np.float64)
+            log_pmf = np.empty(size)
+            log_pmf[0] = r * math.log1p(-q)
+            log_pmf[1:] = log_pmf[0] + np.cumsum(np.log(q * (k[1:] + r - 1) / k[1:]))
+            pmf = np.exp(log_pmf)
+            return np.convolve(pmf, pmf[::-1])  # A - B, centred at size - 1
+
+        size = 4000
+        d = np.convolve(
+            nb_diff(present / calibrated, math.exp(-1 / scale), size),
+            nb_diff(present, math.exp(-1 / local), size),
+        )
+        centre = len(d) // 2
+        inside = d[centre] + 2 * np.cumsum(d[centre + 1 :])
+        return int(np.searchsorted(inside, 0.95)) + 1
+
+    @pytest.mark.parametrize(
+        ("scale", "calibrated", "present", "local"), [(40.0, 3, 5, 6.0), (25.0, 6, 10, 3.0)]
+    )
+    def test_the_lattice_interval_is_the_exact_one(
+        self, scale: float, calibrated: int, present: int, local: float
+    ) -> None:
+        """With each member's own noise in the sum, the characteristic-function lattice gives
+        the half width a direct convolution of the exact pmfs gives."""
+        got, exact = noise.interval(scale, calibrated, present, local)
+        assert exact
+        assert self.exact_half_width(scale, calibrated, present, local) == got
+
+    def test_a_sum_too_wide_for_the_lattice_gets_a_wider_interval_said_not_exact(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Past the lattice, the Chernoff interval holds at least 95% (it is wider than the
+        exact one, never narrower) and says it is not exact."""
+        exact, _ = noise.interval(20_000.0, 60, 100, 2_000.0)
+        monkeypatch.setattr(noise, "MAX_LATTICE", 1 << 12)
+        bound, is_exact = noise.interval(20_000.0, 60, 100, 2_000.0)
+        assert not is_exact
+        assert exact <= bound < 1.7 * exact
+
+
 class TestMasks:
     def test_pairwise_masks_cancel_and_self_masks_do_not(self) -> None:
         keys = {name: masks.new_key() for name in ("a", "b", "c", "d")}

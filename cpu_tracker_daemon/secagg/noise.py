@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -80,19 +81,27 @@ def interval(
     """The half width of the noise's ``level`` interval in a round's sum, and whether it is
     exact: :func:`half_width` for the shares alone; with each present member's own discrete
     Laplace noise of ``local_scale`` too, by inverting the noise's characteristic function on a
-    lattice wide enough that the aliased mass is below 1e-12, or, for a sum too wide for that,
-    a normal approximation (not exact: said so)."""
+    lattice wide enough that the aliased mass is below 1e-12 (by a Chernoff bound on the tails),
+    or, for a sum too wide for that lattice, the Chernoff bound itself: an interval that holds
+    the noise with probability at least ``level``, a little wider than the exact one (not
+    exact: said so)."""
     import numpy as np
 
     if local_scale is None:
         return half_width(scale, calibrated, present, level), True
+    if not 0 < level < 1 or present < calibrated or calibrated < 1:
+        raise ValueError("need 0 < level < 1 and present >= calibrated >= 1")
     r = present / calibrated
-    q, ql = math.exp(-1.0 / scale), math.exp(-1.0 / local_scale)
-    sd = math.sqrt(2 * r * q / (1 - q) ** 2 + present * 2 * ql / (1 - ql) ** 2)
-    size = 1 << max(10, math.ceil(math.log2(48 * sd + 64)))
+    a, al = 1.0 / scale, 1.0 / local_scale
+
+    def tail(x: int) -> float:  # at least P(noise >= x), the noise being symmetric
+        return _chernoff(x, ((r, a), (present, al)))
+
+    alias = _smallest(lambda x: 2 * tail(x) <= ALIASED)
+    size = 1 << max(10, math.ceil(math.log2(2 * alias + 64)))
     if size > MAX_LATTICE:
-        z = _normal_quantile(0.5 + level / 2)
-        return math.ceil(z * sd), False
+        return _smallest(lambda x: 2 * tail(x + 1) <= 1 - level), False
+    q, ql = math.exp(-a), math.exp(-al)
     theta = 2 * math.pi * np.arange(size // 2 + 1) / size
     cos = np.cos(theta)
     log_phi = r * (2 * math.log1p(-q) - np.log1p(q * q - 2 * q * cos))
@@ -104,12 +113,50 @@ def interval(
 
 
 MAX_LATTICE = 1 << 21  # 16 MiB a float array: the aggregator's memory, not the interval, sets it
+ALIASED = 1e-12  # the mass beyond the lattice's half, which folds back onto it
 
 
-def _normal_quantile(p: float) -> float:
-    from statistics import NormalDist
+def _chernoff(x: int, parts: tuple[tuple[float, float], ...]) -> float:
+    """An upper bound on P(D >= x) for D the sum, over ``parts`` of (weight, a), of ``weight``
+    times (G1 - G2), G geometric with q = exp(-a): the least, over 0 < l < min a, of
+    E[exp(l D)] exp(-l x), the moment generating function in closed form, found by
+    golden-section search (the exponent is convex in l)."""
+    top = min(a for _, a in parts)
 
-    return NormalDist().inv_cdf(p)
+    def exponent(lam: float) -> float:
+        total = -lam * x
+        for weight, a in parts:
+            total += weight * (
+                2 * math.log(-math.expm1(-a))
+                - math.log(-math.expm1(lam - a))
+                - math.log(-math.expm1(-lam - a))
+            )
+        return total
+
+    low, high = 0.0, top * (1 - 1e-9)
+    ratio = (math.sqrt(5) - 1) / 2
+    for _ in range(200):
+        left, right = high - ratio * (high - low), low + ratio * (high - low)
+        if exponent(left) <= exponent(right):
+            high = right
+        else:
+            low = left
+    return min(1.0, math.exp(min(exponent((low + high) / 2), 0.0)))
+
+
+def _smallest(holds: Callable[[int], bool]) -> int:
+    """The least integer x >= 0 for which ``holds`` (false, then true, as x grows) is true."""
+    high = 1
+    while not holds(high):
+        high *= 2
+    low = 0
+    while low < high:
+        mid = (low + high) // 2
+        if holds(mid):
+            high = mid
+        else:
+            low = mid + 1
+    return low
 
 
 def half_width(scale: float, calibrated: int, present: int, level: float = 0.95) -> int:
