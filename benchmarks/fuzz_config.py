@@ -210,7 +210,8 @@ def generate(index: int, seed: int) -> tuple[bytes, dict[str, Any]]:
 
 
 def odd_command_lines(case: Path, config: Path) -> list[tuple[list[str], dict[str, str]]]:
-    """Odd command lines and environments, each naming only files of this case."""
+    """Odd command lines and environments, each naming only files of this case. ``FULL_STDOUT``
+    in the environment stands for ``> /dev/full``, with the output buffered or not."""
     fifo, adir, loop = str(case / "fifo"), str(case / "adir"), str(case / "loop")
     c = str(config)
     return [
@@ -250,6 +251,11 @@ def odd_command_lines(case: Path, config: Path) -> list[tuple[list[str], dict[st
         (["--system", "config", "check"], {}),
         (["service", "print", "--manager", "nonsense"], {}),
         (["--version"], {}),
+        (["--config", c, "status"], {FULL_STDOUT: "1"}),
+        (["--config", c, "budget", "plan", "--json"], {FULL_STDOUT: "1", "PYTHONUNBUFFERED": ""}),
+        (["--config", c, "once", "--force"], {FULL_STDOUT: "1"}),
+        (["--config", c, "once", "--force"], {FULL_STDOUT: "1", "PYTHONUNBUFFERED": ""}),
+        (["--help"], {FULL_STDOUT: "1", "PYTHONUNBUFFERED": ""}),
     ]
 
 
@@ -267,6 +273,7 @@ def prepare_case(case: Path, data: bytes) -> Path:
     return config
 
 
+FULL_STDOUT = "FUZZ_STDOUT_TO_DEV_FULL"
 LIMIT_AND_EXEC = (
     "import os, resource, sys; limit = int(sys.argv[1]); "
     "resource.setrlimit(resource.RLIMIT_AS, (limit, limit)); os.execv(sys.argv[2], sys.argv[2:])"
@@ -284,19 +291,26 @@ class Runner:
             "XDG_CACHE_HOME": str(case / "home" / ".cache"),
             "LANG": "C.UTF-8",
             "TZ": "UTC",
+            "PYTHONUNBUFFERED": "1",
             **env_extra,
         }
+        full = env.pop(FULL_STDOUT, None) is not None
 
         # The memory limit is set by a small exec wrapper, not a preexec_fn: the cases run in threads.
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", LIMIT_AND_EXEC, str(self.memory), self.executable, *argv],
-            cwd=case,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # a hang is killed with everything it started
-        )
+        sink = Path("/dev/full").open("wb") if full else None  # noqa: SIM115 - closed once passed on
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", LIMIT_AND_EXEC, str(self.memory), self.executable, *argv],
+                cwd=case,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=sink or subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # a hang is killed with everything it started
+            )
+        finally:
+            if sink is not None:
+                sink.close()
         try:
             _, err = proc.communicate(timeout=self.timeout)
         except subprocess.TimeoutExpired:

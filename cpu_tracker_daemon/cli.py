@@ -30,7 +30,7 @@ from cpu_tracker_daemon.exit_codes import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_
 TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
 if TYPE_CHECKING:
     from argparse import Namespace
-    from typing import NoReturn
+    from typing import Any, NoReturn, TextIO
 
 # The plain command lines: a command's words, what its parser sets, and the flags it takes (each
 # a store_true option of that name), as :mod:`parsers` defines them.
@@ -119,21 +119,88 @@ COLLECTING = frozenset({"run", "once", "aggregate"})
 def entry() -> NoReturn:
     """The console script and ``python -m cpu_tracker_daemon``: :func:`main`, then exit without
     the interpreter's last collection (everything is closed by then; atexit handlers still run)."""
+    code: int | str | None
     try:
         code = main()
-    finally:  # also after argparse's own exit, for --help and a usage error
+    except SystemExit as done:  # argparse's own exit, for --help and a usage error
+        code = done.code
+    finally:
         gc.freeze()
-    raise SystemExit(code)
+    raise SystemExit(_flush_stdout(code))
+
+
+def _flush_stdout(code: int | str | None) -> int | str | None:
+    """Flush what a command printed while its errors can still be one line: a buffer the
+    interpreter flushed at exit into a full disk would be its traceback and exit 120."""
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_to_devnull()
+    except OSError as exc:
+        _stdout_to_devnull()
+        error = _stdout_error(exc)
+        print(f"cpu-tracker: {error}", file=sys.stderr)
+        return exit_code_for(error) if code in (EXIT_OK, None) else code
+    return code
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail again."""
+    import contextlib
+
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     collecting = gc.isenabled()
     gc.disable()
+    stdout = sys.stdout
+    if stdout is not None:  # None: started with stdout closed, where print() writes nothing
+        sys.stdout = _Stdout(stdout)  # a TextIO in all but its type
     try:
         return _main(argv, environ, collecting)
     finally:
+        sys.stdout = stdout
         if collecting:
             gc.enable()
+
+
+class _Stdout:
+    """``sys.stdout`` while a command runs: a write that fails for want of room or rights
+    (``> /dev/full``) is a :class:`StdoutError`, exit 8 in one line; a reader gone (``| head``)
+    is still a BrokenPipeError, a quiet success."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _stdout_error(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _stdout_error(exc) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def _stdout_error(exc: OSError) -> CpuTrackerError:
+    from cpu_tracker_daemon.errors import StdoutError
+
+    return StdoutError(exc.strerror or str(exc))
 
 
 def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None, collecting: bool) -> int:
@@ -168,11 +235,7 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None, collect
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader went away (| head): a quiet success, as for any filter
-        import contextlib
-
-        with contextlib.suppress(OSError, ValueError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's last flush does not fail
+        _stdout_to_devnull()
         return EXIT_OK
     except Exception as exc:  # noqa: BLE001 - a bug still gets one line, never a traceback with data
         print(

@@ -192,6 +192,19 @@ class OutputError(CpuTrackerError):
         )
 
 
+class StdoutError(OutputError):
+    """Standard output cannot be written (a full disk, ``> /dev/full``): what the command had to
+    say is lost, and nothing else."""
+
+    def __init__(self, reason: str) -> None:
+        self.path, self.reason = "standard output", reason
+        CpuTrackerError.__init__(
+            self,
+            f"cannot write to standard output ({reason}); what this command printed is lost, nothing "
+            "else: send its output where there is room",
+        )
+
+
 class RoundEndedError(CpuTrackerError):
     """A secure-aggregation round ended before this member's masked value was sent."""
 

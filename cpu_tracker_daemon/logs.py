@@ -64,18 +64,52 @@ def _formatter(fmt: str, colors: bool = False) -> logging.Formatter:
 
 class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """stdout: when its reader has gone (``run | head -n1``), drop it quietly and keep logging to
-    the file, if there is one, instead of printing a logging traceback on every line."""
+    the file, if there is one, instead of printing a logging traceback on every line; when it
+    cannot be written (``> /dev/full``), say so once in one line on stderr, and drop it too."""
 
     def handleError(self, record: logging.LogRecord) -> None:
         error = sys.exc_info()[1]
-        if isinstance(error, OSError) and error.errno == errno.EPIPE:
-            logging.getLogger().removeHandler(self)
-            with contextlib.suppress(OSError, ValueError):
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, self.stream.fileno())  # nothing left to flush into a closed pipe
-                os.close(devnull)
+        unwritable = isinstance(error, OSError) or type(error).__name__ == "StdoutError"
+        if not unwritable:
+            super().handleError(record)
             return
-        super().handleError(record)
+        logging.getLogger().removeHandler(self)
+        if not (isinstance(error, OSError) and error.errno == errno.EPIPE):
+            _say_once(self, f"the log on standard output cannot be written ({_why(error)}); it stops there")
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())  # nothing left to flush where it cannot go
+            os.close(devnull)
+
+
+class _FileHandler(logging.handlers.WatchedFileHandler):
+    """``logging.file``: a line that cannot be written (a full disk) is said once, in one line on
+    stderr, not as a logging traceback on every line; the file is tried again for the next."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._failed = False
+        super().emit(record)
+        if not self._failed:
+            vars(self).pop("_said", None)  # written again: a later failure is said again
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self._failed = True
+        error = sys.exc_info()[1]
+        _say_once(self, f"logging.file {self.baseFilename} cannot be written ({_why(error)}); lines are lost")
+
+
+def _why(error: BaseException | None) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return getattr(error, "reason", None) or type(error).__name__
+
+
+def _say_once(handler: logging.Handler, text: str) -> None:
+    if getattr(handler, "_said", False):
+        return
+    handler._said = True  # type: ignore[attr-defined]
+    with contextlib.suppress(Exception):  # stderr too may be gone; nothing else is left to tell
+        print(f"cpu-tracker: {text}", file=sys.stderr, flush=True)
 
 
 def configure(
@@ -118,7 +152,7 @@ def _open_log_file(file: Path) -> logging.Handler:
         # Non-blocking first: a FIFO nobody reads fails at once (ENXIO) instead of waiting.
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
         os.close(os.open(file, flags, 0o666))
-        return logging.handlers.WatchedFileHandler(file, encoding="utf-8")
+        return _FileHandler(file, encoding="utf-8")
     except OSError as exc:
         from cpu_tracker_daemon.errors import ConfigError
 

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import pytest
 
 import cpu_tracker_daemon
-from cpu_tracker_daemon.exit_codes import EXIT_CONFIG, EXIT_INTERNAL
+from cpu_tracker_daemon.exit_codes import EXIT_CONFIG, EXIT_INTERNAL, EXIT_TEMPORARY
 from tests.bench import benchmark
 from tests.conftest import cli_env, merge, write_config
 
@@ -171,6 +171,54 @@ def with_readers(tmp_path: Path, count: int) -> str:
     readers = ", ".join(f'"r{i}@example.org"' for i in range(count))
     where = tmp_path / "SyftBox"
     return f'[syftbox]\ndir = "{where}"\nemail = "me@example.org"\nreaders = [{readers}]\n'
+
+
+class TestFullOutputs:
+    """The fuzz's find: standard output or the log file on a full disk (``> /dev/full``) was an
+    internal error for every command that prints, and a logging traceback for `once`."""
+
+    def run_to_dev_full(self, *args: str, buffered: bool) -> subprocess.CompletedProcess[str]:
+        env = cli_env(PYTHONUNBUFFERED="" if buffered else "1")
+        with Path("/dev/full").open("w") as full:
+            return subprocess.run(
+                [str(CPU_TRACKER), *args],
+                stdout=full,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                timeout=60,
+                check=False,
+            )
+
+    @pytest.mark.parametrize("buffered", [False, True], ids=["unbuffered", "buffered"])
+    @pytest.mark.parametrize(
+        "command", [("status",), ("config", "show"), ("budget", "plan", "--json"), ("--help",)], ids=" ".join
+    )
+    def test_a_command_that_prints_is_exit_8_in_one_line(
+        self, tmp_path: Path, command: tuple[str, ...], buffered: bool
+    ) -> None:
+        """What a command prints cannot be written: exit 8 (an output could not be written)."""
+        result = self.run_to_dev_full("--config", str(fast_config(tmp_path)), *command, buffered=buffered)
+        assert_one_clear_line(result, EXIT_TEMPORARY, "cannot write to standard output")
+
+    @pytest.mark.parametrize("buffered", [False, True], ids=["unbuffered", "buffered"])
+    def test_once_releases_and_says_once_that_its_log_is_lost(self, tmp_path: Path, buffered: bool) -> None:
+        """`once` logging to a full stdout still releases (exit 0) and says so in one line."""
+        result = self.run_to_dev_full("--config", str(fast_config(tmp_path)), "once", buffered=buffered)
+        assert result.returncode == 0, result.stderr
+        lost = "the log on standard output cannot be written (No space left on device); it stops there"
+        assert result.stderr.strip().splitlines() == [f"cpu-tracker: {lost}"]
+        assert (tmp_path / "data" / "public" / "cpu_tracker.json").exists()
+
+    def test_a_log_file_on_a_full_disk_is_one_line_not_a_traceback(self, tmp_path: Path) -> None:
+        """`logging.file = "/dev/full"`: the release happens; one line says the log lines are lost."""
+        config = fast_config(tmp_path, '[logging]\nfile = "/dev/full"\n')
+        result = run_installed("--config", str(config), "once")
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines() == [
+            "cpu-tracker: logging.file /dev/full cannot be written (No space left on device); lines are lost"
+        ]
 
 
 class TestListBounds:
