@@ -131,9 +131,38 @@ def become_state_owner(data_dir: Path) -> None:
         return
     if owner.st_uid == 0:
         return
+    _owner_can_run_this_python(data_dir, owner.st_uid, owner.st_gid)
     os.setgroups([])
     os.setgid(owner.st_gid)
     os.setuid(owner.st_uid)
+
+
+def _owner_can_run_this_python(data_dir: Path, uid: int, gid: int) -> None:
+    """The switch is for good: if the owner may not read this Python's own files (one built
+    under root's home, say), every import after it fails. Look first, as that user, and raise
+    ConfigError naming what it cannot read."""
+    import sysconfig
+
+    from cpu_tracker_daemon.storage import user_name
+
+    paths = sysconfig.get_paths()
+    places = sorted({Path(os.__file__).parent, Path(__file__).parent, *map(Path, paths.values())})
+    os.setegid(gid)
+    os.seteuid(uid)
+    try:
+        unreadable = [p for p in places if not os.access(p, os.R_OK | os.X_OK, effective_ids=True)]
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+    if unreadable:
+        name = user_name(uid)
+        raise ConfigError(
+            [
+                f"paths.data_dir {data_dir} belongs to {name}, and this command writes there as {name}, "
+                f"who may not read this Python's files ({unreadable[0]}); run it as {name} with a Python "
+                f"{name} can read"
+            ]
+        )
 
 
 def _once(config: Config, force: bool) -> int:

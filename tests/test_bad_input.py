@@ -353,6 +353,33 @@ class TestAnotherUsersState:
         made_by_once = ["cpu-tracker.lock", "ledger.sqlite3", "private", "public"]
         assert sorted(p.name for p in data.iterdir()) == made_by_once
 
+    def test_root_on_another_users_state_writes_as_them_or_says_why_not(
+        self, reachable: Path, other_user: str
+    ) -> None:
+        """The other way round: root's `once`, `grant` and `ledger verify` on ct-other's state
+        switch to ct-other. Where ct-other may not read this Python (one built under root's
+        home), every import after the switch failed: an internal error. Now it is exit 3 naming
+        the directory and what ct-other cannot read; where it may, the command works."""
+        config = fast_config(reachable)
+        config.chmod(0o644)
+        data = reachable / "data"
+        data.mkdir(mode=0o700)
+        theirs = pwd.getpwnam(other_user)
+        os.chown(data, theirs.pw_uid, theirs.pw_gid)
+        can = _can_run(other_user, sys.executable)
+        for command in (
+            ("once",),
+            ("budget", "grant", "1", "--reason", "more", "--yes"),
+            ("ledger", "verify"),
+        ):
+            result = run_installed("--config", str(config), *command)
+            if can:
+                assert result.returncode == 0, result.stderr
+            else:
+                assert_one_clear_line(result, EXIT_CONFIG, str(data), "may not read this Python's files")
+        owners = {p.stat().st_uid for p in (data, *data.rglob("*"))}
+        assert owners == {theirs.pw_uid}
+
 
 # -- the fuzz: generated configs and odd command lines ---------------------------------------------
 
