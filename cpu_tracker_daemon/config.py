@@ -305,8 +305,10 @@ def _read_toml(path: Path, origin: str = "--config", cache: Path | None = None) 
             [f"{named} cannot be read: {blocker} is a file, not a directory; fix the path or {drop}"]
         ) from None
     except NotRegularFileError as exc:
-        odd = f"{named} is {exc.kind}, not a regular file"
-        raise ConfigError([f"{odd}; name a TOML file or {drop}"]) from None
+        if not _is_dev_null(path):  # a FIFO would wait for a writer, a device read without end
+            odd = f"{named} is {exc.kind}, not a regular file"
+            raise ConfigError([f"{odd}; name a TOML file or {drop}"]) from None
+        data = b""  # --config /dev/null: no file, the embedded defaults
     except FileTooLargeError:
         big = f"{named} is larger than {MAX_CONFIG_BYTES >> 20} MiB, far more than any configuration"
         raise ConfigError([f"{big}; name the right file or {drop}"]) from None
@@ -378,6 +380,13 @@ def read_regular_file(path: Path, max_bytes: int) -> bytes:
     if size > max_bytes:
         raise FileTooLargeError(errno.EFBIG, os.strerror(errno.EFBIG), str(path))
     return b"".join(chunks)
+
+
+def _is_dev_null(path: Path) -> bool:
+    try:
+        return os.path.samestat(path.stat(), Path(os.devnull).stat())
+    except OSError:
+        return False
 
 
 def _file_above(path: Path) -> Path:

@@ -528,6 +528,11 @@ class TestOddFiles:
         with pytest.raises(ConfigError, match="/dev/zero is a character device, not a regular file"):
             load_config(Path("/dev/zero"))
 
+    def test_dev_null_is_still_an_empty_config(self) -> None:
+        """``--config /dev/null`` keeps meaning what it meant: no file, the embedded defaults."""
+        config = load_config(Path(os.devnull), environ={"HOME": "/h"})
+        assert config.sampling.samples == 50
+
     def test_the_size_cap_holds_whatever_the_file_says_its_size_is(self, tmp_path: Path) -> None:
         """The read stops one byte past the cap, so a file that grows after its stat is refused too."""
         path = tmp_path / "c.toml"
