@@ -187,12 +187,18 @@ class Aggregator:
             history.append(
                 {
                     "computed_at": record["computed_at"],
+                    "kind": dashboard.LOCAL,
                     "mean": est["mean"],
                     "ci95_low": est["ci95"][0],
                     "ci95_high": est["ci95"][1],
                     "peers": est["peers"],
                 }
             )
+        secure = _secure_entry(record.get("secure"))
+        if secure is not None and not any(
+            dashboard.kind_of(e) == dashboard.SECURE and e.get("round") == secure["round"] for e in history
+        ):  # a round is one point, however many passes see it
+            history.append(secure)
         history = history[-self.config.aggregator.history_length :]
         storage.write_json(directory / AGGREGATE_NAME, record, storage.PUBLIC_FILE_MODE, root)
         storage.write_json(
@@ -224,6 +230,47 @@ class Aggregator:
             self.log.warning("history.set_aside", path=str(aside), detail="unreadable history; starting anew")
             return []
         return entries
+
+
+def _secure_entry(secure: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A secure round's estimate as a history entry, dated as the dashboard says it: at the
+    start of the window it is of."""
+    est = secure.get("estimate") if secure else None
+    if secure is None or not est:
+        return None
+    return {
+        "computed_at": (secure.get("window") or {}).get("start") or secure["computed_at"],
+        "kind": dashboard.SECURE,
+        "round": str(secure.get("round")),
+        "mean": est["mean"],
+        "ci95_low": est["ci95"][0],
+        "ci95_high": est["ci95"][1],
+        "peers": est["members"],
+    }
+
+
+def summary_lines(record: dict[str, Any], where: Path) -> list[str]:
+    """``cpu-tracker aggregate`` for a person: first the estimate the dashboard leads with (the
+    secure round's, when it gave one), then the other, then what was skipped and written."""
+    lead = dashboard.lead_kind(record)
+    est, secure = record.get("estimate"), record.get("secure")
+    own = None
+    if est is not None:
+        value, detail = dashboard.headline(est)
+        own = f"{value} ({detail}) from {dashboard.plural(est['peers'], 'peer')}"
+    lines = []
+    if lead == dashboard.SECURE:
+        value, detail = dashboard.secure_lines(secure or {})
+        lines.append(
+            f"network CPU: {value} ({detail}), secure round of {dashboard.secure_when(secure or {})}"
+        )
+        lines.append(f"members' own releases: {own or 'none valid'}")
+    else:
+        lines.append(f"network CPU: {own}" if own else "network CPU: no estimate; no valid peer releases")
+        if secure is not None:
+            lines.append(f"secure aggregation: {dashboard.secure_lines(secure)[1]}")
+    lines.append(f"skipped: {dashboard.skipped_words(record.get('skipped') or {}) or 'none'}; wrote {where}")
+    return lines
 
 
 def estimate_record(est: Estimate, oldest: datetime, newest: datetime) -> dict[str, Any]:

@@ -472,8 +472,7 @@ def _budget_decide(config: Config, request_id: str, decision: str, note: str) ->
 
 def _aggregate(config: Config, as_json: bool) -> int:
     from cpu_tracker_daemon import logs, storage
-    from cpu_tracker_daemon.aggregate import Aggregator, output_dir
-    from cpu_tracker_daemon.dashboard import headline, secure_lines
+    from cpu_tracker_daemon.aggregate import Aggregator, output_dir, summary_lines
     from cpu_tracker_daemon.instance import AGGREGATE_LOCK, InstanceLock
     from cpu_tracker_daemon.logs import get_logger
 
@@ -489,17 +488,7 @@ def _aggregate(config: Config, as_json: bool) -> int:
     if as_json:
         print(json.dumps(result.record, indent=2))
         return EXIT_OK
-    est = result.record["estimate"]
-    where = output_dir(config)
-    if est is None:
-        print(f"no valid peer releases; skipped: {dict(result.skipped) or 'none'}; wrote {where}")
-    else:
-        value, detail = headline(est)
-        print(f"network CPU: {value} ({detail}) from {est['peers']} peers")
-        print(f"skipped: {dict(result.skipped) or 'none'}; wrote {where}")
-    if result.record.get("secure") is not None:
-        value, detail = secure_lines(result.record["secure"])
-        print(f"secure aggregation: {value} ({detail})")
+    print("\n".join(summary_lines(result.record, output_dir(config))))
     return EXIT_OK
 
 

@@ -97,6 +97,12 @@ INFORMATIVE_FRACTION = 0.25
 TARGET_HALF_WIDTH = 5.0  # points: the precision the advice aims at
 
 
+def informative(ci_low: float, ci_high: float, lower: float = 0.0, upper: float = 100.0) -> bool:
+    """Whether a 95% interval is narrow enough to say something: at most ``INFORMATIVE_FRACTION``
+    of the range on each side of the estimate (the interval before any clipping)."""
+    return (ci_high - ci_low) / 2 <= INFORMATIVE_FRACTION * (upper - lower)
+
+
 @dataclass(frozen=True)
 class Reading:
     """What a person may read from an estimate. The estimate itself stays unbiased (it may lie
@@ -127,7 +133,7 @@ def reading(est: Estimate, lower: float = 0.0, upper: float = 100.0) -> Reading:
         ci_low=shown[1],
         ci_high=shown[2],
         clipped=shown != (est.mean, est.ci_low, est.ci_high),
-        informative=half <= INFORMATIVE_FRACTION * (upper - lower),
+        informative=informative(est.ci_low, est.ci_high, lower, upper),
         half_width=half,
         members_for_target=max(est.peers, math.ceil(est.peers * (half / TARGET_HALF_WIDTH) ** 2)),
     )

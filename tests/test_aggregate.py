@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from cpu_tracker_daemon.config import load_config
 from cpu_tracker_daemon.estimate import CLIP_SIGMAS
 from cpu_tracker_daemon.exit_codes import EXIT_CONFIG
 from cpu_tracker_daemon.peers import release_path
-from tests.conftest import log_events, start_cli, write_config
+from tests.conftest import log_events, run_cli, start_cli, write_config
 
 AGGREGATOR = "aggregator@openmined.org"
 MEMBERS = [f"member{n}@example.org" for n in range(5)]
@@ -245,6 +246,50 @@ class TestCommand:
         finished = next(e for e in seen if e.get("event") == "aggregate.finished")
         assert finished["peers"] >= 5
         assert (output_dir(load_config(config)) / DASHBOARD_NAME).exists()
+
+
+class TestWhatTheCommandSays:
+    """``cpu-tracker aggregate`` as a person runs it: the real command in a subprocess."""
+
+    @pytest.mark.slow
+    def test_a_secure_only_network_leads_with_the_rounds_estimate(self, tmp_path: Path) -> None:
+        """It started with `No valid peer releases; skipped: {'no release': 101}` while the
+        round's estimate came last: a person would think the network broken. The first line is
+        now the secure round's estimate, its exact interval, its members and its window."""
+        from tests.test_dashboard import secure_network
+
+        hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+        ran: list[subprocess.CompletedProcess[str]] = []
+        config = secure_network(
+            tmp_path,
+            start=hour,
+            aggregate=lambda path, at: ran.append(run_cli("--config", str(path), "aggregate")),
+        )
+        assert [r.returncode for r in ran] == [0, 0], ran[-1].stderr
+        record = json.loads((output_dir(load_config(config)) / AGGREGATE_NAME).read_text())
+        reading = record["secure"]["estimate"]["reading"]
+        first, second, third = ran[-1].stdout.splitlines()
+        low, high = reading["ci95"]
+        last = hour + timedelta(hours=1)  # the second round's window
+        assert first.startswith(
+            f"network CPU: {reading['mean']:.1f}% (exact 95% interval {low:.1f}% to {high:.1f}%), secure "
+            f"round of 100 members, their 50 s window from {last:%H:%M} UTC on {last.day} {last:%b %Y}"
+        ), first
+        assert second == "members' own releases: none valid"
+        assert third.startswith("skipped: no release (101); wrote ")
+
+    def test_one_peer_is_one_peer(self, tmp_path: Path) -> None:
+        """It said "from 1 peers": a count is said with its noun in the singular or the plural."""
+        sb = tmp_path / "SyftBox"
+        home = tmp_path / "m0"
+        home.mkdir()
+        member = write_config(home, {"syftbox": {"dir": str(sb), "email": MEMBERS[0]}})
+        assert run_cli("--config", str(member), "once").returncode == 0
+        done = run_cli("--config", str(aggregator_config(tmp_path, sb)), "aggregate")
+        assert done.returncode == 0, done.stderr
+        first = done.stdout.splitlines()[0]
+        assert first.startswith("network CPU: Too uncertain to read (With 1 member the noise"), first
+        assert first.endswith(" from 1 peer"), first
 
 
 @pytest.mark.slow
