@@ -48,7 +48,7 @@ def aggregate(args: Args, config: Config, path: Path | None, env: Env) -> int:
 
 
 def status(args: Args, config: Config, path: Path | None, env: Env) -> int:
-    return _status(config, path, as_json=args.json)
+    return _status(config, path, as_json=args.json, system=args.system_service)
 
 
 def ledger_verify(args: Args, config: Config, path: Path | None, env: Env) -> int:
@@ -56,7 +56,7 @@ def ledger_verify(args: Args, config: Config, path: Path | None, env: Env) -> in
 
 
 def ledger_reset(args: Args, config: Config, path: Path | None, env: Env) -> int:
-    return _ledger_reset(config, args.reason)
+    return _ledger_reset(config, args.reason, args.yes)
 
 
 def budget_show(args: Args, config: Config, path: Path | None, env: Env) -> int:
@@ -169,7 +169,7 @@ def _once(config: Config, force: bool) -> int:
     import signal
 
     from cpu_tracker_daemon import signals, storage
-    from cpu_tracker_daemon.daemon import configure_logging
+    from cpu_tracker_daemon.daemon import configure_logging, readers_note
     from cpu_tracker_daemon.instance import claim_state
     from cpu_tracker_daemon.logs import get_logger
     from cpu_tracker_daemon.sampling import PsutilCpuSource
@@ -180,8 +180,11 @@ def _once(config: Config, force: bool) -> int:
     log = get_logger("cpu_tracker.once")
     layout = storage.layout_for(config)
     stop = signals.stop_on((signal.SIGTERM, signal.SIGINT))
+    if (note := readers_note(config)) is not None:
+        log.info("release.readers", summary=note, readers=list(config.syftbox.readers))
     with claim_state(layout):
-        tracker = Tracker(config=config, layout=layout, cpu=PsutilCpuSource(), log=log, stop=stop)
+        cpu = PsutilCpuSource()
+        tracker = Tracker(config=config, layout=layout, cpu=cpu, log=log, stop=stop, announce=True)
         result = tracker.cycle(force=force, max_wait=once_wait(config))
     CycleLog(log, lands_after(config))(result)
     if result.error is not None:
@@ -190,7 +193,7 @@ def _once(config: Config, force: bool) -> int:
     return EXIT_OK
 
 
-def _status(config: Config, path: Path | None, as_json: bool) -> int:
+def _status(config: Config, path: Path | None, as_json: bool, system: bool = False) -> int:
     from cpu_tracker_daemon import report, storage
     from cpu_tracker_daemon.instance import holder
 
@@ -207,7 +210,7 @@ def _status(config: Config, path: Path | None, as_json: bool) -> int:
     if as_json:
         print(json.dumps(view, indent=2))
         return EXIT_OK
-    print(report.status_text(view, snap, now, __version__))
+    print(report.status_text(view, snap, now, __version__, system))
     return EXIT_OK
 
 
@@ -241,6 +244,7 @@ def _grant(config: Config, epsilon: float, reason: str, cap: str, delta: float, 
     from cpu_tracker_daemon import storage
     from cpu_tracker_daemon.budget import caps_for
     from cpu_tracker_daemon.ledger import open_ledger
+    from cpu_tracker_daemon.report import amount
 
     if not reason.strip():
         raise UsageError("--reason must say why the budget is raised; it is kept in the ledger")
@@ -262,22 +266,22 @@ def _grant(config: Config, epsilon: float, reason: str, cap: str, delta: float, 
     chosen = status.lifetime if cap == "lifetime" else status.window
     print(
         f"granted epsilon {epsilon:g}{f' and delta {delta:g}' if delta else ''} to the {cap} cap: "
-        f"now epsilon {chosen.limit:g} at delta {chosen.delta:g}, {chosen.remaining:.3g} left"
+        f"now epsilon {chosen.limit:g} at delta {chosen.delta:g}, {amount(chosen.remaining)} left"
     )
     return EXIT_OK
 
 
-def _confirm(what: str) -> None:
+def _confirm(what: str, act: str = "grant it", declined: str = "not granted") -> None:
     """Ask on a terminal; refuse elsewhere (a script says --yes). Declining is a usage error."""
     if not sys.stdin.isatty():
         raise UsageError(f"{what}; pass --yes to confirm it")
-    print(f"{what}. Type yes to grant it: ", end="", file=sys.stderr, flush=True)
+    print(f"{what}. Type yes to {act}: ", end="", file=sys.stderr, flush=True)
     try:
         answer = input()
     except EOFError:
         answer = ""
     if answer.strip().lower() != "yes":
-        raise UsageError("not granted; nothing was changed")
+        raise UsageError(f"{declined}; nothing was changed")
 
 
 def _ledger_verify(config: Config) -> int:
@@ -293,11 +297,14 @@ def _ledger_verify(config: Config) -> int:
         return EXIT_OK
     with ledger:
         releases = ledger.status(caps_for(config), now).releases
-        print(f"ledger {layout.ledger} is sound: schema {ledger.version}, {releases} releases")
+        print(
+            f"ledger {layout.ledger} is sound: schema {ledger.version}, "
+            f"{releases} release{'' if releases == 1 else 's'}"
+        )
     return EXIT_OK
 
 
-def _ledger_reset(config: Config, reason: str) -> int:
+def _ledger_reset(config: Config, reason: str, yes: bool = False) -> int:
     from cpu_tracker_daemon import storage
     from cpu_tracker_daemon.budget import caps_for
     from cpu_tracker_daemon.instance import claim_state
@@ -306,6 +313,12 @@ def _ledger_reset(config: Config, reason: str) -> int:
     if not reason.strip():
         raise UsageError("--reason must say why the budget starts over; it is kept with the new ledger")
     layout = storage.layout_for(config)
+    if not yes:
+        _confirm(
+            f"this retires the privacy ledger {layout.ledger} (kept, renamed) and starts the budget over",
+            act="start over",
+            declined="not reset",
+        )
     with claim_state(layout):
         done = reset_ledger(layout, caps_for(config), reason.strip(), _who(), datetime.now(UTC))
     retired = f"the old ledger is kept as {done.retired}" if done.retired else "there was no ledger"

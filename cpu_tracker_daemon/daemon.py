@@ -23,7 +23,7 @@ from types import FrameType
 from typing import Any
 
 from cpu_tracker_daemon import drawing, logs, signals, storage, timewords
-from cpu_tracker_daemon.config import Config, config_path_from, load_config
+from cpu_tracker_daemon.config import DEFAULT_READERS, Config, config_path_from, load_config
 from cpu_tracker_daemon.errors import AnotherInstanceError, ConfigError, CpuTrackerError, Interrupted
 from cpu_tracker_daemon.instance import AGGREGATE_LOCK, InstanceLock, claim_state
 from cpu_tracker_daemon.privacy import calibrate
@@ -64,6 +64,20 @@ def start_summary(config: Config, first_run: datetime, now: datetime, paused: st
     return (
         f"{'waiting for the network slot' if what != 'release' else 'in cooldown'}; next {what} "
         f"{timewords.relative(release_at, now)} (at {timewords.local(release_at, now)})"
+    )
+
+
+def readers_note(config: Config) -> str | None:
+    """One line for a member whose config names no readers of its release: who reads it then
+    (SyftBox's default aggregator), and where to choose; None when the config names them, or
+    when nothing goes to a datasite (no [syftbox], or secure aggregation's masked values)."""
+    sb = config.syftbox
+    if sb.dir is None or sb.readers != DEFAULT_READERS or config.secure_aggregation.enabled:
+        return None
+    where = str(config.source) if config.source else "a config file ('cpu-tracker config init' writes one)"
+    return (
+        f"the release is readable by {', '.join(sb.readers)}, the default [syftbox] readers; "
+        f"name yours with [syftbox] readers in {where}"
     )
 
 
@@ -158,6 +172,8 @@ class Daemon:
                 first_run_at=first_run.isoformat(),
                 per_release=calibration.as_record(),
             )
+            if (note := readers_note(self._config)) is not None:
+                self._log.info("release.readers", summary=note, readers=list(self._config.syftbox.readers))
             self._notifier.send(READY="1", STATUS=f"started; first release at {_hm(first_run)}")
             try:
                 self._loop()

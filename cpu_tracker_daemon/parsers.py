@@ -243,7 +243,8 @@ def _fill_ledger(ledger: argparse.ArgumentParser, words: list[str] | None) -> No
             "Start the privacy budget over, deliberately: the old ledger is renamed (never "
             "deleted), the new one records the release already published as acknowledged, and "
             "ledger-resets.jsonl keeps who, when and why. Releases made under the old ledger "
-            "still happened: whoever saw them may combine them with the new ones."
+            "still happened: whoever saw them may combine them with the new ones. It asks first on "
+            "a terminal; elsewhere pass --yes (without it: exit 2, and nothing is changed)."
         ),
     )
     lsub.add(
@@ -260,6 +261,9 @@ def _fill_ledger(ledger: argparse.ArgumentParser, words: list[str] | None) -> No
 
 def _fill_reset(reset: argparse.ArgumentParser, words: list[str] | None) -> None:
     reset.add_argument("--reason", required=True, help="why (kept in the new ledger and the trace)")
+    reset.add_argument(
+        "--yes", action="store_true", help="do not ask first (needed without a terminal: exit 2 without it)"
+    )
     reset.set_defaults(handler="ledger_reset", writes_state=True)
 
 

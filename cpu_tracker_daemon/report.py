@@ -16,7 +16,7 @@ from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.frozen import Frozen
 from cpu_tracker_daemon.ledger import Grant, open_ledger
 from cpu_tracker_daemon.privacy import Calibration, calibrate
-from cpu_tracker_daemon.schedule import due_at, grid_late, next_start
+from cpu_tracker_daemon.schedule import due_at, grid_late, lands_after, next_start
 
 TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
 if TYPE_CHECKING:
@@ -37,6 +37,12 @@ class Snapshot(Frozen):
     @property
     def next_due(self) -> datetime:
         return due_at(self.status.cooldown_anchor_ts, self._every, self.now, grid_late(self.config))
+
+    @property
+    def next_release(self) -> datetime:
+        """When the next release lands (its window's end and hold after :attr:`next_due`), the
+        time ``run`` names too."""
+        return self.next_due + timedelta(seconds=lands_after(self.config))
 
     @property
     def next_start(self) -> datetime:
@@ -403,8 +409,11 @@ def _wrap(line: str) -> str:
     return textwrap.fill(line.strip(), width=96, initial_indent="  ", subsequent_indent="    ")
 
 
-def status_text(view: dict[str, Any], snap: Snapshot, now: datetime, version: str) -> str:
-    """``cpu-tracker status`` for a person, from :func:`budget_view` with the daemon's state."""
+def status_text(
+    view: dict[str, Any], snap: Snapshot, now: datetime, version: str, system: bool = False
+) -> str:
+    """``cpu-tracker status`` for a person, from :func:`budget_view` with the daemon's state;
+    ``system``: the system service's (``--system``), which its service manager starts."""
     from cpu_tracker_daemon import timewords
 
     pid, running = view["daemon"]["pid"], view["daemon"]["running"]
@@ -420,17 +429,17 @@ def status_text(view: dict[str, Any], snap: Snapshot, now: datetime, version: st
             if running
             else "unknown (its lock file is another user's; use sudo)"
             if running is None
-            else "not running (start it: 'cpu-tracker run', or as a service: 'cpu-tracker service install')"
+            else _start_hint(system)
         ),
         f"last release:  {timewords.moment(datetime.fromisoformat(last), now) if last else 'never'}",
-        f"next due:      {timewords.moment(snap.next_due, now)}",
+        f"next due:      {timewords.moment(snap.next_release, now)}",
         f"releases:      {view['releases']}, each {c.mechanism} epsilon {c.epsilon:.3g}"
         + (f" delta {c.delta:g}" if c.delta else "")
         + f" (privacy unit: {c.unit})",
         f"budget:        lifetime {_num(life['spent'])} of {life['limit']:g} spent, "
-        f"{life['remaining']:.3g} left",
+        f"{amount(life['remaining'])} left",
         f"               last {win['hours']:g} h {_num(win['spent'])} of {win['limit']:g} spent, "
-        f"{win['remaining']:.3g} left",
+        f"{amount(win['remaining'])} left",
     ]
     worst = b.get("worst_case")
     if worst is not None:
@@ -489,6 +498,31 @@ def plan_text(planned: dict[str, Any]) -> str:
     else:
         lines.append(f"overall:       {left} more releases, until {planned['exhausted_at']}")
     return "\n".join(lines)
+
+
+def _start_hint(system: bool) -> str:
+    """How to start the daemon whose status is shown: the caller's own, or the system service."""
+    if not system:
+        return "not running (start it: 'cpu-tracker run', or as a service: 'cpu-tracker service install')"
+    import sys
+
+    if sys.platform == "darwin":
+        from cpu_tracker_daemon.service import LABEL
+
+        start = f"sudo launchctl kickstart system/{LABEL}.daemon"
+    else:
+        start = "sudo systemctl start cpu-tracker"
+    install = "sudo cpu-tracker service install --system"
+    return f"not running (start it: '{start}'; not installed yet: '{install}')"
+
+
+def amount(value: float) -> str:
+    """An epsilon as a person reads it: to the thousandth ("104.5", "0.125", "100"; three
+    significant figures made 104.5 "104"), and in two significant figures below that, so a
+    little left is not shown as none."""
+    if value != 0 and abs(value) < 0.001:
+        return f"{value:.2g}"
+    return f"{value:.3f}".rstrip("0").rstrip(".")
 
 
 def _num(value: float | None) -> str:

@@ -55,6 +55,7 @@ from cpu_tracker_daemon.schedule import (
     planned_end,
     planned_start,
     publish_time,
+    round_start,
 )
 from cpu_tracker_daemon.schedule import max_wait as daemon_wait
 from cpu_tracker_daemon.schedule import round_id as schedule_round_id
@@ -163,6 +164,7 @@ class Tracker:
     hold_seconds: float | None = None  # None: publish_hold(config); a test with a fake clock sets 0
     lock_timeout: float = LOCK_TIMEOUT_SECONDS  # how long to wait for another process's ledger lock
     full_check: bool = True  # every open runs the full verification; the daemon's cycles need not
+    announce: bool = False  # once: say what the cycle does before each wait (a daemon logs one line a cycle)
 
     @property
     def every(self) -> timedelta:
@@ -265,6 +267,13 @@ class Tracker:
                 self.log.info("release.recovered", release_id=item.release_id)
         return republished
 
+    def _then_round(self, slot: datetime, now: datetime) -> str:
+        """For a member of secure aggregation, what follows its window: the slot's round."""
+        if not self.secure:
+            return ""
+        begins = timewords.local(round_start(slot, self.config), now)
+        return f", then its secure round with {self.config.secure_aggregation.aggregator} (at {begins})"
+
     def blocking_cap(self, ledger: Ledger, event: Event, force: bool = False) -> CapStatus | None:
         """The cap a release costing ``event`` would not fit under, if any. The rolling period
         is the one that ends at the planned start of the window the next cycle would run."""
@@ -308,12 +317,12 @@ class Tracker:
             wait = (due - now).total_seconds()
             if wait > max_wait:
                 raise CooldownError(due.isoformat())
-            if wait > daemon_wait(config):  # only once waits this long, for a secure slot: say so
+            if wait > daemon_wait(config) or (self.announce and wait >= 1):  # once, for a secure slot
                 self.log.info(
                     "cycle.waiting",
                     until=due.isoformat(),
                     summary=f"waiting for the network's slot; sampling starts {timewords.relative(due, now)} "
-                    f"(at {timewords.local(due, now)})",
+                    f"(at {timewords.local(due, now)}){self._then_round(due, now)}",
                 )
             if not self._wait_until(due, at_most=wait + WAIT_GRACE_SECONDS):
                 raise CooldownError(due.isoformat())  # the clock went back: re-plan
@@ -329,6 +338,13 @@ class Tracker:
         _, boot_now = self.boot()
         planned = planned_start(ledger.cooldown_anchor(now)[0], self.every, now, grid_late(config), force)
         boot_at_plan = planned_boot(boot_now, now, planned)
+        if self.announce:
+            sampling = config.sampling
+            self.log.info(
+                "cycle.sampling",
+                summary=f"sampling the CPU for {sampling.window_seconds:g} s (a window of {sampling.samples} "
+                f"samples of {sampling.interval_seconds:g} s){self._then_round(planned, now)}...",
+            )
         window_started = self.monotonic()
         window = sample_window(
             self.cpu,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -17,8 +19,18 @@ import pytest
 from cpu_tracker_daemon import budget_requests, discrete
 from cpu_tracker_daemon.accounting import gaussian_epsilon
 from cpu_tracker_daemon.cli import main
-from cpu_tracker_daemon.exit_codes import EXIT_CODES
-from tests.conftest import cli_env, read_rest, run_cli, write_config
+from cpu_tracker_daemon.exit_codes import EXIT_CODES, EXIT_INTERRUPTED
+from tests.conftest import (
+    RunningDaemon,
+    cli_env,
+    daemon_events,
+    log_events,
+    read_rest,
+    run_cli,
+    start_cli,
+    tz_at_local_hour,
+    write_config,
+)
 
 BAD_CONFIGS = {
     "unknown key": "[sampling]\nsampels = 5\n",
@@ -377,7 +389,7 @@ class TestOneLedgerOneOutput:
         assert len(err) == 1
         assert "is not in this ledger" in err[0]
         assert "cpu-tracker ledger reset" in err[0]
-        assert main(["--config", config, "ledger", "reset", "--reason", "lost the disk"]) == 0
+        assert main(["--config", config, "ledger", "reset", "--reason", "lost the disk", "--yes"]) == 0
         trace = [
             json.loads(line) for line in (tmp_path / "data" / "ledger-resets.jsonl").read_text().splitlines()
         ]
@@ -396,7 +408,7 @@ class TestOneLedgerOneOutput:
         assert main(["--config", config, "once", "--force"]) == 0
         ledger.write_bytes(backup)
         assert main(["--config", config, "once", "--force"]) == 4
-        assert main(["--config", config, "ledger", "reset", "--reason", "restored"]) == 0
+        assert main(["--config", config, "ledger", "reset", "--reason", "restored", "--yes"]) == 0
         assert [
             p.name.startswith("ledger.retired-") for p in (tmp_path / "data").glob("ledger.retired-*")
         ] == [True]
@@ -586,7 +598,7 @@ class TestLedgerVerify:
         assert main(["--config", config, "once"]) == 0
         capsys.readouterr()
         assert main(["--config", config, "ledger", "verify"]) == 0
-        assert "is sound: schema 6, 1 releases" in capsys.readouterr().out
+        assert "is sound: schema 6, 1 release\n" in capsys.readouterr().out
         self.forge(tmp_path / "data")
         assert main(["--config", config, "status"]) == 0  # a read takes the cheap checks only
         capsys.readouterr()
@@ -880,3 +892,209 @@ def test_help_wraps_where_argparse_itself_would(columns: str | None, monkeypatch
     else:
         monkeypatch.setenv("COLUMNS", columns)
     assert _help_width() == shutil.get_terminal_size().columns - 2
+
+
+def on_a_terminal(config: str, answer: str, *words: str) -> tuple[int, str]:
+    """A command with a pseudo-terminal as stdin and stderr, answering ``answer`` once asked."""
+    import pty
+    import select
+
+    main_fd, term = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cpu_tracker_daemon", "--config", config, *words],
+        stdin=term, stdout=subprocess.PIPE, stderr=term, env=cli_env(), text=True,
+    )  # fmt: skip
+    os.close(term)
+    seen = b""
+    try:
+        while b"Type yes" not in seen and proc.poll() is None and select.select([main_fd], [], [], 20)[0]:
+            seen += os.read(main_fd, 4096)
+        if b"Type yes" in seen:
+            os.write(main_fd, answer.encode() + b"\n")
+        out, _ = proc.communicate(timeout=30)
+        seen += read_rest(main_fd, 0.5)
+    finally:
+        os.close(main_fd)
+    return proc.returncode, seen.decode(errors="replace") + out
+
+
+FIFTY_SECONDS = {"sampling": {"samples": 10, "interval_seconds": 5}, "schedule": {"every_seconds": 60}}
+
+
+class TestFirstHour:
+    """What a new user meets in their first hour, as they run it: the real command."""
+
+    @pytest.mark.slow
+    def test_once_says_it_is_sampling_before_it_waits(self, tmp_path: Path) -> None:
+        """`once` printed nothing for the 50 s of its window, to a pipe or a terminal, and looked
+        hung. Its first line now says what it does and for how long; a Ctrl-C then stops it."""
+        config = str(write_config(tmp_path, FIFTY_SECONDS))
+        proc = start_cli("--config", config, "once")
+        first = next(daemon_events(proc))
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+        assert first.get("summary") == "sampling the CPU for 50 s (a window of 10 samples of 5 s)...", first
+        assert proc.returncode == EXIT_INTERRUPTED
+
+    @pytest.mark.slow
+    def test_once_on_a_terminal_says_it_is_sampling(self, tmp_path: Path) -> None:
+        """On a terminal the same first line is the sentence itself."""
+        import pty
+
+        config = str(write_config(tmp_path, FIFTY_SECONDS))
+        main_fd, term = pty.openpty()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cpu_tracker_daemon", "--config", config, "once"],
+            stdout=term, stderr=term, env=cli_env(), text=True,
+        )  # fmt: skip
+        os.close(term)
+        try:
+            first = b""
+            while not first.endswith(b"\n"):
+                first += os.read(main_fd, 1)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+        finally:
+            os.close(main_fd)
+        assert "sampling the CPU for 50 s (a window of 10 samples of 5 s)..." in first.decode(), first
+        assert proc.returncode == EXIT_INTERRUPTED
+
+    @pytest.mark.slow
+    def test_a_secure_member_says_it_waits_for_its_slot_and_round(self, tmp_path: Path) -> None:
+        """A member of secure aggregation waits for the network's slot, samples, then takes part
+        in the slot's round: its first line says so, naming the aggregator, before any wait."""
+        aggregator = "agg@example.org"
+        config = str(
+            write_config(
+                tmp_path,
+                {
+                    "sampling": {"samples": 10, "interval_seconds": 5},
+                    "schedule": {"every_seconds": 3600},
+                    "syftbox": {
+                        "dir": str(tmp_path / "SyftBox"),
+                        "email": "m@x.org",
+                        "readers": [aggregator],
+                    },
+                    "secure_aggregation": {"enabled": True, "aggregator": aggregator},
+                },
+            )
+        )
+        proc = start_cli("--config", config, "once")
+        first = next(daemon_events(proc))
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+        summary = str(first.get("summary"))
+        assert "slot" in summary or "sampling the CPU" in summary, first
+        assert f"secure round with {aggregator}" in summary, first
+
+    @pytest.mark.slow
+    def test_run_and_status_give_the_same_time_for_the_next_release(self, tmp_path: Path) -> None:
+        """`run` said the next release was at 17:44 while `status` said 17:43: one gave the time
+        the release lands, the other when its window starts. Both now say when it lands. With a
+        window of two minutes the two times were minutes apart; `run` now names the minute that
+        `status` named just before it or just after it (the clock moves on between the three)."""
+        env = cli_env(TZ=tz_at_local_hour(12))
+        two_minutes = {
+            "sampling": {"samples": 2, "interval_seconds": 60},
+            "schedule": {"every_seconds": 3600},
+        }
+        config = write_config(tmp_path, two_minutes)
+        pattern = r"next due: +[^,]+, at (\d\d:\d\d) local"
+        before = re.search(pattern, run_cli("--config", str(config), "status", env=env).stdout)
+        daemon = RunningDaemon(config, env=env)
+        started = daemon.wait_for(lambda e: e.get("event") == "daemon.started")
+        after = re.search(pattern, run_cli("--config", str(config), "status", env=env).stdout)
+        assert daemon.stop() == 0
+        said_by_run = re.search(r"first release at (\d\d:\d\d)", started["summary"])
+        assert said_by_run is not None, started
+        assert before is not None
+        assert after is not None
+        assert said_by_run.group(1) in {before.group(1), after.group(1)}
+
+    def test_a_grant_says_what_is_left_as_it_is(self, tmp_path: Path) -> None:
+        """A grant that left 104.5 said "104 left": the grant and status now say 104.5."""
+        config = str(write_config(tmp_path))  # a lifetime cap of 100
+        granted = run_cli("--config", config, "budget", "grant", "4.5", "--reason", "a little more")
+        assert granted.returncode == 0, granted.stderr
+        said = granted.stdout.rstrip()
+        assert said.endswith("now epsilon 104.5 at delta 1e-06, 104.5 left"), said
+        assert "lifetime 0 of 104.5 spent, 104.5 left" in run_cli("--config", config, "status").stdout
+
+    def test_one_release_is_one_release(self, tmp_path: Path) -> None:
+        """`ledger verify` said "1 releases"."""
+        config = str(write_config(tmp_path))
+        assert run_cli("--config", config, "once").returncode == 0
+        verified = run_cli("--config", config, "ledger", "verify")
+        assert verified.stdout.rstrip().endswith(", 1 release"), verified.stdout
+
+    def test_the_system_services_status_says_how_to_start_that_service(self) -> None:
+        """`--system status` suggested 'cpu-tracker run', which starts a daemon as the caller on
+        the caller's state, not the system service whose status it shows."""
+        shown = run_cli("--system", "status")
+        assert shown.returncode == 0, shown.stderr
+        if "daemon:        not running" not in shown.stdout:
+            pytest.skip("the system service runs on this machine, or its state is another user's")
+        start = "launchctl" if sys.platform == "darwin" else "sudo systemctl start cpu-tracker"
+        assert start in shown.stdout
+        assert "'cpu-tracker run'" not in shown.stdout
+
+    @pytest.mark.slow
+    def test_a_ledger_reset_asks_first(self, tmp_path: Path) -> None:
+        """`ledger reset` retired the budget's history at once. On a terminal it now asks, and
+        "no" changes nothing (exit 2); without a terminal it needs --yes (exit 2 without it); the
+        help says both."""
+        config = str(write_config(tmp_path))
+        assert run_cli("--config", config, "once").returncode == 0
+        data = tmp_path / "data"
+
+        def ledgers() -> list[str]:
+            files = data.glob("ledger*.sqlite3*")
+            return sorted(p.name for p in files if not p.name.endswith(("-wal", "-shm")))
+
+        before = ledgers()
+        refused = run_cli("--config", config, "ledger", "reset", "--reason", "a fresh start")
+        assert refused.returncode == 2
+        assert "pass --yes" in refused.stderr
+        assert refused.stderr.count("\n") == 1
+        code, seen = on_a_terminal(config, "no", "ledger", "reset", "--reason", "a fresh start")
+        assert code == 2, seen
+        assert "Type yes" in seen
+        assert before == ledgers()
+        code, seen = on_a_terminal(config, "yes", "ledger", "reset", "--reason", "a fresh start")
+        assert code == 0, seen
+        assert "a new privacy ledger starts" in seen
+        assert len(ledgers()) == len(before) + 1  # the old one kept, renamed
+        assert run_cli("--config", config, "ledger", "reset", "--reason", "again", "--yes").returncode == 0
+        helped = run_cli("ledger", "reset", "--help").stdout
+        assert "--yes" in helped
+        assert "exit 2" in " ".join(helped.split())
+
+    @pytest.mark.slow
+    def test_run_and_once_say_who_reads_the_release_when_no_config_says(self, tmp_path: Path) -> None:
+        """With no readers configured the release goes to aggregator@openmined.org, and only
+        `config show` said so. `once` and `run` say it in one line as they start; a config
+        that names its readers hears nothing of it."""
+        client = tmp_path / "client.json"
+        client.write_text(json.dumps({"data_dir": str(tmp_path / "SyftBox"), "email": "me@example.org"}))
+        env = cli_env(SYFTBOX_CLIENT_CONFIG_PATH=str(client))
+        config = write_config(tmp_path, {"schedule": {"every_seconds": 3600}})
+
+        def about_readers(events: list[dict[str, Any]]) -> list[str]:
+            said = [str(e.get("summary")) for e in events]
+            return [s for s in said if "aggregator@openmined.org" in s]
+
+        daemon = RunningDaemon(config, env=env)
+        daemon.wait_for(lambda e: e.get("event") == "cycle.finished")  # its first release
+        assert daemon.stop() == 0
+        assert len(about_readers(daemon.events)) == 1
+        once = run_cli("--config", str(config), "once", env=env)  # in cooldown: it says so, exit 6
+        (said,) = about_readers(log_events(once.stdout))
+        assert "the default [syftbox] readers" in said
+        assert str(config) in said  # where to name them
+        home = tmp_path / "named"
+        home.mkdir()
+        readers = {"dir": str(tmp_path / "SyftBox"), "email": "you@example.org", "readers": ["a@example.org"]}
+        named = write_config(home, {"syftbox": readers})
+        quiet = run_cli("--config", str(named), "once", env=env)
+        assert quiet.returncode == 0, quiet.stderr
+        assert [e for e in log_events(quiet.stdout) if "readers" in str(e.get("summary"))] == []
