@@ -30,10 +30,17 @@ def test_raw_value_matches_proc_stat_with_the_sampler_stalled() -> None:
     assert abs(result["ours"] - result["truth"]) < 0.5, result
 
 
-def test_short_soak_is_flat(capsys: pytest.CaptureFixture[str]) -> None:
-    """Twenty seconds at a 1 s cadence: no cycle doubled or missed, fds and threads back where they were."""
+def test_short_soak_is_flat() -> None:
+    """Twenty seconds of the real daemon at a 1 s cadence: it releases, every cycle released or
+    waited out its cooldown, no window started within half an interval of the one before, and
+    SIGTERM stops it cleanly. Whether a window started late or a slot was missed depends on how
+    loaded the machine is: benchmarks/soak.py judges that, not this test."""
     soak = benchmark("soak")
-    assert soak.main(["--minutes", "0.35"]) == 0, capsys.readouterr().out
+    seen = soak.soak(minutes=0.35, every=1.0)
+    assert seen.code == 0
+    assert seen.starts, "no release in twenty seconds"
+    assert seen.doubled() == 0, seen.starts
+    assert set(seen.log.outcomes()) <= {"released", "cooldown", "interrupted"}, seen.log.outcomes()
 
 
 @pytest.mark.parametrize("target", ["config", "peer", "request"])
