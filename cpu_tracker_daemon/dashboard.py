@@ -331,9 +331,10 @@ def _footer(record: Mapping[str, Any], kind: str | None) -> str:
         said.append(
             "Secure aggregation: each member masked its window's value so that only the sum of all "
             "of them could be read, and added a share of one noise draw (discrete Laplace, epsilon "
-            f"{secure.get('epsilon', 0):g} for the round) and a little noise of its own: the aggregator "
-            "learned the noisy sum and nothing else. The interval is that noise's 95% interval"
-            + (", computed exactly." if exact else ", from a normal approximation.")
+            f"{secure.get('epsilon', 0):g} for the round) and noise of its own (epsilon "
+            f"{secure.get('local_epsilon', 0):g}, whatever the roster): the aggregator learned the noisy "
+            "sum and nothing else. The interval is that noise's 95% interval"
+            + (", computed exactly." if exact else ", a bound that holds at least 95% of the time.")
         )
     if kind == LOCAL or record.get("estimate") or (kind is None and not secure):
         said.append(

@@ -207,7 +207,7 @@ def test_chromium_leads_with_the_secure_estimate_and_keeps_the_local_one(tmp_pat
     assert "too uncertain" in re.search(r'id="other-mean">([^<]*)<', dom).group(1).lower()  # type: ignore[union-attr]
     assert "100 members" in re.search(r'id="peers">([^<]*)<', dom).group(1)  # type: ignore[union-attr]
     value = re.search(r'id="mean">([\d.]+)%<', dom)
-    # (the page says "exact" only of an exact interval; at 100 members this one is a normal approximation)
+    # (the page says "exact" only of an exact interval)
     detail = re.search(r'id="interval">([a-z ]*)95% interval ([\d.]+)% to ([\d.]+)%<', dom)
     assert value is not None
     assert detail is not None
