@@ -134,7 +134,7 @@ def network_text(
 
 
 def secure_text(secure: Mapping[str, Any]) -> str:
-    """One secure round's outcome as gauges: the mean and its exact interval when it gave one."""
+    """One secure round's outcome as gauges: the mean and its 95% interval when it gave one."""
     est = secure.get("estimate")
     parts = [
         gauge(
@@ -158,7 +158,7 @@ def secure_text(secure: Mapping[str, Any]) -> str:
             ),
             gauge(
                 "cpu_tracker_network_secure_cpu_ci95_percent",
-                "The exact 95% interval of the noise around the secure mean.",
+                "The 95% interval of the noise around the secure mean (exact, or a bound said so in secure.json).",
                 [({"bound": "low"}, low), ({"bound": "high"}, high)],
             ),
         ]
