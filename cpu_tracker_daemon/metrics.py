@@ -158,7 +158,7 @@ def secure_text(secure: Mapping[str, Any]) -> str:
             ),
             gauge(
                 "cpu_tracker_network_secure_cpu_ci95_percent",
-                "The 95% interval of the noise around the secure mean (exact, or a bound said so in secure.json).",
+                "The 95% interval of the noise around the secure mean (exact, or a bound: see secure.json).",
                 [({"bound": "low"}, low), ({"bound": "high"}, high)],
             ),
         ]
