@@ -137,11 +137,16 @@ class Graph:
     seed: bytes
     _at: dict[str, int] = field(init=False, repr=False)
     _order: tuple[str, ...] = field(init=False, repr=False)
+    _ring: tuple[str, ...] = field(init=False, repr=False)  # the order with half of it wrapped on each side
 
     def __post_init__(self) -> None:
-        order = sorted(self.roster.members, key=lambda m: hashlib.sha256(self.seed + m.encode()).digest())
-        object.__setattr__(self, "_order", tuple(order))
+        order = tuple(
+            sorted(self.roster.members, key=lambda m: hashlib.sha256(self.seed + m.encode()).digest())
+        )
+        object.__setattr__(self, "_order", order)
         object.__setattr__(self, "_at", {m: i for i, m in enumerate(order)})
+        half = self.half
+        object.__setattr__(self, "_ring", order[len(order) - half :] + order + order[:half])
 
     @property
     def half(self) -> int:
@@ -154,8 +159,8 @@ class Graph:
         n = len(self._order)
         if n <= COMPLETE_UP_TO:
             return tuple(m for m in self.roster.members if m != member)
-        at = self._at[member]
-        return tuple(self._order[(at + d) % n] for d in range(-self.half, self.half + 1) if d != 0)
+        at, half = self._at[member], self.half  # ring[at + half] is the member itself
+        return self._ring[at : at + half] + self._ring[at + half + 1 : at + 2 * half + 1]
 
     def degree(self) -> int:
         """How many neighbours each member has: the same for all."""
