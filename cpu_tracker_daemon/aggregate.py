@@ -22,7 +22,7 @@ from typing import Any
 from cpu_tracker_daemon import __version__, dashboard, metrics, permissions, storage
 from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.estimate import TARGET_HALF_WIDTH, Estimate, estimate, reading
-from cpu_tracker_daemon.peers import PeerRelease, StillWriting, peer_names, read_release
+from cpu_tracker_daemon.peers import PeerRelease, StillWriting, held_open, peer_names, read_release
 from cpu_tracker_daemon.secagg import published
 from cpu_tracker_daemon.untrusted import NotAccepted
 
@@ -106,11 +106,12 @@ class Aggregator:
         accepted: Accepted,
         skipped: Counter[str],
         unsettled: list[str] | None,
+        directory: int | None = None,
     ) -> None:
         """Read one peer into ``accepted`` or ``skipped``; one that does not parse goes to
         ``unsettled`` instead, when given, to be read again."""
         try:
-            accepted.add(read_release(datasites, peer, now, max_age))
+            accepted.add(read_release(datasites, peer, now, max_age, directory))
         except NotAccepted as why:
             reason = str(why)
             if isinstance(why, StillWriting) and unsettled is not None:
@@ -132,8 +133,9 @@ class Aggregator:
         accepted = Accepted(peers=[] if agg.publish_peers else None)
         skipped: Counter[str] = Counter()
         unsettled: list[str] = []
-        for peer in peer_names(datasites):
-            self._read(datasites, peer, now, max_age, accepted, skipped, unsettled)
+        with held_open(datasites) as directory:
+            for peer in peer_names(datasites):
+                self._read(datasites, peer, now, max_age, accepted, skipped, unsettled, directory)
         if unsettled:  # the 0.4 client writes received files in place: give them one more look
             self.sleep(REREAD_PAUSE_SECONDS)
             for peer in unsettled:

@@ -22,6 +22,7 @@ import re
 import stat
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -100,11 +101,29 @@ def peer_names(datasites: Path) -> Iterator[str]:
                 yield entry.name
 
 
-def read_release(datasites: Path, peer: str, now: datetime, max_age: timedelta) -> PeerRelease:
-    """One peer's release, validated; raise :class:`NotAccepted` naming why it does not count."""
+@contextmanager
+def held_open(datasites: Path) -> Iterator[int | None]:
+    """The datasites directory's descriptor for one pass (None when it cannot be opened): each
+    release read with it is reached from it, one open fewer a peer."""
+    try:
+        fd = os.open(datasites, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        yield None
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def read_release(
+    datasites: Path, peer: str, now: datetime, max_age: timedelta, directory: int | None = None
+) -> PeerRelease:
+    """One peer's release, validated; raise :class:`NotAccepted` naming why it does not count.
+    ``directory`` is ``datasites`` held open (:func:`held_open`), when it is."""
     if not _PEER.match(peer) or ".." in peer:
         raise NotAccepted("bad peer name")
-    data, written = _read_capped(datasites, (peer, "app_data", APP_DIR, PUBLIC_NAME))
+    data, written = _read_capped(datasites, (peer, "app_data", APP_DIR, PUBLIC_NAME), directory)
     try:
         doc = _STRICT.decode(data.decode("utf-8"))
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
@@ -113,7 +132,9 @@ def read_release(datasites: Path, peer: str, now: datetime, max_age: timedelta) 
     return _validate(doc, peer, now, max_age)
 
 
-def _read_capped(datasites: Path, parts: tuple[str, ...]) -> tuple[bytes, float]:
+def _read_capped(
+    datasites: Path, parts: tuple[str, ...], directory: int | None = None
+) -> tuple[bytes, float]:
     """Walk down from ``datasites`` one component at a time without following any symlink; the
     file's first ``MAX_BYTES`` and when it was last written.
 
@@ -122,10 +143,12 @@ def _read_capped(datasites: Path, parts: tuple[str, ...]) -> tuple[bytes, float]
     can swap a component for a link between the check and the read. The file is opened as
     ``storage.read_untrusted`` opens one: never a FIFO, never more than the cap.
     """
-    try:
-        fd = os.open(datasites, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        raise NotAccepted("no release") from None
+    fd = directory
+    if fd is None:
+        try:
+            fd = os.open(datasites, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            raise NotAccepted("no release") from None
     try:
         for part in parts[:-1]:
             try:
@@ -134,11 +157,13 @@ def _read_capped(datasites: Path, parts: tuple[str, ...]) -> tuple[bytes, float]
                 raise NotAccepted("no release") from None
             except OSError:
                 raise NotAccepted(_why_not(fd, part)) from None
-            os.close(fd)
+            if fd != directory:
+                os.close(fd)
             fd = child
         return _read_file(fd, parts[-1])
     finally:
-        os.close(fd)
+        if fd != directory:
+            os.close(fd)
 
 
 def _read_file(directory: int, name: str) -> tuple[bytes, float]:

@@ -15,7 +15,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cpu_tracker_daemon.peers import MAX_BYTES, UNPARSEABLE, StillWriting, read_release, release_path
+from cpu_tracker_daemon.peers import (
+    MAX_BYTES,
+    UNPARSEABLE,
+    StillWriting,
+    held_open,
+    read_release,
+    release_path,
+)
 from cpu_tracker_daemon.untrusted import NotAccepted
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -290,3 +297,25 @@ class TestSettling:
         os.utime(path, (then, then))
         assert Aggregator(config, quiet, sleep=pauses.append).run_pass().skipped[UNPARSEABLE] == 1
         assert pauses == [REREAD_PAUSE_SECONDS]
+
+
+class TestHeldOpen:
+    def test_a_pass_from_the_held_directory_follows_no_link(self, tmp_path: Path) -> None:
+        """Read from the datasites directory held open, a release is read as before, and a peer
+        folder or a release linked elsewhere is still refused as a symlink."""
+        datasites = tmp_path / "datasites"
+        real = put(datasites, PEER, release())
+        outside = put(tmp_path / "outside", PEER, release())
+        (datasites / "mallory@example.org").symlink_to(outside.parents[2], target_is_directory=True)
+        linked = release_path(datasites, "bob@example.org")
+        linked.parent.mkdir(parents=True)
+        linked.symlink_to(real)
+        with held_open(datasites) as directory:
+            assert directory is not None
+            assert read_release(datasites, PEER, NOW, MAX_AGE, directory).cpu == 41.5
+            for peer in ("mallory@example.org", "bob@example.org"):
+                with pytest.raises(NotAccepted, match=r"^symlink$"):
+                    read_release(datasites, peer, NOW, MAX_AGE, directory)
+            os.fstat(directory)  # still open after every refusal
+        with held_open(tmp_path / "nowhere") as missing:
+            assert missing is None
