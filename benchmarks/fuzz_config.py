@@ -256,6 +256,16 @@ def odd_command_lines(case: Path, config: Path) -> list[tuple[list[str], dict[st
         (["--config", c, "once", "--force"], {FULL_STDOUT: "1"}),
         (["--config", c, "once", "--force"], {FULL_STDOUT: "1", "PYTHONUNBUFFERED": ""}),
         (["--help"], {FULL_STDOUT: "1", "PYTHONUNBUFFERED": ""}),
+        (["--config", "/dev/null", "config", "check"], {}),
+        (["--config", "/dev/null", "status"], {"STATE_DIRECTORY": str(case / ("s" * 300))}),
+        (["--config", "/dev/null", "once"], {"STATE_DIRECTORY": str(case / "afile")}),
+        (["--config", "/dev/null", "status"], {"HOME": ""}),
+        (["--config", "/dev/null", "status"], {"HOME": "relative/home"}),
+        (["--config", "/dev/null", "status"], {"XDG_DATA_HOME": str(case / "adir" / ("x" * 300))}),
+        (["status"], {"CONFIGURATION_DIRECTORY": str(case / "fifo")}),
+        (["status"], {"XDG_CONFIG_HOME": str(case / "loop")}),
+        (["--config", c, "once"], {"LOGS_DIRECTORY": str(case / "fifo")}),
+        (["--config", c, "config", "check"], {"XDG_CACHE_HOME": str(case / "afile")}),
     ]
 
 

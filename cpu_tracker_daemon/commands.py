@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cpu_tracker_daemon import __version__
-from cpu_tracker_daemon.config import Config, as_dict, config_path_from, to_toml
+from cpu_tracker_daemon.config import MAXIMA, Config, as_dict, config_path_from, to_toml
 from cpu_tracker_daemon.errors import ConfigError, UsageError, one_line
 from cpu_tracker_daemon.exit_codes import EXIT_OK, exit_code_for
 
@@ -256,6 +256,12 @@ def _grant(config: Config, epsilon: float, reason: str, cap: str, delta: float, 
     with ledger:
         before = ledger.status(caps_for(config), now)
         limit = (before.lifetime if cap == "lifetime" else before.window).limit
+        most = MAXIMA[f"budget.{cap}_epsilon"]  # a cap past it is no cap, and its sums overflow
+        if limit + epsilon > most:
+            raise UsageError(
+                f"that grant would raise the {cap} cap to epsilon {limit + epsilon:g}, past the most a cap "
+                f"may be ({most:,}); grant at most {max(most - limit, 0):g}"
+            )
         if epsilon > limit and not yes:
             _confirm(
                 f"a grant of epsilon {epsilon:g} more than doubles the {cap} cap "

@@ -463,6 +463,11 @@ def parse_config(
             else:
                 values[section][key] = converted
 
+    data_dir = values["paths"].pop("data_dir", None)
+    if data_dir is None:  # from $STATE_DIRECTORY, $XDG_DATA_HOME or $HOME, none of them checked yet
+        data_dir = default_data_dir(environ)
+        too_long = _too_long("paths.data_dir (by default, from the environment)", data_dir)
+        problems.extend([f"{too_long}; or set paths.data_dir"] if too_long else [])
     # The values that are well-formed are checked too, so one run reports every problem.
     syftbox = values["syftbox"]
     try:
@@ -471,7 +476,7 @@ def parse_config(
         problems.extend(exc.problems)
     try:
         config = Config(
-            paths=PathsConfig(data_dir=values["paths"].pop("data_dir", None) or default_data_dir(environ)),
+            paths=PathsConfig(data_dir=data_dir),
             sampling=SamplingConfig(**values["sampling"]),
             schedule=ScheduleConfig(**values["schedule"]),
             privacy=PrivacyConfig(**values["privacy"]),
@@ -576,17 +581,20 @@ def _convert_path(name: str, value: str, base: Path) -> tuple[Path | None, str]:
     except RuntimeError:  # "~name" of a user this machine does not know
         return None, f"{name} names the home of an unknown user ({_show(value)}); give an absolute path"
     path = path if path.is_absolute() else base / path
-    try:
-        encoded = os.fsencode(path)
-    except UnicodeError:  # pragma: no cover - TOML strings are valid Unicode, and the file system's
-        return None, f"{name} cannot be encoded for this file system ({_show(value)}); rename it"
+    problem = _too_long(name, path)
+    return (None, problem) if problem else (path, "")
+
+
+def _too_long(name: str, path: Path) -> str:
+    """The problem with a path no file system takes, or ""."""
+    encoded = os.fsencode(path)
     longest = max(len(part) for part in encoded.split(b"/"))
-    if len(encoded) > MAX_PATH_BYTES or longest > MAX_NAME_BYTES:
-        return None, (
-            f"{name} is too long ({_show(str(path))}: {len(encoded):,} bytes, the longest name in it "
-            f"{longest}); give a path of at most {MAX_PATH_BYTES} bytes, each name at most {MAX_NAME_BYTES}"
-        )
-    return path, ""
+    if len(encoded) <= MAX_PATH_BYTES and longest <= MAX_NAME_BYTES:
+        return ""
+    return (
+        f"{name} is too long ({_show(str(path))}: {len(encoded):,} bytes, the longest name in it "
+        f"{longest}); give a path of at most {MAX_PATH_BYTES} bytes, each name at most {MAX_NAME_BYTES}"
+    )
 
 
 def is_email(text: str) -> bool:

@@ -4,6 +4,7 @@ problem and the fix, a documented exit code, and nothing written."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import resource
@@ -18,7 +19,7 @@ from typing import Any, ClassVar
 import pytest
 
 import cpu_tracker_daemon
-from cpu_tracker_daemon.exit_codes import EXIT_CONFIG, EXIT_INTERNAL, EXIT_TEMPORARY
+from cpu_tracker_daemon.exit_codes import EXIT_CONFIG, EXIT_INTERNAL, EXIT_TEMPORARY, EXIT_USAGE
 from tests.bench import benchmark
 from tests.conftest import cli_env, merge, write_config
 
@@ -219,6 +220,22 @@ class TestFullOutputs:
         assert result.stderr.strip().splitlines() == [
             "cpu-tracker: logging.file /dev/full cannot be written (No space left on device); lines are lost"
         ]
+
+
+class TestGrantBounds:
+    """The fuzz's find: `budget grant 1e308`, twice, made the lifetime cap infinite, and every
+    JSON view of the budget invalid JSON (``"limit": Infinity``)."""
+
+    def test_a_grant_past_the_most_a_cap_may_be_is_refused_and_nothing_is_granted(
+        self, tmp_path: Path
+    ) -> None:
+        """A grant taking a cap past its configured maximum: exit 2 in one line, the cap as it was."""
+        config = str(fast_config(tmp_path))
+        for epsilon in ("1e308", "1e9"):
+            result = run_installed("--config", config, "budget", "grant", epsilon, "--reason", "x", "--yes")
+            assert_one_clear_line(result, EXIT_USAGE, "past the most a cap may be (1,000,000,000)")
+        shown = run_installed("--config", config, "budget", "show", "--json")
+        assert json.loads(shown.stdout)["budget"]["caps"]["lifetime"]["limit"] == 100
 
 
 class TestListBounds:

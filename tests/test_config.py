@@ -476,6 +476,15 @@ class TestBounds:
             parse_config(_raw(name, value), environ={"HOME": "/h"})
         assert any(name in p and says in p for p in info.value.problems), info.value.problems
 
+    @pytest.mark.parametrize("variable", ["STATE_DIRECTORY", "XDG_DATA_HOME", "HOME"])
+    def test_a_default_data_dir_too_long_is_refused_too(self, variable: str) -> None:
+        """The data directory the environment gives, when the file names none, is checked alike."""
+        environ = {"HOME": "/h", variable: "/" + "s" * 300}
+        with pytest.raises(
+            ConfigError, match=r"paths\.data_dir \(by default, from the environment\) is too long"
+        ):
+            parse_config({}, environ=environ)
+
     def test_a_log_file_that_is_a_directory_is_refused(self, tmp_path: Path) -> None:
         """`logging.file` naming a directory names a file to use in it instead."""
         with pytest.raises(ConfigError, match=r"logging\.file .* is a directory; name a file in it"):
