@@ -28,6 +28,7 @@ from cpu_tracker_daemon.secagg.protocol import (
     Survivors,
     graph_of,
     unmask,
+    went_on,
 )
 from cpu_tracker_daemon.secagg.rounds import member_noise
 
@@ -914,3 +915,35 @@ class TestAuditedV2:
         result, outcomes, spent, log = file_round(tmp_path, 6, zero_key)
         assert not spent["m0@example.org"]
         assert (result["aborted"], result["roster"], result["members"]) == (None, 5, 5)
+
+    def test_a_proof_of_arrival_holds_only_for_the_u2_its_member_masked_with(self, tmp_path: Path) -> None:
+        """The aggregator shows one member another list of who goes on (so it masks with fewer
+        neighbours), then lists it as arrived in the set the others endorse: its signed masked
+        value names the U2 it masked with, so the proof holds for that U2 only and the others
+        refuse (a second audit recovered the value in 4 of 4 rounds at 100 members before)."""
+        tree = transport.Tree(tmp_path / "SyftBox")
+        target = party(tmp_path, tree, "m0@example.org", [])
+        reader = party(tmp_path, tree, "m1@example.org", [])
+        members = {f"m{i}@example.org": Member(f"m{i}@example.org") for i in range(5)}
+        roster = Roster("8", {m: x.public() for m, x in members.items()}, 0.2, 0.2, SCALE, LOCAL_SCALE)
+        everyone, shown = frozenset(roster.members), frozenset(sorted(roster.members)[:4])
+        body = {"roster": roster.digest.hex(), "shared": went_on(roster, shown).hex(), "masked": 7}
+        proof = {
+            target.name: {
+                "masked": 7,
+                "sig": identity.sign_message(target.signer, "8", "masked", body, sender=target.name),
+            }
+        }
+        assert transport._unproven(reader.keyring, "8", roster, everyone, [target.name], proof) == [
+            target.name
+        ]
+        assert transport._unproven(reader.keyring, "8", roster, shown, [target.name], proof) == []
+
+    def test_a_roster_whose_noise_no_sampler_takes_is_refused_before_the_spend(self) -> None:
+        """A roster calibrated at a central scale of 1e17 (more noise than the member asked for,
+        so it was accepted, and then noise.share raised in every member): refused, said why."""
+        members = {f"m{i}@example.org": Member(f"m{i}@example.org") for i in range(3)}
+        roster = Roster("8", {m: x.public() for m, x in members.items()}, 0.2, 0.2, 1e17, LOCAL_SCALE)
+        why = transport.Requirements(scale=SCALE, local_scale=LOCAL_SCALE).refusal(roster)
+        assert why is not None
+        assert "noise scale is beyond" in why

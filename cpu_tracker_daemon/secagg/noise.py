@@ -103,9 +103,10 @@ def interval(
         return _smallest(lambda x: 2 * tail(x + 1) <= 1 - level), False
     q, ql = math.exp(-a), math.exp(-al)
     theta = 2 * math.pi * np.arange(size // 2 + 1) / size
-    cos = np.cos(theta)
-    log_phi = r * (2 * math.log1p(-q) - np.log1p(q * q - 2 * q * cos))
-    log_phi += present * (2 * math.log1p(-ql) - np.log1p(ql * ql - 2 * ql * cos))
+    # 1 - 2q cos(t) + q^2 as (1 - q)^2 + 4q sin^2(t / 2): no cancellation near t = 0
+    half_sine = np.sin(theta / 2) ** 2
+    log_phi = r * (2 * math.log1p(-q) - np.log((1 - q) ** 2 + 4 * q * half_sine))
+    log_phi += present * (2 * math.log1p(-ql) - np.log((1 - ql) ** 2 + 4 * ql * half_sine))
     pmf = np.fft.irfft(np.exp(log_phi), n=size)
     inside = pmf[0] + 2 * np.cumsum(pmf[1 : size // 2])  # inside[x - 1] = P(|noise| <= x)
     reach = int(np.searchsorted(inside, level))

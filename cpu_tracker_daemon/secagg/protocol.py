@@ -30,6 +30,7 @@ _COMMIT = b"cpu-tracker secagg v2 graph commitment\n"
 _SEED = b"cpu-tracker secagg v2 graph seed\n"
 _ROSTER = b"cpu-tracker secagg v2 roster\n"
 _SURVIVORS = b"cpu-tracker secagg v2 survivors\n"
+_WENT_ON = b"cpu-tracker secagg v2 went on\n"
 
 
 class ProtocolError(ValueError):
@@ -218,6 +219,14 @@ class Survivors:
         return hashlib.sha256(_SURVIVORS + roster.digest + body).digest()
 
 
+def went_on(roster: Roster, shared: Set[str]) -> bytes:
+    """The digest of a list of who went on (U2) in a roster: what a member's signed masked value
+    names, so that it proves an arrival only in a survivor set with that same U2 (an aggregator
+    that showed one member another U2 cannot list it as arrived in the set the others endorse)."""
+    body = json.dumps(sorted(shared), separators=(",", ":")).encode()
+    return hashlib.sha256(_WENT_ON + roster.digest + body).digest()
+
+
 Opened = tuple[int, bytes, bytes]  # a neighbour's share index, its share of b, its share of s
 Reveal = tuple[str, shares.Share]  # ("b", share of the self-mask seed) or ("s", share of the mask key)
 
@@ -332,7 +341,8 @@ class Member:
         peers = [p for p in graph.neighbours(self.name) if p in shared]
         if len(peers) < graph.threshold(self.name):
             raise ProtocolError(
-                f"only {len(peers)} of this member's neighbours go on, fewer than {graph.threshold(self.name)}"
+                f"only {len(peers)} of this member's neighbours go on, "
+                f"fewer than {graph.threshold(self.name)}"
             )
         missing = [p for p in peers if p not in opened]
         if missing:

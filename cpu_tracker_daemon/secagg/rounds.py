@@ -13,15 +13,15 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
-from fractions import Fraction
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from cpu_tracker_daemon import schedule
 from cpu_tracker_daemon.config import Config
-from cpu_tracker_daemon.errors import Interrupted
 from cpu_tracker_daemon.discrete import discrete_laplace, laplace_scale, system_random
+from cpu_tracker_daemon.errors import Interrupted
 from cpu_tracker_daemon.privacy import Calibration, calibrate
 from cpu_tracker_daemon.secagg import identity, noise, transport
 from cpu_tracker_daemon.secagg.protocol import Member, Roster

@@ -40,6 +40,7 @@ from cpu_tracker_daemon.secagg.protocol import (
     Survivors,
     graph_of,
     unmask,
+    went_on,
 )
 
 SCHEMA = "cpu-tracker/secagg/v2"
@@ -69,6 +70,7 @@ AGGREGATOR_COLLECTS = {
 
 Log = Callable[..., None]
 WRITE_FAILED = "could not write its message"
+MAX_SCALE = 1e12  # grid units: a noise scale past this buries any sum (and exp(-1 / scale) is 1)
 BOX_BYTES = 12 + 68 + 16  # a sealed share: AES-GCM's nonce, the index and two shares, its tag
 
 
@@ -183,7 +185,7 @@ def _b64(data: bytes) -> str:
 
 def _unb64(text: Any, size: int | None = None) -> bytes:
     if not isinstance(text, str) or len(text) > MAX_BYTES:
-        raise ValueError("not base64 text")  # noqa: TRY004 - every malformed field is a ValueError here
+        raise ValueError("not base64 text")
     data = binascii.a2b_base64(text, strict_mode=True)  # base64.b64decode(validate=True), less its wrapper
     if size is not None and len(data) != size:
         raise ValueError(f"{size} bytes expected")
@@ -344,7 +346,7 @@ def parse_roster(round_id: str, body: Mapping[str, Any]) -> tuple[Roster, dict[s
     """The roster in an aggregator's file and each member's signature over its keys."""
     entries = body["keys"]
     if not isinstance(entries, Mapping):
-        raise ValueError("keys must be a table")
+        raise TypeError("keys must be a table")
     keys = {str(m): parse_keys(e) for m, e in entries.items()}
     signatures = {str(m): e.get("sig") for m, e in entries.items()}
     numbers = [body[k] for k in ("beta_dropped", "beta_colluding", "scale", "local_scale")]
@@ -395,8 +397,13 @@ class Requirements:
     min_members: int = 1
 
     def refusal(self, roster: Roster) -> str | None:
+        if max(roster.scale, roster.local_scale) > MAX_SCALE:
+            return f"the roster's noise scale is beyond {MAX_SCALE:g} grid units: no sum could be read"
         if len(roster.members) < self.min_members:
-            return f"the roster has {len(roster.members)} members, fewer than this member's minimum {self.min_members}"
+            return (
+                f"the roster has {len(roster.members)} members, fewer than this member's minimum "
+                f"{self.min_members}"
+            )
         ours = (self.beta_dropped, self.beta_colluding, self.scale, self.local_scale)
         theirs = (roster.beta_dropped, roster.beta_colluding, roster.scale, roster.local_scale)
         if any(t < o * (1 - 1e-12) for t, o in zip(theirs, ours, strict=True)):
@@ -451,7 +458,7 @@ def member_round(
         return f"{WRITE_FAILED} ({exc.reason})"
 
 
-def _member_round(
+def _member_round(  # noqa: PLR0915 - the phases read top to bottom, in the order they run
     tree: Tree,
     me: Member,
     signer: identity.Identity,
@@ -543,18 +550,21 @@ def _member_round(
         return "refused: the aggregator kept a member whose box did not open"
     try:
         masked = me.masked(graph, shared, value, noise_share(roster), opened)
-    except ProtocolError as exc:
+    except (ProtocolError, ValueError, OverflowError) as exc:  # a noise scale no sampler takes, too
         return f"refused before the spend: {exc}"
     before_sending()
-    send("masked", {"roster": roster.digest.hex(), "masked": masked})
+    send("masked", {"roster": roster.digest.hex(), "shared": went_on(roster, shared).hex(), "masked": masked})
     survivors_doc = relayed("survivors", "survivors", deadline["survivors"], roster)
     if survivors_doc is None:
         return "no survivor list"
     try:
         survivors = Survivors(_names(survivors_doc["shared"]), _names(survivors_doc["present"]))
-        unproven = _unproven(keyring, round_id, roster, survivors.present, survivors_doc.get("proofs"))
+        unproven = _unproven(
+            keyring, round_id, roster, survivors.shared, survivors.present, survivors_doc.get("proofs")
+        )
         if unproven:
-            return f"refused to reveal: {', '.join(unproven[:3])} listed as arrived without its signed masked value"
+            listed = ", ".join(unproven[:3])
+            return f"refused to reveal: {listed} listed as arrived without its signed masked value"
         digest = me.endorse(graph, survivors)
     except (KeyError, TypeError, ValueError) as exc:
         return f"refused to reveal: {exc}"
@@ -582,14 +592,21 @@ def sample_size(claimed: int, quorum: int) -> int:
 
 
 def _unproven(
-    keyring: Keyring, round_id: str, roster: Roster, present: Iterable[str], proofs: Any
+    keyring: Keyring,
+    round_id: str,
+    roster: Roster,
+    shared: frozenset[str],
+    present: Iterable[str],
+    proofs: Any,
 ) -> list[str]:
-    """Members listed as arrived whose signed masked message the aggregator did not relay: an
-    arrival is proved by the member's own signature, never taken on the aggregator's word (which
-    could list as arrived members it left out, and leave less noise than the round needs)."""
+    """Members listed as arrived whose signed masked message, naming this same U2, the aggregator
+    did not relay: an arrival is proved by the member's own signature, never taken on the
+    aggregator's word (which could list as arrived members it left out, and leave less noise
+    than the round needs), and only for the U2 that member masked with (a member shown another
+    U2 masked with other neighbours; listing it as arrived here would expose its value)."""
     if not isinstance(proofs, Mapping):
         return sorted(present)
-    body = {"roster": roster.digest.hex(), "masked": None}
+    body = {"roster": roster.digest.hex(), "shared": went_on(roster, shared).hex(), "masked": None}
     missing = []
     for member in sorted(present):
         proof = proofs.get(member)
@@ -648,7 +665,7 @@ class Calibration:
     local_scale: float
 
 
-def aggregator_round(
+def aggregator_round(  # noqa: PLR0915 - the phases read top to bottom, in the order they run
     tree: Tree,
     signer: identity.Identity,
     keyring: Keyring,
@@ -779,11 +796,14 @@ def aggregator_round(
     publish("proceed", {"roster": digest, "shared": sorted(shared)})
     masked: dict[str, int] = {}
     proofs: dict[str, dict[str, Any]] = {}
+    named = went_on(roster, shared).hex()
     for who, body in gather("masked", sorted(shared), roster).items():
         value = body.get("masked")
+        if body.get("shared") != named:  # it masked with another U2: its value is not in this sum
+            continue
         if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < masks.MODULUS:
             masked[who] = value
-            proofs[who] = {"masked": value, "sig": body["sig"]}
+            proofs[who] = {"masked": value, "sig": body["sig"]}  # it names this U2
     survivors = Survivors(shared, frozenset(masked))
     result["members"] = len(survivors.present)
     if len(survivors.present) < roster.must_arrive:
