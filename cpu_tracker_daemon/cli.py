@@ -45,7 +45,12 @@ PLAIN: dict[tuple[str, ...], tuple[dict[str, object], tuple[str, ...]]] = {
         ("json",),
     ),
     ("budget", "requests"): (
-        {"command": "budget", "budget_command": "requests", "handler": "budget_requests"},
+        {
+            "command": "budget",
+            "budget_command": "requests",
+            "handler": "budget_requests",
+            "writes_state": True,
+        },
         ("json",),
     ),
     ("config", "check"): ({"command": "config", "config_command": "check", "handler": "config_check"}, ()),

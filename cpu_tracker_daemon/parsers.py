@@ -188,7 +188,9 @@ def _fill_budget(budget: argparse.ArgumentParser, words: list[str] | None) -> No
         "plan", _json_leaf("budget_plan"), help="cost of one release, releases left under each cap, and when"
     )
     bsub.add(
-        "requests", _json_leaf("budget_requests"), help="budget requests that readers sent to rpc/budget/"
+        "requests",
+        _json_leaf("budget_requests", writes_state=True),  # it keeps what it listed, for approve
+        help="budget requests that readers sent to rpc/budget/",
     )
     bsub.add(
         "approve",

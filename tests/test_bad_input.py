@@ -388,6 +388,7 @@ class TestAnotherUsersState:
             ("once",),
             ("budget", "grant", "1", "--reason", "more", "--yes"),
             ("ledger", "verify"),
+            ("budget", "requests"),  # it keeps what it listed: root's file there was another crossing
         ):
             result = run_installed("--config", str(config), *command)
             if can:
