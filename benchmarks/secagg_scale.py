@@ -58,7 +58,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cpu_tracker_daemon import discrete
 from cpu_tracker_daemon.secagg import identity, masks, noise, transport
-from cpu_tracker_daemon.secagg.protocol import Graph, Member, Opened, Roster, Survivors, graph_of
+from cpu_tracker_daemon.secagg.protocol import Graph, Member, Opened, Roster, Survivors, graph_of, went_on
 
 ROUND = "29000001"
 AGGREGATOR = "aggregator@example.org"
@@ -273,8 +273,9 @@ def crowd_party(
             body = transport._read(tree, keyring, AGGREGATOR, ROUND, kind, name)
             return body if roster is None else transport._of_roster(body, roster)
 
-        found = transport._await(clock, float("inf"), attempt)
-        assert found is not None
+        found = transport._await(clock, transport.MEMBER_WAITS[kind] * STEP, attempt)
+        if found is None:
+            raise RuntimeError(f"the crowd found no {name} by a member's deadline: the round stopped")
         return found
 
     def run() -> None:
@@ -299,7 +300,9 @@ def crowd_party(
             value = party.member.masked(
                 graph, shared, party.value, noise_of(party, rng)(roster), party.opened
             )
-            send(party, "masked", {"roster": digest, "masked": value})
+            send(
+                party, "masked", {"roster": digest, "shared": went_on(roster, shared).hex(), "masked": value}
+            )
         doc = relayed("survivors", "survivors", roster)
         survivors = Survivors(transport._names(doc["shared"]), transport._names(doc["present"]))
         for party in staying:
