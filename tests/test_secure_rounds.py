@@ -346,7 +346,8 @@ def test_member_daemons_and_the_aggregator_daemon_run_rounds(tmp_path: Path) -> 
         assert secure["aborted"] is None
         assert 0 <= secure["estimate"]["reading"]["mean"] <= 100
         page = (aggregate.parent / "index.html").read_text()
-        assert 'id="secure-mean"' in page
+        assert "from the last secure aggregation round" in page  # the page leads with it
+        assert 'id="mean"' in page
         assert "exact 95% interval" in page
         prom = textfile.read_text()
         assert "cpu_tracker_network_secure_members 3" in prom
