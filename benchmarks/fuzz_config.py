@@ -1,6 +1,6 @@
 """Hostile configuration files and odd command lines through the installed ``cpu-tracker``.
 
-    python benchmarks/fuzz_config.py                       # 1,000 configs, seed 0 (about 6,000 runs)
+    python benchmarks/fuzz_config.py                       # 1,000 configs, seed 0 (about 6,050 runs)
     python benchmarks/fuzz_config.py --count 50 --seed 7   # a smaller run; the suite runs one
     python benchmarks/fuzz_config.py --only 412 --keep     # one case again, its files kept
 
@@ -10,8 +10,8 @@ directory, a list of thousands of addresses, a table where a value belongs, TOML
 hold, bytes that are not UTF-8...) goes through the issue's five commands, ``config check``,
 ``status``, ``budget plan``, ``once`` and ``aggregate``, in its own directory; then one odd
 command line (``--config /dev/zero``, a FIFO, a grant of 1e308, a missing argument, an
-environment naming a FIFO...). Every run is the real command in a subprocess, under a memory
-limit, with a timeout.
+environment naming a FIFO, stdout on /dev/full...), and the first case every one of them. Every
+run is the real command in a subprocess, under a memory limit, with a timeout.
 
 Counted, and each a failure: an internal error (exit 1), a traceback, a hang (the timeout), a
 death by a signal, an exit code the README does not document, a temporary file left behind, and
@@ -302,6 +302,8 @@ class Runner:
             "LANG": "C.UTF-8",
             "TZ": "UTC",
             "PYTHONUNBUFFERED": "1",
+            # Kept, so that another checkout of the package can be run: PYTHONPATH=../old ...
+            **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}),
             **env_extra,
         }
         full = env.pop(FULL_STDOUT, None) is not None
@@ -356,8 +358,9 @@ def run_case(index: int, seed: int, workdir: Path, runner: Runner, keep: bool) -
     for command in COMMANDS:
         results.append(runner.run(["--config", str(config), *command], case, {}))
     odd = odd_command_lines(case, config)
-    argv, env = odd[random.Random(f"{seed}-{index}-odd").randrange(len(odd))]
-    results.append(runner.run(argv, case, env))
+    # Case 0 runs every odd command line, so that even a short run tries each once; the others one.
+    chosen = odd if index == 0 else [odd[random.Random(f"{seed}-{index}-odd").randrange(len(odd))]]
+    results.extend(runner.run(argv, case, env) for argv, env in chosen)
     left = leftovers(case)
     for result in results:
         result.update(case=index, what=what, leftovers=left)
