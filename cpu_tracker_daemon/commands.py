@@ -146,7 +146,9 @@ def _owner_can_run_this_python(data_dir: Path, uid: int, gid: int) -> None:
     from cpu_tracker_daemon.storage import user_name
 
     paths = sysconfig.get_paths()
-    places = sorted({Path(os.__file__).parent, Path(__file__).parent, *map(Path, paths.values())})
+    imported_from = (paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths)
+    candidates = {Path(os.__file__).parent, Path(__file__).parent, *map(Path, imported_from)}
+    places = sorted(p for p in candidates if p.exists())  # a venv has no include/ of its own, say
     os.setegid(gid)
     os.seteuid(uid)
     try:

@@ -1040,7 +1040,7 @@ class TestWorstCase:
         with fresh(tmp_path / "data", BIG) as ledger:
             ledger.reserve(secure_spend(0, T0), BIG, T0, None)
         sound = run_cli("--config", config, "ledger", "verify")
-        assert "is sound: schema 6, 1 releases" in sound.stdout, sound.stderr
+        assert "is sound: schema 6, 1 release" in sound.stdout, sound.stderr
         with closing(sqlite3.connect(tmp_path / "data" / "ledger.sqlite3", isolation_level=None)) as conn:
             conn.execute("DROP TRIGGER spends_no_update")
             conn.execute("UPDATE spends SET worst_epsilon = 0.5")
