@@ -33,7 +33,7 @@ DEFAULT_READERS = ("aggregator@openmined.org",)
 # Secure aggregation: the fractions of a round that may be declared absent and that may collude,
 # counted apart (a faked dropout must not eat into the colluders' margin), and together below 1.
 DEFAULT_BETA_DROPPED, DEFAULT_BETA_COLLUDING, MAX_BETA = 0.2, 0.2, 0.5
-DEFAULT_LOCAL_EPSILON = 5.0  # the floor a member's own noise keeps under any roster (docs/secure-aggregation.md)
+DEFAULT_LOCAL_EPSILON = 5.0  # the floor a member's own noise keeps under any roster
 MIN_LOCAL_EPSILON, MAX_LOCAL_EPSILON = 0.01, 50.0
 DEFAULT_MIN_MEMBERS = 3
 ROUND_STEPS = 14  # a secure round's steps from its start to the last reveal collected, and one spare
@@ -698,12 +698,12 @@ def _check_secure_aggregation(config: Config) -> list[str]:
                 f"secure_aggregation.{name} must be in [0, {MAX_BETA:g}] (got {beta:g}); 0.2 allows a "
                 "fifth of a round's members"
             )
-    if 0 <= sa.beta_dropped <= MAX_BETA and 0 <= sa.beta_colluding <= MAX_BETA:
-        if sa.beta_dropped + sa.beta_colluding >= 1 - 1e-9:
-            problems.append(
-                "secure_aggregation.beta_dropped and beta_colluding must add up to less than 1 "
-                f"(got {sa.beta_dropped:g} + {sa.beta_colluding:g}): someone honest must be left to add noise"
-            )
+    betas_in_range = 0 <= sa.beta_dropped <= MAX_BETA and 0 <= sa.beta_colluding <= MAX_BETA
+    if betas_in_range and sa.beta_dropped + sa.beta_colluding >= 1 - 1e-9:
+        problems.append(
+            "secure_aggregation.beta_dropped and beta_colluding must add up to less than 1 "
+            f"(got {sa.beta_dropped:g} + {sa.beta_colluding:g}): someone honest must be left to add noise"
+        )
     if not MIN_LOCAL_EPSILON <= sa.local_epsilon <= MAX_LOCAL_EPSILON:
         problems.append(
             f"secure_aggregation.local_epsilon must be in [{MIN_LOCAL_EPSILON:g}, {MAX_LOCAL_EPSILON:g}] "

@@ -588,7 +588,7 @@ class TestLyingMember:
 
             member.share = lying  # type: ignore[method-assign]
 
-        result, outcomes, spent, _ = file_round(tmp_path, 6, replaying)
+        result, outcomes, _spent, _ = file_round(tmp_path, 6, replaying)
         assert outcomes["m0@example.org"].startswith("left out before the spend")
         assert (result["aborted"], result["members"]) == (None, 5)
 
@@ -633,7 +633,7 @@ class TestLyingMember:
         reveals = {
             m: x.reveal(done.graph, survivors, everyone, done.opened[m]) for m, x in done.members.items()
         }
-        holders = [m for m in done.graph.neighbours(target)]
+        holders = list(done.graph.neighbours(target))
         for extra_holder in holders[t + extra :]:
             reveals[extra_holder].pop(target)
         liar = holders[0]
@@ -830,7 +830,7 @@ class TestAuditedV2:
         def withhold(kind: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
             return {**body, "boxes": {}} if name == "inbox-m0@example.org" else body
 
-        result, outcomes, spent, _ = file_round(tmp_path, 6, tamper=withhold, monkeypatch=monkeypatch)
+        _result, outcomes, spent, _ = file_round(tmp_path, 6, tamper=withhold, monkeypatch=monkeypatch)
         assert outcomes["m0@example.org"].startswith("refused before the spend: no box that opens from")
         assert not spent["m0@example.org"]
 
@@ -863,7 +863,7 @@ class TestAuditedV2:
                 return {**body, "present": sorted({*body["present"], "m0@example.org"})}
             return body
 
-        result, outcomes, spent, _ = file_round(tmp_path, 6, silent, tamper=phantom, monkeypatch=monkeypatch)
+        result, outcomes, _spent, _ = file_round(tmp_path, 6, silent, tamper=phantom, monkeypatch=monkeypatch)
         others = [m for m in outcomes if m != "m0@example.org"]
         assert all(
             outcomes[m].startswith("refused to reveal: m0@example.org listed as arrived") for m in others
@@ -878,7 +878,7 @@ class TestAuditedV2:
         def no_boxes(member: Member) -> None:
             member.share = lambda graph: {}  # type: ignore[method-assign]
 
-        result, outcomes, spent, log = file_round(tmp_path, 6, no_boxes)
+        result, _outcomes, spent, log = file_round(tmp_path, 6, no_boxes)
         assert not spent["m0@example.org"]
         assert (result["aborted"], result["members"], result["sum_units"]) == (None, 5, 25_000)
         assert ("m0@example.org", "its boxes are incomplete") in [
@@ -894,7 +894,7 @@ class TestAuditedV2:
             share = member.share
             member.share = lambda graph: {p: bytes(size) for p in share(graph)}  # type: ignore[method-assign]
 
-        result, outcomes, spent, _ = file_round(tmp_path, 6, odd)
+        result, _outcomes, spent, _ = file_round(tmp_path, 6, odd)
         assert not spent["m0@example.org"]
         assert (result["aborted"], result["members"]) == (None, 5)
 
@@ -912,7 +912,7 @@ class TestAuditedV2:
 
             member.rekey = rekeyed  # type: ignore[method-assign]
 
-        result, outcomes, spent, log = file_round(tmp_path, 6, zero_key)
+        result, _outcomes, spent, _log = file_round(tmp_path, 6, zero_key)
         assert not spent["m0@example.org"]
         assert (result["aborted"], result["roster"], result["members"]) == (None, 5, 5)
 
