@@ -401,11 +401,11 @@ class Daemon:
                 )
             with self._make_tracker(config).open_ledger():  # the ledger's promise holds for it
                 pass
+            configure_logging(config, self._log_format)  # a log file it cannot open: logging unchanged
         except CpuTrackerError as exc:
             self._log.error("config.reload_failed", detail=str(exc), kept="the running configuration")
             self._notifier.send(READY="1")
             return
-        configure_logging(config, self._log_format)
         self._config = config
         self._tracker = self._make_tracker(config)
         job = self._scheduler.get_job(JOB_ID)

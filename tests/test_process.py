@@ -120,6 +120,26 @@ class TestSignals:
         proc.communicate(timeout=10)
         assert proc.returncode == 0
 
+    def test_sighup_to_a_log_file_that_cannot_be_opened_keeps_the_running_config(
+        self, tmp_path: Path
+    ) -> None:
+        """A reload whose logging.file cannot be opened (a FIFO nobody reads) is refused like any
+        bad config: one reload_failed line, the old config kept, the daemon running on."""
+        config = write_config(tmp_path)
+        proc = start_cli("--config", str(config), "run")
+        wait_for_event(proc, "daemon.started")
+        fifo = tmp_path / "log.fifo"
+        os.mkfifo(fifo)
+        config.write_text(config.read_text() + f'[logging]\nfile = "{fifo}"\n')
+        proc.send_signal(signal.SIGHUP)
+        failed = wait_for_event(proc, "config.reload_failed")
+        assert "logging.file" in str(failed[-1]["detail"])
+        wait_for_event(proc, "cycle.finished")
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+        assert proc.returncode == 0
+
     def test_sigterm_at_any_phase_of_busy_cycles_exits_cleanly(self, tmp_path: Path) -> None:
         """Stopping a daemon that cycles every 50 ms never hangs (the job never calls back into
         the scheduler while shutdown holds its locks) and always exits 0."""
