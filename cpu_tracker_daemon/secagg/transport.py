@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import math
 import os
@@ -26,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec
 
 from cpu_tracker_daemon import permissions, storage
 from cpu_tracker_daemon.errors import OutputError
@@ -69,6 +70,7 @@ AGGREGATOR_COLLECTS = {
 }
 
 Log = Callable[..., None]
+_P = ParamSpec("_P")
 WRITE_FAILED = "could not write its message"
 MAX_SCALE = 1e12  # grid units: a noise scale past this buries any sum (and exp(-1 / scale) is 1)
 BOX_BYTES = 12 + 68 + 16  # a sealed share: AES-GCM's nonce, the index and two shares, its tag
@@ -415,7 +417,22 @@ class Requirements:
         return None
 
 
-def member_round(
+def _write_failures_said(round_: Callable[_P, str]) -> Callable[_P, str]:
+    """A file the member cannot write (a full disk) ends its round, said as such: whether it
+    had spent is the caller's ledger's to say."""
+
+    @functools.wraps(round_)
+    def said(*args: _P.args, **kwargs: _P.kwargs) -> str:
+        try:
+            return round_(*args, **kwargs)
+        except OutputError as exc:
+            return f"{WRITE_FAILED} ({exc.reason})"
+
+    return said
+
+
+@_write_failures_said
+def member_round(  # noqa: PLR0915 - the phases read top to bottom, in the order they run
     tree: Tree,
     me: Member,
     signer: identity.Identity,
@@ -438,41 +455,6 @@ def member_round(
     seen). Everything a neighbour or the aggregator could break is checked before it: a round
     that ends earlier costs nothing. A file this member cannot write (a full disk) ends its
     round, said as such: whether it had spent is the caller's ledger's to say."""
-    try:
-        return _member_round(
-            tree,
-            me,
-            signer,
-            keyring,
-            aggregator,
-            round_id,
-            start,
-            step,
-            value,
-            noise_share,
-            before_sending,
-            clock,
-            requirements,
-        )
-    except OutputError as exc:
-        return f"{WRITE_FAILED} ({exc.reason})"
-
-
-def _member_round(  # noqa: PLR0915 - the phases read top to bottom, in the order they run
-    tree: Tree,
-    me: Member,
-    signer: identity.Identity,
-    keyring: Keyring,
-    aggregator: str,
-    round_id: str,
-    start: float,
-    step: float,
-    value: int,
-    noise_share: Callable[[Roster], int],
-    before_sending: Callable[[], None],
-    clock: Clock = Clock(),
-    requirements: Requirements = Requirements(),
-) -> str:
     deadline = _deadlines(start, step, MEMBER_WAITS)
     mine: list[permissions.Folder] = [member_folder(me.name, aggregator)]  # until the first send
 
