@@ -425,6 +425,16 @@ def write_json(path: Path, record: dict[str, Any], mode: int, under: Path | None
     atomic_write(path, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(), mode, under)
 
 
+def read_untrusted_below(path: Path, root: Path, max_bytes: int) -> bytes:
+    """:func:`read_untrusted` of ``path``, its directory reached from ``root`` without following
+    any symlink; OSError when that directory cannot be reached."""
+    directory = open_dir(path.parent, root)
+    try:
+        return read_untrusted(Path(path.name), max_bytes, dir_fd=directory)
+    finally:
+        os.close(directory)
+
+
 def read_untrusted(path: Path, max_bytes: int, dir_fd: int | None = None) -> bytes:
     """At most ``max_bytes`` of a file another machine wrote: never through a symlink, never a FIFO.
 

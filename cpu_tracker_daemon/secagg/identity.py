@@ -474,15 +474,9 @@ def read_identity(root: Path, email: str) -> bytes | None:
         return None
     path = did_path(root, email)
     try:
-        directory = storage.open_dir(path.parent, root)
-    except OSError:
+        doc = storage.strict_json(storage.read_untrusted_below(path, root, MAX_DID_BYTES))
+    except (OSError, ValueError):
         return None
-    try:
-        doc = storage.strict_json(storage.read_untrusted(Path(path.name), MAX_DID_BYTES, dir_fd=directory))
-    except ValueError:
-        return None
-    finally:
-        os.close(directory)
     return identity_from_did(doc, email)
 
 
@@ -524,18 +518,13 @@ def publish(root: Path, email: str, identity: Identity, domain: str = DEFAULT_DO
 def _published(root: Path, path: Path, email: str) -> tuple[Any, bytes | None] | None:
     """The did.json there now and its identity key (None if unreadable), or None if missing."""
     try:
-        directory = storage.open_dir(path.parent, root)
+        doc = storage.strict_json(storage.read_untrusted_below(path, root, MAX_DID_BYTES))
     except OSError as exc:
         raise OutputError(str(path), exc.strerror or str(exc)) from None
-    try:
-        data = storage.read_untrusted(Path(path.name), MAX_DID_BYTES, dir_fd=directory)
-        doc = storage.strict_json(data)
     except ValueError as exc:
         if str(exc) == "missing":
             return None
         return str(exc), None
-    finally:
-        os.close(directory)
     return doc, identity_from_did(doc, email)
 
 

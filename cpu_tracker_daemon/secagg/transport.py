@@ -239,15 +239,9 @@ def _read(
         return None
     path = tree.file(who, round_id, name or kind)
     try:
-        directory = storage.open_dir(path.parent, tree.root)
+        doc = storage.strict_json(storage.read_untrusted_below(path, tree.root, MAX_BYTES))
     except (OSError, ValueError):
         return None
-    try:
-        doc = storage.strict_json(storage.read_untrusted(Path(path.name), MAX_BYTES, dir_fd=directory))
-    except ValueError:
-        return None
-    finally:
-        os.close(directory)
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or doc.get("kind") != kind:
         return None
     if doc.get("round") != round_id or doc.get("from") != who:
