@@ -33,7 +33,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cpu_tracker_daemon.privacy import PrivacyConfig, calibrate, statistic
+from cpu_tracker_daemon.privacy.mechanisms import PrivacyConfig, calibrate, statistic
 from cpu_tracker_daemon.sampling import PsutilCpuSource, sample_window
 
 LOADS = (0.0, 0.25, 0.5, 1.0)

@@ -29,10 +29,10 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cpu_tracker_daemon import discrete
 from cpu_tracker_daemon.config import SamplingConfig
-from cpu_tracker_daemon.peers import release_path
-from cpu_tracker_daemon.privacy import Noisy, PrivacyConfig, calibrate
+from cpu_tracker_daemon.network.peers import release_path
+from cpu_tracker_daemon.privacy import discrete
+from cpu_tracker_daemon.privacy.mechanisms import Noisy, PrivacyConfig, calibrate
 from cpu_tracker_daemon.records import public_record
 
 WRITTEN_AGO = 600.0  # seconds since every file was last written
@@ -70,7 +70,7 @@ def build_tree(root: Path, peers: int, rng: random.Random) -> Path:
 _READ_ONLY = """
 import json, os, sys, time
 from pathlib import Path
-from cpu_tracker_daemon.peers import release_path
+from cpu_tracker_daemon.network.peers import release_path
 datasites = Path(sys.argv[1])
 cpu, wall = time.process_time(), time.perf_counter()
 for entry in os.scandir(datasites):
@@ -94,7 +94,7 @@ def read_only_in_child(datasites: Path) -> dict[str, float]:
 _CHILD = """
 import json, sys, time
 from pathlib import Path
-from cpu_tracker_daemon.aggregate import Aggregator
+from cpu_tracker_daemon.network.aggregate import Aggregator
 from cpu_tracker_daemon.config import parse_config
 class Quiet:
     def __getattr__(self, name):

@@ -30,8 +30,8 @@ from pathlib import Path
 
 from common import log_events, write_config
 
-from cpu_tracker_daemon.budget import Caps
-from cpu_tracker_daemon.ledger import open_ledger
+from cpu_tracker_daemon.budget.caps import Caps
+from cpu_tracker_daemon.budget.ledger import open_ledger
 
 
 def faults_config(path: Path, data: Path) -> Path:

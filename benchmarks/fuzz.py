@@ -124,7 +124,8 @@ _TOKENS = {
 
 def dictionary(target: str) -> str:
     """The -dict file for ``target``: tokens above plus every key name the parser knows."""
-    from cpu_tracker_daemon import budget_requests, config
+    from cpu_tracker_daemon import config
+    from cpu_tracker_daemon.budget import requests as budget_requests
 
     if target == "config":
         names = [*config.KEYS, *(k for keys in config.KEYS.values() for k in keys)]
@@ -150,7 +151,7 @@ def _keys(document: object) -> list[str]:
 def _release(mechanism: str) -> dict[str, object]:
     """A release as the member writes it: its own record builder and calibration."""
     from cpu_tracker_daemon.config import load_config
-    from cpu_tracker_daemon.privacy import Noisy, calibrate
+    from cpu_tracker_daemon.privacy.mechanisms import Noisy, calibrate
     from cpu_tracker_daemon.records import public_record
 
     config = load_config(None, environ={"HOME": "/h"})
@@ -168,7 +169,7 @@ def _release(mechanism: str) -> dict[str, object]:
 
 
 def _request() -> dict[str, object]:
-    from cpu_tracker_daemon.budget_requests import request_message
+    from cpu_tracker_daemon.budget.requests import request_message
 
     return request_message(
         REQUEST_ID, READER, "syft://member@example.org/app_data/cpu_tracker/rpc/budget", "lifetime", 5.0,
@@ -187,9 +188,10 @@ def require(condition: bool, what: str) -> None:
 
 def one_input(target: str, work: Path) -> Callable[[bytes], None]:
     """The callback for ``target``: write the bytes where the real code reads them, then check."""
-    from cpu_tracker_daemon import budget_requests, peers
+    from cpu_tracker_daemon.budget import requests as budget_requests
     from cpu_tracker_daemon.config import load_config
     from cpu_tracker_daemon.errors import ConfigError
+    from cpu_tracker_daemon.network import peers
     from cpu_tracker_daemon.untrusted import NotAccepted
 
     if target == "config":
@@ -248,9 +250,9 @@ def worker(target: str, libfuzzer_args: list[str]) -> None:
     import atheris
 
     with atheris.instrument_imports(include=["cpu_tracker_daemon"]):
-        import cpu_tracker_daemon.budget_requests
+        import cpu_tracker_daemon.budget.requests
         import cpu_tracker_daemon.config
-        import cpu_tracker_daemon.peers
+        import cpu_tracker_daemon.network.peers
         import cpu_tracker_daemon.storage  # noqa: F401 - instrumented for coverage
     with tempfile.TemporaryDirectory(prefix="cpu-tracker-fuzz-") as work:
         check = one_input(target, Path(work))

@@ -45,10 +45,10 @@ sys.path.insert(0, str(ROOT))
 from common import write_config  # noqa: E402
 from soak import schedule_faults, window_starts  # noqa: E402
 
-from cpu_tracker_daemon.budget import caps_for, promise_for  # noqa: E402
+from cpu_tracker_daemon.budget.caps import caps_for, promise_for  # noqa: E402
+from cpu_tracker_daemon.budget.ledger import Ledger, Spend, open_ledger  # noqa: E402
 from cpu_tracker_daemon.config import load_config  # noqa: E402
-from cpu_tracker_daemon.ledger import Ledger, Spend, open_ledger  # noqa: E402
-from cpu_tracker_daemon.privacy import calibrate  # noqa: E402
+from cpu_tracker_daemon.privacy.mechanisms import calibrate  # noqa: E402
 
 # Seconds between the built releases: the default hourly schedule, so the rolling 24 h period
 # holds 24 of them, as the window cap allows at the defaults (12 epsilon at 0.5 each). The

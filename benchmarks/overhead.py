@@ -161,7 +161,7 @@ def node_exporter(scrapes: int, gap: float) -> dict[str, float] | None:
         proc.wait(timeout=10)
 
 
-IMPORT_STEPS = ("numpy", "scipy.stats", "sklearn", "diffprivlib", "cpu_tracker_daemon.daemon")
+IMPORT_STEPS = ("numpy", "scipy.stats", "sklearn", "diffprivlib", "cpu_tracker_daemon.daemon.loop")
 
 
 def import_costs() -> list[tuple[str, float]]:

@@ -37,9 +37,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cpu_tracker_daemon import discrete
 from cpu_tracker_daemon.config import SamplingConfig
-from cpu_tracker_daemon.privacy import Calibration, PrivacyConfig, add_noise, calibrate, statistic
+from cpu_tracker_daemon.privacy import discrete
+from cpu_tracker_daemon.privacy.mechanisms import Calibration, PrivacyConfig, add_noise, calibrate, statistic
 from cpu_tracker_daemon.records import public_record
 from cpu_tracker_daemon.sampling import Reading, Window
 

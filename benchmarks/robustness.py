@@ -26,9 +26,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cpu_tracker_daemon.estimate import estimate
-from cpu_tracker_daemon.peers import MAX_SIGMAS
-from cpu_tracker_daemon.privacy import PrivacyConfig, calibrate
+from cpu_tracker_daemon.network.estimate import estimate
+from cpu_tracker_daemon.network.peers import MAX_SIGMAS
+from cpu_tracker_daemon.privacy.mechanisms import PrivacyConfig, calibrate
 
 EPSILONS = (1e-6, 1e-3, 0.05, 0.2, 0.5, 1.0, 2.0, 10.0, 1000.0)
 HONEST = calibrate(PrivacyConfig(), 50).noise_stddev

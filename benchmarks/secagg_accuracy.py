@@ -42,8 +42,8 @@ import sys
 
 import numpy as np
 
-from cpu_tracker_daemon import discrete
 from cpu_tracker_daemon.config import DEFAULT_LOCAL_EPSILON
+from cpu_tracker_daemon.privacy import discrete
 from cpu_tracker_daemon.secagg import noise
 from cpu_tracker_daemon.secagg.simulate import one_round
 

@@ -56,7 +56,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cpu_tracker_daemon import discrete
+from cpu_tracker_daemon.privacy import discrete
 from cpu_tracker_daemon.secagg import identity, masks, noise, transport
 from cpu_tracker_daemon.secagg.protocol import Graph, Member, Opened, Roster, Survivors, graph_of, went_on
 

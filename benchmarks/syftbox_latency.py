@@ -25,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cpu_tracker_daemon import budget_requests  # noqa: E402
+from cpu_tracker_daemon.budget.caps import requests as budget_requests  # noqa: E402
 from cpu_tracker_daemon.storage import read_json  # noqa: E402
 from tests.conftest import render_toml  # noqa: E402
 from tests.syftbox_network import Client, Network, install, wait_until  # noqa: E402

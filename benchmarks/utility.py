@@ -23,8 +23,8 @@ import time
 
 import numpy as np
 
-from cpu_tracker_daemon import discrete
-from cpu_tracker_daemon.privacy import PrivacyConfig, Statistic, add_noise, calibrate
+from cpu_tracker_daemon.privacy import discrete
+from cpu_tracker_daemon.privacy.mechanisms import PrivacyConfig, Statistic, add_noise, calibrate
 
 EPSILONS = (0.1, 0.5, 1.0, 2.0)
 MECHANISMS = ("laplace", "gaussian", "snapping")

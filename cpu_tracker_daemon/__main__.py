@@ -1,3 +1,3 @@
-from cpu_tracker_daemon.cli import entry
+from cpu_tracker_daemon.cli.main import entry
 
 entry()

@@ -20,7 +20,7 @@ from cpu_tracker_daemon import parsecache
 from cpu_tracker_daemon.errors import ConfigError
 from cpu_tracker_daemon.frozen import Frozen
 from cpu_tracker_daemon.names import APP_NAME, LOG_FORMATS
-from cpu_tracker_daemon.privacy import DEFAULT_EPSILON, PrivacyConfig, calibrate, check_privacy
+from cpu_tracker_daemon.privacy.mechanisms import DEFAULT_EPSILON, PrivacyConfig, calibrate, check_privacy
 
 TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
 if TYPE_CHECKING:
@@ -754,7 +754,7 @@ def _check_secure_aggregation(config: Config) -> list[str]:
 
 def _one_release_fits(config: Config) -> list[str]:
     """A cap that not even one release fits under is a config error, not a silent pause."""
-    from cpu_tracker_daemon.accounting import compose
+    from cpu_tracker_daemon.privacy.accounting import compose
 
     b = config.budget
     calibration = calibrate(config.privacy, config.sampling.samples)

@@ -1,6 +1,6 @@
 """Exception types. Each str() is one sentence a user can act on.
 
-Only :mod:`cpu_tracker_daemon.cli` turns these into exit codes.
+Only :mod:`cpu_tracker_daemon.cli.main` turns these into exit codes.
 """
 
 from __future__ import annotations

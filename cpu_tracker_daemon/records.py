@@ -12,9 +12,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from cpu_tracker_daemon import __version__, discrete
+from cpu_tracker_daemon import __version__
 from cpu_tracker_daemon.config import SamplingConfig
-from cpu_tracker_daemon.privacy import Calibration, Noisy, Statistic
+from cpu_tracker_daemon.privacy import discrete
+from cpu_tracker_daemon.privacy.mechanisms import Calibration, Noisy, Statistic
 from cpu_tracker_daemon.sampling import Window
 
 SCHEMA = "cpu-tracker/release"

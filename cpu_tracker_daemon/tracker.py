@@ -18,9 +18,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from cpu_tracker_daemon import budget_requests, drawing, metrics, permissions, storage, timewords
-from cpu_tracker_daemon.accounting import SECURE_DISCRETE_LAPLACE, Event
-from cpu_tracker_daemon.budget import BudgetStatus, CapStatus, caps_for, promise_for
+from cpu_tracker_daemon import permissions, storage
+from cpu_tracker_daemon.budget import requests as budget_requests
+from cpu_tracker_daemon.budget.caps import BudgetStatus, CapStatus, caps_for, promise_for
+from cpu_tracker_daemon.budget.ledger import (
+    LOCK_TIMEOUT_SECONDS,
+    BootClock,
+    Ledger,
+    Spend,
+    boot_clock,
+    open_ledger,
+)
+from cpu_tracker_daemon.cli import timewords
 from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.errors import (
     BudgetExhaustedError,
@@ -35,15 +44,10 @@ from cpu_tracker_daemon.errors import (
     UsageError,
     one_line,
 )
-from cpu_tracker_daemon.ledger import (
-    LOCK_TIMEOUT_SECONDS,
-    BootClock,
-    Ledger,
-    Spend,
-    boot_clock,
-    open_ledger,
-)
-from cpu_tracker_daemon.privacy import Calibration, Statistic, calibrate, statistic
+from cpu_tracker_daemon.network import metrics
+from cpu_tracker_daemon.privacy import drawing
+from cpu_tracker_daemon.privacy.accounting import SECURE_DISCRETE_LAPLACE, Event
+from cpu_tracker_daemon.privacy.mechanisms import Calibration, Statistic, calibrate, statistic
 from cpu_tracker_daemon.records import private_record, public_record
 from cpu_tracker_daemon.sampling import CpuSource, Window, sample_window
 from cpu_tracker_daemon.schedule import (
@@ -63,7 +67,7 @@ from cpu_tracker_daemon.signals import Flag, StopRequest
 from cpu_tracker_daemon.storage import Layout
 
 if TYPE_CHECKING:
-    from cpu_tracker_daemon.privacy import RandomLike
+    from cpu_tracker_daemon.privacy.mechanisms import RandomLike
 
 Clock = Callable[[], datetime]
 

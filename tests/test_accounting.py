@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cpu_tracker_daemon.accounting import (
+from cpu_tracker_daemon.privacy.accounting import (
     Event,
     compose,
     gaussian_delta,
@@ -176,7 +176,7 @@ class TestReleasesWithin:
     @pytest.mark.parametrize("delta", [1e-9, 1e-6, 0.1])
     def test_rho_within_is_what_zcdp_epsilon_allows(self, epsilon: float, delta: float) -> None:
         """The rho the guess uses converts to at most epsilon, and 1% more converts to more."""
-        from cpu_tracker_daemon.accounting import _rho_within
+        from cpu_tracker_daemon.privacy.accounting import _rho_within
 
         rho = _rho_within(epsilon, delta)
         assert zcdp_epsilon(rho, delta) <= epsilon * (1 + 1e-9)

@@ -12,7 +12,10 @@ from typing import Any
 
 import pytest
 
-from cpu_tracker_daemon.aggregate import (
+from cpu_tracker_daemon.cli.exit_codes import EXIT_CONFIG
+from cpu_tracker_daemon.cli.main import main
+from cpu_tracker_daemon.config import load_config
+from cpu_tracker_daemon.network.aggregate import (
     AGGREGATE_NAME,
     DASHBOARD_NAME,
     HISTORY_NAME,
@@ -20,11 +23,8 @@ from cpu_tracker_daemon.aggregate import (
     Aggregator,
     output_dir,
 )
-from cpu_tracker_daemon.cli import main
-from cpu_tracker_daemon.config import load_config
-from cpu_tracker_daemon.estimate import CLIP_SIGMAS
-from cpu_tracker_daemon.exit_codes import EXIT_CONFIG
-from cpu_tracker_daemon.peers import release_path
+from cpu_tracker_daemon.network.estimate import CLIP_SIGMAS
+from cpu_tracker_daemon.network.peers import release_path
 from tests.conftest import log_events, run_cli, start_cli, write_config
 
 AGGREGATOR = "aggregator@openmined.org"
@@ -299,7 +299,7 @@ def test_a_pass_keeps_a_few_dozen_bytes_a_peer(member_tree: Path, tmp_path: Path
     six lists of floats a peer before: about 700)."""
     import tracemalloc
 
-    from cpu_tracker_daemon.peers import release_path
+    from cpu_tracker_daemon.network.peers import release_path
 
     release = release_path(member_tree / "datasites", MEMBERS[0]).read_bytes()
     peaks = {}

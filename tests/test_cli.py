@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
-from cpu_tracker_daemon import budget_requests, discrete
-from cpu_tracker_daemon.accounting import gaussian_epsilon
-from cpu_tracker_daemon.cli import main
-from cpu_tracker_daemon.exit_codes import EXIT_CODES, EXIT_INTERRUPTED
+from cpu_tracker_daemon.budget import requests as budget_requests
+from cpu_tracker_daemon.cli.exit_codes import EXIT_CODES, EXIT_INTERRUPTED
+from cpu_tracker_daemon.cli.main import main
+from cpu_tracker_daemon.privacy import discrete
+from cpu_tracker_daemon.privacy.accounting import gaussian_epsilon
 from tests.conftest import (
     RunningDaemon,
     cli_env,
@@ -149,7 +150,7 @@ class TestFastPaths:
         config = write_config(tmp_path)
         code = (
             "import sys\n"
-            "from cpu_tracker_daemon.cli import main\n"
+            "from cpu_tracker_daemon.cli.main import main\n"
             f"try:\n    rc = main(['--config', {str(config)!r}, *{args!r}])\n"
             "except SystemExit as e:\n    rc = e.code\n"
             "names = ('diffprivlib', 'numpy', 'apscheduler', 'psutil', 'sklearn')\n"
@@ -178,7 +179,7 @@ class TestFastPaths:
         config = write_config(tmp_path)
         code = (
             "import sys\n"
-            "from cpu_tracker_daemon.cli import main\n"
+            "from cpu_tracker_daemon.cli.main import main\n"
             f"rc = main(['--config', {str(config)!r}, *{args!r}])\n"
             "print('ARGPARSE', 'argparse' in sys.modules, rc, file=sys.stderr)\n"
         )
@@ -196,7 +197,7 @@ class TestFastPaths:
         config = write_config(tmp_path)
         code = (
             "import gc, sys\n"
-            "from cpu_tracker_daemon.cli import main\n"
+            "from cpu_tracker_daemon.cli.main import main\n"
             "starts = []\n"
             "gc.callbacks.append(lambda phase, info: phase == 'start' and starts.append(info))\n"
             f"rc = main(['--config', {str(config)!r}, *{args!r}])\n"
@@ -213,7 +214,7 @@ class TestFastPaths:
         config = write_config(tmp_path)
         code = (
             "import gc, sys\n"
-            "from cpu_tracker_daemon.cli import entry\n"
+            "from cpu_tracker_daemon.cli.main import entry\n"
             f"sys.argv = ['cpu-tracker', '--config', {str(config)!r}, 'status']\n"
             "try:\n    entry()\n"
             "except SystemExit as exc:\n"
@@ -676,7 +677,7 @@ def grants(tmp_path: Path) -> list[tuple[str, float]]:
 def every_subparser() -> list[tuple[str, Any]]:
     import argparse
 
-    from cpu_tracker_daemon.parsers import build_parser
+    from cpu_tracker_daemon.cli.parsers import build_parser
 
     found: list[tuple[str, Any]] = []
 
@@ -710,7 +711,7 @@ def test_status_cannot_tell_for_another_users_lock_and_says_so(tmp_path: Path) -
     running": the lock's holder cannot be told, and status says so."""
     import pwd
 
-    from cpu_tracker_daemon.instance import InstanceLock, holder
+    from cpu_tracker_daemon.daemon.instance import InstanceLock, holder
 
     nobody = pwd.getpwnam("nobody")
     tmp_path.chmod(0o755)
@@ -783,8 +784,8 @@ def test_the_parser_built_along_the_words_parses_as_the_whole_one(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Each command builds only its own parser; help, errors and results are the whole parser's."""
-    from cpu_tracker_daemon.cli import parse_args
-    from cpu_tracker_daemon.parsers import build_parser
+    from cpu_tracker_daemon.cli.main import parse_args
+    from cpu_tracker_daemon.cli.parsers import build_parser
 
     whole = _outcome(lambda a: build_parser().parse_args(a), argv, capsys)
     assert _outcome(parse_args, argv, capsys) == whole
@@ -794,7 +795,7 @@ def _plain_lines() -> list[list[str]]:
     """Every plain command line, with each spelling of the global options and each choice of flags."""
     from itertools import combinations
 
-    from cpu_tracker_daemon.cli import PLAIN
+    from cpu_tracker_daemon.cli.main import PLAIN
 
     options = [
         [],
@@ -815,8 +816,8 @@ def _plain_lines() -> list[list[str]]:
 def test_a_plain_command_line_is_read_as_argparse_reads_it(argv: list[str]) -> None:
     """The command lines cli reads without argparse give what the whole parser gives, every
     attribute the handlers read, defaults included."""
-    from cpu_tracker_daemon.cli import plain_args
-    from cpu_tracker_daemon.parsers import build_parser
+    from cpu_tracker_daemon.cli.main import plain_args
+    from cpu_tracker_daemon.cli.parsers import build_parser
 
     plain = plain_args(argv)
     assert plain is not None
@@ -852,8 +853,8 @@ def test_a_plain_command_line_is_read_as_argparse_reads_it(argv: list[str]) -> N
 )
 def test_anything_else_goes_to_argparse(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     """A line that is not plain is argparse's to read, help and mistakes included."""
-    from cpu_tracker_daemon.cli import parse_args, plain_args
-    from cpu_tracker_daemon.parsers import build_parser
+    from cpu_tracker_daemon.cli.main import parse_args, plain_args
+    from cpu_tracker_daemon.cli.parsers import build_parser
 
     assert plain_args(argv) is None
     assert _outcome(parse_args, argv, capsys) == _outcome(
@@ -862,7 +863,7 @@ def test_anything_else_goes_to_argparse(argv: list[str], capsys: pytest.CaptureF
 
 
 def test_a_command_builds_only_its_own_parser() -> None:
-    from cpu_tracker_daemon.parsers import build_parser, command_words
+    from cpu_tracker_daemon.cli.parsers import build_parser, command_words
 
     def count(parser: Any) -> int:
         import argparse
@@ -885,7 +886,7 @@ def test_help_wraps_where_argparse_itself_would(columns: str | None, monkeypatch
     """The parsers get the width shutil.get_terminal_size gives argparse, without importing shutil."""
     import shutil
 
-    from cpu_tracker_daemon.parsers import _help_width
+    from cpu_tracker_daemon.cli.parsers import _help_width
 
     if columns is None:
         monkeypatch.delenv("COLUMNS", raising=False)

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from cpu_tracker_daemon import dashboard
-from cpu_tracker_daemon.aggregate import DASHBOARD_NAME, Aggregator, output_dir
-from cpu_tracker_daemon.cli import main
+from cpu_tracker_daemon.cli.main import main
 from cpu_tracker_daemon.config import load_config
+from cpu_tracker_daemon.network import dashboard
+from cpu_tracker_daemon.network.aggregate import DASHBOARD_NAME, Aggregator, output_dir
 from tests import browser
 from tests.conftest import write_config
 
@@ -99,8 +99,8 @@ def members_record(n: int, hour: int = 0) -> dict[str, Any]:
     at ``hour``, computed by the aggregator's own estimate and record."""
     import random
 
-    from cpu_tracker_daemon.aggregate import estimate_record
-    from cpu_tracker_daemon.estimate import estimate
+    from cpu_tracker_daemon.network.aggregate import estimate_record
+    from cpu_tracker_daemon.network.estimate import estimate
 
     rng = random.Random(hour)
     sigma = 282.84
@@ -184,8 +184,8 @@ def test_chromium_leads_with_the_secure_estimate_and_keeps_the_local_one(tmp_pat
     import random
     from fractions import Fraction
 
-    from cpu_tracker_daemon.discrete import discrete_laplace
-    from cpu_tracker_daemon.privacy import calibrate
+    from cpu_tracker_daemon.privacy.discrete import discrete_laplace
+    from cpu_tracker_daemon.privacy.mechanisms import calibrate
     from cpu_tracker_daemon.secagg import noise, published, rounds
 
     config = load_config(
@@ -240,7 +240,7 @@ def secure_network(
     sum, the mean ``busy`` percent."""
     import random
 
-    from cpu_tracker_daemon.privacy import calibrate
+    from cpu_tracker_daemon.privacy.mechanisms import calibrate
     from cpu_tracker_daemon.secagg import noise, published
 
     sb = root / "SyftBox"

@@ -25,11 +25,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cpu_tracker_daemon import drawing, signals
+from cpu_tracker_daemon import signals
+from cpu_tracker_daemon.cli.exit_codes import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_TEMPORARY, exit_code_for
 from cpu_tracker_daemon.config import load_config
 from cpu_tracker_daemon.errors import Interrupted, MechanismUnavailableError, NoiseUnavailableError
-from cpu_tracker_daemon.exit_codes import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_TEMPORARY, exit_code_for
-from cpu_tracker_daemon.privacy import PrivacyConfig, Statistic, add_noise, calibrate
+from cpu_tracker_daemon.privacy import drawing
+from cpu_tracker_daemon.privacy.mechanisms import PrivacyConfig, Statistic, add_noise, calibrate
 from cpu_tracker_daemon.storage import layout_for
 from tests.conftest import FakeClock, FakeCpu, cli_env, log_events, wait_for_event, write_config
 from tests.test_tracker import make_tracker, outcomes
@@ -74,7 +75,7 @@ class TestTheChildDrawsWhatThisProcessWould:
         script = textwrap.dedent(
             f"""
             import sys
-            from cpu_tracker_daemon import cli
+            from cpu_tracker_daemon.cli import main as cli
             code = cli.main(["--config", {str(config)!r}, "once"])
             heavy = sorted(m for m in ("diffprivlib", "numpy", "scipy", "sklearn") if m in sys.modules)
             print(code, heavy)
@@ -310,7 +311,7 @@ def snapping_children(proc: subprocess.Popen[str]) -> list[psutil.Process]:
     with suppress(psutil.Error):
         for kid in psutil.Process(proc.pid).children():
             with suppress(psutil.Error):
-                if "cpu_tracker_daemon.drawing" in kid.cmdline():
+                if "cpu_tracker_daemon.privacy.drawing" in kid.cmdline():
                     found.append(kid)
     return found
 

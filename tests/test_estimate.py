@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from cpu_tracker_daemon.estimate import estimate, reading
+from cpu_tracker_daemon.network.estimate import estimate, reading
 
 
 class TestEstimate:
@@ -38,8 +38,8 @@ class TestEstimate:
         Seeded, 300 networks of 10 at the default noise: whatever epsilon the liar declares (its
         noise recomputed from it) and whatever value the reader accepts, the mean shift stays
         below one honest standard error, and below the bound the estimate reports."""
-        from cpu_tracker_daemon.peers import MAX_SIGMAS
-        from cpu_tracker_daemon.privacy import PrivacyConfig, calibrate
+        from cpu_tracker_daemon.network.peers import MAX_SIGMAS
+        from cpu_tracker_daemon.privacy.mechanisms import PrivacyConfig, calibrate
 
         honest = calibrate(PrivacyConfig(), 50).noise_stddev
         rng = np.random.default_rng(5)

@@ -265,7 +265,7 @@ def test_a_full_ledger_disk_says_so(small_disk: Path, capsys: pytest.CaptureFixt
     """With the ledger's file system full, a release failed with "cannot rollback - no
     transaction is active", which hid the cause. It is refused (exit 8) naming the full disk,
     and the spend that did not fit was not recorded."""
-    from cpu_tracker_daemon.cli import main
+    from cpu_tracker_daemon.cli.main import main
 
     config = str(write_config(small_disk.parent, {"paths": {"data_dir": str(small_disk / "data")}}))
     assert main(["--config", config, "once"]) == 0

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cpu_tracker_daemon.cli.exit_codes import EXIT_CONFIG, NO_RESTART, exit_code_for
 from cpu_tracker_daemon.errors import OutputError
-from cpu_tracker_daemon.exit_codes import EXIT_CONFIG, NO_RESTART, exit_code_for
 from cpu_tracker_daemon.secagg.identity import (
     ACCEPTED,
     FIRST_USE,

@@ -70,5 +70,5 @@ def test_the_cycle_finder_finds_one() -> None:
 def test_privacy_does_not_import_the_configuration() -> None:
     """privacy owns its constants and its section's type; config imports privacy, not the reverse."""
     graph = top_level_imports()
-    assert "cpu_tracker_daemon.config" not in graph["cpu_tracker_daemon.privacy"]
-    assert "cpu_tracker_daemon.privacy" in graph["cpu_tracker_daemon.config"]
+    assert "cpu_tracker_daemon.config" not in graph["cpu_tracker_daemon.privacy.mechanisms"]
+    assert "cpu_tracker_daemon.privacy.mechanisms" in graph["cpu_tracker_daemon.config"]

@@ -18,10 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cpu_tracker_daemon import ledger as module
-from cpu_tracker_daemon.accounting import SECURE_DISCRETE_LAPLACE as SECURE
-from cpu_tracker_daemon.accounting import Event, releases_within
-from cpu_tracker_daemon.budget import Caps, Promise
+from cpu_tracker_daemon.budget import ledger as module
+from cpu_tracker_daemon.budget.caps import Caps, Promise
+from cpu_tracker_daemon.budget.ledger import BootClock, Ledger, Spend, open_ledger
 from cpu_tracker_daemon.errors import (
     BudgetExhaustedError,
     CooldownError,
@@ -29,7 +28,8 @@ from cpu_tracker_daemon.errors import (
     LedgerUnavailableError,
     PromiseChangedError,
 )
-from cpu_tracker_daemon.ledger import BootClock, Ledger, Spend, open_ledger
+from cpu_tracker_daemon.privacy.accounting import SECURE_DISCRETE_LAPLACE as SECURE
+from cpu_tracker_daemon.privacy.accounting import Event, releases_within
 from tests.conftest import run_cli, write_config
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -1060,7 +1060,7 @@ class TestWorstCase:
             "from datetime import timedelta\n"
             "from pathlib import Path\n"
             "from tests.test_ledger import BIG, T0, no_boot, secure_spend\n"
-            "from cpu_tracker_daemon.ledger import open_ledger\n"
+            "from cpu_tracker_daemon.budget.ledger import open_ledger\n"
             f"ledger = open_ledger(Path({str(path)!r}), BIG, T0, boot=no_boot)\n"
             "for n in range(100_000):\n"
             "    at = T0 + timedelta(seconds=n)\n"

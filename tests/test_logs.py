@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from cpu_tracker_daemon import logs, privacy
+from cpu_tracker_daemon import logs
 from cpu_tracker_daemon.config import load_config
+from cpu_tracker_daemon.privacy import mechanisms as privacy
 from cpu_tracker_daemon.storage import layout_for, prepare
 from cpu_tracker_daemon.tracker import CycleLog, Tracker
 from tests.conftest import FakeClock, FakeCpu, log_events, write_config
@@ -41,7 +42,7 @@ class TestNoRawValueInLogs:
         def broken(value: float, *args: object, **kwargs: object) -> float:
             raise RuntimeError("noise failed")
 
-        monkeypatch.setattr("cpu_tracker_daemon.drawing.draw", broken)
+        monkeypatch.setattr("cpu_tracker_daemon.privacy.drawing.draw", broken)
         config = load_config(write_config(tmp_path))
         layout = layout_for(config)
         prepare(layout)
@@ -81,11 +82,11 @@ class TestFormat:
 
 
 def test_privacy_module_is_the_only_diffprivlib_importer() -> None:
-    """Only privacy.py names diffprivlib, so fast paths can avoid it."""
-    package = Path(privacy.__file__).parent
+    """Only privacy/mechanisms.py names diffprivlib, so fast paths can avoid it."""
+    package = Path(privacy.__file__).parents[1]
     importers = sorted(
-        p.name
-        for p in package.glob("*.py")
+        str(p.relative_to(package))
+        for p in package.rglob("*.py")
         if "import diffprivlib" in p.read_text() or "from diffprivlib" in p.read_text()
     )
-    assert importers == ["privacy.py"]
+    assert importers == ["privacy/mechanisms.py"]

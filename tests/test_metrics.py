@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cpu_tracker_daemon import metrics
-from cpu_tracker_daemon.cli import main
+from cpu_tracker_daemon.cli.main import main
+from cpu_tracker_daemon.network import metrics
 from tests.conftest import write_config
 
 NARROW = {

@@ -222,7 +222,7 @@ class TestCommands:
     def run(self, config: Path, cache_home: Path, *args: str) -> subprocess.CompletedProcess[str]:
         code = (
             "import sys\n"
-            "from cpu_tracker_daemon.cli import main\n"
+            "from cpu_tracker_daemon.cli.main import main\n"
             f"rc = main(['--config', {str(config)!r}, *{list(args)!r}])\n"
             "print('TOMLLIB', 'tomllib' in sys.modules, 'typing' in sys.modules, rc, file=sys.stderr)\n"
         )

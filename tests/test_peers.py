@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cpu_tracker_daemon.peers import (
+from cpu_tracker_daemon.network.peers import (
     MAX_BYTES,
     UNPARSEABLE,
     StillWriting,
@@ -195,7 +195,7 @@ class TestHostile:
     @given(JSON_VALUES)
     def test_fuzzed_documents_never_raise_anything_else(self, doc: Any) -> None:
         """Any JSON document is either a release or NotAccepted."""
-        from cpu_tracker_daemon import peers
+        from cpu_tracker_daemon.network import peers
 
         with contextlib.suppress(NotAccepted):
             peers._validate(doc, PEER, NOW, MAX_AGE)
@@ -225,7 +225,7 @@ class TestTimeZones:
 @pytest.mark.slow
 def test_real_member_outputs_are_accepted(tmp_path: Path) -> None:
     """Releases written by the member code itself (three SyftBox members) pass validation."""
-    from cpu_tracker_daemon.cli import main
+    from cpu_tracker_daemon.cli.main import main
     from tests.conftest import write_config
 
     sb = tmp_path / "SyftBox"
@@ -279,8 +279,8 @@ class TestSettling:
     def test_the_pass_pauses_only_for_files_just_written(self, tmp_path: Path) -> None:
         """An aggregation pass over a settled bad file skips it without its pause; one over a
         file just written pauses once and reads it again."""
-        from cpu_tracker_daemon.aggregate import REREAD_PAUSE_SECONDS, Aggregator
         from cpu_tracker_daemon.config import load_config
+        from cpu_tracker_daemon.network.aggregate import REREAD_PAUSE_SECONDS, Aggregator
         from tests.conftest import write_config
 
         sb = tmp_path / "SyftBox"

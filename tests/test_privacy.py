@@ -11,9 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cpu_tracker_daemon import discrete
-from cpu_tracker_daemon.accounting import gaussian_mu
-from cpu_tracker_daemon.privacy import PrivacyConfig, Statistic, add_noise, calibrate, clamped_mean, statistic
+from cpu_tracker_daemon.privacy import discrete
+from cpu_tracker_daemon.privacy.accounting import gaussian_mu
+from cpu_tracker_daemon.privacy.mechanisms import (
+    PrivacyConfig,
+    Statistic,
+    add_noise,
+    calibrate,
+    clamped_mean,
+    statistic,
+)
 from cpu_tracker_daemon.sampling import Reading, Window
 from tests.bench import benchmark
 

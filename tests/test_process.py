@@ -339,7 +339,7 @@ def test_concurrent_approve_and_deny_of_one_request_never_crash(tmp_path: Path) 
     request: each exits 0 or 2 (the documented refusal), none crashes, one decision stands."""
     from datetime import UTC, datetime, timedelta
 
-    from cpu_tracker_daemon.budget_requests import request_message
+    from cpu_tracker_daemon.budget.requests import request_message
 
     config = str(write_config(tmp_path))
     box = tmp_path / "data" / "public" / "rpc" / "budget" / "aggregator@openmined.org"

@@ -12,13 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cpu_tracker_daemon import report, storage
-from cpu_tracker_daemon.accounting import DISCRETE_LAPLACE as LOCAL
-from cpu_tracker_daemon.accounting import SECURE_DISCRETE_LAPLACE as SECURE
-from cpu_tracker_daemon.accounting import Event, releases_within
-from cpu_tracker_daemon.budget import CapStatus, caps_for
+from cpu_tracker_daemon import storage
+from cpu_tracker_daemon.budget.caps import CapStatus, caps_for
+from cpu_tracker_daemon.budget.ledger import Spend, open_ledger
+from cpu_tracker_daemon.cli import report
 from cpu_tracker_daemon.config import load_config
-from cpu_tracker_daemon.ledger import Spend, open_ledger
+from cpu_tracker_daemon.privacy.accounting import DISCRETE_LAPLACE as LOCAL
+from cpu_tracker_daemon.privacy.accounting import SECURE_DISCRETE_LAPLACE as SECURE
+from cpu_tracker_daemon.privacy.accounting import Event, releases_within
 from tests.conftest import run_cli, write_config
 
 START = 1_790_000_000.0

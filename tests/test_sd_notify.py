@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cpu_tracker_daemon.sd_notify import Notifier
+from cpu_tracker_daemon.daemon.sd_notify import Notifier
 from tests.conftest import cli_env, start_cli, write_config
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from cpu_tracker_daemon import permissions
-from cpu_tracker_daemon.discrete import laplace_pmf, laplace_variance
+from cpu_tracker_daemon.privacy.discrete import laplace_pmf, laplace_variance
 from cpu_tracker_daemon.secagg import identity, masks, noise, shares, transport
 from cpu_tracker_daemon.secagg.protocol import (
     Graph,

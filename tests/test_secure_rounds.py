@@ -22,7 +22,7 @@ import pytest
 from cpu_tracker_daemon import logs, schedule
 from cpu_tracker_daemon.config import ROUND_STEPS, Config, load_config
 from cpu_tracker_daemon.errors import ConfigError
-from cpu_tracker_daemon.privacy import calibrate
+from cpu_tracker_daemon.privacy.mechanisms import calibrate
 from cpu_tracker_daemon.secagg import noise, published, rounds, transport
 from cpu_tracker_daemon.storage import layout_for, prepare
 from cpu_tracker_daemon.tracker import CycleResult, Tracker

@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 
-from cpu_tracker_daemon import cli, exit_codes, names, service
+from cpu_tracker_daemon import names
+from cpu_tracker_daemon.cli import exit_codes
+from cpu_tracker_daemon.cli import main as cli
+from cpu_tracker_daemon.daemon import service
 from cpu_tracker_daemon.errors import ServiceError
 from tests.conftest import FAST, log_events, render_toml
 
@@ -425,7 +428,7 @@ class TestInstall:
 def test_service_module_imports_nothing_heavy() -> None:
     """`service print` stays fast: rendering needs only the standard library."""
     code = (
-        "import sys; import cpu_tracker_daemon.service; "
+        "import sys; import cpu_tracker_daemon.daemon.service; "
         "print(sorted(m for m in ('numpy', 'diffprivlib', 'apscheduler', 'psutil') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

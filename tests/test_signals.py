@@ -64,7 +64,7 @@ class TestHandlersNeverDeadlock:
             done = run_storm(
                 f"""
                 from cpu_tracker_daemon.config import load_config
-                from cpu_tracker_daemon.daemon import Daemon
+                from cpu_tracker_daemon.daemon.loop import Daemon
 
                 daemon = Daemon(load_config(None, {{"HOME": {str(tmp_path)!r}}}), None)
                 daemon.install_signal_handlers()

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from cpu_tracker_daemon import budget_requests
+from cpu_tracker_daemon.budget import requests as budget_requests
 from cpu_tracker_daemon.config import ROUND_STEPS
 from cpu_tracker_daemon.storage import read_json  # None until the client has written it whole
 from tests import syftbox_network

@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from cpu_tracker_daemon import ledger as ledger_module
 from cpu_tracker_daemon import logs
+from cpu_tracker_daemon.budget import ledger as ledger_module
 from cpu_tracker_daemon.config import Config, load_config
 from cpu_tracker_daemon.sampling import PsutilCpuSource, Reading
 from cpu_tracker_daemon.schedule import WAIT_GRACE_SECONDS, Spacing, publish_hold
@@ -474,7 +474,7 @@ class TestRollingCapAtTheSchedule:
         """'budget plan' said "no limit at this schedule" on a fresh state and "5 more, then
         paused" mid-run, while the daemon lost a slot a day. Fresh and mid-run it now says what
         the daemon does: the rolling cap never stops this schedule."""
-        from cpu_tracker_daemon import report
+        from cpu_tracker_daemon.cli import report
 
         tracker = self.scaled_tracker(tmp_path, clock)
 

@@ -11,11 +11,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cpu_tracker_daemon import __version__, permissions, storage
-from cpu_tracker_daemon.accounting import SECURE_DISCRETE_LAPLACE
 from cpu_tracker_daemon.config import Config
-from cpu_tracker_daemon.discrete import laplace_scale
-from cpu_tracker_daemon.estimate import INFORMATIVE_FRACTION, TARGET_HALF_WIDTH
-from cpu_tracker_daemon.privacy import Calibration
+from cpu_tracker_daemon.network.estimate import INFORMATIVE_FRACTION, TARGET_HALF_WIDTH
+from cpu_tracker_daemon.privacy.accounting import SECURE_DISCRETE_LAPLACE
+from cpu_tracker_daemon.privacy.discrete import laplace_scale
+from cpu_tracker_daemon.privacy.mechanisms import Calibration
 from cpu_tracker_daemon.secagg import noise
 
 SCHEMA = "cpu-tracker/secure-aggregate"

@@ -20,16 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 from cpu_tracker_daemon import schedule
 from cpu_tracker_daemon.config import Config
-from cpu_tracker_daemon.discrete import discrete_laplace, laplace_scale, system_random
 from cpu_tracker_daemon.errors import Interrupted
-from cpu_tracker_daemon.privacy import Calibration, calibrate
+from cpu_tracker_daemon.privacy.discrete import discrete_laplace, laplace_scale, system_random
+from cpu_tracker_daemon.privacy.mechanisms import Calibration, calibrate
 from cpu_tracker_daemon.secagg import identity, noise, transport
 from cpu_tracker_daemon.secagg.protocol import Member, Roster
 from cpu_tracker_daemon.secagg.published import publish, scale_of, secure_record
 from cpu_tracker_daemon.signals import StopRequest
 
 if TYPE_CHECKING:
-    from cpu_tracker_daemon.discrete import Uniform
+    from cpu_tracker_daemon.privacy.discrete import Uniform
 
 WRITE_FAILED = transport.WRITE_FAILED
 KEEP_ROUNDS = 24  # round folders kept in a datasite; older ones are removed

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 
-from cpu_tracker_daemon import discrete
+from cpu_tracker_daemon.privacy import discrete
 from cpu_tracker_daemon.secagg import noise, transport
 from cpu_tracker_daemon.secagg.protocol import Graph, Member, Roster, Survivors, graph_of, unmask
 

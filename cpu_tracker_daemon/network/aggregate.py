@@ -19,10 +19,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cpu_tracker_daemon import __version__, dashboard, metrics, permissions, storage
+from cpu_tracker_daemon import __version__, permissions, storage
 from cpu_tracker_daemon.config import Config
-from cpu_tracker_daemon.estimate import TARGET_HALF_WIDTH, Estimate, estimate, reading
-from cpu_tracker_daemon.peers import PeerRelease, StillWriting, held_open, peer_names, read_release
+from cpu_tracker_daemon.network import dashboard, metrics
+from cpu_tracker_daemon.network.estimate import TARGET_HALF_WIDTH, Estimate, estimate, reading
+from cpu_tracker_daemon.network.peers import PeerRelease, StillWriting, held_open, peer_names, read_release
 from cpu_tracker_daemon.secagg import published
 from cpu_tracker_daemon.untrusted import NotAccepted
 

@@ -3,7 +3,7 @@ need only the standard library, and in a short-lived child process for Snapping,
 long-running daemon never holds diffprivlib's scientific stack (numpy, scipy, scikit-learn:
 about 95 MiB resident, against the daemon's 31).
 
-The child is ``python -I -m cpu_tracker_daemon.drawing``, started in ``/`` with an environment
+The child is ``python -I -m cpu_tracker_daemon.privacy.drawing``, started in ``/`` with an environment
 of its own (:data:`CHILD_ENV`): isolated mode puts neither the working directory nor the user's
 site on its path and ignores every ``PYTHON*`` variable, so it imports only the standard library
 and the installed packages (an editable install's path comes from site-packages, which it keeps),
@@ -27,9 +27,9 @@ import subprocess
 import sys
 import time
 
-from cpu_tracker_daemon.accounting import SNAPPING
 from cpu_tracker_daemon.errors import Interrupted, MechanismUnavailableError, NoiseUnavailableError
-from cpu_tracker_daemon.privacy import (
+from cpu_tracker_daemon.privacy.accounting import SNAPPING
+from cpu_tracker_daemon.privacy.mechanisms import (
     Calibration,
     Noisy,
     Statistic,
@@ -44,11 +44,11 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import Any
 
-    from cpu_tracker_daemon.privacy import RandomLike
+    from cpu_tracker_daemon.privacy.mechanisms import RandomLike
     from cpu_tracker_daemon.signals import StopRequest
 
 # -I: no working directory or script directory on sys.path, no user site, no PYTHON* variables.
-CHILD: Sequence[str] = (sys.executable, "-I", "-m", "cpu_tracker_daemon.drawing")
+CHILD: Sequence[str] = (sys.executable, "-I", "-m", "cpu_tracker_daemon.privacy.drawing")
 CHILD_CWD = "/"  # nothing of the caller's directory, and nothing there to keep busy or unmounted
 CHILD_ENV: Mapping[str, str] = {"PATH": os.defpath}  # none of the caller's variables, but:
 # the numeric libraries' tuning, which some processors need for numpy to compute right or at all

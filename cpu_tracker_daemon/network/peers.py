@@ -28,8 +28,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cpu_tracker_daemon import accounting, discrete
-from cpu_tracker_daemon.privacy import MECHANISM_NAMES, UNITS, PrivacyConfig, calibrate
+from cpu_tracker_daemon.privacy import accounting, discrete
+from cpu_tracker_daemon.privacy.mechanisms import MECHANISM_NAMES, UNITS, PrivacyConfig, calibrate
 from cpu_tracker_daemon.records import SCHEMA, SCHEMA_VERSION
 from cpu_tracker_daemon.storage import APP_DIR, PUBLIC_NAME
 from cpu_tracker_daemon.untrusted import NotAccepted, finite_number

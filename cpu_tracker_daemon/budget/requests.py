@@ -51,9 +51,9 @@ from pathlib import Path
 from typing import Any
 
 from cpu_tracker_daemon import permissions, storage
-from cpu_tracker_daemon.budget import CAPS
+from cpu_tracker_daemon.budget.caps import CAPS
+from cpu_tracker_daemon.budget.ledger import Decision, Ledger
 from cpu_tracker_daemon.errors import UsageError
-from cpu_tracker_daemon.ledger import Decision, Ledger
 from cpu_tracker_daemon.untrusted import NotAccepted, finite_number
 
 REQUEST_SCHEMA = "cpu-tracker/budget-request"

@@ -12,7 +12,7 @@ The value the noise is added to (:func:`statistic`) follows the unit: for ``wind
 window's busy percentage (busy over total CPU-seconds, what /proc/stat says for the window)
 clamped to [lower, upper]; for ``sample``, the mean of the clamped samples with equal weights,
 which the per-sample sensitivity needs. Either is put on the integer grid of
-:mod:`cpu_tracker_daemon.discrete` (0.01 percentage points) before any noise.
+:mod:`cpu_tracker_daemon.privacy.discrete` (0.01 percentage points) before any noise.
 
 Mechanisms (all of them integer noise on that grid, except Snapping):
 
@@ -37,8 +37,9 @@ import functools
 import math
 from collections.abc import Sequence
 
-from cpu_tracker_daemon import discrete
-from cpu_tracker_daemon.accounting import (
+from cpu_tracker_daemon.frozen import Frozen
+from cpu_tracker_daemon.privacy import discrete
+from cpu_tracker_daemon.privacy.accounting import (
     DISCRETE_GAUSSIAN,
     DISCRETE_LAPLACE,
     SNAPPING,
@@ -46,7 +47,6 @@ from cpu_tracker_daemon.accounting import (
     event_of,
     gaussian_mu,
 )
-from cpu_tracker_daemon.frozen import Frozen
 
 TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
 if TYPE_CHECKING:

@@ -24,8 +24,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
 
+from cpu_tracker_daemon.cli.exit_codes import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, exit_code_for
 from cpu_tracker_daemon.errors import CpuTrackerError, one_line
-from cpu_tracker_daemon.exit_codes import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, exit_code_for
 
 TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Namespace:
     plain = plain_args(given)
     if plain is not None:
         return plain
-    from cpu_tracker_daemon import parsers
+    from cpu_tracker_daemon.cli import parsers
 
     return parsers.parse_args(given)
 
@@ -215,10 +215,10 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None, collect
         if collecting and args.handler in COLLECTING:
             gc.enable()
         if args.system_service:
-            from cpu_tracker_daemon.service import system_dirs
+            from cpu_tracker_daemon.daemon.service import system_dirs
 
             env = {**env, **{name: str(path) for name, path in system_dirs().items()}}
-        from cpu_tracker_daemon import commands
+        from cpu_tracker_daemon.cli import commands
 
         handler = getattr(commands, args.handler)
         if not args.needs_config:  # service, config init: before a config exists, or not theirs

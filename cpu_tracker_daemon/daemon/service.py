@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cpu_tracker_daemon import storage
+from cpu_tracker_daemon.cli.exit_codes import NO_RESTART
 from cpu_tracker_daemon.config import CONFIG_FILE, default_data_dir, user_config_dir
 from cpu_tracker_daemon.errors import CpuTrackerError, OutputError, ServiceError
-from cpu_tracker_daemon.exit_codes import NO_RESTART
 from cpu_tracker_daemon.names import APP_NAME
 
 if TYPE_CHECKING:

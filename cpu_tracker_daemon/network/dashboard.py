@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from cpu_tracker_daemon.estimate import informative
+from cpu_tracker_daemon.network.estimate import informative
 
 WIDTH, HEIGHT = 720, 300
 PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 76, 16, 16, 46

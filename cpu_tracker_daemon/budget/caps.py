@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from cpu_tracker_daemon.accounting import SECURE_DISCRETE_LAPLACE, Event, compose
 from cpu_tracker_daemon.frozen import Frozen
+from cpu_tracker_daemon.privacy.accounting import SECURE_DISCRETE_LAPLACE, Event, compose
 
 TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
 if TYPE_CHECKING:

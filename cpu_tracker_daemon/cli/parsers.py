@@ -20,8 +20,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from cpu_tracker_daemon import __version__
+from cpu_tracker_daemon.cli.exit_codes import EXIT_CODES
 from cpu_tracker_daemon.errors import UsageError
-from cpu_tracker_daemon.exit_codes import EXIT_CODES
 from cpu_tracker_daemon.names import LOG_FORMATS, MANAGERS
 
 TYPE_CHECKING = False  # not typing's: ``--help`` need not import typing (mypy knows the name)

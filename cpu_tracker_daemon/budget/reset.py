@@ -23,9 +23,9 @@ from datetime import datetime
 from pathlib import Path
 
 from cpu_tracker_daemon import storage
-from cpu_tracker_daemon.budget import Caps
+from cpu_tracker_daemon.budget.caps import Caps
+from cpu_tracker_daemon.budget.ledger import open_ledger
 from cpu_tracker_daemon.errors import LedgerUnavailableError
-from cpu_tracker_daemon.ledger import open_ledger
 from cpu_tracker_daemon.storage import Layout
 
 TRACE_NAME = "ledger-resets.jsonl"

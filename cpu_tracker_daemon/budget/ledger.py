@@ -34,8 +34,7 @@ from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 
-from cpu_tracker_daemon.accounting import Event, compose, event_of
-from cpu_tracker_daemon.budget import CAPS, BudgetStatus, Caps, CapStatus, Promise, iso, worst_epsilon
+from cpu_tracker_daemon.budget.caps import CAPS, BudgetStatus, Caps, CapStatus, Promise, iso, worst_epsilon
 from cpu_tracker_daemon.errors import (
     BudgetExhaustedError,
     CooldownError,
@@ -45,6 +44,7 @@ from cpu_tracker_daemon.errors import (
     PromiseChangedError,
 )
 from cpu_tracker_daemon.frozen import Frozen
+from cpu_tracker_daemon.privacy.accounting import Event, compose, event_of
 from cpu_tracker_daemon.schedule import earliest_start
 from cpu_tracker_daemon.storage import fsync_dir, make_dirs_durably, state_access_error
 

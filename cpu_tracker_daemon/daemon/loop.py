@@ -22,11 +22,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from cpu_tracker_daemon import drawing, logs, signals, storage, timewords
+from cpu_tracker_daemon import logs, signals, storage
+from cpu_tracker_daemon.cli import timewords
 from cpu_tracker_daemon.config import DEFAULT_READERS, Config, config_path_from, load_config
+from cpu_tracker_daemon.daemon.instance import AGGREGATE_LOCK, InstanceLock, claim_state
+from cpu_tracker_daemon.daemon.sd_notify import Notifier
 from cpu_tracker_daemon.errors import AnotherInstanceError, ConfigError, CpuTrackerError, Interrupted
-from cpu_tracker_daemon.instance import AGGREGATE_LOCK, InstanceLock, claim_state
-from cpu_tracker_daemon.privacy import calibrate
+from cpu_tracker_daemon.privacy import drawing
+from cpu_tracker_daemon.privacy.mechanisms import calibrate
 from cpu_tracker_daemon.sampling import CpuSource, PsutilCpuSource
 from cpu_tracker_daemon.schedule import (
     Spacing,
@@ -36,7 +39,6 @@ from cpu_tracker_daemon.schedule import (
     max_wait,
     plan_next_run,
 )
-from cpu_tracker_daemon.sd_notify import Notifier
 from cpu_tracker_daemon.tracker import Clock, CycleLog, CycleResult, Tracker, utc_now
 
 JOB_ID = "release"
@@ -281,7 +283,7 @@ class Daemon:
 
     def _aggregate_job(self) -> None:
         """One pass, under the aggregation lock; like the release job, never calls the scheduler."""
-        from cpu_tracker_daemon.aggregate import Aggregator
+        from cpu_tracker_daemon.network.aggregate import Aggregator
 
         config = self._config
         if self._aggregator is None or self._aggregator.config is not config:

@@ -10,12 +10,12 @@ import math
 from datetime import UTC, datetime, timedelta
 
 from cpu_tracker_daemon import storage
-from cpu_tracker_daemon.accounting import Event, releases_within
-from cpu_tracker_daemon.budget import BudgetStatus, CapStatus, caps_for
+from cpu_tracker_daemon.budget.caps import BudgetStatus, CapStatus, caps_for
+from cpu_tracker_daemon.budget.ledger import Grant, open_ledger
 from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.frozen import Frozen
-from cpu_tracker_daemon.ledger import Grant, open_ledger
-from cpu_tracker_daemon.privacy import Calibration, calibrate
+from cpu_tracker_daemon.privacy.accounting import Event, releases_within
+from cpu_tracker_daemon.privacy.mechanisms import Calibration, calibrate
 from cpu_tracker_daemon.schedule import due_at, grid_late, lands_after, next_start
 
 TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
@@ -414,7 +414,7 @@ def status_text(
 ) -> str:
     """``cpu-tracker status`` for a person, from :func:`budget_view` with the daemon's state;
     ``system``: the system service's (``--system``), which its service manager starts."""
-    from cpu_tracker_daemon import timewords
+    from cpu_tracker_daemon.cli import timewords
 
     pid, running = view["daemon"]["pid"], view["daemon"]["running"]
     b = view["budget"]
@@ -507,7 +507,7 @@ def _start_hint(system: bool) -> str:
     import sys
 
     if sys.platform == "darwin":
-        from cpu_tracker_daemon.service import LABEL
+        from cpu_tracker_daemon.daemon.service import LABEL
 
         start = f"sudo launchctl kickstart system/{LABEL}.daemon"
     else:

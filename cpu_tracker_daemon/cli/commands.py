@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cpu_tracker_daemon import __version__
+from cpu_tracker_daemon.cli.exit_codes import EXIT_OK, exit_code_for
 from cpu_tracker_daemon.config import MAXIMA, Config, as_dict, config_path_from, to_toml
 from cpu_tracker_daemon.errors import ConfigError, UsageError, one_line
-from cpu_tracker_daemon.exit_codes import EXIT_OK, exit_code_for
 
 TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ Env = Mapping[str, str]
 
 
 def run(args: Args, config: Config, path: Path | None, env: Env) -> int:
-    from cpu_tracker_daemon.daemon import run_daemon
+    from cpu_tracker_daemon.daemon.loop import run_daemon
 
     run_daemon(config, path, env, log_format=args.log_format)
     return EXIT_OK
@@ -147,7 +147,7 @@ def _owner_can_run_this_python(data_dir: Path, uid: int, gid: int) -> None:
 
     paths = sysconfig.get_paths()
     imported_from = (paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths)
-    candidates = {Path(os.__file__).parent, Path(__file__).parent, *map(Path, imported_from)}
+    candidates = {Path(os.__file__).parent, Path(__file__).parents[1], *map(Path, imported_from)}
     places = sorted(p for p in candidates if p.exists())  # a venv has no include/ of its own, say
     os.setegid(gid)
     os.seteuid(uid)
@@ -171,8 +171,8 @@ def _once(config: Config, force: bool) -> int:
     import signal
 
     from cpu_tracker_daemon import signals, storage
-    from cpu_tracker_daemon.daemon import configure_logging, readers_note
-    from cpu_tracker_daemon.instance import claim_state
+    from cpu_tracker_daemon.daemon.instance import claim_state
+    from cpu_tracker_daemon.daemon.loop import configure_logging, readers_note
     from cpu_tracker_daemon.logs import get_logger
     from cpu_tracker_daemon.sampling import PsutilCpuSource
     from cpu_tracker_daemon.schedule import lands_after, once_wait
@@ -196,8 +196,9 @@ def _once(config: Config, force: bool) -> int:
 
 
 def _status(config: Config, path: Path | None, as_json: bool, system: bool = False) -> int:
-    from cpu_tracker_daemon import report, storage
-    from cpu_tracker_daemon.instance import holder
+    from cpu_tracker_daemon import storage
+    from cpu_tracker_daemon.cli import report
+    from cpu_tracker_daemon.daemon.instance import holder
 
     now = datetime.now(UTC)
     snap = report.snapshot(config, now)
@@ -217,7 +218,7 @@ def _status(config: Config, path: Path | None, as_json: bool, system: bool = Fal
 
 
 def _budget_show(config: Config, path: Path | None, as_json: bool) -> int:
-    from cpu_tracker_daemon import report
+    from cpu_tracker_daemon.cli import report
 
     snap = report.snapshot(config, datetime.now(UTC))
     planned = report.plan(snap)
@@ -232,7 +233,7 @@ def _budget_show(config: Config, path: Path | None, as_json: bool) -> int:
 
 
 def _budget_plan(config: Config, as_json: bool) -> int:
-    from cpu_tracker_daemon import report
+    from cpu_tracker_daemon.cli import report
 
     planned = report.plan(report.snapshot(config, datetime.now(UTC)))
     if as_json:
@@ -244,9 +245,9 @@ def _budget_plan(config: Config, as_json: bool) -> int:
 
 def _grant(config: Config, epsilon: float, reason: str, cap: str, delta: float, yes: bool = False) -> int:
     from cpu_tracker_daemon import storage
-    from cpu_tracker_daemon.budget import caps_for
-    from cpu_tracker_daemon.ledger import open_ledger
-    from cpu_tracker_daemon.report import amount
+    from cpu_tracker_daemon.budget.caps import caps_for
+    from cpu_tracker_daemon.budget.ledger import open_ledger
+    from cpu_tracker_daemon.cli.report import amount
 
     if not reason.strip():
         raise UsageError("--reason must say why the budget is raised; it is kept in the ledger")
@@ -294,8 +295,8 @@ def _confirm(what: str, act: str = "grant it", declined: str = "not granted") ->
 
 def _ledger_verify(config: Config) -> int:
     from cpu_tracker_daemon import storage
-    from cpu_tracker_daemon.budget import caps_for
-    from cpu_tracker_daemon.ledger import open_ledger
+    from cpu_tracker_daemon.budget.caps import caps_for
+    from cpu_tracker_daemon.budget.ledger import open_ledger
 
     layout = storage.layout_for(config)
     now = datetime.now(UTC)
@@ -314,9 +315,9 @@ def _ledger_verify(config: Config) -> int:
 
 def _ledger_reset(config: Config, reason: str, yes: bool = False) -> int:
     from cpu_tracker_daemon import storage
-    from cpu_tracker_daemon.budget import caps_for
-    from cpu_tracker_daemon.instance import claim_state
-    from cpu_tracker_daemon.reset import reset_ledger
+    from cpu_tracker_daemon.budget.caps import caps_for
+    from cpu_tracker_daemon.budget.reset import reset_ledger
+    from cpu_tracker_daemon.daemon.instance import claim_state
 
     if not reason.strip():
         raise UsageError("--reason must say why the budget starts over; it is kept with the new ledger")
@@ -351,8 +352,8 @@ def _who() -> str:
 
 
 def _config_init(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from cpu_tracker_daemon.cli.starter import starter_toml, write_starter
     from cpu_tracker_daemon.config import default_config_path
-    from cpu_tracker_daemon.starter import starter_toml, write_starter
 
     if args.stdout:
         print(starter_toml(env), end="")
@@ -381,7 +382,7 @@ def _config_check(config: Config, path: Path | None) -> int:
 
 
 def _service(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from cpu_tracker_daemon import service
+    from cpu_tracker_daemon.daemon import service
 
     scope = args.scope or service.default_scope(os.geteuid(), env)
     executable = Path(args.executable) if args.executable else service.installed_executable()
@@ -414,9 +415,10 @@ def _service(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def _budget_requests(config: Config, as_json: bool) -> int:
-    from cpu_tracker_daemon import budget_requests, storage
-    from cpu_tracker_daemon.budget import caps_for
-    from cpu_tracker_daemon.ledger import Decision, open_ledger
+    from cpu_tracker_daemon import storage
+    from cpu_tracker_daemon.budget import requests as budget_requests
+    from cpu_tracker_daemon.budget.caps import caps_for
+    from cpu_tracker_daemon.budget.ledger import Decision, open_ledger
 
     layout = storage.layout_for(config)
     now = datetime.now(UTC)
@@ -466,9 +468,10 @@ def _budget_requests(config: Config, as_json: bool) -> int:
 
 
 def _budget_decide(config: Config, request_id: str, decision: str, note: str) -> int:
-    from cpu_tracker_daemon import budget_requests, storage
-    from cpu_tracker_daemon.budget import caps_for
-    from cpu_tracker_daemon.ledger import open_ledger
+    from cpu_tracker_daemon import storage
+    from cpu_tracker_daemon.budget import requests as budget_requests
+    from cpu_tracker_daemon.budget.caps import caps_for
+    from cpu_tracker_daemon.budget.ledger import open_ledger
 
     layout = storage.layout_for(config)
     storage.prepare(layout)
@@ -493,9 +496,9 @@ def _budget_decide(config: Config, request_id: str, decision: str, note: str) ->
 
 def _aggregate(config: Config, as_json: bool) -> int:
     from cpu_tracker_daemon import logs, storage
-    from cpu_tracker_daemon.aggregate import Aggregator, output_dir, summary_lines
-    from cpu_tracker_daemon.instance import AGGREGATE_LOCK, InstanceLock
+    from cpu_tracker_daemon.daemon.instance import AGGREGATE_LOCK, InstanceLock
     from cpu_tracker_daemon.logs import get_logger
+    from cpu_tracker_daemon.network.aggregate import Aggregator, output_dir, summary_lines
 
     if config.syftbox.dir is None:
         raise ConfigError(["aggregate reads the peers from [syftbox] dir; set [syftbox] dir and email"])
