@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -155,7 +156,7 @@ def _release(mechanism: str) -> dict[str, object]:
     from cpu_tracker_daemon.records import public_record
 
     config = load_config(None, environ={"HOME": "/h"})
-    privacy = config.privacy._replace(mechanism=mechanism)
+    privacy = replace(config.privacy, mechanism=mechanism)
     calibration = calibrate(privacy, config.sampling.samples)
     end = NOW - timedelta(minutes=10)
     return public_record(

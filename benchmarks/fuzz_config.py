@@ -40,8 +40,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cpu_tracker_daemon.cli.exit_codes import EXIT_CODES, EXIT_INTERNAL
 from cpu_tracker_daemon.config import KEYS, MAXIMA, YEAR
+from cpu_tracker_daemon.errors import EXIT_CODES, EXIT_INTERNAL
 
 COMMANDS = (("config", "check"), ("status",), ("budget", "plan"), ("once",), ("aggregate",))
 BASE: dict[str, dict[str, Any]] = {

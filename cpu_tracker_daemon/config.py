@@ -13,16 +13,16 @@ import os
 import re
 import stat
 import sys
+import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cpu_tracker_daemon import parsecache
 from cpu_tracker_daemon.errors import ConfigError
-from cpu_tracker_daemon.frozen import Frozen
 from cpu_tracker_daemon.names import APP_NAME, LOG_FORMATS
 from cpu_tracker_daemon.privacy.mechanisms import DEFAULT_EPSILON, PrivacyConfig, calibrate, check_privacy
 
-TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
 if TYPE_CHECKING:
     from typing import Any
 
@@ -60,11 +60,13 @@ MAXIMA: dict[str, int] = {
 MAX_ITEMS: dict[str, int] = {"syftbox.readers": 1_000, "secure_aggregation.members": MAX_ROUND_MEMBERS}
 
 
-class PathsConfig(Frozen):
+@dataclass(frozen=True, slots=True)
+class PathsConfig:
     data_dir: Path
 
 
-class SamplingConfig(Frozen):
+@dataclass(frozen=True, slots=True)
+class SamplingConfig:
     samples: int = 50
     interval_seconds: float = 1.0
 
@@ -73,11 +75,13 @@ class SamplingConfig(Frozen):
         return self.samples * self.interval_seconds
 
 
-class ScheduleConfig(Frozen):
+@dataclass(frozen=True, slots=True)
+class ScheduleConfig:
     every_seconds: float = 3600.0
 
 
-class BudgetConfig(Frozen):
+@dataclass(frozen=True, slots=True)
+class BudgetConfig:
     lifetime_epsilon: float = 100.0
     lifetime_delta: float = 1e-6
     window_epsilon: float = 12.0
@@ -85,7 +89,8 @@ class BudgetConfig(Frozen):
     window_hours: float = 24.0
 
 
-class SyftboxConfig(Frozen):
+@dataclass(frozen=True, slots=True)
+class SyftboxConfig:
     dir: Path | None = None
     email: str = ""
     readers: tuple[str, ...] = DEFAULT_READERS
@@ -95,13 +100,15 @@ class SyftboxConfig(Frozen):
         return self.dir is not None
 
 
-class LoggingConfig(Frozen):
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
     format: str = "auto"
     level: str = "info"
     file: Path | None = None
 
 
-class AggregatorConfig(Frozen):
+@dataclass(frozen=True, slots=True)
+class AggregatorConfig:
     """The network view: read every peer's release in the SyftBox tree and publish the estimate."""
 
     enabled: bool = False
@@ -112,7 +119,8 @@ class AggregatorConfig(Frozen):
     max_weight_ratio: float = 1.0
 
 
-class SecureAggregationConfig(Frozen):
+@dataclass(frozen=True, slots=True)
+class SecureAggregationConfig:
     """Secure aggregation (docs/secure-aggregation.md): ``enabled`` makes this member take part
     in the rounds ``aggregator`` runs, instead of publishing its own noisy release; ``members``
     makes this daemon the aggregator that runs them, for those members."""
@@ -131,21 +139,23 @@ class SecureAggregationConfig(Frozen):
         return bool(self.members)
 
 
-class PrometheusConfig(Frozen):
+@dataclass(frozen=True, slots=True)
+class PrometheusConfig:
     textfile_dir: Path | None = None
 
 
-class Config(Frozen):
+@dataclass(frozen=True, slots=True)
+class Config:
     paths: PathsConfig
-    sampling: SamplingConfig = SamplingConfig()
-    schedule: ScheduleConfig = ScheduleConfig()
-    privacy: PrivacyConfig = PrivacyConfig()
-    budget: BudgetConfig = BudgetConfig()
-    syftbox: SyftboxConfig = SyftboxConfig()
-    logging: LoggingConfig = LoggingConfig()
-    aggregator: AggregatorConfig = AggregatorConfig()
-    prometheus: PrometheusConfig = PrometheusConfig()
-    secure_aggregation: SecureAggregationConfig = SecureAggregationConfig()
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    syftbox: SyftboxConfig = field(default_factory=SyftboxConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
+    prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
+    secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
     source: Path | None = None
 
 
@@ -256,30 +266,13 @@ def load_config(
     path: Path | None,
     environ: Mapping[str, str] = os.environ,
     origin: str = "--config",
-    cache: Path | None = None,
 ) -> Config:
     """Read ``path`` (or nothing) over the embedded defaults; raise ConfigError listing all problems.
-    ``origin`` is where the path came from (see :func:`config_origin`), for the messages; ``cache``
-    is where the parsed file may be kept for the next command (:func:`cache_file`, :mod:`parsecache`)."""
+    ``origin`` is where the path came from (see :func:`config_origin`), for the messages."""
     raw: dict[str, Any] = {}
     if path is not None:
-        raw = _read_toml(path, origin, cache)
+        raw = _read_toml(path, origin)
     return parse_config(raw, source=path, environ=environ)
-
-
-def cache_file(environ: Mapping[str, str] = os.environ, platform: str = sys.platform) -> Path | None:
-    """Where a command keeps the parsed config file: the per-user cache directory
-    (``~/Library/Caches`` on macOS, ``$XDG_CACHE_HOME`` or ``~/.cache`` elsewhere); None without a
-    home directory."""
-    xdg = environ.get("XDG_CACHE_HOME", "")
-    if xdg and Path(xdg).is_absolute() and platform != "darwin":
-        base = Path(xdg)
-    else:
-        home = environ.get("HOME", "")
-        if not home or not Path(home).is_absolute():
-            return None
-        base = Path(home) / ("Library/Caches" if platform == "darwin" else ".cache")
-    return base / APP_NAME / "config.marshal"
 
 
 def config_origin(cli_path: str | None, environ: Mapping[str, str] = os.environ) -> str:
@@ -290,7 +283,7 @@ def config_origin(cli_path: str | None, environ: Mapping[str, str] = os.environ)
     return f"${CONFIG_ENV}" if environ.get(CONFIG_ENV, "") else "the default location"
 
 
-def _read_toml(path: Path, origin: str = "--config", cache: Path | None = None) -> dict[str, Any]:
+def _read_toml(path: Path, origin: str = "--config") -> dict[str, Any]:
     named = f"config file {path}" if origin == "--config" else f"config file {path} (from {origin})"
     drop = f"unset {CONFIG_ENV}" if origin.startswith("$") else "drop --config"
     try:
@@ -315,20 +308,14 @@ def _read_toml(path: Path, origin: str = "--config", cache: Path | None = None) 
     except OSError as exc:
         fix = "fix its permissions" if exc.errno in (errno.EACCES, errno.EPERM) else f"fix the path or {drop}"
         raise ConfigError([f"{named} cannot be read ({exc.strerror or exc}); {fix}"]) from None
-
-    def parse(data: bytes) -> dict[str, Any]:
-        import tomllib  # only for a file no command has read before (parsecache)
-
-        try:
-            return tomllib.loads(data.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise ConfigError([f"{named} is not UTF-8 text; save it as UTF-8 TOML"]) from None
-        except (ValueError, RecursionError) as exc:  # TOMLDecodeError, or what tomllib cannot hold:
-            # an integer past Python's digit limit, tables nested past the recursion limit
-            why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-            raise ConfigError([f"{named} is not valid TOML ({why}); fix the syntax there"]) from None
-
-    return parsecache.parsed(data, cache, parse)
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError([f"{named} is not UTF-8 text; save it as UTF-8 TOML"]) from None
+    except (ValueError, RecursionError) as exc:  # TOMLDecodeError, or what tomllib cannot hold:
+        # an integer past Python's digit limit, tables nested past the recursion limit
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ConfigError([f"{named} is not valid TOML ({why}); fix the syntax there"]) from None
 
 
 class NotRegularFileError(OSError):
@@ -493,10 +480,10 @@ def parse_config(
     privacy = config.privacy
     if privacy.epsilon is not None and privacy.sigma is not None:
         problems.append("set privacy.epsilon or privacy.sigma, not both; remove one of them")
-        privacy = privacy._replace(sigma=None)
+        privacy = replace(privacy, sigma=None)
     if privacy.epsilon is None and privacy.sigma is None:
-        privacy = privacy._replace(epsilon=DEFAULT_EPSILON)
-    config = config._replace(privacy=privacy)
+        privacy = replace(privacy, epsilon=DEFAULT_EPSILON)
+    config = replace(config, privacy=privacy)
     problems.extend(_check(config))
     if problems:
         raise ConfigError(problems)
@@ -780,7 +767,7 @@ def as_dict(config: Config) -> dict[str, dict[str, Any]]:
     for section in KEYS:
         obj = getattr(config, section)
         table: dict[str, Any] = {}
-        for name in obj._fields:
+        for name in (f.name for f in fields(obj)):
             value = getattr(obj, name)
             if isinstance(value, Path):
                 value = str(value)

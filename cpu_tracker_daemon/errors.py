@@ -1,15 +1,60 @@
-"""Exception types. Each str() is one sentence a user can act on.
+"""Exception types and the exit codes they carry. Each str() is one sentence a user can act on.
 
-Only :mod:`cpu_tracker_daemon.cli.main` turns these into exit codes.
+Every class carries its exit code (``exit_code``; a subclass inherits its parent's) and, if it
+ends a cycle without stopping the daemon, the cycle's outcome (``outcome``). Only
+:mod:`cpu_tracker_daemon.cli.main` turns an error into an exit code.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import StrEnum
+from typing import Any, ClassVar
 
-TYPE_CHECKING = False  # not typing's: ``cpu-tracker --help`` need not import typing (mypy knows the name)
-if TYPE_CHECKING:
-    from typing import Any
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+EXIT_LEDGER = 4
+EXIT_INSTANCE = 5
+EXIT_COOLDOWN = 6
+EXIT_BUDGET = 7
+EXIT_TEMPORARY = 8
+EXIT_INTERRUPTED = 9
+EXIT_SERVICE = 10
+
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "success",
+    EXIT_INTERNAL: "internal error (a bug: please report it)",
+    EXIT_USAGE: "bad command-line arguments",
+    EXIT_CONFIG: "bad configuration, or a directory that cannot be written",
+    EXIT_LEDGER: "privacy ledger corrupt or unreadable (releases stop; it is never reset)",
+    EXIT_INSTANCE: "another cpu-tracker already runs on this state directory",
+    EXIT_COOLDOWN: "cooldown: schedule.every_seconds has not elapsed since the last release",
+    EXIT_BUDGET: "privacy budget exhausted (grant more with 'budget grant')",
+    EXIT_TEMPORARY: (
+        "temporary failure: an output or the ledger could not be written, the noise could not be "
+        "drawn, or a secure round ended early"
+    ),
+    EXIT_INTERRUPTED: "interrupted by a signal before anything was released",
+    EXIT_SERVICE: "service file not written or removed (it exists, or no rights to write there)",
+}
+
+# A restart cannot fix these: bad arguments, a bad config, a corrupt ledger, another instance.
+NO_RESTART = (EXIT_USAGE, EXIT_CONFIG, EXIT_LEDGER, EXIT_INSTANCE)
+
+
+class Outcome(StrEnum):
+    """How one release cycle ended: logged as ``cycle.outcome``, counted in the metrics."""
+
+    RELEASED = "released"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    COOLDOWN = "cooldown"
+    INTERRUPTED = "interrupted"
+    WRITE_FAILED = "write_failed"
+    LEDGER_UNAVAILABLE = "ledger_unavailable"
+    ROUND_ENDED = "round_ended"
+    NOISE_FAILED = "noise_failed"
 
 
 def one_line(text: str) -> str:
@@ -20,7 +65,13 @@ def one_line(text: str) -> str:
 
 
 class CpuTrackerError(Exception):
-    """Base class; str() is one sentence a user can act on."""
+    """Base class; str() is one sentence a user can act on.
+
+    ``exit_code`` is what the command line exits with; ``outcome``, where it is not None, makes
+    the error a refusal: it ends one cycle without a release and the daemon keeps running."""
+
+    exit_code: ClassVar[int] = EXIT_INTERNAL
+    outcome: ClassVar[Outcome | None] = None
 
     def lines(self) -> list[str]:
         """What the command prints: one line."""
@@ -43,6 +94,8 @@ def _rebuild(cls: type[CpuTrackerError], args: tuple[Any, ...], fields: dict[str
 class UsageError(CpuTrackerError):
     """The command line is wrong."""
 
+    exit_code = EXIT_USAGE
+
 
 class DeltaCapError(UsageError):
     """A grant that would raise a cap's delta past what the daemon will defend."""
@@ -62,6 +115,8 @@ MAX_PROBLEM_CHARS = 1000  # a problem quoting megabytes of the file is cut to th
 class ConfigError(CpuTrackerError):
     """The configuration is invalid; every problem is reported at once (the first
     :data:`MAX_PROBLEMS` of them shown, each at most :data:`MAX_PROBLEM_CHARS` long)."""
+
+    exit_code = EXIT_CONFIG
 
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = [_cut(one_line(problem)) for problem in problems]
@@ -101,6 +156,8 @@ class StateAccessError(ConfigError):
 class LedgerCorruptError(CpuTrackerError):
     """The privacy ledger cannot be trusted; releases stop until a person looks at it."""
 
+    exit_code = EXIT_LEDGER
+
     def __init__(self, path: str, reason: str) -> None:
         self.path = path
         self.reason = reason
@@ -128,6 +185,9 @@ class PromiseChangedError(ConfigError):
 class LedgerUnavailableError(CpuTrackerError):
     """The ledger is sound but cannot be used right now (locked, disk full, read-only)."""
 
+    exit_code = EXIT_TEMPORARY
+    outcome = Outcome.LEDGER_UNAVAILABLE
+
     def __init__(self, path: str, reason: str) -> None:
         self.path = path
         self.reason = reason
@@ -139,6 +199,8 @@ class LedgerUnavailableError(CpuTrackerError):
 
 class AnotherInstanceError(CpuTrackerError):
     """Another process holds the state directory's lock."""
+
+    exit_code = EXIT_INSTANCE
 
     def __init__(self, lock_path: str, holder: str) -> None:
         self.lock_path = lock_path
@@ -152,6 +214,9 @@ class AnotherInstanceError(CpuTrackerError):
 class CooldownError(CpuTrackerError):
     """The execution interval since the last release has not elapsed."""
 
+    exit_code = EXIT_COOLDOWN
+    outcome = Outcome.COOLDOWN
+
     def __init__(self, due_at: str) -> None:
         self.due_at = due_at
         super().__init__(
@@ -162,6 +227,9 @@ class CooldownError(CpuTrackerError):
 
 class BudgetExhaustedError(CpuTrackerError):
     """A release would exceed a privacy-budget cap."""
+
+    exit_code = EXIT_BUDGET
+    outcome = Outcome.BUDGET_EXHAUSTED
 
     def __init__(self, cap: str, spent: float, limit: float, needed: float) -> None:
         self.cap = cap
@@ -182,6 +250,9 @@ class BudgetExhaustedError(CpuTrackerError):
 
 class OutputError(CpuTrackerError):
     """An output file could not be written."""
+
+    exit_code = EXIT_TEMPORARY
+    outcome = Outcome.WRITE_FAILED
 
     def __init__(self, path: str, reason: str) -> None:
         self.path = path
@@ -207,6 +278,9 @@ class StdoutError(OutputError):
 
 class RoundEndedError(CpuTrackerError):
     """A secure-aggregation round ended before this member's masked value was sent."""
+
+    exit_code = EXIT_TEMPORARY
+    outcome = Outcome.ROUND_ENDED
 
     def __init__(self, reason: str, spent: bool = False) -> None:
         self.reason = reason
@@ -234,6 +308,9 @@ class MechanismUnavailableError(ConfigError):
 class NoiseUnavailableError(CpuTrackerError):
     """The noise for a reserved release could not be drawn; its spend stays counted."""
 
+    exit_code = EXIT_TEMPORARY
+    outcome = Outcome.NOISE_FAILED
+
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(
@@ -245,9 +322,14 @@ class NoiseUnavailableError(CpuTrackerError):
 class Interrupted(CpuTrackerError):
     """A stop was requested while a cycle was waiting."""
 
+    exit_code = EXIT_INTERRUPTED
+    outcome = Outcome.INTERRUPTED
+
     def __init__(self) -> None:
         super().__init__("interrupted by a stop request before anything was released")
 
 
 class ServiceError(CpuTrackerError):
     """A service definition could not be rendered, installed or removed."""
+
+    exit_code = EXIT_SERVICE

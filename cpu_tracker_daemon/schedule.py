@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
 if TYPE_CHECKING:  # for the annotations only: the ledger's atomic cooldown check needs no config
     from cpu_tracker_daemon.config import Config
 

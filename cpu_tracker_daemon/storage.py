@@ -20,13 +20,13 @@ import re
 import stat
 from collections.abc import Iterable
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.errors import ConfigError, OutputError, StateAccessError
-from cpu_tracker_daemon.frozen import Frozen
 
-TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
 if TYPE_CHECKING:
     from typing import Any
 
@@ -42,7 +42,8 @@ PUBLIC_FILE_MODE = 0o644
 _TMP_SUFFIX = ".tmp"
 
 
-class Layout(Frozen):
+@dataclass(frozen=True, slots=True)
+class Layout:
     """Where everything lives, derived from the configuration alone."""
 
     data_dir: Path  # paths.data_dir: the ledger and the lock ($STATE_DIRECTORY under systemd)

@@ -38,7 +38,7 @@ from cpu_tracker_daemon.errors import (
     Interrupted,
     LedgerCorruptError,
     LedgerUnavailableError,
-    NoiseUnavailableError,
+    Outcome,
     OutputError,
     RoundEndedError,
     UsageError,
@@ -96,24 +96,11 @@ def check_outputs(ledger: Ledger | None, layout: Layout) -> None:
         )
 
 
-# Refusals end a cycle without a release and leave the daemon running; anything else propagates.
-_REFUSALS_OUTCOME: dict[type[CpuTrackerError], str] = {
-    BudgetExhaustedError: "budget_exhausted",
-    CooldownError: "cooldown",
-    Interrupted: "interrupted",
-    OutputError: "write_failed",
-    LedgerUnavailableError: "ledger_unavailable",
-    RoundEndedError: "round_ended",
-    NoiseUnavailableError: "noise_failed",
-}
-_REFUSALS = tuple(_REFUSALS_OUTCOME)
-
-
 @dataclass(frozen=True)
 class CycleResult:
     """What one cycle did; ``error`` says why nothing was released, when nothing was."""
 
-    outcome: str  # released or one of _REFUSALS_OUTCOME's values
+    outcome: Outcome  # RELEASED, or the refusal's
     duration_seconds: float
     release_id: str | None = None
     epsilon_spent: float = 0.0
@@ -142,12 +129,12 @@ class CycleResult:
         if self.next_due_at is not None:
             lands = self.next_due_at + timedelta(seconds=publish_after)
             nxt = f"; next release {timewords.relative(lands, now)} (at {timewords.local(lands, now)})"
-        if self.outcome == "released" and self.secure_round is not None:
+        if self.outcome == Outcome.RELEASED and self.secure_round is not None:
             detail = f"{self.secure_round}; epsilon {self.epsilon_spent:g}"
             return f"sent a masked value to the secure round ({detail}){nxt}"
-        if self.outcome == "released":
+        if self.outcome == Outcome.RELEASED:
             return f"released a value (epsilon {self.epsilon_spent:g}){nxt}"
-        if self.outcome == "cooldown":
+        if self.outcome == Outcome.COOLDOWN:
             return f"in cooldown{nxt}"
         detail = one_line(str(self.error)) if self.error is not None else self.outcome
         return f"{self.outcome.replace('_', ' ')}: {detail}"
@@ -223,21 +210,24 @@ class Tracker:
         try:
             ledger = self.open_ledger()
         except LedgerUnavailableError as exc:  # held by a backup tool or a shell: retry next time
-            return CycleResult("ledger_unavailable", self.monotonic() - started, error=exc)
+            return CycleResult(Outcome.LEDGER_UNAVAILABLE, self.monotonic() - started, error=exc)
         with ledger:
             recovered = 0
             check_outputs(ledger, self.layout)
             try:
                 recovered = self._recover(ledger)
                 return self._release(ledger, started, force, max_wait, recovered)
-            except _REFUSALS as exc:
+            except CpuTrackerError as exc:
+                if exc.outcome is None:  # not a refusal: it stops the daemon or the command
+                    raise
                 return self._refused(ledger, started, exc, recovered)
 
     def _refused(self, ledger: Ledger, started: float, exc: CpuTrackerError, recovered: int) -> CycleResult:
-        outcome = _REFUSALS_OUTCOME[type(exc)]
+        outcome = exc.outcome
+        assert outcome is not None
         remaining = None
         due = None
-        if outcome in ("budget_exhausted", "cooldown", "round_ended", "noise_failed"):
+        if outcome in (Outcome.BUDGET_EXHAUSTED, Outcome.COOLDOWN, Outcome.ROUND_ENDED, Outcome.NOISE_FAILED):
             remaining = ledger.status(caps_for(self.config), self.clock()).remaining
             due = self.next_due(ledger)
             if isinstance(exc, CooldownError):  # the process's own spacing may say later
@@ -405,7 +395,7 @@ class Tracker:
         ledger.record(release_id, "published", self.clock())
         self._write_metrics(noisy.cpu, calibration.noise_stddev, after, window_end)
         return CycleResult(
-            outcome="released",
+            outcome=Outcome.RELEASED,
             duration_seconds=self.monotonic() - started,
             release_id=release_id,
             epsilon_spent=calibration.epsilon,
@@ -473,7 +463,7 @@ class Tracker:
         )
         after = reserved[0]
         return CycleResult(
-            outcome="released",
+            outcome=Outcome.RELEASED,
             duration_seconds=self.monotonic() - started,
             release_id=spend.release_id,
             epsilon_spent=calibration.epsilon,
@@ -518,17 +508,21 @@ class CycleLog:
         self._publish_after = publish_after  # from a window's start to its public file
 
     def __call__(self, result: CycleResult) -> None:
-        if result.outcome == "budget_exhausted":
+        if result.outcome == Outcome.BUDGET_EXHAUSTED:
             if not self._exhausted:
                 self._log.warning("budget.exhausted", detail=str(result.error))
             self._exhausted = True
-        elif result.outcome == "released":
+        elif result.outcome == Outcome.RELEASED:
             self._exhausted = False
-        if result.outcome == "write_failed":
+        if result.outcome == Outcome.WRITE_FAILED:
             self._log.error("release.write_failed", detail=str(result.error))
-        elif result.outcome == "ledger_unavailable":
+        elif result.outcome == Outcome.LEDGER_UNAVAILABLE:
             self._log.error("ledger.unavailable", detail=str(result.error))
-        level = "info" if result.outcome in ("released", "cooldown", "interrupted") else "warning"
+        level = (
+            "info"
+            if result.outcome in (Outcome.RELEASED, Outcome.COOLDOWN, Outcome.INTERRUPTED)
+            else "warning"
+        )
         fields = result.log_fields()
         fields["summary"] = result.summary(utc_now(), self._publish_after)
         getattr(self._log, level)("cycle.finished", **fields)

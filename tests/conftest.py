@@ -208,19 +208,6 @@ class FakeCpu:
         return Reading(busy=self.fraction, total=1.0)
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _own_cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Commands keep the parsed config file in the user's cache directory (parsecache): the
-    suite's, and its children's through ``cli_env``, go to a directory of its own."""
-    before = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache-home"))
-    yield
-    if before is None:
-        del os.environ["XDG_CACHE_HOME"]
-    else:
-        os.environ["XDG_CACHE_HOME"] = before
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from cpu_tracker_daemon.cli.exit_codes import EXIT_CONFIG
 from cpu_tracker_daemon.cli.main import main
 from cpu_tracker_daemon.config import load_config
+from cpu_tracker_daemon.errors import EXIT_CONFIG
 from cpu_tracker_daemon.network.aggregate import (
     AGGREGATE_NAME,
     DASHBOARD_NAME,

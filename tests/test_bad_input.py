@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import pytest
 
 import cpu_tracker_daemon
-from cpu_tracker_daemon.cli.exit_codes import EXIT_CONFIG, EXIT_INTERNAL, EXIT_TEMPORARY, EXIT_USAGE
+from cpu_tracker_daemon.errors import EXIT_CONFIG, EXIT_INTERNAL, EXIT_TEMPORARY, EXIT_USAGE
 from tests.bench import benchmark
 from tests.conftest import cli_env, merge, write_config
 

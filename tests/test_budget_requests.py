@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from cpu_tracker_daemon import permissions, storage
 from cpu_tracker_daemon.budget import requests as budget_requests
-from cpu_tracker_daemon.cli.exit_codes import EXIT_USAGE
 from cpu_tracker_daemon.cli.main import main
 from cpu_tracker_daemon.config import load_config
+from cpu_tracker_daemon.errors import EXIT_USAGE
 from cpu_tracker_daemon.untrusted import NotAccepted
 from tests.conftest import run_cli, write_config
 

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from cpu_tracker_daemon.budget import requests as budget_requests
-from cpu_tracker_daemon.cli.exit_codes import EXIT_CODES, EXIT_INTERRUPTED
 from cpu_tracker_daemon.cli.main import main
+from cpu_tracker_daemon.errors import EXIT_CODES, EXIT_INTERRUPTED
 from cpu_tracker_daemon.privacy import discrete
 from cpu_tracker_daemon.privacy.accounting import gaussian_epsilon
 from tests.conftest import (

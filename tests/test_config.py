@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import tomllib
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,7 @@ class TestDefaults:
         config = load_config(path)
         again = tmp_path / "again.toml"
         again.write_text(to_toml(config))
-        assert load_config(again)._asdict() | {"source": None} == config._asdict() | {"source": None}
+        assert asdict(load_config(again)) | {"source": None} == asdict(config) | {"source": None}
 
 
 BAD = [
@@ -321,8 +322,8 @@ class TestEveryProblemAtOnce:
     ) -> None:
         """An unknown key hid every value error behind it. Now every problem is reported in one
         run, one per line under a header line, and the exit code is 3."""
-        from cpu_tracker_daemon.cli.exit_codes import EXIT_CONFIG
         from cpu_tracker_daemon.cli.main import main
+        from cpu_tracker_daemon.errors import EXIT_CONFIG
 
         path = tmp_path / "c.toml"
         path.write_text('[sampling]\nsamples = -3\ncolour = "red"\n[schedule]\nevery_seconds = "x"\n')
@@ -337,8 +338,8 @@ class TestEveryProblemAtOnce:
     def test_a_file_in_the_path_is_named(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """data_dir under a regular file said "not writable (Not a directory)" three times, once
         per directory. It now names the file in the way, once."""
-        from cpu_tracker_daemon.cli.exit_codes import EXIT_CONFIG
         from cpu_tracker_daemon.cli.main import main
+        from cpu_tracker_daemon.errors import EXIT_CONFIG
 
         blocker = tmp_path / "notes.txt"
         blocker.write_text("mine\n")
@@ -355,8 +356,8 @@ class TestEveryProblemAtOnce:
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """A missing file named by $CPU_TRACKER_CONFIG said "drop --config", which was not given."""
-        from cpu_tracker_daemon.cli.exit_codes import EXIT_CONFIG
         from cpu_tracker_daemon.cli.main import main
+        from cpu_tracker_daemon.errors import EXIT_CONFIG
 
         missing = tmp_path / "nowhere.toml"
         assert main(["status"], {"CPU_TRACKER_CONFIG": str(missing), "HOME": str(tmp_path)}) == EXIT_CONFIG
@@ -372,9 +373,9 @@ class TestStarter:
     ) -> None:
         """There was no documented way to start a config. `config init` writes one where the
         next command looks, with every key commented out at its default: loaded, it is the defaults."""
-        from cpu_tracker_daemon.cli.exit_codes import EXIT_CONFIG
         from cpu_tracker_daemon.cli.main import main
         from cpu_tracker_daemon.config import KEYS, as_dict, load_config, parse_config
+        from cpu_tracker_daemon.errors import EXIT_CONFIG
 
         env = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
         assert main(["config", "init"], env) == 0

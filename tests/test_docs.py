@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from cpu_tracker_daemon.cli.exit_codes import EXIT_CODES
 from cpu_tracker_daemon.config import KEYS, MAX_ITEMS, MAXIMA
+from cpu_tracker_daemon.errors import EXIT_CODES
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

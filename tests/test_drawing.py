@@ -26,9 +26,15 @@ import psutil
 import pytest
 
 from cpu_tracker_daemon import signals
-from cpu_tracker_daemon.cli.exit_codes import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_TEMPORARY, exit_code_for
 from cpu_tracker_daemon.config import load_config
-from cpu_tracker_daemon.errors import Interrupted, MechanismUnavailableError, NoiseUnavailableError
+from cpu_tracker_daemon.errors import (
+    EXIT_CONFIG,
+    EXIT_INTERRUPTED,
+    EXIT_TEMPORARY,
+    Interrupted,
+    MechanismUnavailableError,
+    NoiseUnavailableError,
+)
 from cpu_tracker_daemon.privacy import drawing
 from cpu_tracker_daemon.privacy.mechanisms import PrivacyConfig, Statistic, add_noise, calibrate
 from cpu_tracker_daemon.storage import layout_for
@@ -132,7 +138,7 @@ class TestAChildThatFails:
     def test_is_noise_unavailable(self, code: str, reason: str) -> None:
         with pytest.raises(NoiseUnavailableError, match=re.escape(reason)) as caught:
             drawing.draw(Statistic(SECRET, 1235), SNAPPING, child=child(code))
-        assert exit_code_for(caught.value) == EXIT_TEMPORARY
+        assert caught.value.exit_code == EXIT_TEMPORARY
         assert str(SECRET) not in str(caught.value)
 
     def test_a_hung_child_is_killed_at_the_timeout(self) -> None:
@@ -149,7 +155,7 @@ class TestAChildThatFails:
         """`ready` refuses Snapping with exit 3 where its child cannot answer."""
         with pytest.raises(MechanismUnavailableError, match="cannot draw noise here") as caught:
             drawing.ready("snapping", child=child("import sys; sys.exit(3)"))
-        assert exit_code_for(caught.value) == EXIT_CONFIG
+        assert caught.value.exit_code == EXIT_CONFIG
         drawing.ready("discrete_laplace", child=child("import sys; sys.exit(3)"))  # no child at all
 
     def test_a_refused_cycle_keeps_its_spend_and_the_next_abandons_it(

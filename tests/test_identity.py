@@ -22,8 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cpu_tracker_daemon.cli.exit_codes import EXIT_CONFIG, NO_RESTART, exit_code_for
-from cpu_tracker_daemon.errors import OutputError
+from cpu_tracker_daemon.errors import EXIT_CONFIG, NO_RESTART, OutputError
 from cpu_tracker_daemon.secagg.identity import (
     ACCEPTED,
     FIRST_USE,
@@ -144,7 +143,7 @@ class TestKeyFile:
         with pytest.raises(IdentityError, match=reason) as caught:
             Identity.load_or_create(path)
         assert "never replaced automatically" in str(caught.value)
-        assert exit_code_for(caught.value) == EXIT_CONFIG
+        assert caught.value.exit_code == EXIT_CONFIG
         assert EXIT_CONFIG in NO_RESTART
         assert content == path.read_bytes()
         assert os.listdir(tmp_path) == ["identity.key"]
@@ -564,7 +563,7 @@ class TestPins:
             f"its owner, then run 'cpu-tracker secagg accept-key {BOB}'"
         ) == message
         assert (BOB, old, new) == (caught.value.email, caught.value.old, caught.value.new)
-        assert exit_code_for(caught.value) == EXIT_CONFIG
+        assert caught.value.exit_code == EXIT_CONFIG
         assert old == Pins.load(tmp_path / "pins.json").get(BOB)
 
     def test_accept_replaces_the_pin_with_the_time(self, tmp_path: Path) -> None:

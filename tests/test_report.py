@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -97,7 +98,7 @@ class TestBothFigures:
             for n, (mechanism, hours, worst) in enumerate(spends):
                 at = now - timedelta(hours=hours)
                 spend = Spend(f"r{n}", at, at + timedelta(seconds=1), 0.5, 0.0, mechanism, "window", 100.0)
-                ledger.reserve(spend._replace(worst_epsilon=worst), caps, now, None)
+                ledger.reserve(replace(spend, worst_epsilon=worst), caps, now, None)
 
     @pytest.mark.slow
     def test_a_ledger_with_secure_windows_says_both(self, tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from cpu_tracker_daemon import errors as exit_codes
 from cpu_tracker_daemon import names
-from cpu_tracker_daemon.cli import exit_codes
 from cpu_tracker_daemon.cli import main as cli
 from cpu_tracker_daemon.daemon import service
 from cpu_tracker_daemon.errors import ServiceError

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from cpu_tracker_daemon.cli import exit_codes
+from cpu_tracker_daemon import errors as exit_codes
 from tests.conftest import write_config
 from tests.syftbox_network import REPO, wait_until
 

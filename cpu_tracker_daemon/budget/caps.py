@@ -6,12 +6,12 @@ reserves one; the reports (:mod:`report`) read them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from cpu_tracker_daemon.frozen import Frozen
 from cpu_tracker_daemon.privacy.accounting import SECURE_DISCRETE_LAPLACE, Event, compose
 
-TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
 if TYPE_CHECKING:
     from cpu_tracker_daemon.config import Config
 
@@ -19,7 +19,8 @@ CAPS = ("lifetime", "window")  # the rolling cap is called "window" in the confi
 _TOLERANCE = 1e-9
 
 
-class Promise(Frozen):
+@dataclass(frozen=True, slots=True)
+class Promise:
     """What the releases protect, fixed by the first release a ledger accounts: every later one
     must protect the same unit, or the caps would add up releases of different guarantees."""
 
@@ -50,7 +51,8 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-class Caps(Frozen):
+@dataclass(frozen=True, slots=True)
+class Caps:
     """The caps from the configuration, (epsilon, delta) each, and the rolling window's length."""
 
     lifetime_epsilon: float
@@ -60,7 +62,8 @@ class Caps(Frozen):
     window_delta: float = 0.0
 
 
-class CapStatus(Frozen):
+@dataclass(frozen=True, slots=True)
+class CapStatus:
     """One cap: its (epsilon, delta) limit, what its events add up to, and what was granted."""
 
     name: str
@@ -101,7 +104,8 @@ class CapStatus(Frozen):
         counts = dict(self.counts)
         counts[event] = counts.get(event, 0) + 1
         composed = compose(counts, self.delta)
-        return self._replace(
+        return replace(
+            self,
             spent=composed.epsilon,
             method=composed.method,
             counts=tuple(counts.items()),
@@ -109,7 +113,8 @@ class CapStatus(Frozen):
         )
 
 
-class BudgetStatus(Frozen):
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
     lifetime: CapStatus
     window: CapStatus
     releases: int
@@ -158,7 +163,8 @@ class BudgetStatus(Frozen):
         :meth:`Ledger.reserve` returns, without reading again."""
         lifetime = self.lifetime.plus(event, worst)
         last = self.last_release_at
-        return self._replace(
+        return replace(
+            self,
             lifetime=lifetime,
             window=self.window.plus(event, worst),
             releases=lifetime.releases,

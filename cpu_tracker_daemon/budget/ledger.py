@@ -31,8 +31,10 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cpu_tracker_daemon.budget.caps import CAPS, BudgetStatus, Caps, CapStatus, Promise, iso, worst_epsilon
 from cpu_tracker_daemon.errors import (
@@ -43,12 +45,10 @@ from cpu_tracker_daemon.errors import (
     LedgerUnavailableError,
     PromiseChangedError,
 )
-from cpu_tracker_daemon.frozen import Frozen
 from cpu_tracker_daemon.privacy.accounting import Event, compose, event_of
 from cpu_tracker_daemon.schedule import earliest_start
 from cpu_tracker_daemon.storage import fsync_dir, make_dirs_durably, state_access_error
 
-TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
 if TYPE_CHECKING:
     from typing import Any
 
@@ -216,7 +216,8 @@ def boot_clock() -> tuple[str | None, float]:
     return boot_id, time.clock_gettime(clock)
 
 
-class Spend(Frozen):
+@dataclass(frozen=True, slots=True)
+class Spend:
     """What one release will cost; recorded before any noise is drawn."""
 
     release_id: str
@@ -234,7 +235,8 @@ class Spend(Frozen):
     worst_epsilon: float | None = None
 
 
-class Unfinished(Frozen):
+@dataclass(frozen=True, slots=True)
+class Unfinished:
     """A reserved release that was never confirmed published."""
 
     release_id: str
@@ -243,7 +245,8 @@ class Unfinished(Frozen):
     reserved_ts: float
 
 
-class Decision(Frozen):
+@dataclass(frozen=True, slots=True)
+class Decision:
     """The owner's answer to a budget request, as the ledger keeps it."""
 
     request_id: str
@@ -258,7 +261,8 @@ class Decision(Frozen):
     decided_at: str
 
 
-class Grant(Frozen):
+@dataclass(frozen=True, slots=True)
+class Grant:
     cap: str
     epsilon: float
     reason: str

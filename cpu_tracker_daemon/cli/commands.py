@@ -15,13 +15,12 @@ import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cpu_tracker_daemon import __version__
-from cpu_tracker_daemon.cli.exit_codes import EXIT_OK, exit_code_for
 from cpu_tracker_daemon.config import MAXIMA, Config, as_dict, config_path_from, to_toml
-from cpu_tracker_daemon.errors import ConfigError, UsageError, one_line
+from cpu_tracker_daemon.errors import EXIT_OK, ConfigError, UsageError, one_line
 
-TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
 if TYPE_CHECKING:
     import argparse
 
@@ -191,7 +190,7 @@ def _once(config: Config, force: bool) -> int:
     CycleLog(log, lands_after(config))(result)
     if result.error is not None:
         print(f"cpu-tracker: {one_line(str(result.error))}", file=sys.stderr)
-        return exit_code_for(result.error)
+        return result.error.exit_code
     return EXIT_OK
 
 

@@ -23,11 +23,10 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
-from cpu_tracker_daemon.cli.exit_codes import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, exit_code_for
-from cpu_tracker_daemon.errors import CpuTrackerError, one_line
+from cpu_tracker_daemon.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, CpuTrackerError, one_line
 
-TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
 if TYPE_CHECKING:
     from argparse import Namespace
     from typing import Any, NoReturn, TextIO
@@ -146,7 +145,7 @@ def _flush_stdout(code: int | str | None) -> int | str | None:
         _stdout_to_devnull()
         error = _stdout_error(exc)
         print(f"cpu-tracker: {error}", file=sys.stderr)
-        return exit_code_for(error) if code in (EXIT_OK, None) else code
+        return error.exit_code if code in (EXIT_OK, None) else code
     return code
 
 
@@ -223,20 +222,17 @@ def _main(argv: Sequence[str] | None, environ: Mapping[str, str] | None, collect
         handler = getattr(commands, args.handler)
         if not args.needs_config:  # service, config init: before a config exists, or not theirs
             return int(handler(args, env))
-        from cpu_tracker_daemon.config import cache_file, config_origin, config_path_from, load_config
+        from cpu_tracker_daemon.config import config_origin, config_path_from, load_config
 
         path = config_path_from(args.config, env)
-        # The daemon reads its file once (and on SIGHUP), with its home hidden under a service
-        # manager; a command keeps the parsed file for the next one (parsecache).
-        cache = None if args.handler == "run" else cache_file(env)
-        config = load_config(path, env, config_origin(args.config, env), cache)
+        config = load_config(path, env, config_origin(args.config, env))
         if args.writes_state:
             commands.become_state_owner(config.paths.data_dir)
         return int(handler(args, config, path, env))
     except CpuTrackerError as exc:
         first, *rest = (one_line(line) for line in exc.lines())
         print("\n".join([f"cpu-tracker: {first}", *rest]), file=sys.stderr)
-        return exit_code_for(exc)
+        return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader went away (| head): a quiet success, as for any filter

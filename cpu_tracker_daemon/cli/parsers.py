@@ -18,13 +18,12 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from cpu_tracker_daemon import __version__
-from cpu_tracker_daemon.cli.exit_codes import EXIT_CODES
-from cpu_tracker_daemon.errors import UsageError
+from cpu_tracker_daemon.errors import EXIT_CODES, UsageError
 from cpu_tracker_daemon.names import LOG_FORMATS, MANAGERS
 
-TYPE_CHECKING = False  # not typing's: ``--help`` need not import typing (mypy knows the name)
 if TYPE_CHECKING:
     from typing import Any, NoReturn
 

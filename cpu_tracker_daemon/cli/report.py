@@ -7,23 +7,24 @@ fast: none of the scientific stack, APScheduler or psutil is loaded.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from cpu_tracker_daemon import storage
 from cpu_tracker_daemon.budget.caps import BudgetStatus, CapStatus, caps_for
 from cpu_tracker_daemon.budget.ledger import Grant, open_ledger
 from cpu_tracker_daemon.config import Config
-from cpu_tracker_daemon.frozen import Frozen
 from cpu_tracker_daemon.privacy.accounting import Event, releases_within
 from cpu_tracker_daemon.privacy.mechanisms import Calibration, calibrate
 from cpu_tracker_daemon.schedule import due_at, grid_late, lands_after, next_start
 
-TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
 if TYPE_CHECKING:
     from typing import Any
 
 
-class Snapshot(Frozen):
+@dataclass(frozen=True, slots=True)
+class Snapshot:
     """Everything the reports need, read once."""
 
     config: Config
@@ -202,7 +203,7 @@ def budget_view(snap: Snapshot) -> dict[str, Any]:
         "next_due_at": snap.next_due.isoformat(),
         "releases": status.releases,
         "budget": budget,
-        "grants": [g._asdict() for g in snap.grants],
+        "grants": [asdict(g) for g in snap.grants],
     }
 
 

@@ -16,14 +16,13 @@ import dataclasses
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cpu_tracker_daemon import storage
-from cpu_tracker_daemon.cli.exit_codes import NO_RESTART
 from cpu_tracker_daemon.config import CONFIG_FILE, default_data_dir, user_config_dir
-from cpu_tracker_daemon.errors import CpuTrackerError, OutputError, ServiceError
+from cpu_tracker_daemon.errors import NO_RESTART, CpuTrackerError, OutputError, ServiceError
 from cpu_tracker_daemon.names import APP_NAME
 
 if TYPE_CHECKING:
@@ -387,11 +386,12 @@ def service_config(target: Target, root: Path) -> Config:
 
     data_dir = seen(config.paths.data_dir)
     assert data_dir is not None
-    return config._replace(
-        paths=config.paths._replace(data_dir=data_dir),
-        syftbox=config.syftbox._replace(dir=seen(config.syftbox.dir)),
-        prometheus=config.prometheus._replace(textfile_dir=seen(config.prometheus.textfile_dir)),
-        logging=config.logging._replace(file=seen(config.logging.file)),
+    return replace(
+        config,
+        paths=replace(config.paths, data_dir=data_dir),
+        syftbox=replace(config.syftbox, dir=seen(config.syftbox.dir)),
+        prometheus=replace(config.prometheus, textfile_dir=seen(config.prometheus.textfile_dir)),
+        logging=replace(config.logging, file=seen(config.logging.file)),
     )
 
 

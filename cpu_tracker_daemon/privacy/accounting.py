@@ -20,8 +20,7 @@ import functools
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-
-from cpu_tracker_daemon.frozen import Frozen
+from dataclasses import dataclass
 
 LAPLACE = "laplace"  # continuous, as recorded by earlier versions
 GAUSSIAN = "gaussian"  # continuous, as recorded by earlier versions: the only mu-GDP events
@@ -32,7 +31,8 @@ DISCRETE_GAUSSIAN = "discrete_gaussian"
 PURE = (LAPLACE, SNAPPING, DISCRETE_LAPLACE, SECURE_DISCRETE_LAPLACE)  # pure epsilon-DP mechanisms
 
 
-class Event(Frozen):
+@dataclass(frozen=True, slots=True)
+class Event:
     """One release's privacy cost: its own (epsilon, delta) and its zCDP rho.
 
     ``mu`` is the Gaussian's sensitivity/sigma (0 for other mechanisms).
@@ -73,7 +73,8 @@ def event_of(mechanism: str, epsilon: float, delta: float) -> Event:
     return Event(mechanism, epsilon, 0.0, epsilon * epsilon / 2)
 
 
-class Guarantee(Frozen):
+@dataclass(frozen=True, slots=True)
+class Guarantee:
     """What a set of releases proves together, and which bound proved it."""
 
     epsilon: float

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
 if TYPE_CHECKING:
     # Imported where a draw needs it (with decimal, 9 M instructions): the commands that only
     # read the budget never draw, and the grid below is exact in integers.

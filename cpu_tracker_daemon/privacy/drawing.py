@@ -26,6 +26,8 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from cpu_tracker_daemon.errors import Interrupted, MechanismUnavailableError, NoiseUnavailableError
 from cpu_tracker_daemon.privacy.accounting import SNAPPING
@@ -39,7 +41,6 @@ from cpu_tracker_daemon.privacy.mechanisms import (
     snapping_seed,
 )
 
-TYPE_CHECKING = False  # not typing's (mypy knows the name)
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import Any
@@ -103,7 +104,7 @@ def draw(
     if calibration.mechanism != SNAPPING:
         return add_noise(value, calibration, random_state)
     seed = snapping_seed(random_state)
-    request = {"percent": value.percent, "calibration": calibration._asdict(), "seed": seed}
+    request = {"percent": value.percent, "calibration": asdict(calibration), "seed": seed}
     answer = _ask(request, child, timeout, stop)
     cpu = answer.get("cpu")
     if not (isinstance(cpu, float) and math.isfinite(cpu) and calibration.lower <= cpu <= calibration.upper):

@@ -36,8 +36,9 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cpu_tracker_daemon.frozen import Frozen
 from cpu_tracker_daemon.privacy import discrete
 from cpu_tracker_daemon.privacy.accounting import (
     DISCRETE_GAUSSIAN,
@@ -48,7 +49,6 @@ from cpu_tracker_daemon.privacy.accounting import (
     gaussian_mu,
 )
 
-TYPE_CHECKING = False  # not typing's: a command need not import typing (mypy knows the name)
 if TYPE_CHECKING:
     from typing import Any
 
@@ -64,7 +64,8 @@ MIN_EPSILON, MAX_EPSILON = 1e-6, 1000.0  # beyond these the noise is meaningless
 MIN_SIGMA, MAX_SIGMA = 0.01, 1e9  # percentage points: below one step of the grid it is no noise
 
 
-class PrivacyConfig(Frozen):
+@dataclass(frozen=True, slots=True)
+class PrivacyConfig:
     """Exactly one of ``epsilon`` and ``sigma`` is set once loaded (epsilon 0.5 if neither is)."""
 
     unit: str = "window"
@@ -80,7 +81,8 @@ class PrivacyConfig(Frozen):
 MECHANISM_NAMES = {"laplace": DISCRETE_LAPLACE, "gaussian": DISCRETE_GAUSSIAN, "snapping": SNAPPING}
 
 
-class Calibration(Frozen):
+@dataclass(frozen=True, slots=True)
+class Calibration:
     """What one release costs and how much noise it carries.
 
     ``sensitivity_units``, ``lower_units`` and ``upper_units`` are on the integer grid;
@@ -267,7 +269,8 @@ class Statistic:
         return "Statistic(<the pre-noise value, withheld>)"
 
 
-class Noisy(Frozen):
+@dataclass(frozen=True, slots=True)
+class Noisy:
     """A released value: ``units`` on the grid (None for Snapping) and ``cpu`` in percent."""
 
     cpu: float

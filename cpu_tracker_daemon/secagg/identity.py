@@ -38,7 +38,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -50,7 +50,6 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cpu_tracker_daemon import permissions, storage
 from cpu_tracker_daemon.errors import ConfigError, CpuTrackerError, OutputError, one_line
 
-TYPE_CHECKING = False  # not typing's (mypy knows the name)
 if TYPE_CHECKING:
     from cpu_tracker_daemon.config import Config
 
