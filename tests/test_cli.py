@@ -163,66 +163,6 @@ class TestFastPaths:
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
         assert "HEAVY [] 0" in result.stderr, result.stderr
 
-    @pytest.mark.parametrize(
-        ("args", "loads"),
-        [
-            (["status"], False),
-            (["budget", "plan", "--json"], False),
-            (["budget", "grant", "1", "--reason", "r"], True),
-        ],
-    )
-    def test_a_plain_command_never_imports_argparse(
-        self, tmp_path: Path, args: list[str], loads: bool
-    ) -> None:
-        """status and budget plan are read without argparse; a command with a value to parse
-        still goes through it."""
-        config = write_config(tmp_path)
-        code = (
-            "import sys\n"
-            "from cpu_tracker_daemon.cli.main import main\n"
-            f"rc = main(['--config', {str(config)!r}, *{args!r}])\n"
-            "print('ARGPARSE', 'argparse' in sys.modules, rc, file=sys.stderr)\n"
-        )
-        result = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=False, env=cli_env()
-        )
-        assert f"ARGPARSE {loads} 0" in result.stderr, result.stderr
-
-    @pytest.mark.parametrize(("args", "collects"), [(["status"], False), (["once", "--force"], True)])
-    def test_a_short_command_pauses_the_garbage_collector_and_gives_it_back(
-        self, tmp_path: Path, args: list[str], collects: bool
-    ) -> None:
-        """status runs with the cyclic collector paused (no collection starts); one cycle, like
-        the daemon, keeps it; and either way the caller gets the collector back enabled."""
-        config = write_config(tmp_path)
-        code = (
-            "import gc, sys\n"
-            "from cpu_tracker_daemon.cli.main import main\n"
-            "starts = []\n"
-            "gc.callbacks.append(lambda phase, info: phase == 'start' and starts.append(info))\n"
-            f"rc = main(['--config', {str(config)!r}, *{args!r}])\n"
-            "print('GC', rc, bool(starts), gc.isenabled(), file=sys.stderr)\n"
-        )
-        result = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=False, env=cli_env()
-        )
-        assert f"GC 0 {collects} True" in result.stderr, result.stderr
-
-    def test_the_command_exits_without_the_last_collection(self, tmp_path: Path) -> None:
-        """The entry point freezes what is left before exiting, so the interpreter's last pass
-        walks none of it; the exit code is main's."""
-        config = write_config(tmp_path)
-        code = (
-            "import gc, sys\n"
-            "from cpu_tracker_daemon.cli.main import entry\n"
-            f"sys.argv = ['cpu-tracker', '--config', {str(config)!r}, 'status']\n"
-            "try:\n    entry()\n"
-            "except SystemExit as exc:\n"
-            "    print('EXIT', exc.code, gc.get_freeze_count() > 1000, file=sys.stderr)\n"
-        )
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-        assert "EXIT 0 True" in result.stderr, result.stderr
-
 
 class TestStatusAndBudget:
     def test_status_json_before_any_release(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -677,7 +617,7 @@ def grants(tmp_path: Path) -> list[tuple[str, float]]:
 def every_subparser() -> list[tuple[str, Any]]:
     import argparse
 
-    from cpu_tracker_daemon.cli.parsers import build_parser
+    from cpu_tracker_daemon.cli.main import build_parser
 
     found: list[tuple[str, Any]] = []
 
@@ -780,119 +720,22 @@ def _command_lines() -> list[list[str]]:
 
 
 @pytest.mark.parametrize("argv", _command_lines(), ids=" ".join)
-def test_the_parser_built_along_the_words_parses_as_the_whole_one(
+def test_every_command_line_is_a_handler_help_or_one_usage_error(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Each command builds only its own parser; help, errors and results are the whole parser's."""
-    from cpu_tracker_daemon.cli.main import parse_args
-    from cpu_tracker_daemon.cli.parsers import build_parser
+    """Each command line parses to a handler, or prints help or the version and exits 0, or is a
+    UsageError (one line, exit 2): argparse never exits with its own code 2 and a usage dump."""
+    from cpu_tracker_daemon.cli.main import build_parser
 
-    whole = _outcome(lambda a: build_parser().parse_args(a), argv, capsys)
-    assert _outcome(parse_args, argv, capsys) == whole
-
-
-def _plain_lines() -> list[list[str]]:
-    """Every plain command line, with each spelling of the global options and each choice of flags."""
-    from itertools import combinations
-
-    from cpu_tracker_daemon.cli.main import PLAIN
-
-    options = [
-        [],
-        ["--config", "c.toml"],
-        ["--config=c.toml"],
-        ["--system"],
-        ["--config", "a", "--system", "--config=b"],
-    ]
-    lines = []
-    for words, (_, flags) in PLAIN.items():
-        chosen = [[f"--{f}" for f in c] for n in range(len(flags) + 1) for c in combinations(flags, n)]
-        chosen += [[f"--{f}", f"--{f}"] for f in flags]
-        lines += [[*before, *words, *after] for before in options for after in chosen]
-    return lines
-
-
-@pytest.mark.parametrize("argv", _plain_lines(), ids=" ".join)
-def test_a_plain_command_line_is_read_as_argparse_reads_it(argv: list[str]) -> None:
-    """The command lines cli reads without argparse give what the whole parser gives, every
-    attribute the handlers read, defaults included."""
-    from cpu_tracker_daemon.cli.main import plain_args
-    from cpu_tracker_daemon.cli.parsers import build_parser
-
-    plain = plain_args(argv)
-    assert plain is not None
-    assert vars(plain) == vars(build_parser().parse_args(argv))
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [
-        [],
-        ["-h"],
-        ["--help"],
-        ["--version"],
-        ["status", "-h"],
-        ["status", "--help"],
-        ["--conf", "c.toml", "status"],  # argparse's abbreviation
-        ["status", "--js"],
-        ["status", "--json=yes"],
-        ["status", "--force"],  # another command's flag
-        ["status", "--system"],  # a global option after the command
-        ["status", "extra"],
-        ["--config", "-x", "status"],  # argparse refuses an option-like value
-        ["--config"],
-        ["--config=", "status"],
-        ["--", "status"],
-        ["budget"],
-        ["budget", "grant", "1", "--reason", "r"],
-        ["config", "init"],
-        ["run"],
-        ["stauts"],
-    ],
-    ids=" ".join,
-)
-def test_anything_else_goes_to_argparse(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    """A line that is not plain is argparse's to read, help and mistakes included."""
-    from cpu_tracker_daemon.cli.main import parse_args, plain_args
-    from cpu_tracker_daemon.cli.parsers import build_parser
-
-    assert plain_args(argv) is None
-    assert _outcome(parse_args, argv, capsys) == _outcome(
-        lambda a: build_parser().parse_args(a), argv, capsys
-    )
-
-
-def test_a_command_builds_only_its_own_parser() -> None:
-    from cpu_tracker_daemon.cli.parsers import build_parser, command_words
-
-    def count(parser: Any) -> int:
-        import argparse
-
-        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-        return 1 + sum(count(child) for s in subs for child in s.choices.values())
-
-    assert command_words(["--config", "x", "budget", "grant", "1", "--reason", "r"])[:2] == [
-        "budget",
-        "grant",
-    ]
-    assert count(build_parser(["status"])) == 2
-    assert count(build_parser(["budget", "show"])) == 3
-    assert count(build_parser([])) == 10  # --help: the commands, listed
-    assert count(build_parser()) == len(every_subparser()) + 1
-
-
-@pytest.mark.parametrize("columns", [None, "60", "200", "0", "junk"])
-def test_help_wraps_where_argparse_itself_would(columns: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The parsers get the width shutil.get_terminal_size gives argparse, without importing shutil."""
-    import shutil
-
-    from cpu_tracker_daemon.cli.parsers import _help_width
-
-    if columns is None:
-        monkeypatch.delenv("COLUMNS", raising=False)
+    kind, value = _outcome(lambda a: build_parser().parse_args(a), argv, capsys)
+    if kind == "parsed":
+        assert callable(value["func"])
+    elif kind == "exit":
+        assert value[0] == 0
+        assert value[1].startswith(("usage: cpu-tracker", "cpu-tracker "))
     else:
-        monkeypatch.setenv("COLUMNS", columns)
-    assert _help_width() == shutil.get_terminal_size().columns - 2
+        assert "\n" not in value
+        assert value.endswith("--help'")
 
 
 def on_a_terminal(config: str, answer: str, *words: str) -> tuple[int, str]:

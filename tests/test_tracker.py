@@ -474,12 +474,12 @@ class TestRollingCapAtTheSchedule:
         """'budget plan' said "no limit at this schedule" on a fresh state and "5 more, then
         paused" mid-run, while the daemon lost a slot a day. Fresh and mid-run it now says what
         the daemon does: the rolling cap never stops this schedule."""
-        from cpu_tracker_daemon.cli import report
+        from cpu_tracker_daemon.cli import views
 
         tracker = self.scaled_tracker(tmp_path, clock)
 
         def window_pause() -> int | None:
-            planned = report.plan(report.snapshot(tracker.config, clock.now))
+            planned = views.plan(views.snapshot(tracker.config, clock.now))
             return planned["caps"]["window"]["releases_remaining"]  # type: ignore[no-any-return]
 
         assert window_pause() is None

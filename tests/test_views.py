@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from cpu_tracker_daemon import storage
 from cpu_tracker_daemon.budget.caps import CapStatus, caps_for
 from cpu_tracker_daemon.budget.ledger import Spend, open_ledger
-from cpu_tracker_daemon.cli import report
+from cpu_tracker_daemon.cli import views
 from cpu_tracker_daemon.config import load_config
 from cpu_tracker_daemon.privacy.accounting import DISCRETE_LAPLACE as LOCAL
 from cpu_tracker_daemon.privacy.accounting import SECURE_DISCRETE_LAPLACE as SECURE
@@ -65,7 +65,7 @@ def test_the_pause_is_what_counting_release_by_release_finds(
     spent = epsilon * len(times)
     cap = CapStatus("window", limit, spent, 0.0, limit, counts=counts)
     expected = release_by_release(cap, event, times, START, every, period)
-    assert report._period_pause(cap, event, times, START, every, period) == expected
+    assert views._period_pause(cap, event, times, START, every, period) == expected
 
 
 def test_a_one_second_schedule_is_counted_without_visiting_every_slot() -> None:
@@ -74,9 +74,9 @@ def test_a_one_second_schedule_is_counted_without_visiting_every_slot() -> None:
     times = [START - 3600.0 * h for h in range(23, -1, -1)]
     cap = CapStatus("window", 12.0, 12.0, 0.0, 12.0, counts=((event, 24),))
     full = CapStatus("window", 15.0, 12.0, 0.0, 15.0, counts=((event, 24),))
-    assert report._period_pause(cap, event, times, START, 1.0, 86400.0) == 0
+    assert views._period_pause(cap, event, times, START, 1.0, 86400.0) == 0
     expected = release_by_release(full, event, times, START, 1.0, 86400.0)
-    assert report._period_pause(full, event, times, START, 1.0, 86400.0) == expected == 6
+    assert views._period_pause(full, event, times, START, 1.0, 86400.0) == expected == 6
 
 
 class TestBothFigures:

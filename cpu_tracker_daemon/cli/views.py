@@ -1,8 +1,5 @@
-"""The budget as people read it: ``status``, ``budget show`` (the privacy report) and ``budget plan``.
-
-Reads the ledger read-only and does pure arithmetic (:mod:`accounting`), so these commands stay
-fast: none of the scientific stack, APScheduler or psutil is loaded.
-"""
+"""The budget as ``status``, ``budget show`` and ``budget plan`` see it: one read-only snapshot of
+the ledger, and the views (plain data, also their ``--json``) built from it."""
 
 from __future__ import annotations
 
@@ -15,6 +12,7 @@ from cpu_tracker_daemon import storage
 from cpu_tracker_daemon.budget.caps import BudgetStatus, CapStatus, caps_for
 from cpu_tracker_daemon.budget.ledger import Grant, open_ledger
 from cpu_tracker_daemon.config import Config
+from cpu_tracker_daemon.layout import secagg_dir
 from cpu_tracker_daemon.privacy.accounting import Event, releases_within
 from cpu_tracker_daemon.privacy.mechanisms import Calibration, calibrate
 from cpu_tracker_daemon.schedule import due_at, grid_late, lands_after, next_start
@@ -116,7 +114,7 @@ def mode_view(config: Config, layout: storage.Layout) -> dict[str, Any]:
     sa = config.secure_aggregation
     if not sa.enabled:
         return {"name": "local"}
-    rounds = layout.public_dir / "secagg"  # secagg.transport.Tree.base
+    rounds = secagg_dir(layout.public_dir)
     return {
         "name": "secure_aggregation",
         "aggregator": sa.aggregator,
@@ -146,23 +144,23 @@ def worst_case_view(snap: Snapshot) -> dict[str, Any] | None:
         "spent_epsilon": finite(life.worst_spent),
         "window_spent_epsilon": finite(win.worst_spent),
         "protocol": (
-            f"epsilon spent {_num(finite(life.spent))} of {life.limit:g} (last {hours:g} h: "
-            f"{_num(finite(win.spent))} of {win.limit:g}): what an aggregator that follows the protocol "
+            f"epsilon spent {number(finite(life.spent))} of {life.limit:g} (last {hours:g} h: "
+            f"{number(finite(win.spent))} of {win.limit:g}): what an aggregator that follows the protocol "
             "learns; the caps enforce these"
         ),
         "cheating_aggregator": (
             f"against a cheating aggregator (any roster, its own accounts included), "
-            f"{_at_most(life.worst_spent, 'epsilon ')} (last {hours:g} h: {_at_most(win.worst_spent)}): "
-            f"{_floor_words(life.worst_spent, local)}; recorded, not capped"
+            f"{at_most(life.worst_spent, 'epsilon ')} (last {hours:g} h: {at_most(win.worst_spent)}): "
+            f"{floor_words(life.worst_spent, local)}; recorded, not capped"
         ),
     }
 
 
-def _at_most(worst: float, what: str = "") -> str:
+def at_most(worst: float, what: str = "") -> str:
     return f"at most {what}{worst:.3g}" if math.isfinite(worst) else "no bound"
 
 
-def _floor_words(worst: float, local: float | None) -> str:
+def floor_words(worst: float, local: float | None) -> str:
     """Where the worst case comes from, in a few words."""
     own = "each window's own noise" + ("" if local is None else f", local_epsilon {local:g}")
     if math.isfinite(worst):
@@ -315,208 +313,6 @@ def _leaves_at(t: float, start: float, every: float, period_seconds: float) -> i
     return k
 
 
-_MECHANISM_WORDS = {
-    "discrete_laplace": "discrete Laplace noise on a 0.01-point grid",
-    "discrete_gaussian": "discrete Gaussian noise on a 0.01-point grid",
-    "snapping": "Snapping-mechanism noise (Laplace made safe for floating point; clamped, so biased)",
-}
-
-
-def privacy_report(snap: Snapshot, planned: dict[str, Any]) -> str:
-    """``budget show`` in plain words and figures."""
-    c, config, status = snap.calibration, snap.config, snap.status
-    window_s = config.sampling.window_seconds
-    if c.unit == "window":
-        hides = (
-            f"everything this machine did during one {window_s:g} s sampling window: whether it was "
-            f"idle or fully busy, the published value changes the odds of telling the two apart by "
-            f"a factor of at most e^{c.epsilon:.3g} = {math.exp(min(c.epsilon, 700)):.3g}"
-        )
-    else:
-        hides = (
-            f"one {config.sampling.interval_seconds:g} s reading out of {config.sampling.samples}; "
-            'it does NOT hide what the machine did over the window (use privacy.unit = "window")'
-        )
-    delta_words = f", except with probability {c.delta:g}" if c.delta else ""
-    lines = [
-        "What one published value hides",
-        f"  Each value is the mean CPU busy over {window_s:g} s plus {_MECHANISM_WORDS[c.mechanism]} with a "
-        f"standard deviation of {c.noise_stddev:.3g} percentage points.",
-        f"  It hides {hides}{delta_words} (epsilon {c.epsilon:.3g}, delta {c.delta:g} per release).",
-        "",
-        "What the releases add up to",
-    ]
-    for cap, label in (
-        (status.window, f"last {config.budget.window_hours:g} h"),
-        (status.lifetime, "all history"),
-    ):
-        count = cap.releases
-        spent = "nothing" if count == 0 else f"epsilon {cap.spent:.3g} at delta {cap.delta:g} ({cap.method})"
-        lines.append(
-            f"  {label}: {count} release{'s' if count != 1 else ''}, {spent}; "
-            f"cap epsilon {cap.limit:g}, delta {cap.delta:g}"
-        )
-    worst = worst_case_view(snap)
-    if worst is not None:
-        lines += [
-            f"  Of these releases, {worst['secure_releases']} went to secure rounds. The figures above are "
-            "what an aggregator that follows the protocol learns (with no more colluding members than the "
-            "rounds are calibrated for), and they are what the caps enforce.",
-            f"  Against a cheating aggregator (any roster, its own accounts included): "
-            f"{_at_most(status.lifetime.worst_spent, 'epsilon ')} over all history and "
-            f"{_at_most(status.window.worst_spent)} over the last {config.budget.window_hours:g} h "
-            f"({_floor_words(status.lifetime.worst_spent, worst['local_epsilon'])}, each window's worst "
-            "case summed). This is recorded with each spend; no cap enforces it.",
-        ]
-    lines += ["", "When releases pause"]
-    every = config.schedule.every_seconds
-    left = planned["releases_remaining"]
-    if left == 0:
-        lines.append("  Now: the next release does not fit under a cap.")
-    elif planned["at_least"]:
-        lines.append(
-            f"  At one release every {every:g} s, at least {left} more fit; the plan counts no further."
-        )
-    else:
-        lines.append(
-            f"  At one release every {every:g} s, {left} more fit; the first that does not would be due "
-            f"{planned['exhausted_at']}."
-        )
-    window = planned["caps"]["window"]
-    if window["releases_remaining"] is None:
-        lines.append("  The rolling cap never stops this schedule; the lifetime cap does.")
-    lines += [
-        "",
-        "How to resume",
-        "  Only the owner can raise a cap, and each grant is kept in the ledger with who and why:",
-        "  cpu-tracker budget grant EPSILON --reason TEXT [--cap lifetime|window] [--delta DELTA]",
-    ]
-    if snap.grants:
-        lines += ["", "Grants"]
-        lines += [
-            f"  {g.granted_at}  +epsilon {g.epsilon:g}"
-            + (f" +delta {g.delta:g}" if g.delta else "")
-            + f" to {g.cap}, by {g.granted_by}: {g.reason}"
-            for g in snap.grants
-        ]
-    return "\n".join(_wrap(line) for line in lines)
-
-
-def _wrap(line: str) -> str:
-    if len(line) <= 96 or not line.startswith("  "):
-        return line
-    import textwrap  # the privacy report's alone: status never wraps a line
-
-    return textwrap.fill(line.strip(), width=96, initial_indent="  ", subsequent_indent="    ")
-
-
-def status_text(
-    view: dict[str, Any], snap: Snapshot, now: datetime, version: str, system: bool = False
-) -> str:
-    """``cpu-tracker status`` for a person, from :func:`budget_view` with the daemon's state;
-    ``system``: the system service's (``--system``), which its service manager starts."""
-    from cpu_tracker_daemon.cli import timewords
-
-    pid, running = view["daemon"]["pid"], view["daemon"]["running"]
-    b = view["budget"]
-    life, win = b["caps"]["lifetime"], b["caps"]["window"]
-    c = snap.calibration
-    last = view["last_release_at"]
-    lines = [
-        f"cpu-tracker {version} (config: {view['config']})",
-        "daemon:        "
-        + (
-            f"running (pid {pid})"
-            if running
-            else "unknown (its lock file is another user's; use sudo)"
-            if running is None
-            else _start_hint(system)
-        ),
-        f"last release:  {timewords.moment(datetime.fromisoformat(last), now) if last else 'never'}",
-        f"next due:      {timewords.moment(snap.next_release, now)}",
-        f"releases:      {view['releases']}, each {c.mechanism} epsilon {c.epsilon:.3g}"
-        + (f" delta {c.delta:g}" if c.delta else "")
-        + f" (privacy unit: {c.unit})",
-        f"budget:        lifetime {_num(life['spent'])} of {life['limit']:g} spent, "
-        f"{amount(life['remaining'])} left",
-        f"               last {win['hours']:g} h {_num(win['spent'])} of {win['limit']:g} spent, "
-        f"{amount(win['remaining'])} left",
-    ]
-    worst = b.get("worst_case")
-    if worst is not None:
-        lines.append(
-            "               (what an aggregator that follows the protocol learns; the caps hold these)"
-        )
-    if not b["releases_possible_now"] and view["ledger_exists"]:
-        lines.append(
-            "               PAUSED: the next release does not fit; "
-            "'cpu-tracker budget grant EPSILON --reason TEXT' resumes releases"
-        )
-    if worst is not None:
-        life_w, win_w = (math.inf if w is None else w for w in (life["worst_spent"], win["worst_spent"]))
-        lines += [
-            f"worst case:    against a cheating aggregator, {_at_most(life_w)} lifetime, "
-            f"{_at_most(win_w)} in the last {win['hours']:g} h",
-            f"               ({_floor_words(life_w, worst['local_epsilon'])}; recorded, not capped)",
-        ]
-    mode = view["mode"]
-    secure = mode["name"] == "secure_aggregation"
-    if secure:
-        lines.append(
-            f"mode:          secure aggregation: each window goes, masked, to {mode['aggregator']}'s round "
-            f"(up to {mode['beta_dropped']:g} absent and {mode['beta_colluding']:g} colluding); "
-            "no release of its own"
-        )
-    lines += [
-        f"public:        {mode['rounds'] if secure else view['paths']['public']}",
-        f"private:       {view['paths']['private']}",
-        f"ledger:        {view['paths']['ledger']}"
-        + ("" if view["ledger_exists"] else " (not created yet: the first cycle creates it)"),
-    ]
-    return "\n".join(lines)
-
-
-def plan_text(planned: dict[str, Any]) -> str:
-    """``cpu-tracker budget plan`` for a person, from :func:`plan`."""
-    p = planned["per_release"]
-    lines = [
-        f"one release:   {p['mechanism']}, epsilon {p['epsilon']:.4g}, delta {p['delta']:g}, "
-        f"noise stddev {p['noise_stddev']:.4g} percentage points ({p['unit']} unit)",
-        f"schedule:      every {planned['every_seconds']:g} s from {planned['next_due_at']}",
-    ]
-    for name, cap in planned["caps"].items():
-        left = (
-            "no limit at this schedule"
-            if cap["releases_remaining"] is None
-            else f"at least {cap['releases_remaining']} more; the plan counts no further"
-            if cap.get("at_least")
-            else f"{cap['releases_remaining']} more, then paused from {cap['exhausted_at']}"
-        )
-        lines.append(f"{name + ' cap:':<15}{left}")
-    left = planned["releases_remaining"]
-    if planned["at_least"]:
-        lines.append(f"overall:       at least {left} more releases; the plan counts no further")
-    else:
-        lines.append(f"overall:       {left} more releases, until {planned['exhausted_at']}")
-    return "\n".join(lines)
-
-
-def _start_hint(system: bool) -> str:
-    """How to start the daemon whose status is shown: the caller's own, or the system service."""
-    if not system:
-        return "not running (start it: 'cpu-tracker run', or as a service: 'cpu-tracker service install')"
-    import sys
-
-    if sys.platform == "darwin":
-        from cpu_tracker_daemon.daemon.service import LABEL
-
-        start = f"sudo launchctl kickstart system/{LABEL}.daemon"
-    else:
-        start = "sudo systemctl start cpu-tracker"
-    install = "sudo cpu-tracker service install --system"
-    return f"not running (start it: '{start}'; not installed yet: '{install}')"
-
-
 def amount(value: float) -> str:
     """An epsilon as a person reads it: to the thousandth ("104.5", "0.125", "100"; three
     significant figures made 104.5 "104"), and in two significant figures below that, so a
@@ -526,5 +322,5 @@ def amount(value: float) -> str:
     return f"{value:.3f}".rstrip("0").rstrip(".")
 
 
-def _num(value: float | None) -> str:
+def number(value: float | None) -> str:
     return "unprovable" if value is None else f"{value:.3g}"
