@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import inspect
 import json
 import math
 import multiprocessing
+import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -18,9 +22,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cpu_tracker_daemon.budget import ledger as module
+from cpu_tracker_daemon.budget import schema as module
 from cpu_tracker_daemon.budget.caps import Caps, Promise
-from cpu_tracker_daemon.budget.ledger import BootClock, Ledger, Spend, open_ledger
+from cpu_tracker_daemon.budget.ledger import BootClock, Ledger, ReleaseStatus, Spend, open_ledger
 from cpu_tracker_daemon.errors import (
     BudgetExhaustedError,
     CooldownError,
@@ -739,11 +743,11 @@ class TestConstantCost:
                 at = T0 + timedelta(minutes=n)
                 ledger.reserve(kind_spend(n, kind, at), BIG, at, None, PROMISE)
             conn = ledger._conn
-            assert module._counted_lifetime(conn) == ledger._lifetime_counts(conn)
-            assert ledger._lifetime_worst(conn) == pytest.approx(module._counted_worst(conn), rel=1e-12)
+            assert module.counted_lifetime(conn) == ledger._lifetime_counts(conn)
+            assert ledger._lifetime_worst(conn) == pytest.approx(module.counted_worst(conn), rel=1e-12)
             now = T0 + timedelta(minutes=len(kinds))
             running = ledger._status(conn, BIG, now.timestamp())
-            recounted = ledger._status(conn, BIG, now.timestamp(), module._counted_lifetime(conn))
+            recounted = ledger._status(conn, BIG, now.timestamp(), module.counted_lifetime(conn))
             assert recounted == running
 
     def test_a_migrated_ledger_counts_its_history_once(self, tmp_path: Path) -> None:
@@ -762,7 +766,7 @@ class TestConstantCost:
         with fresh(tmp_path, BIG) as ledger:
             assert ledger.status(BIG, T0).releases == 4  # counted over the history
             ledger.reserve(kind_spend(9, KINDS[1], T0), BIG, T0, None, PROMISE)
-            assert ledger._lifetime_counts(ledger._conn) == module._counted_lifetime(ledger._conn)
+            assert ledger._lifetime_counts(ledger._conn) == module.counted_lifetime(ledger._conn)
             assert ledger.status(BIG, T0).releases == 5
 
     def test_counts_that_do_not_cover_the_spends_fail_closed(self, tmp_path: Path) -> None:
@@ -1080,6 +1084,192 @@ class TestWorstCase:
             status = ledger.status(BIG, T0)
             assert status.releases >= 20
             assert 5.0 * status.releases == status.lifetime.worst_spent
-            assert ledger._lifetime_worst(ledger._conn) == module._counted_worst(ledger._conn)
+            assert ledger._lifetime_worst(ledger._conn) == module.counted_worst(ledger._conn)
         with closing(sqlite3.connect(path)) as conn:
             assert conn.execute("SELECT DISTINCT worst_epsilon FROM spends").fetchall() == [(5.0,)]
+
+
+def make_schema_3_ledger(path: Path) -> None:
+    """A ledger exactly as schema 3 wrote it: two spends with their boot, a grant of delta, a
+    decided request, the promise and rolling period recorded, an acknowledged release, and
+    outcomes (the newer spend drawn, not yet published)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    script = (
+        module._SCHEMA + module._SCHEMA_2 + module._SCHEMA_3
+        + module._append_only(module._APPEND_ONLY_BY_VERSION["3"])
+    )  # fmt: skip
+    conn.executescript(f"BEGIN;{script}COMMIT;")
+    conn.executemany(
+        "INSERT INTO meta VALUES (?, ?)",
+        [("schema_version", "3"), ("created_at", T0.isoformat()), ("base_lifetime_epsilon", "3.0"),
+         ("base_window_epsilon", "2.0"), ("base_lifetime_delta", "1e-06"),
+         ("base_window_delta", "1e-06")],
+    )  # fmt: skip
+    for n, minutes in enumerate((0, 30)):
+        at = T0 + timedelta(minutes=minutes)
+        conn.execute(
+            "INSERT INTO spends VALUES "
+            "(?, ?, ?, ?, ?, 0.5, 0.0, 'discrete_laplace', 'window', 100.0, 'b', ?)",
+            (f"old{n}", at.timestamp(), at.isoformat(), at.isoformat(), at.isoformat(), 60.0 * minutes),
+        )
+        conn.execute("INSERT INTO guarantees VALUES (?, ?, 0.0, 'sum')", (f"old{n}", 0.5 * (n + 1)))
+    conn.execute(
+        "INSERT INTO outcomes (release_id, status, at, payload) VALUES ('old0', 'drawn', 't', '{}'), "
+        "('old0', 'published', 't', NULL), ('old1', 'drawn', 't', '{\"cpu\": 1}')"
+    )
+    conn.execute(
+        "INSERT INTO grants (cap, epsilon, reason, granted_by, granted_at, delta) "
+        "VALUES ('window', 1.0, 'request q1 from a: more', 'owner', 't', 1e-7)"
+    )
+    conn.execute(
+        "INSERT INTO requests VALUES "
+        "('q1', 'a', 'window', 1.0, 1e-7, 'more', 'approved', '', 'owner', 't', 1)"
+    )
+    conn.execute(
+        "INSERT INTO promises (unit, samples, interval_seconds, lower, upper, at) "
+        "VALUES ('window', 50, 1.0, 0.0, 100.0, 't')"
+    )
+    conn.execute("INSERT INTO periods (window_hours, at) VALUES (48.0, 't')")
+    conn.execute("INSERT INTO acknowledged VALUES ('before-reset', 'reset', 't')")
+    conn.execute("INSERT INTO cooldown VALUES (1, ?)", (T0.timestamp() + 1800,))
+    conn.close()
+
+
+def answers(ledger: Ledger, now: datetime) -> dict[str, object]:
+    """What every read query of ``ledger`` says at ``now``."""
+    return {
+        "status": ledger.status(CAPS, now),
+        "status at": ledger.status(CAPS, now, at=now + timedelta(hours=47, minutes=45)),
+        "promise": ledger.promise(),
+        "knows": [ledger.knows(r) for r in ("old0", "old1", "before-reset", "never")],
+        "spend times": ledger.spend_times(0.0),
+        "unfinished": ledger.unfinished(),
+        "published after": [ledger.published_after(ts) for ts in (0.0, T0.timestamp())],
+        "grants": ledger.grants(),
+        "decisions": ledger.decisions(),
+        "anchor": ledger.anchor_ts(),
+    }
+
+
+OLD_SCHEMAS = {1: make_schema_1_ledger, 3: make_schema_3_ledger, 5: make_schema_5_ledger}
+
+
+def in_boot_b() -> tuple[str | None, float]:
+    """An hour into boot ``b``, the boot the schema-3 ledger's spends were made in."""
+    return "b", 3600.0
+
+
+class TestOneSchema:
+    """The queries run on the current schema only. A read-only open of an older file (``status``,
+    ``budget show``) reads a copy migrated in memory and never writes the file; a read-write open
+    migrates the file itself."""
+
+    @pytest.mark.parametrize("version", sorted(OLD_SCHEMAS))
+    def test_a_read_only_open_of_an_older_schema_answers_as_its_migration_does(
+        self, tmp_path: Path, version: int
+    ) -> None:
+        """Every read query of a read-only open of a schema-1, 3 or 5 file answers what the same
+        file migrated in place answers, and the file is left byte for byte as it was."""
+        path, migrated = tmp_path / "ledger.sqlite3", tmp_path / "migrated.sqlite3"
+        OLD_SCHEMAS[version](path)
+        shutil.copy2(path, migrated)
+        before = path.read_bytes()
+        now = T0 + timedelta(hours=1)
+        with open_ledger(path, CAPS, now, create=False, boot=in_boot_b) as ledger:  # type: ignore[union-attr]
+            assert version == ledger.version
+            read = answers(ledger, now)
+        assert before == path.read_bytes()
+        assert not path.with_name(path.name + "-journal").exists()
+        with open_ledger(migrated, CAPS, now, boot=in_boot_b) as ledger:  # type: ignore[union-attr]
+            assert ledger.version == module.SCHEMA_VERSION
+            assert answers(ledger, now) == read
+
+    def test_a_read_only_schema_3_ledger_reads_what_it_recorded(self, tmp_path: Path) -> None:
+        """The figures themselves, from the copy: both spends, the recorded 48 h period, the
+        promise, the acknowledged release, the grant and decision, and the drawn release that
+        the next cycle republishes."""
+        path = tmp_path / "ledger.sqlite3"
+        make_schema_3_ledger(path)
+        now = T0 + timedelta(hours=1)
+        with open_ledger(path, CAPS, now, create=False, boot=no_boot) as ledger:  # type: ignore[union-attr]
+            status = ledger.status(CAPS, now)
+            assert (
+                status.releases,
+                status.lifetime.spent,
+                status.window_hours,
+                status.window.limit,
+            ) == (2, 1.0, 48.0, 3.0)
+            assert ledger.promise() == PROMISE
+            assert [ledger.knows(r) for r in ("old0", "old1", "before-reset", "never")] == [
+                True,
+                True,
+                True,
+                False,
+            ]
+            (unfinished,) = ledger.unfinished()
+            assert (
+                unfinished.release_id,
+                unfinished.status,
+                unfinished.payload,
+            ) == ("old1", ReleaseStatus.DRAWN, {"cpu": 1})
+            assert list(ledger.decisions()) == ["q1"]
+            assert [grant.delta for grant in ledger.grants()] == [1e-7]
+
+    @pytest.mark.parametrize("version", [3, module.SCHEMA_VERSION])
+    def test_a_read_only_open_refuses_every_write(self, tmp_path: Path, version: int) -> None:
+        """Opened read-only, an older file's copy refuses writes as a current file does: nothing is
+        recorded anywhere, and the file is unchanged."""
+        path = tmp_path / "ledger.sqlite3"
+        if version == module.SCHEMA_VERSION:
+            with fresh(tmp_path) as ledger:
+                ledger.reserve(spend(1), CAPS, T0, None)
+        else:
+            make_schema_3_ledger(path)
+        before = path.read_bytes()
+        writes = [
+            lambda ledger: ledger.reserve(spend(9, T0 + timedelta(days=9)), CAPS, T0, None),
+            lambda ledger: ledger.record("old1", ReleaseStatus.PUBLISHED, T0),
+            lambda ledger: ledger.grant("window", 1.0, "more", "owner", T0),
+            lambda ledger: ledger.acknowledge(["x"], "reset", T0),
+            lambda ledger: ledger.cooldown_anchor(T0 - timedelta(hours=1)),  # moves a future anchor
+        ]
+        with open_ledger(path, CAPS, T0, create=False, boot=no_boot) as ledger:  # type: ignore[union-attr]
+            releases = ledger.status(CAPS, T0).releases
+            for write in writes:
+                with pytest.raises(LedgerUnavailableError, match="readonly"):
+                    write(ledger)
+            assert releases == ledger.status(CAPS, T0).releases
+        assert before == path.read_bytes()
+
+    def test_a_tampered_older_file_is_refused_read_only_too(self, tmp_path: Path) -> None:
+        """The copy is taken only after the file passed verification: a schema-3 file whose
+        triggers were dropped is refused, not copied and migrated into a sound-looking ledger."""
+        path = tmp_path / "ledger.sqlite3"
+        make_schema_3_ledger(path)
+        with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+            conn.execute("DROP TRIGGER spends_no_delete")
+        with pytest.raises(LedgerCorruptError, match="append-only triggers were changed"):
+            open_ledger(path, CAPS, T0, create=False)
+
+    def test_the_queries_never_read_the_schema_version(self) -> None:
+        """No method of Ledger reads ``self.version``: the version only says what the file was
+        found at (``ledger verify`` reports it); every query runs on the current schema."""
+        tree = ast.parse(inspect.getsource(Ledger))
+        reads = [
+            node.lineno
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and node.attr == "version" and isinstance(node.ctx, ast.Load)
+        ]
+        assert reads == []
+
+    def test_release_statuses_are_the_ones_the_schema_allows(self, tmp_path: Path) -> None:
+        """ReleaseStatus names exactly the statuses the outcomes table accepts, and each records."""
+        (allowed,) = re.findall(r"status\s+TEXT NOT NULL CHECK \(status IN \(([^)]*)\)\)", module._SCHEMA)
+        assert {value.strip().strip("'") for value in allowed.split(",")} == set(ReleaseStatus)
+        with fresh(tmp_path) as ledger:
+            ledger.reserve(spend(1), CAPS, T0, None)
+            for status in ReleaseStatus:
+                ledger.record("r1", status, T0)
+        with closing(sqlite3.connect(tmp_path / "ledger.sqlite3")) as conn:
+            recorded = [status for (status,) in conn.execute("SELECT status FROM outcomes ORDER BY id")]
+        assert [status.value for status in ReleaseStatus] == recorded
