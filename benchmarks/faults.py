@@ -32,6 +32,7 @@ from common import log_events, write_config
 
 from cpu_tracker_daemon.budget.caps import Caps
 from cpu_tracker_daemon.budget.ledger import open_ledger
+from cpu_tracker_daemon.errors import Outcome
 
 
 def faults_config(path: Path, data: Path) -> Path:
@@ -42,7 +43,7 @@ def released_ids(text: str) -> set[str]:
     return {
         event["release_id"]
         for event in log_events(text.splitlines())  # the last line may be cut by the kill
-        if event.get("event") == "cycle.finished" and event.get("outcome") == "released"
+        if event.get("event") == "cycle.finished" and event.get("outcome") == Outcome.RELEASED
     }
 
 

@@ -1,4 +1,4 @@
-"""Run every benchmark and print their tables: the one command behind the README's figures.
+"""Run every benchmark and print their tables: the one command behind the figures in docs/measured.md.
 
     python benchmarks/run_all.py            # everything (about 100 minutes: the soaks are 40,
                                             # a secure round at 10,000 members 10, fuzzing 6)

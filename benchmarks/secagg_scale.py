@@ -62,7 +62,7 @@ from cpu_tracker_daemon.secagg.protocol import Graph, Member, Opened, Roster, Su
 
 ROUND = "29000001"
 AGGREGATOR = "aggregator@example.org"
-STEP, POLL = 10.0, 0.2  # the daemon's defaults: secure_aggregation.step_seconds, Clock.poll
+STEP, POLL = 10.0, 0.2  # the daemon's defaults: secure_aggregation.step_seconds, RoundClock.poll
 BETA = 0.2  # beta_dropped and beta_colluding, the defaults
 SCALE, LOCAL_SCALE = 20_000.0, 2_000.0  # grid units at epsilon 0.5 and local_epsilon 5
 VALUE_UNITS = 10_000
@@ -109,8 +109,8 @@ class Scheduler:
         self._next()
         turn.wait()
 
-    def clock(self) -> transport.Clock:
-        return transport.Clock(now=lambda: self.now, sleep=self.sleep, poll=POLL)
+    def clock(self) -> transport.RoundClock:
+        return transport.RoundClock(now=lambda: self.now, sleep=self.sleep, poll=POLL)
 
     def run(self) -> None:
         self._next()
@@ -145,7 +145,7 @@ def aggregator_child(base: Path, profile: bool) -> int:
         print(repr(seconds), flush=True)
         now = float(sys.stdin.readline())
 
-    clock = transport.Clock(now=lambda: now, sleep=sleep, poll=POLL)
+    clock = transport.RoundClock(now=lambda: now, sleep=sleep, poll=POLL)
     profiler = cProfile.Profile(time.process_time) if profile else None  # CPU, not the waits
     started = time.process_time()
     with profiler or contextlib.nullcontext():

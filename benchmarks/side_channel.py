@@ -35,6 +35,7 @@ from common import write_config
 
 from cpu_tracker_daemon import logs
 from cpu_tracker_daemon.config import load_config
+from cpu_tracker_daemon.errors import Outcome
 from cpu_tracker_daemon.sampling import PsutilCpuSource
 from cpu_tracker_daemon.storage import layout_for, prepare
 from cpu_tracker_daemon.tracker import Tracker
@@ -94,7 +95,7 @@ def releases(
         try:
             done = 0
             while done < block:
-                if tracker.cycle(max_wait=2.0).outcome != "released":
+                if tracker.cycle(max_wait=2.0).outcome != Outcome.RELEASED:
                     continue
                 record = json.loads(layout.public_file.read_text())
                 record["_mtime"] = layout.public_file.stat().st_mtime

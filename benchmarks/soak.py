@@ -33,6 +33,8 @@ from typing import IO, Any
 
 from common import log_events, write_config
 
+from cpu_tracker_daemon.errors import Outcome
+
 
 def proc_figures(pid: int) -> tuple[float, int, int]:
     status = Path(f"/proc/{pid}/status").read_text()
@@ -187,7 +189,7 @@ def print_schedule(
     doubled = sum(1 for g in gaps if g < every / 2)
     late, missed_at = schedule_faults(starts, every, stopped)
     missed = sum(k for _, k in missed_at)
-    durations = sorted(d for _, outcome, d in log.cycles if outcome == "released")
+    durations = sorted(d for _, outcome, d in log.cycles if outcome == Outcome.RELEASED)
     steal = sorted(m[1] for m in machine)
     print(f"\ncycles by outcome: {log.outcomes()}; scheduler skips: {len(log.scheduler_skips)}")
     print(

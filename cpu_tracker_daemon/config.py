@@ -1,9 +1,5 @@
-"""The configuration: frozen values, embedded defaults, and a loader that reports every problem.
-
-``load_config`` reads one TOML file (or none: the defaults are complete) and returns a
-:class:`Config`, or raises :class:`ConfigError` listing every problem, each naming the key and
-the fix. It reads; it never writes or logs.
-"""
+"""The configuration: frozen values, embedded defaults, and a loader that reports every problem
+at once."""
 
 from __future__ import annotations
 
@@ -20,12 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cpu_tracker_daemon.errors import ConfigError
-from cpu_tracker_daemon.names import APP_NAME, LOG_FORMATS
 from cpu_tracker_daemon.privacy.mechanisms import DEFAULT_EPSILON, PrivacyConfig, calibrate, check_privacy
 
 if TYPE_CHECKING:
     from typing import Any
 
+APP_NAME = "cpu-tracker"
+LOG_FORMATS = ("auto", "json", "console")  # auto: console on a terminal, JSON elsewhere
 CONFIG_ENV = "CPU_TRACKER_CONFIG"
 CONFIG_FILE = "config.toml"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -44,7 +41,7 @@ MAX_CONFIG_BYTES = 16 << 20  # a 100,000-member roster of everyday addresses is 
 MAX_PATH_BYTES, MAX_NAME_BYTES = 1024, 255  # macOS's PATH_MAX (the files below it need room); NAME_MAX
 YEAR = 365 * 86_400
 # The most each number may be: what a real network needs and no more, so that no arithmetic on a
-# value the config accepted overflows (the README's configuration table states each).
+# value the config accepted overflows (docs/configuration.md states each).
 MAXIMA: dict[str, int] = {
     "sampling.interval_seconds": 86_400,
     "schedule.every_seconds": YEAR,

@@ -1,9 +1,5 @@
-"""Exception types and the exit codes they carry. Each str() is one sentence a user can act on.
-
-Every class carries its exit code (``exit_code``; a subclass inherits its parent's) and, if it
-ends a cycle without stopping the daemon, the cycle's outcome (``outcome``). Only
-:mod:`cpu_tracker_daemon.cli.main` turns an error into an exit code.
-"""
+"""Exception types, each carrying its exit code and, for a refusal that ends one cycle, its
+outcome. Each str() is one sentence a user can act on."""
 
 from __future__ import annotations
 
@@ -177,7 +173,7 @@ class PromiseChangedError(ConfigError):
             self,
             f"the privacy ledger {path} accounts releases under {recorded}, and the config asks for "
             f"{configured}: their budgets cannot be added up; restore those privacy and sampling "
-            "settings, or start a new ledger with 'cpu-tracker ledger reset' (see README)",
+            "settings, or start a new ledger with 'cpu-tracker ledger reset' (see docs/budget-and-ledger.md)",
         )
         self.problems = [str(self)]
 

@@ -1,12 +1,8 @@
-"""Logging: the only ``structlog.configure``.
+"""Logging, and the only ``structlog.configure``: lines for a person on a terminal, otherwise one
+JSON object a line.
 
-On a terminal, lines a person reads (format ``auto``, the default; an event's ``summary`` field
-is its text there); otherwise, under systemd, launchd or a pipe, one JSON object a line on
-stdout (and, if configured, a file that survives logrotate: a ``WatchedFileHandler`` reopens it
-when it is moved; the file is JSON unless ``console`` is chosen outright). Tracebacks are
-rendered without local variables, so a pre-noise value can never reach a log through one. The
-standard library's loggers, APScheduler's among them, go through the same formatter at WARNING.
-"""
+Tracebacks are rendered without local variables, so a pre-noise value never reaches a log
+through one."""
 
 from __future__ import annotations
 

@@ -1,19 +1,5 @@
-"""SyftBox permission files for both client generations, rendered from one rule set.
-
-Two generations enforce two formats, and a folder needs both so that neither can drift:
-
-- ``syft.pub.yaml`` (the Go client, SyftBox 0.5 and later): ``terminal`` and
-  ``rules: [{pattern, access: {admin, write, read}}]``; the nearest file governs, a terminal one
-  ends the search, the most specific matching pattern wins.
-- ``syftperm.yaml`` (PyPI's ``syftbox`` 0.4 server and client): a YAML list of
-  ``{path, user, permissions: [read|create|write|admin], type?}``. Rules from every parent folder
-  add up; for each permission the deepest, latest matching rule wins (``type: disallow`` takes
-  away); create and write also need read; the datasite's owner may always do everything.
-
-A :class:`Folder` says who reads and who writes what; :func:`pub_yaml` and :func:`perm_yaml` turn
-it into each file. A terminal folder is rendered for 0.4 with a first rule that takes away from
-everyone what the parent folders gave, which is what ``terminal`` means to the Go client.
-"""
+"""SyftBox permission files for both client generations (``syft.pub.yaml`` for the Go client,
+``syftperm.yaml`` for 0.4), rendered from one rule set so that they cannot drift apart."""
 
 from __future__ import annotations
 

@@ -1,11 +1,8 @@
-"""The JSON records the member writes: the public release and the private raw result.
+"""The JSON records the member writes: the public release, the contract with aggregators (bump
+``SCHEMA_VERSION`` on any change an older reader would misread), and the private raw result.
 
-The public record is the contract with aggregators; bump ``SCHEMA_VERSION`` on any change that
-an older reader would misread. Nothing in it depends on the raw value except through the noise:
-the value is an integer on the grid (``cpu_units``; ``cpu`` is the same number in percent), and
-the times are the planned window's, fixed before sampling began, not clock readings taken after
-a busy or an idle window.
-"""
+Nothing public depends on the raw value except through the noise: its times are the planned
+window's, never clock readings taken after a busy or an idle window."""
 
 from __future__ import annotations
 

@@ -1,14 +1,5 @@
-"""CPU readings: the only module that imports psutil.
-
-psutil's ``cpu_percent()`` returns a meaningless 0.0 on its first call and keeps its baseline
-per thread, and APScheduler jobs may land on any thread. So :class:`PsutilCpuSource` keeps its
-own ``cpu_times()`` baseline and computes busy time the way /proc/stat defines it: everything
-but idle and iowait, with guest time (already inside user and nice) not counted twice.
-
-A reading keeps its CPU-seconds, not just its fraction: a window's busy percentage is its busy
-CPU-seconds over all its CPU-seconds, which is exactly what /proc/stat says for the window even
-when a stalled sampler made its sub-intervals unequal.
-"""
+"""CPU readings: the only module that imports psutil. Busy time is what /proc/stat says it is,
+from a baseline of this module's own."""
 
 from __future__ import annotations
 
@@ -21,6 +12,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from cpu_tracker_daemon.errors import Interrupted
+from cpu_tracker_daemon.schedule import Clock
 from cpu_tracker_daemon.signals import StopRequest
 
 
@@ -110,7 +102,7 @@ def sample_window(
     samples: int,
     interval_seconds: float,
     stop: StopRequest,
-    clock: Callable[[], datetime],
+    clock: Clock,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> Window:
     """Take ``samples`` readings over contiguous sub-intervals of ``interval_seconds``.

@@ -1,17 +1,13 @@
-"""The schedule rule, in one place: when a release may start, when its file is written, how long a
-cycle may wait, and when the daemon runs its next cycle. Pure arithmetic on clocks the caller
-passes in (the wall clock as datetimes, the monotonic and boot clocks as seconds).
+"""The schedule rule, in one place: when a release may start, when its file is written, and when
+the daemon runs its next cycle; pure arithmetic on the clocks the caller passes in.
 
-The ledger's cooldown anchor is the start of the last reserved window; the next window may start
-``every`` after it (:func:`earliest_start`, which the ledger's atomic check uses too). Within one
-process, releases are also spaced on the monotonic clock (:class:`Spacing`), which a stepped wall
-clock cannot shorten. What is published (the window's start, the file's time) is a point of the
-schedule, never a reading of how late a cycle ran, so it carries nothing about the load.
-"""
+What is published is a point of the schedule, never a reading of how late a cycle ran, so it
+carries nothing about the load."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -23,6 +19,13 @@ WAIT_GRACE_SECONDS = 1.0  # real time a cooldown wait may run over, for a wall c
 CLOCK_JUMP_SECONDS = 5.0  # a wall-clock step larger than this, against the monotonic clock, re-plans
 ALIGN_TOLERANCE = timedelta(milliseconds=1)  # a planned run this close to its target stays
 MAX_WAIT_SECONDS = 60.0  # the longest a daemon's cycle waits for its cooldown
+
+Clock = Callable[[], datetime]  # returns an aware UTC datetime
+
+
+def utc_now() -> datetime:
+    """The wall clock, in UTC: every :data:`Clock`'s production default."""
+    return datetime.now(UTC)
 
 
 def earliest_start(anchor_ts: float | None, every_seconds: float) -> float | None:

@@ -1,12 +1,7 @@
 """Stop and wake-up requests that a signal handler may make without deadlocking.
 
-A Python signal handler runs in the main thread between any two bytecodes, including while the
-main thread is inside a lock. ``threading.Event.set`` takes the Event's lock, which is not
-reentrant, so a handler that sets an Event the main thread is waiting on can deadlock the
-process (it did, in CI: SIGTERM while the daemon's loop held its wake-up Event's lock).
-``queue.SimpleQueue.put`` is reentrant by design, so everything here is built on it and on plain
-attribute writes, and a handler may call any of it at any moment.
-"""
+Everything here is built on ``queue.SimpleQueue.put``, which is reentrant, and plain attribute
+writes: never an Event's lock, which a handler could find held by the code it interrupted."""
 
 from __future__ import annotations
 

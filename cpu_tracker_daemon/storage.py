@@ -1,15 +1,7 @@
-"""Files on disk: the directory layout, atomic writes, modes, and SyftBox permission files.
+"""Files on disk: where the outputs go, atomic writes, modes, and reads of untrusted files.
 
-Every output is written to an adjacent temporary file whose name starts with a dot and ends in
-``.tmp`` (SyftBox sync ignores both), fsynced, renamed over the target with ``os.replace`` and
-made durable by fsyncing the directory. Readers see the old file or the new one, never a part.
-
-Below the directory the owner configured (``paths.data_dir``, or ``syftbox.dir``), no symlink
-is ever followed: each directory the daemon writes is reached with ``openat(O_NOFOLLOW |
-O_DIRECTORY)`` from that root, created and chmod-ed through its own descriptor, and files are
-created and renamed relative to it. A private folder linked into the public tree, or an output
-folder linked out of it, is refused instead of written through.
-"""
+Below the configured root no symlink is ever followed, and every output is written beside and
+renamed into place: readers see the old file or the new one, never a part."""
 
 from __future__ import annotations
 
@@ -26,15 +18,23 @@ from typing import TYPE_CHECKING
 
 from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.errors import ConfigError, OutputError, StateAccessError
+from cpu_tracker_daemon.layout import (
+    PRIVATE_NAME,
+    PUBLIC_NAME,
+    app_dir,
+    budget_endpoint,
+    datasites_dir,
+    local_private_dir,
+    local_public_dir,
+    private_app_dir,
+    public_app_dir,
+)
 
 if TYPE_CHECKING:
     from typing import Any
 
-PUBLIC_NAME = "cpu_tracker.json"
-PRIVATE_NAME = "cpu_tracker.json"
 LEDGER_NAME = "ledger.sqlite3"
 LOCK_NAME = "cpu-tracker.lock"
-APP_DIR = "cpu_tracker"
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 PUBLIC_DIR_MODE = 0o755
@@ -76,7 +76,7 @@ class Layout:
     @property
     def requests_dir(self) -> Path:
         """Where readers drop budget requests and find the owner's answers (syft-rpc's layout)."""
-        return self.public_dir / "rpc" / "budget"
+        return budget_endpoint(self.public_dir)
 
 
 def layout_for(config: Config) -> Layout:
@@ -86,21 +86,25 @@ def layout_for(config: Config) -> Layout:
     if sb.dir is not None:
         return Layout(
             data_dir=data,
-            public_dir=sb.dir / "datasites" / sb.email / "app_data" / APP_DIR,
-            private_dir=sb.dir / "private" / APP_DIR,
+            public_dir=app_dir(sb.dir, sb.email),
+            private_dir=private_app_dir(sb.dir),
             syft_owner=sb.email,
             syft_readers=sb.readers,
             output_root=sb.dir,
         )
-    return Layout(data_dir=data, public_dir=data / "public", private_dir=data / "private", output_root=data)
+    return Layout(
+        data_dir=data,
+        public_dir=local_public_dir(data),
+        private_dir=local_private_dir(data),
+        output_root=data,
+    )
 
 
 def network_dir(config: Config) -> Path:
-    """The aggregator's public folder, ``datasites/<email>/public/cpu_tracker/``: the network's
-    estimates and the dashboard."""
+    """The aggregator's public folder (:func:`cpu_tracker_daemon.layout.public_app_dir`)."""
     sb = config.syftbox
     assert sb.dir is not None
-    return sb.dir / "datasites" / sb.email / "public" / APP_DIR
+    return public_app_dir(sb.dir, sb.email)
 
 
 def _directories(layout: Layout) -> tuple[tuple[Path, int, str, Path], ...]:
@@ -161,7 +165,7 @@ def ensure_dir(directory: Path, root: Path, mode: int = PUBLIC_DIR_MODE) -> None
 def _refuse_private_in_public(layout: Layout) -> str | None:
     if layout.output_root is None or layout.syft_owner is None:
         return None
-    datasites = os.path.realpath(layout.output_root / "datasites")
+    datasites = os.path.realpath(datasites_dir(layout.output_root))
     private = os.path.realpath(layout.private_dir)
     if private == datasites or private.startswith(datasites + os.sep):
         return (

@@ -1,13 +1,8 @@
 """One release cycle: recover, cooldown, sample, reserve budget, add noise, write.
 
-The order is the privacy argument:
-
-1. Unfinished releases from an earlier crash are settled first: a reserved-only one is marked
-   abandoned (its spend stays counted), a drawn one is republished with its recorded noise.
-2. The spend is reserved in the ledger (checked against every cap, committed) before any noise
-   is drawn; the noisy record is committed before it is written anywhere.
-3. Only then are the files written; the raw mean goes to the private file alone.
-"""
+The order is the privacy argument: the spend is committed to the ledger before any noise is
+drawn, and the noisy record before anything is written; the raw mean goes to the private file
+alone."""
 
 from __future__ import annotations
 
@@ -15,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from cpu_tracker_daemon import permissions, storage
@@ -25,6 +20,7 @@ from cpu_tracker_daemon.budget.ledger import (
     LOCK_TIMEOUT_SECONDS,
     BootClock,
     Ledger,
+    ReleaseStatus,
     Spend,
     boot_clock,
     open_ledger,
@@ -52,6 +48,7 @@ from cpu_tracker_daemon.records import private_record, public_record
 from cpu_tracker_daemon.sampling import CpuSource, Window, sample_window
 from cpu_tracker_daemon.schedule import (
     WAIT_GRACE_SECONDS,
+    Clock,
     Spacing,
     due_at,
     grid_late,
@@ -60,6 +57,7 @@ from cpu_tracker_daemon.schedule import (
     planned_start,
     publish_time,
     round_start,
+    utc_now,
 )
 from cpu_tracker_daemon.schedule import max_wait as daemon_wait
 from cpu_tracker_daemon.schedule import round_id as schedule_round_id
@@ -68,12 +66,6 @@ from cpu_tracker_daemon.storage import Layout
 
 if TYPE_CHECKING:
     from cpu_tracker_daemon.privacy.mechanisms import RandomLike
-
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def check_outputs(ledger: Ledger | None, layout: Layout) -> None:
@@ -246,17 +238,17 @@ class Tracker:
         republished = 0
         for item in ledger.unfinished():
             if item.status is None:
-                ledger.record(item.release_id, "abandoned", self.clock())
+                ledger.record(item.release_id, ReleaseStatus.ABANDONED, self.clock())
                 self.log.warning(
                     "release.abandoned",
                     release_id=item.release_id,
                     detail="reserved but interrupted before noise was recorded; the spend stays counted",
                 )
             elif ledger.published_after(item.reserved_ts) or item.payload is None:
-                ledger.record(item.release_id, "superseded", self.clock())
+                ledger.record(item.release_id, ReleaseStatus.SUPERSEDED, self.clock())
             else:
                 self._write_public(item.payload)
-                ledger.record(item.release_id, "published", self.clock())
+                ledger.record(item.release_id, ReleaseStatus.PUBLISHED, self.clock())
                 republished += 1
                 self.log.info("release.recovered", release_id=item.release_id)
         return republished
@@ -380,7 +372,7 @@ class Tracker:
         raw = statistic(window, calibration)
         noisy = drawing.draw(raw, calibration, self.random_state, stop=self.stop)
         public = public_record(release_id, noisy, planned, window_end, config.sampling, calibration)
-        ledger.record(release_id, "drawn", self.clock(), payload=public)
+        ledger.record(release_id, ReleaseStatus.DRAWN, self.clock(), payload=public)
         storage.write_json(
             self.layout.private_file,
             private_record(release_id, raw, window, self.clock().isoformat()),
@@ -392,7 +384,7 @@ class Tracker:
         publish_at = publish_time(planned, config, self.hold_seconds)
         self._wait_until(publish_at, at_most=(publish_at - planned).total_seconds())
         self._write_public(public)
-        ledger.record(release_id, "published", self.clock())
+        ledger.record(release_id, ReleaseStatus.PUBLISHED, self.clock())
         self._write_metrics(noisy.cpu, calibration.noise_stddev, after, window_end)
         return CycleResult(
             outcome=Outcome.RELEASED,
@@ -441,12 +433,15 @@ class Tracker:
         round_id = schedule_round_id(planned, self.every)
         if outcome.startswith(rounds.WRITE_FAILED):  # spent, and the masked value never left
             ledger.record(
-                spend.release_id, "abandoned", self.clock(), payload={"round": round_id, "outcome": outcome}
+                spend.release_id,
+                ReleaseStatus.ABANDONED,
+                self.clock(),
+                payload={"round": round_id, "outcome": outcome},
             )
             raise RoundEndedError(outcome, spent=True)
         ledger.record(
             spend.release_id,
-            "published",
+            ReleaseStatus.PUBLISHED,
             self.clock(),
             payload={
                 "mode": "secure_aggregation",

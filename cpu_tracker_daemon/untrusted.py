@@ -1,10 +1,5 @@
-"""Files another machine wrote: the one way such a file is refused, and the checks of its values.
-
-A peer's release (:mod:`peers`) and a reader's budget request (:mod:`budget_requests`) are read
-the same way: anything not exactly as specified raises :class:`NotAccepted` with a short, stable
-reason, which the reader logs and counts. It is not a :class:`~errors.CpuTrackerError`: a bad
-file from elsewhere never stops this machine's own work.
-"""
+"""Files another machine wrote: :class:`NotAccepted`, the one way such a file is refused, and the
+checks of its values. A bad file from elsewhere never stops this machine's own work."""
 
 from __future__ import annotations
 

@@ -6,15 +6,18 @@ import json
 import shutil
 import signal
 import subprocess
+from collections.abc import Iterator, MutableMapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from cpu_tracker_daemon.cli.main import main
 from cpu_tracker_daemon.config import load_config
 from cpu_tracker_daemon.errors import EXIT_CONFIG
+from cpu_tracker_daemon.logs import get_logger
 from cpu_tracker_daemon.network.aggregate import (
     AGGREGATE_NAME,
     DASHBOARD_NAME,
@@ -31,17 +34,12 @@ AGGREGATOR = "aggregator@openmined.org"
 MEMBERS = [f"member{n}@example.org" for n in range(5)]
 
 
-class RecordingLog:
-    """Collects structlog-style calls: (level, event, fields)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, dict[str, Any]]] = []
-
-    def __getattr__(self, level: str) -> Any:
-        def record(event: str, **fields: Any) -> None:
-            self.calls.append((level, event, fields))
-
-        return record
+@pytest.fixture
+def logs() -> Iterator[list[MutableMapping[str, Any]]]:
+    """What the test's aggregators log (each event a dict with its ``log_level``); none of it
+    reaches a handler."""
+    with capture_logs() as captured:
+        yield captured
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +70,9 @@ def aggregator_config(tmp_path: Path, sb: Path, **aggregator: Any) -> Path:
     )
 
 
-def run_pass(tmp_path: Path, sb: Path, log: Any = None, **aggregator: Any) -> dict[str, Any]:
+def run_pass(tmp_path: Path, sb: Path, **aggregator: Any) -> dict[str, Any]:
     config = load_config(aggregator_config(tmp_path, sb, **aggregator))
-    return Aggregator(config, log or RecordingLog()).run_pass().record
+    return Aggregator(config, get_logger()).run_pass().record
 
 
 def spoil(sb: Path) -> None:
@@ -99,6 +97,7 @@ def spoil(sb: Path) -> None:
     (datasites / "not a peer").mkdir()
 
 
+@pytest.mark.usefixtures("logs")
 class TestPass:
     @pytest.mark.slow
     def test_estimate_from_real_member_releases(self, tree: Path, tmp_path: Path) -> None:
@@ -113,12 +112,13 @@ class TestPass:
         assert est["ci95"][0] < est["mean"] < est["ci95"][1]
         assert record["skipped"] == {}
 
-    def test_hostile_peers_are_skipped_and_change_nothing(self, tree: Path, tmp_path: Path) -> None:
+    def test_hostile_peers_are_skipped_and_change_nothing(
+        self, tree: Path, tmp_path: Path, logs: list[MutableMapping[str, Any]]
+    ) -> None:
         """Bad peer files are counted by reason, and the estimate is exactly what it was without them."""
         clean = run_pass(tmp_path, tree)
         spoil(tree)
-        log = RecordingLog()
-        spoiled = run_pass(tmp_path, tree, log)
+        spoiled = run_pass(tmp_path, tree)
         assert spoiled["estimate"]["mean"] == clean["estimate"]["mean"]
         assert spoiled["estimate"]["peers"] == 5
         assert spoiled["skipped"] == {
@@ -129,23 +129,22 @@ class TestPass:
             "timestamp in the future": 1,
             "too large": 1,
         }
-        warned = [
-            (fields["peer"], fields["reason"]) for _, event, fields in log.calls if event == "peer.skipped"
-        ]
+        warned = [(e["peer"], e["reason"]) for e in logs if e["event"] == "peer.skipped"]
         assert len(warned) == len(set(warned)) == 5
 
-    def test_the_trees_own_files_are_not_peers(self, tree: Path, tmp_path: Path) -> None:
+    def test_the_trees_own_files_are_not_peers(
+        self, tree: Path, tmp_path: Path, logs: list[MutableMapping[str, Any]]
+    ) -> None:
         """SyftBox's ``_.syftignore`` and any other file beside the datasites are not peers, and a
         datasite without our app is counted as having no release but not warned about."""
         datasites = tree / "datasites"
         (datasites / "_.syftignore").write_text("*.tmp\n")
         (datasites / "notes.txt").write_text("x")
         (datasites / "bystander@example.org" / "public").mkdir(parents=True)
-        log = RecordingLog()
-        record = run_pass(tmp_path, tree, log)
+        record = run_pass(tmp_path, tree)
         assert record["estimate"]["peers"] == 5
         assert record["skipped"] == {"no release": 1}
-        assert [event for level, event, _ in log.calls if level == "warning"] == []
+        assert [e["event"] for e in logs if e["log_level"] == "warning"] == []
 
     def test_a_release_being_written_is_read_again_once(self, tree: Path, tmp_path: Path) -> None:
         """The 0.4 client writes a received file in place: those found empty or cut short are read
@@ -161,23 +160,24 @@ class TestPass:
             release_path(datasites, MEMBERS[0]).write_bytes(whole)
 
         config = load_config(aggregator_config(tmp_path, tree))
-        result = Aggregator(config, RecordingLog(), sleep=pause).run_pass()
+        result = Aggregator(config, get_logger(), sleep=pause).run_pass()
         assert result.estimate is not None
         assert result.estimate.peers == 4
         assert result.skipped == {"not UTF-8 JSON": 1}
         assert pauses == [REREAD_PAUSE_SECONDS]
 
     @pytest.mark.slow
-    def test_each_problem_is_logged_once(self, tree: Path, tmp_path: Path) -> None:
+    def test_each_problem_is_logged_once(
+        self, tree: Path, tmp_path: Path, logs: list[MutableMapping[str, Any]]
+    ) -> None:
         """A second pass over the same bad files logs nothing new."""
         spoil(tree)
         config = load_config(aggregator_config(tmp_path, tree))
-        log = RecordingLog()
-        aggregator = Aggregator(config, log)
+        aggregator = Aggregator(config, get_logger())
         aggregator.run_pass()
-        first = len(log.calls)
+        first = len(logs)
         aggregator.run_pass()
-        assert len(log.calls) == first
+        assert len(logs) == first
 
     def test_outputs_are_public_and_name_no_peer(self, tree: Path, tmp_path: Path) -> None:
         """aggregate.json, history.json and index.html are public-read and mention no member."""
@@ -278,6 +278,7 @@ class TestWhatTheCommandSays:
         assert second == "members' own releases: none valid"
         assert third.startswith("skipped: no release (101); wrote ")
 
+    @pytest.mark.slow
     def test_one_peer_is_one_peer(self, tmp_path: Path) -> None:
         """It said "from 1 peers": a count is said with its noun in the singular or the plural."""
         sb = tmp_path / "SyftBox"
@@ -293,6 +294,7 @@ class TestWhatTheCommandSays:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("logs")
 def test_a_pass_keeps_a_few_dozen_bytes_a_peer(member_tree: Path, tmp_path: Path) -> None:
     """The pass streams the peers and keeps only the estimator's doubles: between 400 and 2,400
     peers its peak traced memory grows by under 200 bytes a peer (it kept a release object and
@@ -310,9 +312,9 @@ def test_a_pass_keeps_a_few_dozen_bytes_a_peer(member_tree: Path, tmp_path: Path
             path.parent.mkdir(parents=True)
             path.write_bytes(release)
         config = load_config(aggregator_config(tmp_path / str(peers), sb))
-        Aggregator(config, RecordingLog()).run_pass()  # the first pass creates the outputs
+        Aggregator(config, get_logger()).run_pass()  # the first pass creates the outputs
         tracemalloc.start()
-        result = Aggregator(config, RecordingLog()).run_pass()
+        result = Aggregator(config, get_logger()).run_pass()
         peaks[peers] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert result.estimate is not None

@@ -597,6 +597,7 @@ class TestGrantConfirmation:
         assert code == 0, seen
         assert grants(tmp_path) == [("lifetime", 500.0)]
 
+    @pytest.mark.slow
     def test_without_a_terminal_it_needs_yes(self, tmp_path: Path) -> None:
         """A script cannot answer: it is refused with the flag to pass, and --yes grants."""
         config = str(write_config(tmp_path))
@@ -864,6 +865,7 @@ class TestFirstHour:
         assert said.endswith("now epsilon 104.5 at delta 1e-06, 104.5 left"), said
         assert "lifetime 0 of 104.5 spent, 104.5 left" in run_cli("--config", config, "status").stdout
 
+    @pytest.mark.slow
     def test_one_release_is_one_release(self, tmp_path: Path) -> None:
         """`ledger verify` said "1 releases"."""
         config = str(write_config(tmp_path))

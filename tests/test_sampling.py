@@ -92,6 +92,7 @@ class TestSampleWindow:
         assert window.percents == (50.0, 50.0, 50.0, 50.0)
         assert window.end >= window.start
 
+    @pytest.mark.slow
     def test_busy_percent_matches_proc_stat_over_the_window(self) -> None:
         """The window's busy percentage is the one cpu_times gives for the whole window.
 

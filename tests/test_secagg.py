@@ -311,7 +311,7 @@ def aggregator_round(
 ) -> dict[str, Any]:
     return transport.aggregator_round(
         tree, site.signer, site.keyring, AGGREGATOR, names, round_id, start, step,
-        transport.Calibration(0.2, 0.2, SCALE, LOCAL_SCALE), transport.Clock(poll=0.02),
+        transport.Calibration(0.2, 0.2, SCALE, LOCAL_SCALE), transport.RoundClock(poll=0.02),
     )  # fmt: skip
 
 
@@ -356,13 +356,13 @@ def round_over_files(
 
         return spend
 
-    def clock_for(name: str) -> transport.Clock:
+    def clock_for(name: str) -> transport.RoundClock:
         def sleep(seconds: float) -> None:
             if name in dropping and at == "reveal" and name in sent:
                 raise _Dropped  # gone while waiting for the survivor list
             time.sleep(seconds)
 
-        return transport.Clock(sleep=sleep, poll=0.02)
+        return transport.RoundClock(sleep=sleep, poll=0.02)
 
     def member(name: str) -> None:
         site = sites[name]
@@ -553,8 +553,8 @@ class StepClock:
     def sleep(self, seconds: float) -> None:
         self.t += max(seconds, 0.01)
 
-    def clock(self) -> transport.Clock:
-        return transport.Clock(now=self.now, sleep=self.sleep, poll=0.5)
+    def clock(self) -> transport.RoundClock:
+        return transport.RoundClock(now=self.now, sleep=self.sleep, poll=0.5)
 
 
 def lone_member_round(tmp_path: Path, tree: transport.Tree, me: Member, round_id: str) -> str:
@@ -647,7 +647,7 @@ def test_a_hostile_roster_ends_the_round_for_the_member_with_a_reason(
 
     outcome = transport.member_round(
         tree, me, site.signer, site.keyring, AGGREGATOR, "r1", clock.now(), 1.0, 5000,
-        lambda r: 0, lambda: None, transport.Clock(now=clock.now, sleep=sleep, poll=0.5),
+        lambda r: 0, lambda: None, transport.RoundClock(now=clock.now, sleep=sleep, poll=0.5),
     )  # fmt: skip
     assert outcome.startswith("bad roster"), outcome
     assert site.refused == []  # read and checked: the roster's shape, not its signature, is bad

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from cpu_tracker_daemon.layout import did_path
 from cpu_tracker_daemon.secagg import identity, masks, noise, shares, transport
 from cpu_tracker_daemon.secagg.protocol import (
     Graph,
@@ -222,6 +223,7 @@ class TestRosterOfItsOwnAccounts:
 
 
 class TestGrinding:
+    @pytest.mark.slow
     def test_names_ground_for_the_old_ring_land_nowhere_special(self) -> None:
         """26 colluders among 130, their names ground (as the audit did) to sit beside the target
         on a ring ordered by SHA-256 of the round id and the name: on the committed graph they
@@ -263,7 +265,9 @@ class TestGrinding:
 
 
 class TestFakedDropouts:
-    @pytest.mark.parametrize("n", [10, 100, 1000])
+    @pytest.mark.parametrize(
+        "n", [10, pytest.param(100, marks=pytest.mark.slow), pytest.param(1000, marks=pytest.mark.slow)]
+    )
     def test_absent_and_colluding_counted_apart_leave_the_whole_noise(self, n: int) -> None:
         """A fifth declared absent and another fifth colluding (at any N): the honest present
         still add the whole target noise, variance within 5% of discrete Laplace's at scale
@@ -343,7 +347,7 @@ class TestSignedMessages:
             5000,
             lambda roster: 0,
             lambda: spent.append(True),
-            transport.Clock(poll=0.02),
+            transport.RoundClock(poll=0.02),
         )
         return outcome, bool(spent), log
 
@@ -368,6 +372,7 @@ class TestSignedMessages:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(doc))
 
+    @pytest.mark.slow
     def test_a_forged_roster_is_refused_with_one_line_and_nothing_spent(self, tmp_path: Path) -> None:
         """A roster in the aggregator's folder signed by someone else's key (a server or another
         writer forging it): the member logs one refusal naming the sender and spends nothing."""
@@ -380,6 +385,7 @@ class TestSignedMessages:
         assert refused[0]["sender"] == self.AGG
         assert "forged, altered or replayed" in refused[0]["reason"]
 
+    @pytest.mark.slow
     def test_a_replayed_roster_from_another_round_is_refused(self, tmp_path: Path) -> None:
         """The aggregator's own signature over round 100's roster, put in round 101's file."""
         outcome, spent, log = self.one_member(
@@ -388,12 +394,13 @@ class TestSignedMessages:
         assert (outcome, spent) == ("no roster", False)
         assert [e["event"] for e in log] == ["secagg.message_refused"]
 
+    @pytest.mark.slow
     def test_a_changed_aggregator_key_is_refused_until_accepted(self, tmp_path: Path) -> None:
         """The aggregator's did.json now holds a new key, and its roster is signed with it: the
         member refuses, says how to accept the key, and spends nothing."""
 
         def new_key(tree: transport.Tree, agg: Party, round_id: str) -> None:
-            identity.did_path(tree.root, self.AGG).unlink()
+            did_path(tree.root, self.AGG).unlink()
             fresh = identity.Identity.generate()
             identity.publish(tree.root, self.AGG, fresh)
             self.roster_doc(tree, fresh, round_id, round_id)
@@ -449,7 +456,7 @@ class TestSignedMessages:
             time.monotonic() - 1,
             0.2,
             transport.Calibration(0.2, 0.2, SCALE, LOCAL_SCALE),
-            transport.Clock(poll=0.02),
+            transport.RoundClock(poll=0.02),
         )
         assert result["roster"] == 3
         roster = json.loads(tree.file(self.AGG, "7", "roster").read_text())
@@ -499,7 +506,7 @@ def file_round(
     outcomes: dict[str, str] = {}
     spent: dict[str, bool] = dict.fromkeys(parties, False)
     start, step = time.monotonic() + 0.3, 0.25
-    clock = transport.Clock(poll=0.02)
+    clock = transport.RoundClock(poll=0.02)
 
     def run(who: Party) -> None:
         member = Member(who.name)
@@ -592,6 +599,7 @@ class TestLyingMember:
         assert outcomes["m0@example.org"].startswith("left out before the spend")
         assert (result["aborted"], result["members"]) == (None, 5)
 
+    @pytest.mark.slow
     def test_a_roster_too_small_to_finish_spends_nothing(self, tmp_path: Path) -> None:
         """Three listed, one up: the roster of one is refused (min_members 3), nothing spent."""
         result, outcomes, spent, _ = file_round(tmp_path, 3, up=1)
@@ -720,7 +728,7 @@ class TestFaults:
                 5_000,
                 lambda roster: 0,
                 lambda: spent.append(True),
-                transport.Clock(poll=0.02),
+                transport.RoundClock(poll=0.02),
             )
             assert outcome.startswith(transport.WRITE_FAILED)
             assert not spent
@@ -756,7 +764,7 @@ class TestFaults:
             time.monotonic() - 1,
             0.1,
             transport.Calibration(0.2, 0.2, SCALE, LOCAL_SCALE),
-            transport.Clock(poll=0.02),
+            transport.RoundClock(poll=0.02),
         )
         roster = json.loads(tree.file(TestSignedMessages.AGG, "5", "roster").read_text())
         assert sorted(roster["keys"]) == [m0.name]
@@ -764,6 +772,7 @@ class TestFaults:
 
 
 class TestClockSkew:
+    @pytest.mark.slow
     def test_a_member_a_step_fast_still_takes_part(self, tmp_path: Path) -> None:
         """A member whose clock is almost a step ahead of the aggregator's, in a round where one
         listed member never comes (so the aggregator waits out its deadlines): the member waits
@@ -776,7 +785,7 @@ class TestClockSkew:
         outcomes: dict[str, str] = {}
 
         def run(who: Party, skew: float) -> None:
-            clock = transport.Clock(now=lambda: time.monotonic() + skew, poll=0.02)
+            clock = transport.RoundClock(now=lambda: time.monotonic() + skew, poll=0.02)
             outcomes[who.name] = transport.member_round(
                 tree,
                 Member(who.name),
@@ -808,7 +817,7 @@ class TestClockSkew:
             start,
             step,
             transport.Calibration(0.2, 0.2, SCALE, LOCAL_SCALE),
-            transport.Clock(poll=0.02),
+            transport.RoundClock(poll=0.02),
         )
         for thread in threads:
             thread.join()
@@ -820,6 +829,7 @@ class TestAuditedV2:
     """What an outside audit of version 2 found (each ran as a script against the real code
     first), as tests: each ends before the target spends, or with nothing revealed."""
 
+    @pytest.mark.slow
     def test_a_withheld_inbox_ends_the_round_before_the_target_spends(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -834,6 +844,7 @@ class TestAuditedV2:
         assert outcomes["m0@example.org"].startswith("refused before the spend: no box that opens from")
         assert not spent["m0@example.org"]
 
+    @pytest.mark.slow
     def test_a_list_of_who_goes_on_naming_only_the_target_is_refused(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -846,6 +857,7 @@ class TestAuditedV2:
         assert outcomes["m0@example.org"].startswith("refused before the spend")
         assert not any(spent.values())
 
+    @pytest.mark.slow
     def test_an_arrival_not_proved_by_its_members_signature_is_refused(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -235,7 +235,7 @@ class TestWait:
             looks.append(now[0])
             return False
 
-        clock = transport.Clock(now=lambda: now[0], sleep=sleep, poll=0.2)
+        clock = transport.RoundClock(now=lambda: now[0], sleep=sleep, poll=0.2)
         assert not transport._wait(clock, 90.0, ready, transport.PATIENCE)
         assert looks[-1] == 90.0
         assert 30 < len(looks) < 70

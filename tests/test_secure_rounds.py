@@ -200,7 +200,7 @@ def run_slot(
         thread.start()
     record = None
     if aggregator_runs:
-        wall = transport.Clock(now=time.time, poll=0.05)
+        wall = transport.RoundClock(now=time.time, poll=0.05)
         record = rounds.run_round(agg_config, slot, wall, lambda: datetime.now(UTC)).record
     for thread in threads:
         thread.join(timeout=60)
@@ -290,7 +290,7 @@ class TestRoundsInTheDaemon:
         thread = threading.Thread(target=lambda: out.update(r=tracker.cycle(max_wait=EVERY + 1)))
         thread.start()
         rounds.run_round(
-            agg_config, slot, transport.Clock(now=time.time, poll=0.05), lambda: datetime.now(UTC)
+            agg_config, slot, transport.RoundClock(now=time.time, poll=0.05), lambda: datetime.now(UTC)
         )
         thread.join(timeout=60)
         assert out["r"].outcome == "round_ended"

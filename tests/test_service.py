@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from cpu_tracker_daemon import errors as exit_codes
-from cpu_tracker_daemon import names
+from cpu_tracker_daemon import errors
 from cpu_tracker_daemon.cli import main as cli
 from cpu_tracker_daemon.daemon import service
 from cpu_tracker_daemon.errors import ServiceError
@@ -61,10 +60,10 @@ class TestRender:
     def test_no_restart_codes_are_the_cli_codes_a_restart_cannot_fix(self) -> None:
         """RestartPreventExitStatus lists bad arguments, bad config, corrupt ledger, another instance."""
         expected = (
-            exit_codes.EXIT_USAGE,
-            exit_codes.EXIT_CONFIG,
-            exit_codes.EXIT_LEDGER,
-            exit_codes.EXIT_INSTANCE,
+            errors.EXIT_USAGE,
+            errors.EXIT_CONFIG,
+            errors.EXIT_LEDGER,
+            errors.EXIT_INSTANCE,
         )
         assert expected == service.NO_RESTART_EXIT_CODES
         unit = service.render(target("systemd", "system"))
@@ -268,11 +267,11 @@ class TestInstall:
             "service", "install", "--user", "--root", str(tmp_path), "--executable", "/x/ct",
             home=Path("/home/alice"), capsys=capsys,
         )  # fmt: skip
-        assert (code, err.count("\n")) == (exit_codes.EXIT_CONFIG, 1)
+        assert (code, err.count("\n")) == (errors.EXIT_CONFIG, 1)
         assert "sampling.samples" in err
         assert not (tmp_path / "home/alice/.config/systemd").exists()
 
-    @pytest.mark.parametrize("manager", names.MANAGERS)
+    @pytest.mark.parametrize("manager", service.MANAGERS)
     def test_system_service_refuses_a_syftbox_folder_in_a_home(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str], manager: str
     ) -> None:
@@ -286,7 +285,7 @@ class TestInstall:
             "service", "install", manager, "--system", "--root", str(tmp_path), "--executable", "/x/ct",
             home=Path("/root"), capsys=capsys,
         )  # fmt: skip
-        assert (code, err.count("\n")) == (exit_codes.EXIT_SERVICE, 1)
+        assert (code, err.count("\n")) == (errors.EXIT_SERVICE, 1)
         assert "/home/alice/SyftBox" in err
         assert "'cpu-tracker service install --user'" in err
         assert sorted(p.name for p in tmp_path.iterdir()) == ["etc"]
@@ -314,7 +313,7 @@ class TestInstall:
         unit = tmp_path / "home/alice/.config/systemd/user/cpu-tracker.service"
         unit.write_text("# mine\n")
         code, _, err = run_main(*args, home=home, capsys=capsys)
-        assert (code, unit.read_text()) == (exit_codes.EXIT_SERVICE, "# mine\n")
+        assert (code, unit.read_text()) == (errors.EXIT_SERVICE, "# mine\n")
         assert "--force" in err
         assert err.count("\n") == 1
         assert run_main(*args, "--force", home=home, capsys=capsys)[0] == 0
@@ -374,7 +373,7 @@ class TestInstall:
         ]
         unit = tmp_path / "etc/systemd/system/cpu-tracker.service"
         code, _, err = run_main(*args, home=Path("/root"), capsys=capsys)
-        assert code == exit_codes.EXIT_SERVICE
+        assert code == errors.EXIT_SERVICE
         assert err.count("\n") == 1
         assert hidden in err
         assert "/opt/cpu-tracker" in err
@@ -401,12 +400,12 @@ class TestInstall:
         state = tmp_path / "Users/bob/Library/Application Support/cpu-tracker"
         plist.write_text(plist.read_text() + "\n")
         code, _, err = run_main("service", "uninstall", *common, home=home, capsys=capsys)
-        assert (code, plist.exists()) == (exit_codes.EXIT_SERVICE, True)
+        assert (code, plist.exists()) == (errors.EXIT_SERVICE, True)
         code, out, _ = run_main("service", "uninstall", *common, "--force", home=home, capsys=capsys)
         assert (code, plist.exists(), state.is_dir()) == (0, False, True)
         assert "launchctl bootout gui/" in out
         code, _, err = run_main("service", "uninstall", *common, home=home, capsys=capsys)
-        assert code == exit_codes.EXIT_SERVICE
+        assert code == errors.EXIT_SERVICE
         assert "nothing to uninstall" in err
 
     def test_relative_root_is_a_usage_error(self, capsys: pytest.CaptureFixture[str]) -> None:
@@ -422,7 +421,7 @@ class TestInstall:
             home=Path("/h"),
             capsys=capsys,
         )
-        assert (code, err.count("\n")) == (exit_codes.EXIT_USAGE, 1)
+        assert (code, err.count("\n")) == (errors.EXIT_USAGE, 1)
 
 
 def test_service_module_imports_nothing_heavy() -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from cpu_tracker_daemon import errors as exit_codes
+from cpu_tracker_daemon import errors
 from tests.conftest import write_config
 from tests.syftbox_network import REPO, wait_until
 
@@ -181,7 +181,7 @@ class TestGoClient:
             alive_until(proc, app, "two tries, each refused", lambda: len(RETRY.findall(log_text(app))) >= 2)
             refusals = [m.group(0) for m in RETRY.finditer(log_text(app))]
             assert "exit 3" in refusals[0]
-            assert exit_codes.EXIT_CODES[exit_codes.EXIT_CONFIG] in refusals[0]
+            assert errors.EXIT_CODES[errors.EXIT_CONFIG] in refusals[0]
             assert "sampling.samples" in log_text(app)
             app["config"].write_text(good)
             alive_until(proc, app, "the release once the config is fixed", release(app).is_file)
@@ -283,10 +283,10 @@ class TestGoClient:
 
 class TestRunScript:
     def test_names_each_refusal_as_the_exit_code_table_does(self) -> None:
-        """run.sh's line for a refusal quotes the meaning of its exit code from exit_codes."""
+        """run.sh's line for a refusal quotes the meaning of its exit code from errors.EXIT_CODES."""
         script = (REPO / "run.sh").read_text()
-        for code in (exit_codes.EXIT_CONFIG, exit_codes.EXIT_LEDGER, exit_codes.EXIT_INSTANCE):
-            assert f'{code}) what="{exit_codes.EXIT_CODES[code]}"' in script
+        for code in (errors.EXIT_CONFIG, errors.EXIT_LEDGER, errors.EXIT_INSTANCE):
+            assert f'{code}) what="{errors.EXIT_CODES[code]}"' in script
 
 
 def run_sh(app: dict[str, Path], timeout: float) -> subprocess.CompletedProcess[bytes]:

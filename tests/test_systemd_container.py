@@ -1,7 +1,7 @@
 """The service under a real systemd 252, booted with systemd-nspawn on a debootstrapped Debian.
 
 The package is installed in the container from wheels built from this checkout, into the venv
-the README describes (/opt/cpu-tracker), so the unit that ``service install`` writes there must
+docs/service.md describes (/opt/cpu-tracker), so the unit that ``service install`` writes there must
 also equal the checked-in ``systemd/cpu-tracker.service``. The tests run in order against one
 container: start, release, journal, status, reload, stop, then a broken config.
 """

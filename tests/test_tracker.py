@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from cpu_tracker_daemon import logs
-from cpu_tracker_daemon.budget import ledger as ledger_module
+from cpu_tracker_daemon.budget import schema as ledger_schema
 from cpu_tracker_daemon.config import Config, load_config
 from cpu_tracker_daemon.sampling import PsutilCpuSource, Reading
 from cpu_tracker_daemon.schedule import WAIT_GRACE_SECONDS, Spacing, publish_hold
@@ -257,6 +257,7 @@ class LaggingCpu:
 
 
 class TestLedgerHeldElsewhere:
+    @pytest.mark.slow
     def test_a_ledger_locked_by_another_process_refuses_the_cycle_and_the_next_one_releases(
         self, tmp_path: Path, clock: FakeClock
     ) -> None:
@@ -374,7 +375,7 @@ class TestRecovery:
         conn = sqlite3.connect(tracker.layout.ledger)
         conn.execute("DROP TRIGGER outcomes_no_delete")  # simulate: the crash came before 'drawn'
         conn.execute("DELETE FROM outcomes")
-        restore = ledger_module._statements(ledger_module._append_only(("outcomes",)))
+        restore = ledger_schema.statements(ledger_schema._append_only(("outcomes",)))
         conn.execute(next(statement for statement in restore if "outcomes_no_delete" in statement))
         conn.commit()
         clock.advance(2)

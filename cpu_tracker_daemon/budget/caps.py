@@ -1,8 +1,5 @@
-"""The budget as arithmetic: the caps, what each cap has spent and would spend with one more
-release, the privacy promise, and the configuration's terms for them. Pure: no SQLite, no
-files. The ledger (:mod:`ledger`) stores the spends and checks these atomically when it
-reserves one; the reports (:mod:`report`) read them.
-"""
+"""The budget as arithmetic: the caps, what each has spent and would spend with one more
+release, and the privacy promise. Pure: no SQLite, no files."""
 
 from __future__ import annotations
 

@@ -1,37 +1,9 @@
-"""Budget requests over SyftBox's RPC convention, and the owner's answers.
+"""Budget requests over SyftBox's RPC convention (syft-rpc's folders and messages), and the
+owner's answers.
 
-A reader named in ``[syftbox] readers`` (the aggregator, say) writes a syft-rpc request,
-``app_data/cpu_tracker/rpc/budget/<its email>/<id>.request``, into the member's datasite; the
-owner lists, approves or denies it with ``cpu-tracker budget requests|approve|deny``, and the
-answer goes beside it as ``<id>.response``, which that requester alone can read. The layout and
-the message shape are syft-rpc's (``id, sender, url, method, headers, body, created, expires``;
-a response adds ``status_code``; ``body`` is base64), so a syft-rpc client can ask, and the Go
-client syncs ``*.request`` and ``*.response`` files at once rather than on its 5 s sweep. The
-request's body is a JSON object: ``schema``, ``schema_version``, ``cap``, ``epsilon``,
-``delta`` (optional) and ``reason``.
-
-The folder's permission files (``syft.pub.yaml`` and ``syftperm.yaml``) let each reader create
-request files in its own folder and nowhere else, so a request's folder is the identity that
-wrote it: one whose ``sender`` names anyone else is refused, and so is one addressed to another
-member's endpoint (a request copied from elsewhere).
-
-Request files come from other machines and are hostile until proven otherwise: no symlinks,
-size-capped before parsing, strict UTF-8 JSON with exactly the known keys, finite numbers in
-range, a sender who is a listed reader, a file name that matches the id, times that are
-timezone-aware, created not in the future and not yet expired. A bad file is skipped with a
-reason and never raises. Replays (an id already decided, kept in the ledger) and duplicates (the
-same ask under another id, pending or already decided) are not pending.
-
-Each reader's folder is read on its own and capped on its own, so one reader's files, junk or
-not, cannot hide another's: at most :data:`MAX_FILES_PER_READER` request files are read from a
-folder (the first by name), the rest are counted and not read, and what was skipped is also
-counted by the folder's reader. A folder is streamed, never listed whole.
-
-An approval grants exactly what the owner was shown: ``budget requests`` keeps what it listed
-(each file's amounts and SHA-256) in the state directory, and ``budget approve ID`` reads that one
-file again and refuses when it is not byte for byte the one listed. A reader who rewrites its
-request after the listing gets a refusal, not a larger grant.
-"""
+Request files are hostile: each is read capped and checked, and a bad one is skipped with a
+reason. A reader can write only in its own folder, so that folder is who sent it; an approval
+grants only what the owner was shown."""
 
 from __future__ import annotations
 
@@ -54,13 +26,13 @@ from cpu_tracker_daemon import permissions, storage
 from cpu_tracker_daemon.budget.caps import CAPS
 from cpu_tracker_daemon.budget.ledger import Decision, Ledger
 from cpu_tracker_daemon.errors import UsageError
+from cpu_tracker_daemon.layout import budget_endpoint_url
 from cpu_tracker_daemon.untrusted import NotAccepted, finite_number
 
 REQUEST_SCHEMA = "cpu-tracker/budget-request"
 RESPONSE_SCHEMA = "cpu-tracker/budget-response"
 REQUEST_SUFFIX = ".request"  # syft-rpc's names
 RESPONSE_SUFFIX = ".response"
-ENDPOINT = ("rpc", "budget")  # below the app's folder
 METHOD = "POST"
 ANSWER_EXPIRES = timedelta(days=30)
 MAX_BYTES = 8192
@@ -133,7 +105,7 @@ def endpoint_url(layout: storage.Layout) -> str | None:
     """The syft URL a request to this member must be addressed to (None outside SyftBox)."""
     if layout.syft_owner is None:
         return None
-    return f"syft://{layout.syft_owner}/app_data/{storage.APP_DIR}/{'/'.join(ENDPOINT)}"
+    return budget_endpoint_url(layout.syft_owner)
 
 
 def request_message(

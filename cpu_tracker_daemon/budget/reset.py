@@ -1,18 +1,5 @@
-"""A deliberate new start of the privacy budget, which leaves a trace.
-
-The daemon never resets a ledger by itself, and refuses to release beside an output that its
-ledger did not write (a ledger deleted, restored from an older copy, or a second one publishing
-to the same place). When the owner really means to start over, ``cpu-tracker ledger reset
---reason TEXT`` does it in the open:
-
-1. the old ledger, if there is one, is renamed ``ledger.retired-<UTC time>.sqlite3`` beside it
-   (never deleted), its journal with it;
-2. a new ledger is created, and the release in the public output is recorded in it as
-   acknowledged, with who reset, when, why and which file was retired;
-3. a line with the same facts is appended to ``ledger-resets.jsonl`` in the state directory.
-
-The caller holds the state directory's instance lock, so no daemon writes meanwhile.
-"""
+"""``ledger reset``: a deliberate new start of the privacy budget, which leaves a trace. The old
+ledger is renamed aside, never deleted; the daemon never resets a ledger by itself."""
 
 from __future__ import annotations
 

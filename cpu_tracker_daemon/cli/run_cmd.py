@@ -6,9 +6,8 @@ import argparse
 from pathlib import Path
 
 from cpu_tracker_daemon.cli.common import Env, Subcommands, add_command
-from cpu_tracker_daemon.config import Config
+from cpu_tracker_daemon.config import LOG_FORMATS, Config
 from cpu_tracker_daemon.errors import EXIT_OK
-from cpu_tracker_daemon.names import LOG_FORMATS
 
 
 def add_parser(sub: Subcommands) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from cpu_tracker_daemon.cli.common import Env, Subcommands, add_command, add_json, print_json, subcommands
 from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.errors import EXIT_OK, ConfigError, UsageError, one_line
+from cpu_tracker_daemon.layout import did_path
 
 
 def add_parser(sub: Subcommands) -> None:
@@ -48,7 +49,7 @@ def show_identity(args: argparse.Namespace, config: Config, path: Path | None, e
     key_file = identity.identity_path(config)
     me = identity.Identity.load_or_create(key_file)
     sb = config.syftbox
-    did = identity.did_path(sb.dir, sb.email) if sb.dir is not None else None
+    did = did_path(sb.dir, sb.email) if sb.dir is not None else None
     published = identity.read_identity(sb.dir, sb.email) if sb.dir is not None else None
     state = (
         "no [syftbox] dir: nothing to publish"
@@ -77,7 +78,7 @@ def accept_key(args: argparse.Namespace, config: Config, path: Path | None, env:
     offered = identity.read_identity(config.syftbox.dir, email)
     if offered is None:
         raise identity.IdentityError(
-            f"{identity.did_path(config.syftbox.dir, email)} is missing or not a valid DID document; "
+            f"{did_path(config.syftbox.dir, email)} is missing or not a valid DID document; "
             "nothing was changed",
             "ask its owner to publish one ('cpu-tracker secagg identity' says where), then try again",
         )

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from cpu_tracker_daemon.cli.common import Env, Subcommands, add_command, subcommands
+from cpu_tracker_daemon.daemon.service import MANAGERS
 from cpu_tracker_daemon.errors import EXIT_OK, UsageError
-from cpu_tracker_daemon.names import MANAGERS
 
 _ACTIONS = {
     "print": "print the unit or plist for this installation",

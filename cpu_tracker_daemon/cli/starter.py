@@ -1,7 +1,7 @@
 """``cpu-tracker config init``: a commented starter configuration.
 
 Every key is there, commented out at its default with one line on what it does, so the file
-changes nothing until a line is uncommented; the README's configuration table says more.
+changes nothing until a line is uncommented; docs/configuration.md says more.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def starter_toml(environ: Mapping[str, str] = os.environ) -> str:
     lines = [
         "# cpu-tracker configuration. Every line below is a default, commented out: uncomment and",
         "# edit what you want to change, then 'cpu-tracker config check'. A running daemon reads",
-        "# it again on SIGHUP (systemctl reload cpu-tracker). The README explains each key.",
+        "# it again on SIGHUP (systemctl reload cpu-tracker). docs/configuration.md explains each key.",
         "",
     ]
     for section, keys in KEYS.items():

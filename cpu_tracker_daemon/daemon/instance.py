@@ -1,9 +1,4 @@
-"""One process per state directory: the instance lock, and who holds it.
-
-``run``, ``once`` and ``ledger reset`` take an exclusive ``flock`` on ``state/.lock`` (the
-aggregator its own) and write their pid into it; ``status`` asks, without taking it, whether a
-daemon holds it.
-"""
+"""One process per state directory: the instance lock, and who holds it."""
 
 from __future__ import annotations
 

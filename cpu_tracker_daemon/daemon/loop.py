@@ -1,15 +1,7 @@
-"""The long-running process: lock, signals, scheduler, reload, notify. No business logic.
+"""The long-running process: lock, signals, scheduler, reload, notify; no business logic.
 
-Signal handlers only record what arrived and wake the main loop (through :mod:`signals`, whose
-primitives take no lock a handler could find held); the main thread acts on it.
-Likewise the job thread never calls the scheduler (``shutdown(wait=True)`` holds the scheduler's
-locks while it waits for the job, so a job that called back in would deadlock): it hands its
-result to the main thread, which does all rescheduling. The main thread is woken by the
-scheduler's "job executed" event, which comes after the scheduler has counted the run out, so a
-run it moves to "now" is never skipped as a second instance.
-APScheduler 3.11 runs the cycle on one worker thread (``max_instances=1``, ``coalesce``,
-``misfire_grace_time=None`` so a run missed during suspend still happens once, UTC, no jitter).
-"""
+Signal handlers only record what arrived and the job thread never calls the scheduler: the main
+thread acts on both, so neither can deadlock."""
 
 from __future__ import annotations
 
@@ -27,19 +19,21 @@ from cpu_tracker_daemon.cli import timewords
 from cpu_tracker_daemon.config import DEFAULT_READERS, Config, config_path_from, load_config
 from cpu_tracker_daemon.daemon.instance import AGGREGATE_LOCK, InstanceLock, claim_state
 from cpu_tracker_daemon.daemon.sd_notify import Notifier
-from cpu_tracker_daemon.errors import AnotherInstanceError, ConfigError, CpuTrackerError, Interrupted
+from cpu_tracker_daemon.errors import AnotherInstanceError, ConfigError, CpuTrackerError, Interrupted, Outcome
 from cpu_tracker_daemon.privacy import drawing
 from cpu_tracker_daemon.privacy.mechanisms import calibrate
 from cpu_tracker_daemon.sampling import CpuSource, PsutilCpuSource
 from cpu_tracker_daemon.schedule import (
+    Clock,
     Spacing,
     clock_jumped,
     first_round_start,
     lands_after,
     max_wait,
     plan_next_run,
+    utc_now,
 )
-from cpu_tracker_daemon.tracker import Clock, CycleLog, CycleResult, Tracker, utc_now
+from cpu_tracker_daemon.tracker import CycleLog, CycleResult, Tracker
 
 JOB_ID = "release"
 AGGREGATE_JOB_ID = "aggregate"
@@ -364,7 +358,12 @@ class Daemon:
         """In the main thread: keep the schedule in step with the cooldown, report status."""
         self._last = result
         if result.next_due_at is not None:
-            advance = result.outcome in ("released", "cooldown", "round_ended", "noise_failed")
+            advance = result.outcome in (
+                Outcome.RELEASED,
+                Outcome.COOLDOWN,
+                Outcome.ROUND_ENDED,
+                Outcome.NOISE_FAILED,
+            )
             self._align(result.next_due_at, may_advance=advance)
         self._notify_status()
 

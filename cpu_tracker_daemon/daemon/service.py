@@ -1,14 +1,5 @@
-"""Service definitions: the systemd unit and the launchd plists, rendered for this installation.
-
-Rendering is pure (:func:`render`); :func:`install` and :func:`uninstall` write or remove the
-files under a root directory and never overwrite anything unless told to. Nothing here starts,
-stops or enables a service: the command it prints does that.
-
-A member's SyftBox folder is in its home, beside the user's own sync client, so its service is
-the per-user one: its sandbox leaves writable just the directories the daemon writes (read from
-the config the service will read, at install), and its files stay the user's. The system
-service runs as its own user with homes hidden, so it refuses a config that writes in one.
-"""
+"""Service definitions: the systemd unit and the launchd plists, rendered for this installation,
+installed and removed. Nothing here starts or stops a service."""
 
 from __future__ import annotations
 
@@ -21,19 +12,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cpu_tracker_daemon import storage
-from cpu_tracker_daemon.config import CONFIG_FILE, default_data_dir, user_config_dir
+from cpu_tracker_daemon.config import APP_NAME, CONFIG_FILE, default_data_dir, user_config_dir
 from cpu_tracker_daemon.errors import NO_RESTART, CpuTrackerError, OutputError, ServiceError
-from cpu_tracker_daemon.names import APP_NAME
 
 if TYPE_CHECKING:
     from cpu_tracker_daemon.config import Config
 
+MANAGERS = ("systemd", "launchd")  # the service managers ``service`` writes files for
 SCOPES = ("system", "user")
 UNIT_NAME = f"{APP_NAME}.service"
 LABEL = "org.openmined.cpu-tracker"
 SYSTEM_USER = APP_NAME  # the systemd service's own account, made by systemd-sysusers
 LAUNCHD_SYSTEM_USER = "nobody"
-DEFAULT_EXECUTABLE = Path("/opt/cpu-tracker/bin/cpu-tracker")  # the install the README describes
+DEFAULT_EXECUTABLE = Path("/opt/cpu-tracker/bin/cpu-tracker")  # the install docs/service.md describes
 DEFAULT_HOME = Path("/Users/you")  # for the checked-in launchd agent only
 LOG_FILE = f"{APP_NAME}.log"
 
@@ -469,7 +460,7 @@ def plan_install(target: Target, root: Path, uid: int, force: bool = False) -> P
                 f"the system service could not start {path}: it is under {prefix}, which its unit "
                 f"hides ({hiding}), and the service's own user may not enter it either (systemd "
                 "would fail with 203/EXEC); install into /opt/cpu-tracker with a system python as "
-                "the README shows and pass --executable /opt/cpu-tracker/bin/cpu-tracker, or pass "
+                "docs/service.md shows and pass --executable /opt/cpu-tracker/bin/cpu-tracker, or pass "
                 f"--force to write the unit with {opening} (the {SYSTEM_USER} user must then be "
                 "able to read that path)"
             )

@@ -1,11 +1,6 @@
-"""One aggregation pass: read every peer's release, estimate the network mean, publish it.
-
-Outputs go to the aggregator's own datasite, ``datasites/<email>/public/cpu_tracker/``, each
-written atomically: ``aggregate.json`` (the latest estimate), ``history.json`` (a bounded rolling
-history), ``index.html`` (the dashboard) and permission files that make them public. Nothing
-there names a peer unless ``[aggregator] publish_peers`` is set. Bad peer files are counted by
-reason and logged once per peer and reason; they never stop the pass or change its result.
-"""
+"""One aggregation pass: read every peer's release, estimate the network mean, publish it in the
+aggregator's public folder. Nothing published names a peer unless ``[aggregator] publish_peers``
+is set."""
 
 from __future__ import annotations
 
@@ -21,9 +16,11 @@ from typing import Any
 
 from cpu_tracker_daemon import __version__, permissions, storage
 from cpu_tracker_daemon.config import Config
+from cpu_tracker_daemon.layout import datasites_dir
 from cpu_tracker_daemon.network import dashboard, metrics
 from cpu_tracker_daemon.network.estimate import TARGET_HALF_WIDTH, Estimate, estimate, reading
 from cpu_tracker_daemon.network.peers import PeerRelease, StillWriting, held_open, peer_names, read_release
+from cpu_tracker_daemon.schedule import Clock, utc_now
 from cpu_tracker_daemon.secagg import published
 from cpu_tracker_daemon.untrusted import NotAccepted
 
@@ -35,13 +32,6 @@ HISTORY_NAME = "history.json"
 DASHBOARD_NAME = "index.html"
 
 REREAD_PAUSE_SECONDS = 0.5  # once per pass, when some release did not parse and was just written
-Clock = Callable[[], datetime]
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 output_dir = storage.network_dir
 
 
@@ -94,7 +84,7 @@ class Aggregator:
 
     config: Config
     log: Any
-    clock: Clock = _utc_now
+    clock: Clock = utc_now
     sleep: Callable[[float], None] = time.sleep
     _logged: set[tuple[str, str]] = field(default_factory=set)
 
@@ -129,7 +119,7 @@ class Aggregator:
         agg = self.config.aggregator
         sb = self.config.syftbox
         assert sb.dir is not None
-        datasites = sb.dir / "datasites"
+        datasites = datasites_dir(sb.dir)
         max_age = timedelta(seconds=agg.max_age_seconds)
         accepted = Accepted(peers=[] if agg.publish_peers else None)
         skipped: Counter[str] = Counter()

@@ -1,14 +1,5 @@
-"""The network dashboard: one self-contained ``index.html`` beside the aggregate.
-
-No CDN, no script, no fetch: the chart is an inline SVG drawn here, so the page works offline
-and from a synced folder opened as ``file://``. It reloads itself every minute
-(``<meta http-equiv="refresh">``), and the aggregator rewrites it after every pass.
-
-The page leads with the estimate a person can use: the last secure round's when the aggregator
-runs rounds and the round gave one (its noise was added once, to the sum), else the average of
-the members' own noisy releases (local differential privacy). The other, when there is one,
-comes second, and the footer says how the figures on the page were made.
-"""
+"""The network dashboard: one self-contained ``index.html`` beside the aggregate (no CDN, no
+script), leading with the estimate a person can use."""
 
 from __future__ import annotations
 

@@ -1,29 +1,10 @@
-"""The network estimate: a robust weighted mean of peers' noisy values, its standard error and 95% interval.
+"""The network estimate: a robust weighted mean of peers' noisy values (random effects,
+DerSimonian & Laird), its standard error and 95% interval.
 
-Each peer's value is its true mean plus zero-mean noise of a declared standard deviation (which
-the reader has recomputed from the release's parameters). The peers' true means also differ
-from one another: the random-effects model of meta-analysis, value_i = mu + u_i + e_i, with
-u_i of variance tau^2 (estimated by DerSimonian & Laird 1986) and e_i of variance sigma_i^2.
-
-One peer may lie, and the estimate bounds what it can do:
-
-* each value is clipped to [lower - c sigma_i, upper + c sigma_i] (c = ``CLIP_SIGMAS``, 2.5):
-  an honest value lies outside with probability exp(-2.5 sqrt 2) / 2 = 1.5% on one side, and
-  a lie cannot reach further;
-* tau^2 is at most ((upper - lower) / 2)^2, the largest variance values in [lower, upper] can
-  have, so an outlier cannot inflate it until the weights even out;
-* weights 1 / (sigma_i^2 + tau^2) are capped at ``max_weight_ratio`` times the median (1 by
-  default: no peer weighs more than the median peer), so claiming less noise buys no weight.
-
-So a peer with weight share s moves the estimate, on average over the honest noise, by at most
-s (upper - lower + c sigma) against what it would be were the peer honest, and k colluding peers
-by at most the sum of their shares times that. At the defaults (epsilon 0.5, sigma 282.8) with
-equal noise that is 807 / N points per peer: 0.90 of an honest standard error at N = 10, 0.29 at
-N = 100. In any one network the shift is at most s (upper - lower + 2 c sigma), the width of the
-clip range (``max_influence``). The standard error is
-computed for the weights actually used; the clipping's bias toward the middle of the range is
-a small fraction of it (the coverage simulation in the tests keeps the 95% interval honest).
-"""
+What one lying peer can do is bounded: each value is clipped to the range widened by
+``CLIP_SIGMAS`` of its noise, tau^2 is capped, and no weight exceeds ``max_weight_ratio`` times
+the median, so a peer moves the mean by at most its weight share times the clip range
+(``Estimate.max_influence``)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""Prometheus node_exporter textfiles: the member's and the aggregator's figures as gauges.
-
-Plain text exposition format with ``# HELP`` and ``# TYPE`` lines, written atomically: the temp
-name ends in ``.tmp`` (node_exporter only reads ``*.prom``), mode 0644, fsynced, then renamed.
-Only noisy, already-published figures appear here, never a raw mean.
-"""
+"""Prometheus node_exporter textfiles: the member's and the aggregator's published figures as
+gauges, never a raw mean."""
 
 from __future__ import annotations
 

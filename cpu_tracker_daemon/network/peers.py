@@ -1,15 +1,8 @@
 """Reading peers' releases for the aggregator: every file is hostile until proven otherwise.
 
-A peer's release is ``datasites/<peer>/app_data/cpu_tracker/cpu_tracker.json`` in the SyftBox
-tree. :func:`read_release` accepts it only if the peer name is a plain address, the path holds
-no symlink at all (so nothing outside the tree, or another peer's file, can be passed off as
-this peer's), the file is a regular file of at most ``MAX_BYTES``, strict UTF-8 JSON of the
-member schema with finite numbers in range, a sane privacy block from an unbiased mechanism, and
-a timezone-aware timestamp that is neither in the future (beyond a small skew) nor older than
-``max_age``. Anything else raises :class:`NotAccepted` with a short, stable reason; nothing here
-ever raises anything else for bad input. A file that does not parse and was written moments ago
-raises :class:`StillWriting` (the same reason): the 0.4 client writes received files in place.
-"""
+A release counts only if it is reached through no symlink, capped in size, and strict JSON of the
+member schema with sane, fresh values; anything else raises :class:`NotAccepted` with a short,
+stable reason, and bad input never raises anything else."""
 
 from __future__ import annotations
 
@@ -28,10 +21,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cpu_tracker_daemon.layout import release_parts
 from cpu_tracker_daemon.privacy import accounting, discrete
 from cpu_tracker_daemon.privacy.mechanisms import MECHANISM_NAMES, UNITS, PrivacyConfig, calibrate
 from cpu_tracker_daemon.records import SCHEMA, SCHEMA_VERSION
-from cpu_tracker_daemon.storage import APP_DIR, PUBLIC_NAME
 from cpu_tracker_daemon.untrusted import NotAccepted, finite_number
 
 MAX_BYTES = 64 * 1024
@@ -82,7 +75,7 @@ class PeerRelease:
 
 
 def release_path(datasites: Path, peer: str) -> Path:
-    return datasites / peer / "app_data" / APP_DIR / PUBLIC_NAME
+    return datasites.joinpath(*release_parts(peer))
 
 
 def peer_names(datasites: Path) -> Iterator[str]:
@@ -123,7 +116,7 @@ def read_release(
     ``directory`` is ``datasites`` held open (:func:`held_open`), when it is."""
     if not _PEER.match(peer) or ".." in peer:
         raise NotAccepted("bad peer name")
-    data, written = _read_capped(datasites, (peer, "app_data", APP_DIR, PUBLIC_NAME), directory)
+    data, written = _read_capped(datasites, release_parts(peer), directory)
     try:
         doc = _STRICT.decode(data.decode("utf-8"))
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError

@@ -1,18 +1,5 @@
-"""Privacy accounting: the (epsilon, delta) guarantee that a sequence of releases adds up to.
-
-Pure ``math``, no numpy or diffprivlib, so ``status`` and ``budget`` stay fast. Every release is
-an :class:`Event` carrying its mechanism's parameters; :func:`compose` returns the smallest
-epsilon that any of these valid bounds proves at the given delta, so it is never looser than
-simple summation:
-
-- summation (basic composition): the epsilons add and the deltas add;
-- zero-concentrated DP (Bun & Steinke 2016): a Gaussian with noise multiplier ``s`` is
-  ``1/(2 s^2)``-zCDP, a pure ``eps``-DP release is ``eps^2/2``-zCDP, the rhos add, and the total
-  converts to (epsilon, delta) by Canonne, Kamath & Steinke 2020 (Proposition 12);
-- Gaussian DP (Dong, Roth & Su 2019): Gaussian releases compose exactly into one Gaussian with
-  ``mu = sqrt(sum (sensitivity/sigma)^2)``, whose exact (epsilon, delta) curve is Balle & Wang
-  2018's; this is tight when every event is Gaussian.
-"""
+"""Privacy accounting: the (epsilon, delta) guarantee a sequence of releases adds up to, the
+least that summation, zero-concentrated DP or Gaussian DP proves. Pure ``math``: no numpy."""
 
 from __future__ import annotations
 

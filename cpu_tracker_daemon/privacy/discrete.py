@@ -1,18 +1,8 @@
-"""The integer grid and exact discrete noise: the one place where published numbers are made.
+"""The integer grid and exact discrete noise (Canonne, Kamath & Steinke 2020): the one place
+where published numbers are made.
 
-Every published value is an integer number of grid units (hundredths of a percentage point)
-plus integer noise, so its bits carry nothing but that integer: no floating-point sample whose
-low-order bits depend on the raw value (Mironov 2012). The raw value is put on the grid before
-the noise, and the sensitivity is counted in grid units.
-
-The samplers are the exact ones of Canonne, Kamath and Steinke 2020 ("The Discrete Gaussian for
-Differential Privacy", Algorithms 1-3): rational arithmetic only, driven by a uniform integer
-source (``randrange``). In production that source is the OS CSPRNG (:class:`random.SystemRandom`);
-tests inject a seeded :class:`random.Random`. Pure standard library: no numpy, no scipy.
-
-The same grid and the same integer noise are what distributed noise and secure aggregation
-need: a sum of grid values is exact, and noise shares add up in integers.
-"""
+A published value is an integer number of grid units plus integer noise, so its bits carry
+nothing else (no floating-point attack, Mironov 2012)."""
 
 from __future__ import annotations
 

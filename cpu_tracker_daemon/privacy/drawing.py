@@ -1,22 +1,8 @@
-"""Where the daemon draws a release's noise: in this process for the discrete mechanisms, which
-need only the standard library, and in a short-lived child process for Snapping, so that the
-long-running daemon never holds diffprivlib's scientific stack (numpy, scipy, scikit-learn:
-about 95 MiB resident, against the daemon's 31).
+"""Where a release's noise is drawn: in this process for the discrete mechanisms, and in a
+short-lived child process for Snapping, so the daemon never holds diffprivlib's stack.
 
-The child is ``python -I -m cpu_tracker_daemon.privacy.drawing``, started in ``/`` with an environment
-of its own (:data:`CHILD_ENV`): isolated mode puts neither the working directory nor the user's
-site on its path and ignores every ``PYTHON*`` variable, so it imports only the standard library
-and the installed packages (an editable install's path comes from site-packages, which it keeps),
-never a module another user left where the command was run. It reads one request from its stdin
-(a pipe: the pre-noise value is never in its arguments or its environment), writes the noisy value
-to its stdout, and exits; it logs nothing, and its stderr goes nowhere, so not even a traceback
-can carry the value out. A child that fails, dies, is killed or outlives :data:`TIMEOUT_SECONDS`
-is a :class:`NoiseUnavailableError`: the cycle is refused with its spend kept, as the ledger
-already holds it, and the next cycle draws for a new window (a window's noise is never drawn
-twice). A stop request while the child runs kills and reaps it within :data:`POLL_SECONDS` and
-is :class:`Interrupted`, with the spend kept the same way. Before any budget is spent,
-:func:`ready` runs a child that only imports diffprivlib, once a process.
-"""
+The pre-noise value reaches the child on a pipe alone, and the child logs nothing and has no
+stderr, so not even a traceback can carry it out."""
 
 from __future__ import annotations
 
@@ -77,8 +63,8 @@ def ready(
     stop: StopRequest | None = None,
 ) -> None:
     """Check, before anything is reserved, that ``mechanism`` can draw: for Snapping, that a
-    child imports diffprivlib (once a process, the first time; about 1 s). ``stop`` set while it
-    runs is :class:`Interrupted`."""
+    child imports diffprivlib (once a process, the first time). ``stop`` set while it runs is
+    :class:`Interrupted`."""
     if mechanism != SNAPPING or mechanism in _ready:
         return
     try:

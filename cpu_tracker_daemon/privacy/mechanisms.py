@@ -1,35 +1,6 @@
-"""Differential privacy: what one release costs, and the noisy value it publishes.
-
-The privacy unit says what two neighbouring datasets differ in:
-
-* ``window``: the whole sampling window's CPU activity may differ arbitrarily within
-  [lower, upper], so the statistic's sensitivity is ``upper - lower``.
-* ``sample``: one sample differs, so the sensitivity is ``(upper - lower) / samples``, rounded up
-  to the grid. This is what the original SyftBox app protected; it hides one short reading, not
-  what the machine did.
-
-The value the noise is added to (:func:`statistic`) follows the unit: for ``window``, the
-window's busy percentage (busy over total CPU-seconds, what /proc/stat says for the window)
-clamped to [lower, upper]; for ``sample``, the mean of the clamped samples with equal weights,
-which the per-sample sensitivity needs. Either is put on the integer grid of
-:mod:`cpu_tracker_daemon.privacy.discrete` (0.01 percentage points) before any noise.
-
-Mechanisms (all of them integer noise on that grid, except Snapping):
-
-* ``laplace`` (the default): discrete Laplace (two-sided geometric), pure epsilon-DP, unbiased,
-  drawn exactly (Canonne, Kamath & Steinke 2020). The published value is an integer number of
-  grid units: its bits carry nothing but that integer (no Mironov 2012 floating-point attack).
-* ``gaussian``: discrete Gaussian, (epsilon, delta)-DP with the delta bounded by
-  :func:`discrete.gaussian_delta_bound`, and (sensitivity^2 / 2 sigma^2)-zCDP, unbiased; it
-  composes best over many releases (see :mod:`accounting`). Its sigma is the one accounted.
-* ``snapping``: diffprivlib's Snapping mechanism (Mironov 2012), pure epsilon-DP against an
-  attacker who reads the low-order bits; clamped to [lower, upper], so biased near the bounds.
-  Its privacy proof assumes a correctly rounded logarithm, which Python's libm does not promise.
-
-Either ``epsilon`` or ``sigma`` (the noise standard deviation in percentage points) is set; the
-other follows from the mechanism. The continuous Laplace and Gaussian of earlier versions are
-gone; their spends in an old ledger are still accounted as what they were.
-"""
+"""Differential privacy: what one release costs, and the noisy value it publishes, for a
+``window`` or ``sample`` privacy unit and the ``laplace``, ``gaussian`` or ``snapping``
+mechanism (docs/privacy.md)."""
 
 from __future__ import annotations
 
@@ -316,8 +287,8 @@ def snapping_seed(random_state: RandomLike) -> int | None:
 
 
 def snap(percent: float, calibration: Calibration, seed: int | None) -> float:
-    """Snapping's noisy ``percent`` (diffprivlib; about 1 s and 100 MiB to import the first time:
-    the daemon calls this in a child process, :mod:`drawing`)."""
+    """Snapping's noisy ``percent`` (diffprivlib, heavy to import: the daemon calls this in a
+    child process, :mod:`drawing`)."""
     c = calibration
     mechanism = load_snapping()(
         epsilon=c.epsilon, sensitivity=c.sensitivity, lower=c.lower, upper=c.upper, random_state=seed

@@ -1,26 +1,8 @@
-"""Long-lived signing identities: this member's Ed25519 key, its published DID document, and the
-peers' keys pinned on first use (issue 28, "Identities that sign").
+"""Signing identities: this member's Ed25519 key, its DID document in syft-crypto's format, and
+the peers' keys pinned on first use.
 
-* The key is ``identity.key`` in the state directory: PEM PKCS8 (raw 32 bytes are read too),
-  mode 0600, created once and atomically (written beside, then hard-linked into place, so two
-  processes racing both end with the one key that won and nobody reads half a file). It is never
-  regenerated: a file that is there but unusable (a symlink, another owner, readable by group or
-  others, the wrong size or format) stops secure rounds, as a corrupt ledger stops releases.
-* The published form is OpenMined syft-crypto's DID document (``syft_crypto/did_utils.py``,
-  ``create_x3dh_did_document``), at ``datasites/<email>/app_data/cpu_tracker/identity/did.json``,
-  not at ``public/did.json``, which syft-crypto's own apps hold: a did:web id, the Ed25519 key as
-  a JWK under ``#identity-key``, and an X25519 prekey signed by it under ``#signed-prekey``. The
-  prekey is derived from the identity key by HKDF, so the document is the same every time it is
-  written; cpu-tracker uses nothing of it yet, beyond publishing it as syft-crypto does.
-* Every round message is signed over a domain separator and the canonical JSON of its sender,
-  round id, kind and body, so it cannot be forged, nor replayed into another round, phase or
-  sender. The prekey signature covers 32 raw bytes (as syft-crypto's does), which can never
-  begin with the separator: one key signs both without either passing for the other.
-* ``pins.json`` in the state directory holds each peer's key as first seen; a different key is
-  refused (:class:`KeyChangedError`) until ``cpu-tracker secagg accept-key EMAIL`` accepts it.
-
-Ed25519, X25519, HKDF and PEM come from ``cryptography``; nothing cryptographic is written here.
-"""
+The key is never regenerated, and a peer's changed key is refused until ``cpu-tracker secagg
+accept-key`` accepts it."""
 
 from __future__ import annotations
 
@@ -49,13 +31,13 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from cpu_tracker_daemon import permissions, storage
 from cpu_tracker_daemon.errors import ConfigError, CpuTrackerError, OutputError, one_line
+from cpu_tracker_daemon.layout import did_path
 
 if TYPE_CHECKING:
     from cpu_tracker_daemon.config import Config
 
 IDENTITY_NAME = "identity.key"
 PINS_NAME = "pins.json"
-DID_NAME = "did.json"
 DEFAULT_DOMAIN = "syftbox.net"  # syft-crypto's did:web domain is the SyftBox server's host
 SIGNATURE_DOMAIN = b"cpu-tracker secagg v2\n"
 PUBLIC_BYTES = 32
@@ -347,13 +329,6 @@ def _safe_name(email: Any) -> bool:
         and "/" not in email
         and "\\" not in email
     )
-
-
-def did_path(root: Path, email: str) -> Path:
-    """Where ``email`` publishes its DID document in the SyftBox folder ``root``: in syft-crypto's
-    format, in a folder of this app's, readable by everyone. Not ``public/did.json`` itself:
-    syft-crypto's own apps refuse to start beside a did.json whose keys they do not hold."""
-    return root / "datasites" / email / "app_data" / storage.APP_DIR / "identity" / DID_NAME
 
 
 def did_id(email: str, domain: str = DEFAULT_DOMAIN) -> str:

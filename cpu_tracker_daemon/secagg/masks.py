@@ -1,9 +1,4 @@
-"""Masks that cancel in the sum: pairwise masks from X25519 agreement, and a self mask.
-
-For neighbours i < j, s_ij = HKDF-SHA256(X25519(s_i, s_j), salt = round id); the mask is the
-first 32-bit word of ChaCha20 keyed by s_ij; i adds it, j subtracts it, mod 2^32. The self
-mask is the same word from a member's fresh per-round seed b_i.
-"""
+"""Masks that cancel in the sum: pairwise masks from X25519 agreement, and a self mask."""
 
 from __future__ import annotations
 

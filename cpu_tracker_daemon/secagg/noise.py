@@ -1,12 +1,5 @@
-"""Noise that splits exactly: each member's share of one discrete Laplace draw.
-
-Discrete Laplace of scale t is G1 - G2 with G geometric, NB(1, q), q = exp(-1/t); the negative
-binomial is infinitely divisible, so m members adding NB(1/m, q) - NB(1/m, q) each add up to
-exactly discrete Laplace of scale t, and k >= m of them to discrete Laplace plus independent
-symmetric noise (still epsilon-DP: post-processing). NB(r, q) is drawn as a Poisson number of
-logarithmic variables (its compound-Poisson form) from the OS CSPRNG. The rates are irrational,
-so the draws use floating point; only integers come out.
-"""
+"""Noise that splits exactly: each member's share of one discrete Laplace draw, a difference of
+negative binomials drawn from the OS CSPRNG."""
 
 from __future__ import annotations
 

@@ -1,13 +1,5 @@
-"""The rounds of one secure aggregation, as pure functions over the messages they exchange.
-
-A member commits to fresh round keys and to graph randomness (round 0), opens the randomness
-once the roster is fixed (1), shares its secrets with its neighbours in a graph nobody could
-predict (2), sends its masked value (3), endorses the one survivor set it is shown (4) and
-reveals, once a quorum of the roster endorsed that same set, one share per neighbour: of the
-self-mask seed of one who arrived, or of the mask key of one who dropped (5). The aggregator
-removes the masks and reads the noisy sum (6). Transport, signatures, files and deadlines are
-the caller's; see docs/secure-aggregation.md.
-"""
+"""The rounds of one secure aggregation as pure functions over the messages they exchange;
+transport, signatures, files and deadlines are the caller's."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""What the aggregator publishes for each secure round, and how the aggregate reads it back:
-``secure.json`` in its public folder, the noisy mean of the members who took part with the
-noise's exact 95% interval, or why the round gave none. No cryptography here: the aggregate,
-the dashboard and the Prometheus export read this without importing the protocol.
-"""
+"""What the aggregator publishes for each secure round (``secure.json``), and how the aggregate,
+the dashboard and the Prometheus export read it back without importing the protocol."""
 
 from __future__ import annotations
 

@@ -1,12 +1,5 @@
 """The daemon's side of secure aggregation: a member's part in its window's round, and the
-aggregator's round on the shared grid (what it publishes is :mod:`secagg.published`'s).
-
-Every machine finds a round from the schedule alone: the window of slot ``k`` (the grid of
-:func:`schedule.slot_at`) is round ``k`` and its round starts as the window's file would be
-written (:func:`schedule.round_start`), on the wall clock, which the members and the
-aggregator share through NTP. The aggregator publishes each round's outcome in its public
-folder, ``secure.json``, with the noise's exact 95% interval.
-"""
+aggregator's round; every machine finds a round from the schedule alone."""
 
 from __future__ import annotations
 
@@ -40,14 +33,14 @@ def tree_of(config: Config) -> transport.Tree:
     return transport.Tree(config.syftbox.dir)
 
 
-def stop_clock(stop: StopRequest) -> transport.Clock:
+def stop_clock(stop: StopRequest) -> transport.RoundClock:
     """A round's clock: the wall clock (the machines share it), waits a stop request ends."""
 
     def sleep(seconds: float) -> None:
         if stop.wait(seconds):
             raise Interrupted()
 
-    return transport.Clock(now=time.time, sleep=sleep)
+    return transport.RoundClock(now=time.time, sleep=sleep)
 
 
 # -- a member ------------------------------------------------------------------------------------
@@ -81,7 +74,7 @@ def take_part(
     slot: datetime,
     value_units: int,
     before_sending: Callable[[], None],
-    clock: transport.Clock,
+    clock: transport.RoundClock,
     log: transport.Log = transport._no_log,
 ) -> str:
     """This member's part in the round of ``slot``; ``before_sending`` records the spend.
@@ -175,8 +168,8 @@ def current_slot(config: Config, now: datetime) -> datetime:
 def run_round(
     config: Config,
     slot: datetime,
-    clock: transport.Clock,
-    now: Callable[[], datetime],
+    clock: transport.RoundClock,
+    now: schedule.Clock,
     log: transport.Log = transport._no_log,
 ) -> RoundOutcome:
     """Run the round of ``slot`` for the configured members and publish its outcome."""

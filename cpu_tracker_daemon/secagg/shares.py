@@ -1,21 +1,8 @@
-"""Shamir shares of 32-byte secrets, and the sealing of each share for its recipient.
+"""Shamir shares of 32-byte secrets, byte for byte as PyCryptodome's, and each share sealed for
+its recipient.
 
-The sharing is PyCryptodome's Shamir (``Crypto.Protocol.SecretSharing``), byte for byte: a
-32-byte secret is two 16-byte blocks, each shared in GF(2^128) modulo x^128 + x^7 + x^2 + x + 1
-at the same indices 1..count; a block is an integer read big-endian whose bit i is the
-coefficient of x^i, and an index is the element with the same bits. The arithmetic is done here
-with Python ints: a carry-less product is the integer product of its operands' bits spread one to
-a byte, each byte's parity read back. tests/test_shares.py holds ``split`` and ``combine`` to
-PyCryptodome's on random secrets, thresholds and index sets.
-
-For many secrets shared at the same indices, ``Combiner(indices)`` computes the Lagrange
-coefficients at 0 once, and its ``combine(values)`` rebuilds each secret from its values in that
-order; ``combine`` keeps the Combiners of recent index sets.
-
-Each share travels under AES-256-GCM with a key from X25519 agreement between sender and
-recipient; the round, sender and recipient are its associated data, so a share cannot be
-replayed into another round or passed off as another's.
-"""
+A sealed share's associated data names its round, sender and recipient, so it cannot be replayed
+into another round or passed off as another's."""
 
 from __future__ import annotations
 

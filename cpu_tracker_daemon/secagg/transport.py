@@ -1,17 +1,8 @@
 """The rounds over a SyftBox tree: each message a signed JSON file in its writer's datasite,
 relayed through the aggregator (docs/secure-aggregation.md, "Rounds and files").
 
-A member writes only for the aggregator, under
-``datasites/<member>/app_data/cpu_tracker/secagg/<round>/``: ``keys``, ``open``, ``shares``,
-``masked``, ``endorse`` and ``reveal``. The aggregator relays what members need in its own round
-folder: ``roster``, ``openings``, ``survivors`` and ``endorsements`` for the roster's members,
-``inbox-<member>`` (the boxes sealed for that member) for that member alone, ``result`` for
-everyone. Every file is signed by its writer's identity over the round, its kind and its
-content; a member's signatures travel inside the aggregator's files, so a relay can drop a
-message but not forge, alter or replay one. Files another machine wrote are read capped,
-reached without following links, and checked; one that fails is a member that did not take part.
-Each phase ends at a deadline fixed from the round's start, or when every file is in.
-"""
+A relay can drop a message but not forge, alter or replay one; a file that fails its checks is
+a member that did not take part."""
 
 from __future__ import annotations
 
@@ -31,6 +22,7 @@ from typing import Any, ParamSpec
 
 from cpu_tracker_daemon import permissions, storage
 from cpu_tracker_daemon.errors import OutputError
+from cpu_tracker_daemon.layout import app_dir, secagg_dir
 from cpu_tracker_daemon.secagg import identity, masks
 from cpu_tracker_daemon.secagg.protocol import (
     Member,
@@ -91,7 +83,7 @@ class Tree:
     _folders: dict[tuple[str, str], tuple[Path, str]] = field(default_factory=dict, compare=False, repr=False)
 
     def base(self, who: str) -> Path:
-        return self.root / "datasites" / who / "app_data" / storage.APP_DIR / "secagg"
+        return secagg_dir(app_dir(self.root, who))
 
     def folder(self, who: str, round_id: str) -> Path:
         """``who``'s folder for the round (its names checked once, the path kept: a round
@@ -123,7 +115,7 @@ class Tree:
 
 
 @dataclass(frozen=True)
-class Clock:
+class RoundClock:
     """The round's time: seconds on a monotonic clock, and a way to wait."""
 
     now: Callable[[], float] = time.monotonic
@@ -224,8 +216,8 @@ def _write(
 
 
 def _encode(doc: dict[str, Any]) -> bytes:
-    """A message's file: compact JSON (the C encoder; an indented file costs the pure-Python one,
-    several times slower on a roster or an inbox, and a tenth more bytes)."""
+    """A message's file: compact JSON (the C encoder; an indented file would take the slower
+    pure-Python one)."""
     return (json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n").encode()
 
 
@@ -275,7 +267,7 @@ def aggregator_folder(owner: str, members: Iterable[str]) -> permissions.Folder:
 _COMMENT = "Written by cpu-tracker: secure aggregation (docs/secure-aggregation.md)."
 
 
-def _wait(clock: Clock, deadline: float, ready: Callable[[], bool], patience: float = 0.0) -> bool:
+def _wait(clock: RoundClock, deadline: float, ready: Callable[[], bool], patience: float = 0.0) -> bool:
     """``ready()`` every poll until it is true, or once more at the deadline. With ``patience``,
     the polls drift apart: each waits at least that fraction of the time waited so far."""
     started = clock.now()
@@ -287,7 +279,7 @@ def _wait(clock: Clock, deadline: float, ready: Callable[[], bool], patience: fl
     return True
 
 
-def _await(clock: Clock, deadline: float, attempt: Callable[[], Any]) -> Any:
+def _await(clock: RoundClock, deadline: float, attempt: Callable[[], Any]) -> Any:
     """``attempt()`` until it gives something other than None, or None at the deadline."""
     found = None
 
@@ -438,7 +430,7 @@ def member_round(  # noqa: PLR0915 - the phases read top to bottom, in the order
     value: int,
     noise_share: Callable[[Roster], int],
     before_sending: Callable[[], None],
-    clock: Clock = Clock(),
+    clock: RoundClock = RoundClock(),
     requirements: Requirements = Requirements(),
 ) -> str:
     """Take part in one round; return what happened (``revealed`` or why it stopped).
@@ -651,7 +643,7 @@ def aggregator_round(  # noqa: PLR0915 - the phases read top to bottom, in the o
     start: float,
     step: float,
     calibration: Calibration,
-    clock: Clock = Clock(),
+    clock: RoundClock = RoundClock(),
 ) -> dict[str, Any]:
     """Run one round for ``members`` (those whose signed keys arrive take part); publish and
     return the result."""
@@ -676,8 +668,7 @@ def aggregator_round(  # noqa: PLR0915 - the phases read top to bottom, in the o
         kind: str, among: list[str], roster: Roster | None = None, keep: Keep = _whole
     ) -> dict[str, Any]:
         """Each member's file of ``kind`` as ``keep`` makes it, by the phase's deadline (``keep``
-        drops what is not needed as each file is read: the reveals' JSON kept whole took the
-        aggregator's peak from 315 to 486 MiB at 10,000 members)."""
+        drops what is not needed as each file is read, so no file's JSON is kept whole)."""
         got: dict[str, Any] = {}
 
         def ready() -> bool:
