@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cpu_tracker_daemon.cli import views
 from cpu_tracker_daemon.cli.common import (
     Env,
     Subcommands,
@@ -71,8 +72,6 @@ def _request_id(parser: argparse.ArgumentParser) -> None:
 
 
 def show_budget(args: argparse.Namespace, config: Config, path: Path | None, env: Env) -> int:
-    from cpu_tracker_daemon.cli import views
-
     snap = views.snapshot(config, datetime.now(UTC))
     planned = views.plan(snap)
     if args.json:
@@ -86,8 +85,6 @@ def show_budget(args: argparse.Namespace, config: Config, path: Path | None, env
 
 
 def show_plan(args: argparse.Namespace, config: Config, path: Path | None, env: Env) -> int:
-    from cpu_tracker_daemon.cli import views
-
     planned = views.plan(views.snapshot(config, datetime.now(UTC)))
     if args.json:
         print_json(planned)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cpu_tracker_daemon import __version__
+from cpu_tracker_daemon.cli import views
 from cpu_tracker_daemon.cli.common import Env, Subcommands, add_command, add_json, print_json
 from cpu_tracker_daemon.cli.views import Snapshot, amount, at_most, floor_words, number
 from cpu_tracker_daemon.config import Config
@@ -23,7 +24,6 @@ def add_parser(sub: Subcommands) -> None:
 
 def show_status(args: argparse.Namespace, config: Config, path: Path | None, env: Env) -> int:
     from cpu_tracker_daemon import storage
-    from cpu_tracker_daemon.cli import views
     from cpu_tracker_daemon.daemon.instance import holder
 
     now = datetime.now(UTC)
