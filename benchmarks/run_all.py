@@ -30,6 +30,7 @@ FULL = [
     ("privacy audit of the published mechanisms", ["privacy_audit.py", "--draws", "200000"]),
     ("timing side channel of the public record", ["side_channel.py", "--releases", "60"]),
     ("one lying peer against the network estimate", ["robustness.py", "--trials", "2000"]),
+    ("one lying member against the secure mean, by groups", ["secure_robustness.py"]),
     ("aggregation at scale", ["aggregate_scale.py"]),
     ("ledger work as the history grows", ["ledger_scale.py"]),
     ("delivery over a real SyftBox network", ["syftbox_latency.py", "--releases", "20", "--requests", "5"]),
