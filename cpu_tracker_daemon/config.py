@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cpu_tracker_daemon import layout
 from cpu_tracker_daemon.errors import ConfigError
 from cpu_tracker_daemon.privacy.mechanisms import DEFAULT_EPSILON, PrivacyConfig, calibrate, check_privacy
 
@@ -91,6 +92,7 @@ class SyftboxConfig:
     dir: Path | None = None
     email: str = ""
     readers: tuple[str, ...] = DEFAULT_READERS
+    layout: str = layout.AUTO  # the tree's shape: the folder's own (auto), or pinned to one
 
     @property
     def enabled(self) -> bool:
@@ -177,7 +179,7 @@ KEYS: dict[str, dict[str, str]] = {
         "window_delta": "float",
         "window_hours": "float",
     },
-    "syftbox": {"dir": "path", "email": "str", "readers": "emails"},
+    "syftbox": {"dir": "path", "email": "str", "readers": "emails", "layout": "str"},
     "logging": {"format": "str", "level": "str", "file": "path"},
     "aggregator": {
         "enabled": "bool",
@@ -639,6 +641,7 @@ def _check(config: Config) -> list[str]:
         problems.append("syftbox.dir and syftbox.email go together; set both or neither")
     if sb.email and not is_email(sb.email):
         problems.append(f"syftbox.email {_show(sb.email)} is not an email address; give your datasite's")
+    problems.extend(_check_layout(sb))
     log_file = config.logging.file
     if log_file is not None and log_file.is_dir():
         problems.append(
@@ -653,6 +656,27 @@ def _check(config: Config) -> list[str]:
             f"logging.level must be one of {', '.join(LOG_LEVELS)} (got {_show(config.logging.level)})"
         )
     return problems
+
+
+def _check_layout(sb: SyftboxConfig) -> list[str]:
+    """``syftbox.layout``: one of :data:`layout.LAYOUTS`; pinned, the folder must be of that shape,
+    so a wrong ``dir`` never gets a tree of the other shape written into it."""
+    if sb.layout not in layout.LAYOUTS:
+        return [f"syftbox.layout must be one of {', '.join(layout.LAYOUTS)} (got {_show(sb.layout)})"]
+    if sb.dir is None or sb.layout == layout.AUTO:
+        return []
+    found = layout.engine(sb.dir)
+    if found == sb.layout:
+        return []
+    if sb.layout == layout.PYSYFT:
+        return [
+            f'syftbox.layout is "pysyft" but {sb.dir} has no {layout.PYSYFT_MARKER}, which syft '
+            'writes when it logs in: log in with syft first, check syftbox.dir, or set layout = "auto"'
+        ]
+    return [
+        f'syftbox.layout is "syftbox" but {sb.dir} is a PySyft 0.10 folder (it holds '
+        f'{layout.PYSYFT_MARKER}): set layout = "pysyft" or "auto", or check syftbox.dir'
+    ]
 
 
 def _check_aggregator(config: Config) -> list[str]:

@@ -27,6 +27,7 @@ from cpu_tracker_daemon.config import (
     to_toml,
 )
 from cpu_tracker_daemon.errors import ConfigError
+from tests.conftest import run_cli, write_config
 
 
 class TestDefaults:
@@ -109,6 +110,7 @@ BAD = [
     ),
     ('[syftbox]\ndir = "/x"\n', "syftbox.dir and syftbox.email go together", "set both"),
     ('[syftbox]\nreaders = ["nobody"]\n', "syftbox.readers has invalid email", "name@example.org"),
+    ('[syftbox]\nlayout = "box"\n', "syftbox.layout must be one of auto, syftbox, pysyft", "'box'"),
     ('[logging]\nlevel = "loud"\n', "logging.level must be one of", "loud"),
     ("sampling = 3\n", "[sampling] must be a table", "header"),
     ("[sampling\nsamples = 5\n", "is not valid TOML", "fix the syntax"),
@@ -195,6 +197,49 @@ class TestSyftboxApp:
         environ = {"HOME": str(tmp_path), "SYFTBOX_CLIENT_CONFIG_PATH": str(tmp_path / "gone.json")}
         with pytest.raises(ConfigError, match="cannot be read"):
             load_config(None, environ)
+
+
+class TestSyftboxLayout:
+    """``syftbox.layout``: the folder's own shape by default; pinned, a folder of the other is refused."""
+
+    def syftbox(self, folder: Path, layout: str) -> dict[str, dict[str, str]]:
+        return {"syftbox": {"dir": str(folder), "email": "me@example.org", "layout": layout}}
+
+    def pysyft_folder(self, tmp_path: Path) -> Path:
+        (tmp_path / "SyftBox").mkdir()
+        (tmp_path / "SyftBox" / "SYFT_version.json").write_text("{}")
+        return tmp_path / "SyftBox"
+
+    def test_auto_by_default(self) -> None:
+        """Unset, the layout follows the folder."""
+        assert parse_config({}).syftbox.layout == "auto"
+
+    @pytest.mark.parametrize("layout", ["auto", "pysyft"])
+    def test_a_pysyft_folder_loads_auto_or_pinned(self, tmp_path: Path, layout: str) -> None:
+        """A folder syft logged into loads with auto and with pysyft."""
+        folder = self.pysyft_folder(tmp_path)
+        assert parse_config(self.syftbox(folder, layout)).syftbox.layout == layout
+
+    def test_pinned_to_pysyft_a_folder_syft_never_logged_into_is_refused(self, tmp_path: Path) -> None:
+        """A folder without syft's version file is not PySyft's: one line says what to do."""
+        with pytest.raises(ConfigError) as err:
+            parse_config(self.syftbox(tmp_path / "SyftBox", "pysyft"))
+        assert "has no SYFT_version.json" in str(err.value)
+        assert "log in with syft first" in str(err.value)
+        assert "\n" not in str(err.value)
+
+    def test_pinned_to_syftbox_a_pysyft_folder_is_refused(self, tmp_path: Path) -> None:
+        """A PySyft folder never gets SyftBox's datasites/ written into it by a pinned config."""
+        with pytest.raises(ConfigError, match=r'is a PySyft 0\.10 folder .* set layout = "pysyft"'):
+            parse_config(self.syftbox(self.pysyft_folder(tmp_path), "syftbox"))
+
+    def test_the_command_says_it_in_one_line_and_exits_3(self, tmp_path: Path) -> None:
+        """``config check`` on a pinned layout the folder does not have: exit 3, one line."""
+        config = write_config(tmp_path, self.syftbox(tmp_path / "SyftBox", "pysyft"))
+        done = run_cli("--config", str(config), "config", "check")
+        assert done.returncode == 3
+        assert len(done.stderr.strip().splitlines()) == 1
+        assert "log in with syft first" in done.stderr
 
 
 class TestBadInput:

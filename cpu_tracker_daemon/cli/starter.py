@@ -33,6 +33,7 @@ HELP: dict[str, str] = {
     "syftbox.dir": "a SyftBox folder, to publish there; set together with email",
     "syftbox.email": "this datasite's address",
     "syftbox.readers": "who may read the public release",
+    "syftbox.layout": '"auto" (the folder says), "syftbox" (datasites/<email>/) or "pysyft" (<email>/)',
     "logging.format": '"auto" (console on a terminal, JSON elsewhere), "json" or "console"',
     "logging.level": '"debug", "info", "warning" or "error"',
     "logging.file": "also log (JSON) to this file; reopened after logrotate moves it",

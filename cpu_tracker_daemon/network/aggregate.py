@@ -16,7 +16,7 @@ from typing import Any
 
 from cpu_tracker_daemon import __version__, permissions, storage
 from cpu_tracker_daemon.config import Config
-from cpu_tracker_daemon.layout import datasites_dir
+from cpu_tracker_daemon.layout import datasites_dir, engine, is_datasite_name
 from cpu_tracker_daemon.network import dashboard, metrics
 from cpu_tracker_daemon.network.estimate import TARGET_HALF_WIDTH, Estimate, estimate, reading
 from cpu_tracker_daemon.network.peers import PeerRelease, StillWriting, held_open, peer_names, read_release
@@ -119,14 +119,15 @@ class Aggregator:
         agg = self.config.aggregator
         sb = self.config.syftbox
         assert sb.dir is not None
-        datasites = datasites_dir(sb.dir)
+        datasites, shape = datasites_dir(sb.dir), engine(sb.dir)
         max_age = timedelta(seconds=agg.max_age_seconds)
         accepted = Accepted(peers=[] if agg.publish_peers else None)
         skipped: Counter[str] = Counter()
         unsettled: list[str] = []
         with held_open(datasites) as directory:
             for peer in peer_names(datasites):
-                self._read(datasites, peer, now, max_age, accepted, skipped, unsettled, directory)
+                if is_datasite_name(peer, shape):  # not syft's own folders beside the datasites
+                    self._read(datasites, peer, now, max_age, accepted, skipped, unsettled, directory)
         if unsettled:  # the 0.4 client writes received files in place: give them one more look
             self.sleep(REREAD_PAUSE_SECONDS)
             for peer in unsettled:
