@@ -1,7 +1,9 @@
 """Files on disk: where the outputs go, atomic writes, modes, and reads of untrusted files.
 
-Below the configured root no symlink is ever followed, and every output is written beside and
-renamed into place: readers see the old file or the new one, never a part."""
+Below the configured root no symlink is ever followed, and every output is written to a temp file
+and renamed into place: readers see the old file or the new one, never a part. The temp file is
+made beside the output, or, in a tree whose sync would see it there (PySyft's), in the private
+folder outside every datasite."""
 
 from __future__ import annotations
 
@@ -21,13 +23,17 @@ from cpu_tracker_daemon.errors import ConfigError, OutputError, StateAccessError
 from cpu_tracker_daemon.layout import (
     PRIVATE_NAME,
     PUBLIC_NAME,
+    PYSYFT,
     app_dir,
     budget_endpoint,
     datasites_dir,
+    engine,
+    is_datasite_name,
     local_private_dir,
     local_public_dir,
     private_app_dir,
     public_app_dir,
+    staging_dir,
 )
 
 if TYPE_CHECKING:
@@ -165,14 +171,28 @@ def ensure_dir(directory: Path, root: Path, mode: int = PUBLIC_DIR_MODE) -> None
 def _refuse_private_in_public(layout: Layout) -> str | None:
     if layout.output_root is None or layout.syft_owner is None:
         return None
+    shape = engine(layout.output_root)
     datasites = os.path.realpath(datasites_dir(layout.output_root))
     private = os.path.realpath(layout.private_dir)
-    if private == datasites or private.startswith(datasites + os.sep):
+    inside = private == datasites or private.startswith(datasites + os.sep)
+    if inside and shape == PYSYFT:  # PySyft's datasites share the folder's top with private/
+        inside = is_datasite_name(Path(os.path.relpath(private, datasites)).parts[0], shape)
+    if inside:
+        synced = "a synced datasite" if shape == PYSYFT else "the synced datasites/"
         return (
-            f"the private output directory {layout.private_dir} resolves to {private}, inside the "
-            "synced datasites/; the raw value must never be there: remove the link"
+            f"the private output directory {layout.private_dir} resolves to {private}, inside "
+            f"{synced}; the raw value must never be there: remove the link"
         )
     return None
+
+
+def _scanned(layout: Layout, directory: Path) -> bool:
+    """Whether ``directory`` is one a sync scans for every file, temp files included (a PySyft
+    datasite's), so that nothing but finished outputs may ever be made in it."""
+    if layout.output_root is None or layout.syft_owner is None:
+        return False
+    staging = staging_dir(layout.output_root)
+    return staging is not None and directory not in (staging, layout.data_dir)
 
 
 def _file_in_the_way(directory: Path, name: str, reported: set[Path], problems: list[str]) -> bool:
@@ -264,11 +284,14 @@ def prepare(layout: Layout) -> None:
             make_dirs_durably(root, PRIVATE_DIR_MODE if root == layout.data_dir else PUBLIC_DIR_MODE)
             fd = open_dir(directory, root, mode)
             try:
-                probe = f".write-probe.{os.urandom(4).hex()}{_TMP_SUFFIX}"
-                os.close(
-                    os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=fd)
-                )
-                os.unlink(probe, dir_fd=fd)
+                if _scanned(layout, directory):  # a probe file there could be synced: ask instead
+                    if not os.access(".", os.W_OK | os.X_OK, dir_fd=fd):
+                        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+                else:
+                    probe = f".write-probe.{os.urandom(4).hex()}{_TMP_SUFFIX}"
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                    os.close(os.open(probe, flags, 0o600, dir_fd=fd))
+                    os.unlink(probe, dir_fd=fd)
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -346,12 +369,15 @@ def refuse_foreign_tree(layout: Layout) -> None:
         )
 
 
-def remove_stale_temps(directories: Iterable[tuple[Path, Path]]) -> list[Path]:
+def remove_stale_temps(directories: Iterable[tuple[Path, Path]], now: float | None = None) -> list[Path]:
     """Delete temp files an interrupted write left behind; they are never outputs.
 
     Each directory is reached from its root without following a symlink, so nothing outside
     the tree is touched. Call only while holding the instance lock, or a live writer's temp file
-    could vanish.
+    could vanish. In a tree's staging directory (:func:`cpu_tracker_daemon.layout.staging_dir`),
+    where commands that take no instance lock (``aggregate``, ``budget approve``) make theirs
+    too, a temp file younger than :data:`STAGING_GRACE_SECONDS` (by ``now``, the wall clock) may
+    be a live write's and stays.
     """
     removed = []
     for directory, root in directories:
@@ -359,15 +385,29 @@ def remove_stale_temps(directories: Iterable[tuple[Path, Path]]) -> list[Path]:
             fd = open_dir(directory, root)
         except OSError:
             continue
+        shared = directory == staging_dir(root)
         try:
             for name in os.listdir(fd):  # noqa: PTH208 - relative to the descriptor, never a path
                 if name.startswith(".") and name.endswith(_TMP_SUFFIX):
                     with suppress(FileNotFoundError):
+                        if shared and _age(name, fd, now) < STAGING_GRACE_SECONDS:
+                            continue
                         os.unlink(name, dir_fd=fd)
                         removed.append(directory / name)
         finally:
             os.close(fd)
     return removed
+
+
+STAGING_GRACE_SECONDS = 60.0  # a live write takes milliseconds: a temp file this old is an orphan
+
+
+def _age(name: str, directory: int, now: float | None) -> float:
+    """Seconds since ``name`` in ``directory`` was last written."""
+    import time  # only where a staging directory holds temp files
+
+    written = os.stat(name, dir_fd=directory, follow_symlinks=False).st_mtime
+    return (time.time() if now is None else now) - written
 
 
 def make_dirs_durably(directory: Path, mode: int) -> None:
@@ -396,17 +436,57 @@ def atomic_write(path: Path, data: bytes, mode: int, under: Path | None = None) 
 
     With ``under``, the directory is reached from it without following any symlink (see the
     module's note); the temp file is created and renamed relative to that directory, never
-    through a link. The temp file is removed on any failure, and the previous ``path`` stays.
+    through a link. Where the tree under ``under`` has a staging directory
+    (:func:`cpu_tracker_daemon.layout.staging_dir`), the temp file is made there, outside every
+    datasite, and renamed across; beside ``path`` when that directory is on another file system
+    or cannot be made. The temp file is removed on any failure, and the previous ``path`` stays.
     """
-    tmp = f".{path.name}.{os.urandom(6).hex()}{_TMP_SUFFIX}"
     try:
         directory = open_dir(path.parent, under) if under is not None else os.open(path.parent, _DIR_FLAGS)
     except OSError as exc:
         why = "a symlink (or a file) in its path" if exc.errno in (errno.ELOOP, errno.ENOTDIR) else None
         raise OutputError(str(path), why or exc.strerror or str(exc)) from None
     try:
+        staging = _staging(path, under, directory)
+        try:
+            _write_and_rename(path.name, data, mode, staging, directory)
+        except OSError as exc:
+            if staging == directory or exc.errno != errno.EXDEV:
+                raise
+            _write_and_rename(path.name, data, mode, directory, directory)  # another mount after all
+        finally:
+            if staging != directory:
+                os.close(staging)
+    except OSError as exc:
+        raise OutputError(str(path), exc.strerror or str(exc)) from None
+    finally:
+        os.close(directory)
+
+
+def _staging(path: Path, under: Path | None, directory: int) -> int:
+    """A descriptor on the directory to make ``path``'s temp file in: the tree's staging
+    directory when it has one, made if missing (reached without following a link), and on the
+    file system of ``directory``; else ``directory`` itself."""
+    staging = staging_dir(under) if under is not None else None
+    if staging is None or under is None or path.parent == staging:
+        return directory
+    try:
+        fd = open_dir(staging, under, PRIVATE_DIR_MODE)
+    except OSError:
+        return directory
+    if os.fstat(fd).st_dev != os.fstat(directory).st_dev:  # a rename cannot cross file systems
+        os.close(fd)
+        return directory
+    return fd
+
+
+def _write_and_rename(name: str, data: bytes, mode: int, staging: int, directory: int) -> None:
+    """Write ``data`` to a new temp file in ``staging``, fsync it, rename it to ``name`` in
+    ``directory`` and fsync the directories; the temp file is removed if any step fails."""
+    tmp = f".{name}.{os.urandom(6).hex()}{_TMP_SUFFIX}"
+    try:
         fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode, dir_fd=directory
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode, dir_fd=staging
         )
         try:
             os.fchmod(fd, mode)  # the umask must not change what readers may do
@@ -416,14 +496,14 @@ def atomic_write(path: Path, data: bytes, mode: int, under: Path | None = None) 
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path.name, src_dir_fd=directory, dst_dir_fd=directory)
-        os.fsync(directory)
-    except OSError as exc:
+        os.replace(tmp, name, src_dir_fd=staging, dst_dir_fd=directory)
+    except OSError:
         with suppress(OSError):
-            os.unlink(tmp, dir_fd=directory)
-        raise OutputError(str(path), exc.strerror or str(exc)) from None
-    finally:
-        os.close(directory)
+            os.unlink(tmp, dir_fd=staging)
+        raise
+    os.fsync(directory)
+    if staging != directory:
+        os.fsync(staging)  # the temp file's name is gone from it too
 
 
 def write_json(path: Path, record: dict[str, Any], mode: int, under: Path | None = None) -> None:

@@ -211,3 +211,25 @@ class FakeCpu:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+class _OsWith:
+    """The ``os`` module as one module of ours sees it, with one function replaced."""
+
+    def __init__(self, name: str, function: Any) -> None:
+        self._name, self._function = name, function
+
+    def __getattr__(self, attr: str) -> Any:
+        return self._function if attr == self._name else getattr(os, attr)
+
+
+def before_os_call(monkeypatch: pytest.MonkeyPatch, module: Any, name: str, before: Any) -> None:
+    """Run ``before(*args)`` just before each call of ``os.<name>`` that ``module`` makes, and only
+    that module: the moment a write is half done, for a test to look at (or sync) the disk then."""
+    real = getattr(os, name)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        before(*args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "os", _OsWith(name, call))

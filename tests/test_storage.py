@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cpu_tracker_daemon import permissions
-from cpu_tracker_daemon.config import load_config
+from cpu_tracker_daemon import layout as tree
+from cpu_tracker_daemon import permissions, storage
+from cpu_tracker_daemon.config import load_config, parse_config
 from cpu_tracker_daemon.errors import ConfigError, OutputError
 from cpu_tracker_daemon.storage import (
     atomic_write,
@@ -21,6 +22,7 @@ from cpu_tracker_daemon.storage import (
     require_local,
     write_json,
 )
+from tests.conftest import before_os_call
 
 
 def mode(path: Path) -> int:
@@ -119,6 +121,125 @@ class TestLayout:
         removed = remove_stale_temps([(tmp_path, tmp_path)])
         assert [p.name for p in removed] == [".cpu_tracker.json.abc.tmp"]
         assert [p.name for p in tmp_path.iterdir()] == ["cpu_tracker.json"]
+
+
+ME = "me@example.org"
+
+
+def member_table(tmp_path: Path, folder: Path) -> dict[str, dict[str, str]]:
+    return {"paths": {"data_dir": str(tmp_path / "d")}, "syftbox": {"dir": str(folder), "email": ME}}
+
+
+def pysyft_layout(tmp_path: Path) -> storage.Layout:
+    """A member's layout in a PySyft 0.10 folder (syft's version file at its top), prepared."""
+    folder = tmp_path / "SyftBox"
+    folder.mkdir()
+    (folder / tree.PYSYFT_MARKER).write_text("{}")
+    config = parse_config(
+        {"paths": {"data_dir": str(tmp_path / "d")}, "syftbox": {"dir": str(folder), "email": ME}}
+    )
+    where = layout_for(config)
+    prepare(where)
+    return where
+
+
+def files_below(directory: Path) -> list[str]:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+
+
+class TestPySyftTree:
+    def test_the_release_is_in_the_datasite_and_the_raw_value_beside_it(self, tmp_path: Path) -> None:
+        """Under PySyft the release is in ``<email>/app_data/``, the private file in ``private/``."""
+        where = pysyft_layout(tmp_path)
+        assert where.public_file == tmp_path / "SyftBox" / ME / "app_data/cpu_tracker/cpu_tracker.json"
+        assert where.private_file == tmp_path / "SyftBox/private/cpu_tracker/cpu_tracker.json"
+
+    def test_the_temp_file_is_made_outside_the_datasite(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """At the rename, the datasite holds no temp file: it waits in the private folder, which
+        is left empty after it, and the release has its mode."""
+        where = pysyft_layout(tmp_path)
+        datasite = tmp_path / "SyftBox" / ME
+        at_rename: list[tuple[list[str], list[str]]] = []
+        before_os_call(
+            monkeypatch,
+            storage,
+            "replace",
+            lambda *_: at_rename.append((files_below(datasite), files_below(where.private_dir))),
+        )
+        write_json(where.public_file, {"cpu": 1.5}, 0o644, under=where.root)
+        assert len(at_rename) == 1
+        in_datasite, staged = at_rename[0]
+        assert in_datasite == []
+        assert [name.endswith(".tmp") for name in staged] == [True]
+        assert files_below(where.private_dir) == []
+        assert read_json(where.public_file) == {"cpu": 1.5}
+        assert mode(where.public_file) == 0o644
+        assert mode(where.private_dir) == 0o700
+
+    def test_a_write_into_the_private_folder_stays_there(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The private record's temp file is made beside it: the private folder is the staging one."""
+        where = pysyft_layout(tmp_path)
+        write_json(where.private_file, {"cpu_raw": 1.5}, 0o600, under=where.root)
+        assert files_below(where.private_dir) == ["cpu_tracker.json"]
+
+    def test_a_linked_staging_folder_is_not_written_through(self, tmp_path: Path) -> None:
+        """A link where the private folder should be is never followed: the write is made beside
+        its target instead, and nothing lands where the link points."""
+        folder = tmp_path / "SyftBox"
+        folder.mkdir()
+        (folder / tree.PYSYFT_MARKER).write_text("{}")
+        (tmp_path / "elsewhere").mkdir()
+        (folder / "private").symlink_to(tmp_path / "elsewhere")
+        target = tree.app_dir(folder, ME) / "cpu_tracker.json"
+        target.parent.mkdir(parents=True)
+        write_json(target, {"cpu": 2.0}, 0o644, under=folder)
+        assert read_json(target) == {"cpu": 2.0}
+        assert list((tmp_path / "elsewhere").iterdir()) == []
+        assert files_below(target.parent) == ["cpu_tracker.json"]
+
+    def test_at_start_only_orphaned_staged_temps_are_removed(self, tmp_path: Path) -> None:
+        """Commands that take no instance lock stage their writes in the private folder too: at
+        the daemon's start a temp file there is removed only once it is older than any live
+        write, and the release itself never."""
+        where = pysyft_layout(tmp_path)
+        write_json(where.private_file, {"cpu_raw": 1.5}, 0o600, under=where.root)
+        orphan, live = where.private_dir / ".a.json.1.tmp", where.private_dir / ".b.json.2.tmp"
+        orphan.write_text("{")
+        live.write_text("{")
+        written = live.stat().st_mtime
+        os.utime(orphan, (written - storage.STAGING_GRACE_SECONDS - 1,) * 2)
+        removed = remove_stale_temps(storage.output_dirs(where), now=written + 1)
+        assert removed == [orphan]
+        assert files_below(where.private_dir) == [".b.json.2.tmp", "cpu_tracker.json"]
+
+    def test_preparing_makes_no_probe_in_the_datasite(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Proving the datasite's folders writable creates no file in them, even for a moment."""
+        where = pysyft_layout(tmp_path)
+        datasite = tmp_path / "SyftBox" / ME
+        during: list[list[str]] = []
+        before_os_call(monkeypatch, storage, "unlink", lambda *_: during.append(files_below(datasite)))
+        prepare(where)
+        assert during  # the other folders were probed
+        assert [seen for seen in during if seen] == []
+
+    def test_a_private_folder_linked_into_a_datasite_is_refused(self, tmp_path: Path) -> None:
+        """The raw value must never be in a datasite: a private folder that resolves into one is
+        a config error; the private folder beside the datasites is not."""
+        folder = tmp_path / "SyftBox"
+        (folder / ME / "notes").mkdir(parents=True)
+        (folder / tree.PYSYFT_MARKER).write_text("{}")
+        (folder / "private").symlink_to(folder / ME / "notes")
+        config = parse_config(
+            {"paths": {"data_dir": str(tmp_path / "d")}, "syftbox": {"dir": str(folder), "email": ME}}
+        )
+        with pytest.raises(ConfigError, match="inside a synced datasite"):
+            prepare(layout_for(config))
 
 
 MOUNTINFO = """\
