@@ -20,13 +20,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cpu_tracker_daemon import permissions, storage
 from cpu_tracker_daemon.budget.caps import CAPS
 from cpu_tracker_daemon.budget.ledger import Decision, Ledger
 from cpu_tracker_daemon.errors import UsageError
-from cpu_tracker_daemon.layout import budget_endpoint_url
+from cpu_tracker_daemon.layout import budget_endpoint_url, endpoint_parts
 from cpu_tracker_daemon.untrusted import NotAccepted, finite_number
 
 REQUEST_SCHEMA = "cpu-tracker/budget-request"
@@ -132,6 +132,34 @@ def request_message(
         "created": created.isoformat(),
         "expires": expires.isoformat(),
     }
+
+
+class ProposesChanges(Protocol):
+    """What :func:`propose` uses of a PySyft 0.10 data scientist's client
+    (``client.datasite_watcher_syncer``): it sends one file to a peer's datasite as a change the
+    peer's own syft accepts or refuses."""
+
+    def on_file_change(
+        self, relative_path: Path | str, content: str | None = None, process_now: bool = True
+    ) -> None: ...
+
+
+def propose(client: Any, member: str, message: dict[str, Any]) -> Path:
+    """Send the request ``message`` (:func:`request_message`) to ``member`` through ``client``, a
+    PySyft 0.10 client logged in as a data scientist (``syft.login_ds``). Under PySyft a data
+    scientist's own files never travel: the request goes as a change proposed to the member's
+    datasite, which the member's syft writes only where its ``syft.pub.yaml`` lets the sender
+    write (the sender's own folder of the endpoint, ``*.request``). Returns its path in the syft
+    folder; the answer arrives beside it after the member's and the client's next syncs."""
+    watcher: ProposesChanges | None = getattr(client, "datasite_watcher_syncer", None)
+    if watcher is None:
+        raise UsageError(
+            "this syft client cannot propose changes to a peer's datasite; log in with "
+            "syft.login_ds (a data scientist) and send the request through that client"
+        )
+    path = Path(*endpoint_parts(member), str(message["sender"]), f"{message['id']}{REQUEST_SUFFIX}")
+    watcher.on_file_change(path, json.dumps(message), process_now=True)
+    return path
 
 
 def parse(path: Path, readers: Iterable[str], now: datetime, url: str | None = None) -> Request:
