@@ -178,6 +178,33 @@ class TestPySyftTree:
         assert mode(where.public_file) == 0o644
         assert mode(where.private_dir) == 0o700
 
+    @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names descriptors through /proc")
+    def test_the_staged_write_is_durable(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The temp file is fsynced before the rename; the datasite's folder, where its name
+        now is, and the staging folder, where it no longer is, after it."""
+        where = pysyft_layout(tmp_path)
+        calls: list[str] = []
+
+        class Recording:
+            def __getattr__(self, attr: str) -> object:
+                return getattr(os, attr)
+
+            @staticmethod
+            def fsync(fd: int) -> None:
+                calls.append("fsync " + os.path.relpath(os.readlink(f"/proc/self/fd/{fd}"), where.root))
+                os.fsync(fd)
+
+            @staticmethod
+            def replace(*args: object, **kwargs: object) -> None:
+                calls.append("rename")
+                os.replace(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(storage, "os", Recording())
+        write_json(where.public_file, {"cpu": 1.5}, 0o644, under=where.root)
+        assert calls[1:] == ["rename", f"fsync {ME}/app_data/cpu_tracker", "fsync private/cpu_tracker"]
+        assert calls[0].startswith("fsync private/cpu_tracker/.cpu_tracker.json.")
+        assert calls[0].endswith(".tmp")
+
     def test_a_write_into_the_private_folder_stays_there(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
