@@ -315,6 +315,19 @@ class NoiseUnavailableError(CpuTrackerError):
         )
 
 
+class SecureRoundError(CpuTrackerError):
+    """The aggregator's round ended in its child process without a record: it could not start,
+    stopped on an error, crashed, or was killed. The round publishes nothing; the next one runs
+    in a new child."""
+
+    exit_code = EXIT_TEMPORARY
+
+    def __init__(self, detail: str, traceback: str = "") -> None:
+        self.detail = detail
+        self.traceback = traceback  # the child's, when it crashed
+        super().__init__(one_line(detail))
+
+
 class Interrupted(CpuTrackerError):
     """A stop was requested while a cycle was waiting."""
 

@@ -19,7 +19,14 @@ from cpu_tracker_daemon.cli import timewords
 from cpu_tracker_daemon.config import DEFAULT_READERS, Config, config_path_from, load_config
 from cpu_tracker_daemon.daemon.instance import AGGREGATE_LOCK, InstanceLock, claim_state
 from cpu_tracker_daemon.daemon.sd_notify import Notifier
-from cpu_tracker_daemon.errors import AnotherInstanceError, ConfigError, CpuTrackerError, Interrupted, Outcome
+from cpu_tracker_daemon.errors import (
+    AnotherInstanceError,
+    ConfigError,
+    CpuTrackerError,
+    Interrupted,
+    Outcome,
+    SecureRoundError,
+)
 from cpu_tracker_daemon.privacy import drawing
 from cpu_tracker_daemon.privacy.mechanisms import calibrate
 from cpu_tracker_daemon.sampling import CpuSource, PsutilCpuSource
@@ -311,19 +318,18 @@ class Daemon:
         )
 
     def _rounds_job(self) -> None:
-        """Run the round that starts now, then refresh the aggregate that shows it."""
-        from cpu_tracker_daemon.secagg import rounds
+        """Run the round that starts now, in a child process (its memory, the cryptography and
+        numpy are never this process's), then refresh the aggregate that shows it."""
+        from cpu_tracker_daemon.secagg import round_child
 
         config = self._config
-        slot = rounds.current_slot(config, self._clock())
         try:
-            outcome = rounds.run_round(
-                config, slot, rounds.stop_clock(self._stop), self._clock, self._log.warning
-            )
+            outcome = round_child.run(config, self._clock(), self._stop, self._log.warning)
         except Interrupted:
             return
-        except CpuTrackerError as exc:
-            self._log.error("secure_round.failed", detail=str(exc))
+        except SecureRoundError as exc:  # it ended in the child without a record: why, and where
+            fields = {"traceback": exc.traceback} if exc.traceback else {}
+            self._log.error("secure_round.failed", detail=str(exc), **fields)
             return
         except Exception:  # noqa: BLE001 - a bug in one round must not kill the schedule
             self._log.exception("secure_round.crashed")

@@ -1,13 +1,13 @@
 """The daemon's side of secure aggregation: a member's part in its window's round, and the
-aggregator's round; every machine finds a round from the schedule alone."""
+aggregator's round (which the daemon runs in a child, ``secagg.round_child``); every machine finds
+a round from the schedule alone."""
 
 from __future__ import annotations
 
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ from cpu_tracker_daemon.privacy.mechanisms import Calibration, calibrate
 from cpu_tracker_daemon.secagg import identity, noise, transport
 from cpu_tracker_daemon.secagg.protocol import Member, Roster
 from cpu_tracker_daemon.secagg.published import publish, scale_of, secure_record
+from cpu_tracker_daemon.secagg.round_child import RoundOutcome
 from cpu_tracker_daemon.signals import StopRequest
 
 if TYPE_CHECKING:
@@ -142,29 +143,6 @@ def prune(tree: transport.Tree, who: str, current: str, keep: int = KEEP_ROUNDS)
 # -- the aggregator --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RoundOutcome:
-    record: dict[str, Any]
-
-    def log_fields(self) -> dict[str, Any]:
-        est = self.record.get("estimate")
-        return {
-            "round": self.record["round"],
-            "members": self.record["members"],
-            "roster": self.record["roster"],
-            "aborted": self.record["aborted"],
-            "mean": round(est["mean"], 3) if est else None,
-            "ci95": [round(v, 3) for v in est["ci95"]] if est else None,
-        }
-
-
-def current_slot(config: Config, now: datetime) -> datetime:
-    """The slot whose round starts nearest ``now``: the aggregator's job runs at round starts."""
-    every = config.schedule.every_seconds
-    offset = schedule.first_round_start(config).timestamp()
-    return datetime.fromtimestamp(round((now.timestamp() - offset) / every) * every, UTC)
-
-
 def run_round(
     config: Config,
     slot: datetime,
@@ -172,7 +150,8 @@ def run_round(
     now: schedule.Clock,
     log: transport.Log = transport._no_log,
 ) -> RoundOutcome:
-    """Run the round of ``slot`` for the configured members and publish its outcome."""
+    """Run the round of ``slot`` for the configured members and publish its outcome. The daemon
+    runs it in a child process of its own (``secagg.round_child``)."""
     sa = config.secure_aggregation
     round_id, tree, calibration, start = _round_of(config, slot)
     if clock.now() > start + sa.step_seconds:  # the members have stopped waiting for a roster
