@@ -1,7 +1,8 @@
 """Run every benchmark and print their tables: the one command behind the figures in docs/measured.md.
 
-    python benchmarks/run_all.py            # everything (about 100 minutes: the soaks are 40,
-                                            # a secure round at 10,000 members 10, fuzzing 6)
+    python benchmarks/run_all.py            # everything (about 110 minutes: the soaks are 40,
+                                            # a secure round at 10,000 members 10, the
+                                            # daemons' memory 8, fuzzing 6)
     python benchmarks/run_all.py --quick    # a fast subset of each (a few minutes; CI runs it)
 
 Prints the machine first, then each benchmark's own Markdown table. Exits non-zero if any
@@ -36,6 +37,7 @@ FULL = [
     ("delivery over a real SyftBox network", ["syftbox_latency.py", "--releases", "20", "--requests", "5"]),
     ("secure aggregation beside local DP", ["secagg_accuracy.py"]),
     ("a secure round at 1,000 and 10,000 members", ["secagg_scale.py"]),
+    ("resident memory of the daemons, and of the round at 1,000 and 10,000", ["daemon_memory.py"]),
     ("Shamir sharing, ours beside PyCryptodome", ["shamir.py"]),
     ("kill -9 fault injection", ["faults.py", "--kills", "200"]),
     ("soak, 30 minutes at 1 s", ["soak.py", "--minutes", "30"]),
@@ -55,6 +57,7 @@ QUICK = [
     ("one lying peer against the network estimate", ["robustness.py", "--trials", "200"]),
     ("aggregation at scale", ["aggregate_scale.py", "--sizes", "1000,10000"]),
     ("a secure round at 100 members", ["secagg_scale.py", "--quick"]),
+    ("resident memory of the daemons", ["daemon_memory.py", "--quick"]),
     ("Shamir sharing, ours beside PyCryptodome", ["shamir.py", "--quick"]),
     (
         "ledger work as the history grows",

@@ -169,11 +169,26 @@ def aggregator_child(base: Path, profile: bool) -> int:
 
 
 def aggregator_party(
-    scheduler: Scheduler, base: Path, profile: bool, out: dict[str, Any]
+    scheduler: Scheduler,
+    base: Path,
+    profile: bool,
+    out: dict[str, Any],
+    command: list[str] | None = None,
 ) -> Callable[[], None]:
+    """The aggregator's process as a party: ``command`` (by default this script's
+    ``--aggregator-child``) speaks the clock's protocol and ends with a ``done`` line."""
+    if command is None:
+        command = [
+            sys.executable,
+            __file__,
+            "--aggregator-child",
+            str(base),
+            *(["--profile"] if profile else []),
+        ]
+
     def party() -> None:
         child = subprocess.Popen(
-            [sys.executable, __file__, "--aggregator-child", str(base), *(["--profile"] if profile else [])],
+            command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -257,20 +272,25 @@ def sampled_party(
 
 
 def crowd_party(
-    scheduler: Scheduler, tree: transport.Tree, pins: identity.Pins, crowd: list[Party], rng: random.Random
+    scheduler: Scheduler,
+    tree: transport.Tree,
+    pins: identity.Pins,
+    crowd: list[Party],
+    rng: random.Random,
+    round_id: str = ROUND,
 ) -> Callable[[], None]:
     """The members not measured: the same messages as ``member_round`` writes, with each of the
-    aggregator's shared files read once for all of them."""
+    aggregator's shared files read once for all of them, in round ``round_id``."""
     keyring = transport.Keyring(tree, pins)
     clock = scheduler.clock()
 
     def send(party: Party, kind: str, body: dict[str, Any]) -> None:
         folder = transport.member_folder(party.name, AGGREGATOR)
-        transport._write(tree, party.signer, party.name, ROUND, kind, body, folder)
+        transport._write(tree, party.signer, party.name, round_id, kind, body, folder)
 
     def relayed(name: str, kind: str, roster: Roster | None = None) -> Any:
         def attempt() -> Any:
-            body = transport._read(tree, keyring, AGGREGATOR, ROUND, kind, name)
+            body = transport._read(tree, keyring, AGGREGATOR, round_id, kind, name)
             return body if roster is None else transport._of_roster(body, roster)
 
         found = transport._await(clock, transport.MEMBER_WAITS[kind] * STEP, attempt)
@@ -281,7 +301,7 @@ def crowd_party(
     def run() -> None:
         for party in crowd:
             send(party, "keys", transport.keys_body(party.member.rekey()))
-        roster, _ = transport.parse_roster(ROUND, relayed("roster", "roster"))
+        roster, _ = transport.parse_roster(round_id, relayed("roster", "roster"))
         digest = roster.digest.hex()
         for party in crowd:
             send(party, "open", {"roster": digest, "r": transport._b64(party.member.accept(roster))})
