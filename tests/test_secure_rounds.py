@@ -135,7 +135,7 @@ class TestExactInterval:
 
 STEP = 0.6
 EVERY = math.ceil(0.1 + ROUND_STEPS * STEP + 1)  # the window, a round's steps and a second: 10 s
-FAST_ROUND = {
+FAST_ROUND: dict[str, dict[str, Any]] = {
     "sampling": {"samples": 2, "interval_seconds": 0.05},
     "schedule": {"every_seconds": EVERY},
     # a large epsilon: the noise of the sum is 0.05 points of the mean, so what remains is each
@@ -143,7 +143,7 @@ FAST_ROUND = {
     "privacy": {"epsilon": 1000},
     "budget": {"lifetime_epsilon": 100_000, "window_epsilon": 100_000},
 }
-ROUND = {"step_seconds": STEP, "local_epsilon": 50.0}
+ROUND: dict[str, Any] = {"step_seconds": STEP, "local_epsilon": 50.0}
 
 
 def member_overrides(box: Path, email: str) -> dict[str, dict[str, Any]]:
