@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from cpu_tracker_daemon import permissions, storage
+from cpu_tracker_daemon import permissions, storage, timewords
 from cpu_tracker_daemon.budget import requests as budget_requests
 from cpu_tracker_daemon.budget.caps import BudgetStatus, CapStatus, caps_for, promise_for
 from cpu_tracker_daemon.budget.ledger import (
@@ -25,7 +25,6 @@ from cpu_tracker_daemon.budget.ledger import (
     boot_clock,
     open_ledger,
 )
-from cpu_tracker_daemon.cli import timewords
 from cpu_tracker_daemon.config import Config
 from cpu_tracker_daemon.errors import (
     BudgetExhaustedError,

@@ -72,3 +72,23 @@ def test_privacy_does_not_import_the_configuration() -> None:
     graph = top_level_imports()
     assert "cpu_tracker_daemon.config" not in graph["cpu_tracker_daemon.privacy.mechanisms"]
     assert "cpu_tracker_daemon.privacy.mechanisms" in graph["cpu_tracker_daemon.config"]
+
+
+def test_only_the_command_line_imports_the_command_line() -> None:
+    """cli/ sits on top: no other module imports from it, at its top or inside a function
+    (``__main__`` alone, which is the command)."""
+    importers = []
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(PACKAGE)
+        if relative.parts[0] == "cli" or relative == Path("__main__.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            if any(
+                name == "cpu_tracker_daemon.cli" or name.startswith("cpu_tracker_daemon.cli.")
+                for name in names
+            ):
+                importers.append(str(relative))
+    assert importers == []

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cpu_tracker_daemon.cli import timewords
+from cpu_tracker_daemon import timewords
 
 
 @pytest.fixture

@@ -48,7 +48,7 @@ def status_text(
 ) -> str:
     """``cpu-tracker status`` for a person, from :func:`budget_view` with the daemon's state;
     ``system``: the system service's (``--system``), which its service manager starts."""
-    from cpu_tracker_daemon.cli import timewords
+    from cpu_tracker_daemon import timewords
 
     pid, running = view["daemon"]["pid"], view["daemon"]["running"]
     b = view["budget"]

@@ -14,8 +14,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from cpu_tracker_daemon import logs, signals, storage
-from cpu_tracker_daemon.cli import timewords
+from cpu_tracker_daemon import logs, signals, storage, timewords
 from cpu_tracker_daemon.config import DEFAULT_READERS, Config, config_path_from, load_config
 from cpu_tracker_daemon.daemon.instance import AGGREGATE_LOCK, InstanceLock, claim_state
 from cpu_tracker_daemon.daemon.sd_notify import Notifier
