@@ -251,28 +251,21 @@ class TestTheChildImportsOnlyThePackage:
         planted.write_text(planted_json(sticky))
         os.chown(planted, other_user.pw_uid, other_user.pw_gid)
         config = write_config(tmp_path, SNAPPING_CONFIG)
-        # One core kept busy, so the raw mean is well inside [0, 100]: at an idle 0 %, Snapping's
-        # clamp publishes 0.0 half the time, the raw value itself, and the last assert would flake.
-        burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-        try:
-            done = subprocess.run(
-                [CPU_TRACKER, "--config", str(config), "once"],
-                cwd=sticky,
-                env=cli_env(),
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=False,
-            )
-        finally:
-            burner.kill()
-            burner.wait()
+        done = subprocess.run(
+            [CPU_TRACKER, "--config", str(config), "once"],
+            cwd=sticky,
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert ran(sticky) == []
         assert done.returncode == 0, done.stderr
-        layout = layout_for(load_config(config))
-        public = json.loads(layout.public_file.read_text())
-        private = json.loads(layout.private_file.read_text())
-        assert public["cpu"] != private["cpu_raw_mean"]
+        # The child drew the release. Its value is no evidence either way: Snapping's outputs are
+        # few (the clamp and its coarse grid), so the noisy value often equals the raw mean.
+        public = json.loads(layout_for(load_config(config)).public_file.read_text())
+        assert public["privacy"]["mechanism"] == "snapping"
 
     @pytest.mark.slow
     def test_the_child_ignores_the_working_directory_and_pythonpath(
