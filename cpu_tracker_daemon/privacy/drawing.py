@@ -56,6 +56,11 @@ CHILD_FAILED = 70  # the child's exit code for anything that went wrong (EX_SOFT
 _ready: set[str] = set()
 
 
+def child_env() -> dict[str, str]:
+    """The environment of an isolated child: :data:`CHILD_ENV` and the caller's :data:`PASSED_ON`."""
+    return {**CHILD_ENV, **{k: v for k in PASSED_ON if (v := os.environ.get(k)) is not None}}
+
+
 def ready(
     mechanism: str,
     child: Sequence[str] | None = None,
@@ -108,7 +113,7 @@ def _ask(
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             cwd=CHILD_CWD,
-            env={**CHILD_ENV, **{k: v for k in PASSED_ON if (v := os.environ.get(k)) is not None}},
+            env=child_env(),
             close_fds=True,
         )
     except OSError as exc:

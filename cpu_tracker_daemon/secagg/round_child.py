@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from cpu_tracker_daemon import schedule, signals
 from cpu_tracker_daemon.config import ROUND_STEPS, Config, parse_config, to_toml
 from cpu_tracker_daemon.errors import CpuTrackerError, Interrupted, SecureRoundError, one_line
-from cpu_tracker_daemon.privacy.drawing import PASSED_ON
+from cpu_tracker_daemon.privacy.drawing import CHILD_CWD, child_env
 
 if TYPE_CHECKING:
     from cpu_tracker_daemon.signals import StopRequest
@@ -35,8 +35,6 @@ if TYPE_CHECKING:
 # variables on the way to the imports), from /, with none of the caller's environment but the
 # numeric libraries' tuning (numpy computes the round's interval).
 CHILD: Sequence[str] = (sys.executable, "-I", "-m", "cpu_tracker_daemon.secagg.round_child")
-CHILD_CWD = "/"
-CHILD_ENV = {"PATH": os.defpath}
 POLL_SECONDS = 0.25  # how often the wait looks at the stop request
 GRACE_SECONDS = 2.0  # from SIGTERM to SIGKILL: the child stops at its next wait, or is killed
 MAX_LINE_BYTES = 1 << 20  # a record is about 1 KB; a log event less
@@ -103,7 +101,7 @@ def run(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,  # an interpreter that fails before our code says why here
             cwd=CHILD_CWD,
-            env={**CHILD_ENV, **{k: v for k in PASSED_ON if (v := os.environ.get(k)) is not None}},
+            env=child_env(),
             close_fds=True,
         )
     except OSError as exc:
